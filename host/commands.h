@@ -1,0 +1,9 @@
+// commands.h: the entry point of each `glia` command (host/cmd_*.c).
+// Each returns the process exit status: 0 done, 2 bad usage or bad input,
+// 1 a failure of the environment (a file that cannot be written, ...).
+#ifndef GLIA_COMMANDS_H
+#define GLIA_COMMANDS_H
+
+int cmd_amsu(int argc, char **argv);
+
+#endif

@@ -1,0 +1,197 @@
+// amsu.c: the AM-SU token mixer on the CPU: astrocyte recurrence and the
+// whole layer, forward and backward.
+//
+// A layer is four projections of the normalised input (current I, key k,
+// value v, query q), the astrocyte recurrence that turns k, v, q into the
+// modulation o, the LIF neuron (lif.c) that turns I and o into spikes s, and
+// the output projection y = W_O s. The neuron never feeds back into the
+// astrocyte, so on the CPU the two recurrences run one after the other: all
+// of o first, then the neurons. (The CUDA kernel fuses them into one pass.)
+//
+// The astrocyte state H is one D×D matrix per (sequence, head), rows i
+// indexed by key channel and columns j by value channel; (sequence, head)
+// pairs are independent and run in parallel. The forward stores H only at
+// the start of every GLIA_CHUNK steps; the backward walks the chunks from the
+// last, recomputes the states inside each chunk from its checkpoint with the
+// same code as the forward (so bit-identical), and runs SPEC's recursion
+//   G_t    = q_t do_tᵀ + diag(λ) G_{t+1}          (G = total ∂L/∂H_t)
+//   dq_t   = H_t do_t
+//   dk_t   = (1 − λ) ⊙ G_t v_t
+//   dv_t   = G_tᵀ ((1 − λ) ⊙ k_t)
+//   dλ    += rowsum(G_t ⊙ (H_{t-1} − k_t v_tᵀ)).
+#include "common/step.h"
+#include "cpu/cpu.h"
+#include "glia/util.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+// One astrocyte step for one (sequence, head): H ← λ H + (1 − λ) k vᵀ and
+// o = Hᵀ q. H (D, D); k, v, q, o, lambda (D).
+static void astro_step(float *H, float *o, const float *k, const float *v, const float *q,
+                       const float *lambda, int D) {
+    for (int j = 0; j < D; j++) o[j] = 0.0f;
+    for (int i = 0; i < D; i++) {
+        float *row = H + (size_t)i * D;
+        float gain_k = (1.0f - lambda[i]) * k[i];
+        float qi = q[i];
+        for (int j = 0; j < D; j++) {
+            row[j] = step_calcium(lambda[i], row[j], gain_k, v[j]);
+            o[j] += row[j] * qi;
+        }
+    }
+}
+
+void astro_forward(float *o, float *Hckpt, const float *k, const float *v, const float *q,
+                   const float *a_lambda, float *H_state, int B, int T, int C, int Nh) {
+    int D = C / Nh, nch = glia_nchunks(T);
+    size_t DD = (size_t)D * D;
+#pragma omp parallel for schedule(static)
+    for (int bh = 0; bh < B * Nh; bh++) {
+        int b = bh / Nh, h = bh % Nh;
+        float *H = H_state ? H_state + (size_t)bh * DD : xcalloc(DD, sizeof(float));
+        float *lambda = xmalloc(D * sizeof(float));
+        for (int i = 0; i < D; i++) lambda[i] = step_sigmoid(a_lambda[h * D + i]);
+        for (int t = 0; t < T; t++) {
+            if (Hckpt && t % GLIA_CHUNK == 0)
+                memcpy(Hckpt + ((size_t)bh * nch + t / GLIA_CHUNK) * DD, H, DD * sizeof(float));
+            size_t off = ((size_t)b * T + t) * C + (size_t)h * D;
+            astro_step(H, o + off, k + off, v + off, q + off, lambda, D);
+        }
+        if (!H_state) free(H);
+        free(lambda);
+    }
+}
+
+void astro_backward(float *dk, float *dv, float *dq, float *da_lambda, const float *dout,
+                    const float *k, const float *v, const float *q, const float *a_lambda,
+                    const float *Hckpt, int B, int T, int C, int Nh) {
+    int D = C / Nh, nch = glia_nchunks(T);
+    size_t DD = (size_t)D * D;
+    float *dlam_part = xcalloc((size_t)B * C, sizeof(float));  // (B, Nh, D) per sequence
+#pragma omp parallel for schedule(static)
+    for (int bh = 0; bh < B * Nh; bh++) {
+        int b = bh / Nh, h = bh % Nh;
+        float *Hs = xmalloc((GLIA_CHUNK + 1) * DD * sizeof(float));  // H_{t0-1} .. H_{t1-1}
+        float *G = xcalloc(DD, sizeof(float));                       // ∂L/∂H_t
+        float *lambda = xmalloc(D * sizeof(float));
+        float *scratch_o = xmalloc(D * sizeof(float));
+        float *dlam = dlam_part + (size_t)b * C + (size_t)h * D;
+        for (int i = 0; i < D; i++) lambda[i] = step_sigmoid(a_lambda[h * D + i]);
+        for (int c = nch - 1; c >= 0; c--) {
+            int t0 = c * GLIA_CHUNK, t1 = t0 + GLIA_CHUNK < T ? t0 + GLIA_CHUNK : T;
+            // recompute the chunk's states: Hs[τ] = H before step t0 + τ
+            memcpy(Hs, Hckpt + ((size_t)bh * nch + c) * DD, DD * sizeof(float));
+            for (int t = t0; t < t1; t++) {
+                size_t off = ((size_t)b * T + t) * C + (size_t)h * D;
+                float *Hn = Hs + (size_t)(t - t0 + 1) * DD;
+                memcpy(Hn, Hn - DD, DD * sizeof(float));
+                astro_step(Hn, scratch_o, k + off, v + off, q + off, lambda, D);
+            }
+            for (int t = t1 - 1; t >= t0; t--) {
+                size_t off = ((size_t)b * T + t) * C + (size_t)h * D;
+                const float *kt = k + off, *vt = v + off, *qt = q + off, *dot = dout + off;
+                const float *Ht = Hs + (size_t)(t - t0 + 1) * DD, *Hp = Ht - DD;
+                float *dqt = dq + off, *dkt = dk + off, *dvt = dv + off;
+                for (int j = 0; j < D; j++) dvt[j] = 0.0f;
+                for (int i = 0; i < D; i++) {
+                    float *Gi = G + (size_t)i * D;
+                    const float *Hti = Ht + (size_t)i * D, *Hpi = Hp + (size_t)i * D;
+                    float gk = (1.0f - lambda[i]) * kt[i];
+                    float sq = 0.0f, sk = 0.0f, sl = 0.0f;
+                    for (int j = 0; j < D; j++) {
+                        Gi[j] = qt[i] * dot[j] + lambda[i] * Gi[j];
+                        sq += Hti[j] * dot[j];
+                        sk += Gi[j] * vt[j];
+                        sl += Gi[j] * (Hpi[j] - kt[i] * vt[j]);
+                        dvt[j] += Gi[j] * gk;
+                    }
+                    dqt[i] = sq;
+                    dkt[i] = (1.0f - lambda[i]) * sk;
+                    dlam[i] += sl;
+                }
+            }
+        }
+        free(Hs);
+        free(G);
+        free(lambda);
+        free(scratch_o);
+    }
+    for (int c = 0; c < C; c++) {
+        float total = 0.0f, lam = step_sigmoid(a_lambda[c]);
+        for (int b = 0; b < B; b++) total += dlam_part[(size_t)b * C + c];
+        da_lambda[c] += total * lam * (1.0f - lam);  // chain through λ = sigmoid(a_λ)
+    }
+    free(dlam_part);
+}
+
+// ---- the layer ------------------------------------------------------------------
+
+size_t amsu_acts_size(AmsuShape sh) {
+    size_t btc = (size_t)sh.B * sh.T * sh.C;
+    if (!sh.astro) return 4 * btc;  // I, o, u, s
+    size_t D = sh.C / sh.Nh;
+    return 7 * btc + (size_t)sh.B * sh.Nh * glia_nchunks(sh.T) * D * D;
+}
+
+void amsu_acts_bind(AmsuActs *a, AmsuShape sh, float *mem) {
+    size_t btc = (size_t)sh.B * sh.T * sh.C;
+    a->I = mem;
+    a->o = mem + btc;
+    a->u = mem + 2 * btc;
+    a->s = mem + 3 * btc;
+    if (sh.astro) {
+        a->k = mem + 4 * btc;
+        a->v = mem + 5 * btc;
+        a->q = mem + 6 * btc;
+        a->Hckpt = mem + 7 * btc;
+    } else {
+        a->k = a->v = a->q = a->Hckpt = NULL;
+    }
+}
+
+size_t amsu_scratch_size(AmsuShape sh) {
+    return 6 * (size_t)sh.B * sh.T * sh.C;  // ds, dI, dm, dk, dv, dq
+}
+
+void amsu_forward(float *y, AmsuActs *a, const float *z, const AmsuWeights *w, AmsuShape sh,
+                  const NeuronTestMode *test) {
+    int M = sh.B * sh.T, C = sh.C;
+    matmul_forward(a->I, z, w->W_I, M, C, C, 1.0f, 0);
+    if (sh.astro) {
+        float kscale = 1.0f / sqrtf((float)(C / sh.Nh));
+        matmul_forward(a->k, z, w->W_K, M, C, C, kscale, 0);
+        matmul_forward(a->v, z, w->W_V, M, C, C, 1.0f, 0);
+        matmul_forward(a->q, z, w->W_Q, M, C, C, 1.0f, 0);
+        astro_forward(a->o, a->Hckpt, a->k, a->v, a->q, w->a_lambda, NULL, sh.B, sh.T, C, sh.Nh);
+    } else {
+        memset(a->o, 0, (size_t)M * C * sizeof(float));
+    }
+    neuron_forward(a->u, a->s, a->I, sh.astro ? a->o : NULL, w->a_beta, NULL, NULL, sh.B, sh.T,
+                   C, test);
+    matmul_forward(y, a->s, w->W_O, M, C, C, 1.0f, 0);
+}
+
+void amsu_backward(float *dz, AmsuGrads *g, float *scratch, const float *dy, const float *z,
+                   const AmsuActs *a, const AmsuWeights *w, AmsuShape sh,
+                   const NeuronTestMode *test) {
+    int M = sh.B * sh.T, C = sh.C;
+    size_t btc = (size_t)M * C;
+    float *ds = scratch, *dI = scratch + btc, *dm = scratch + 2 * btc;
+    float *dk = scratch + 3 * btc, *dv = scratch + 4 * btc, *dq = scratch + 5 * btc;
+    // y = s W_Oᵀ
+    matmul_backward(ds, g->dW_O, dy, a->s, w->W_O, M, C, C, 1.0f, 0);
+    // spikes and membrane; ∂L/∂o_t = ∂L/∂m_t
+    neuron_backward(dI, dm, g->da_beta, ds, a->u, sh.astro ? a->o : NULL, a->s, w->a_beta, sh.B,
+                    sh.T, C, test);
+    // I = z W_Iᵀ
+    matmul_backward(dz, g->dW_I, dI, z, w->W_I, M, C, C, 1.0f, 0);
+    if (!sh.astro) return;
+    astro_backward(dk, dv, dq, g->da_lambda, dm, a->k, a->v, a->q, w->a_lambda, a->Hckpt, sh.B,
+                   sh.T, C, sh.Nh);
+    float kscale = 1.0f / sqrtf((float)(C / sh.Nh));
+    matmul_backward(dz, g->dW_K, dk, z, w->W_K, M, C, C, kscale, 1);
+    matmul_backward(dz, g->dW_V, dv, z, w->W_V, M, C, C, 1.0f, 1);
+    matmul_backward(dz, g->dW_Q, dq, z, w->W_Q, M, C, C, 1.0f, 1);
+}

@@ -1,0 +1,123 @@
+// cpu.h: the CPU backend's operations (fp32, OpenMP, CBLAS).
+//
+// The CPU backend is both glia's fallback and the reference every CUDA
+// kernel is tested against, so each op here is written for clarity first and
+// follows SPEC.md rule by rule; the per-timestep rules themselves come from
+// kernels/common/step.h, which the CUDA kernels include too.
+//
+// Conventions, shared with the CUDA backend:
+// - Activations are row-major (B, T, C): channel fastest, then time.
+// - Weights are row-major (out, in); a linear map is out = inp @ Wᵀ.
+// - Backward ops overwrite the gradients of activations and ADD INTO the
+//   gradients of parameters (so gradient accumulation over micro-batches is
+//   free); callers zero parameter gradients when they start a step.
+// - Reductions over the batch (parameter gradients of λ and β) are done per
+//   sequence into partials, then summed in a fixed order: results do not
+//   depend on the number of threads.
+#ifndef GLIA_CPU_H
+#define GLIA_CPU_H
+
+#include <stddef.h>
+
+// Astrocyte state is checkpointed every GLIA_CHUNK timesteps in the forward;
+// the backward recomputes the states inside a chunk from its checkpoint.
+#define GLIA_CHUNK 32
+
+static inline int glia_nchunks(int T) { return (T + GLIA_CHUNK - 1) / GLIA_CHUNK; }
+
+// ---- test mode -------------------------------------------------------------
+// Only for finite-difference gradient checks (NULL everywhere else). With
+// `smooth`, spikes are Θ̃(m) (whose derivative is exactly the surrogate)
+// instead of Θ(m); with `keep` non-NULL the reset factors (1 − s_{t-1}) are
+// read from it instead of being computed from the spikes. Together they make
+// the forward a smooth function whose exact gradient is what the backward
+// computes.
+typedef struct {
+    int smooth;
+    const float *keep;  // (B, T, N): the factor applied to u_{t-1} at step t
+} NeuronTestMode;
+
+// ---- matmul (CBLAS) --------------------------------------------------------
+// out (M, N) = alpha · inp (M, K) @ W (N, K)ᵀ, plus out if `accumulate`.
+void matmul_forward(float *out, const float *inp, const float *W, int M, int K, int N,
+                    float alpha, int accumulate);
+// With dout (M, N) the gradient of out = alpha · inp @ Wᵀ:
+// dinp (M, K) = alpha · dout @ W (added to dinp if `accumulate`; skipped if NULL),
+// dW (N, K) += alpha · doutᵀ @ inp (skipped if NULL).
+void matmul_backward(float *dinp, float *dW, const float *dout, const float *inp,
+                     const float *W, int M, int K, int N, float alpha, int accumulate);
+
+// ---- RMSNorm -----------------------------------------------------------------
+// out (N, C) = g ⊙ x / sqrt(mean(x²) + 1e-5); rstd (N) saved for the backward.
+void rmsnorm_forward(float *out, float *rstd, const float *x, const float *g, int N, int C);
+// dx (N, C) += ∂L/∂x;  dg (C) += ∂L/∂g.
+void rmsnorm_backward(float *dx, float *dg, const float *dout, const float *x, const float *g,
+                      const float *rstd, int N, int C);
+
+// ---- LIF neuron (both mixers; the FFN is the o ≡ 0 case) --------------------
+// u_t = β ⊙ u_{t-1} ⊙ (1 − s_{t-1}) + current_t;  s_t = Θ(u_t + o_t − θ).
+// current, o, u, s: (B, T, N); o may be NULL (≡ 0); a_beta (N), β = sigmoid(a_beta).
+// u_state, s_state (B, N): if non-NULL, the membrane and spikes before step 1
+// (streaming inference) and, on return, after step T; if NULL both start at 0.
+void neuron_forward(float *u, float *s, const float *current, const float *o,
+                    const float *a_beta, float *u_state, float *s_state,
+                    int B, int T, int N, const NeuronTestMode *test);
+// Given ds (B, T, N) = ∂L/∂s: dcurrent (B, T, N) = ∂L/∂u_t (= ∂L/∂current_t),
+// dm (B, T, N) = ∂L/∂m_t (= ∂L/∂o_t; skipped if NULL), da_beta (N) += ∂L/∂a_beta.
+void neuron_backward(float *dcurrent, float *dm, float *da_beta, const float *ds,
+                     const float *u, const float *o, const float *s, const float *a_beta,
+                     int B, int T, int N, const NeuronTestMode *test);
+
+// ---- astrocyte (the AM-SU's calcium state) ------------------------------------
+// Per sequence b and head h (D = C / Nh, channel c = h·D + i):
+//   H_t[i,j] = λ_i H_{t-1}[i,j] + (1 − λ_i) k_t[i] v_t[j];  o_t[j] = Σ_i H_t[i,j] q_t[i].
+// k, v, q, o: (B, T, C); a_lambda (Nh, D), λ = sigmoid(a_lambda).
+// Hckpt (B, Nh, nchunks, D, D): H before the first step of each chunk, for the
+// backward (NULL when no backward follows). H_state (B, Nh, D, D): if
+// non-NULL, the state before step 1 and, on return, after step T; else 0.
+void astro_forward(float *o, float *Hckpt, const float *k, const float *v, const float *q,
+                   const float *a_lambda, float *H_state, int B, int T, int C, int Nh);
+// Given dout (B, T, C) = ∂L/∂o: dk, dv, dq (B, T, C) overwritten; da_lambda (Nh, D) +=.
+void astro_backward(float *dk, float *dv, float *dq, float *da_lambda, const float *dout,
+                    const float *k, const float *v, const float *q, const float *a_lambda,
+                    const float *Hckpt, int B, int T, int C, int Nh);
+
+// ---- the AM-SU token mixer (one layer) ---------------------------------------
+typedef struct {
+    int B, T, C, Nh;  // D = C / Nh
+    int astro;        // 0: SPEC's ablation, o ≡ 0 and no W_K, W_V, W_Q, a_lambda
+} AmsuShape;
+
+typedef struct {
+    const float *W_I, *W_K, *W_V, *W_Q, *W_O;  // (C, C) each
+    const float *a_lambda;                      // (Nh, D)
+    const float *a_beta;                        // (C)
+} AmsuWeights;
+
+typedef struct {
+    float *dW_I, *dW_K, *dW_V, *dW_Q, *dW_O;  // (C, C) each
+    float *da_lambda;                          // (Nh, D)
+    float *da_beta;                            // (C)
+} AmsuGrads;
+
+typedef struct {   // what the forward keeps for the backward
+    float *I, *k, *v, *q;  // (B, T, C) synaptic current, scaled key, value, query
+    float *o, *u, *s;      // (B, T, C) astrocyte output, membrane, spikes
+    float *Hckpt;          // (B, Nh, nchunks(T), D, D) astrocyte checkpoints
+} AmsuActs;
+
+// Floats needed for the activations of one layer, and carving them from `mem`.
+size_t amsu_acts_size(AmsuShape sh);
+void amsu_acts_bind(AmsuActs *a, AmsuShape sh, float *mem);
+// Floats of scratch the backward needs.
+size_t amsu_scratch_size(AmsuShape sh);
+
+// z (B, T, C) is the already-normalised layer input; y (B, T, C) = W_O s.
+void amsu_forward(float *y, AmsuActs *acts, const float *z, const AmsuWeights *w, AmsuShape sh,
+                  const NeuronTestMode *test);
+// dz (B, T, C) overwritten; parameter gradients added into g.
+void amsu_backward(float *dz, AmsuGrads *g, float *scratch, const float *dy, const float *z,
+                   const AmsuActs *acts, const AmsuWeights *w, AmsuShape sh,
+                   const NeuronTestMode *test);
+
+#endif

@@ -1,0 +1,30 @@
+// matmul.c: the CPU backend's linear maps, through CBLAS (OpenBLAS).
+//
+// Every matmul in the model is a linear map without bias, out = inp @ Wᵀ
+// with W stored (out, in) as SPEC says; the two backward products are the
+// usual ones. A well-kept BLAS does this far better than a hand loop, so
+// these are thin, shape-documented wrappers over cblas_sgemm.
+#include "cpu/cpu.h"
+
+#include <cblas.h>
+
+void matmul_forward(float *out, const float *inp, const float *W, int M, int K, int N,
+                    float alpha, int accumulate) {
+    // out (M, N) = alpha · inp (M, K) @ W (N, K)ᵀ [+ out]
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, alpha, inp, K, W, K,
+                accumulate ? 1.0f : 0.0f, out, N);
+}
+
+void matmul_backward(float *dinp, float *dW, const float *dout, const float *inp,
+                     const float *W, int M, int K, int N, float alpha, int accumulate) {
+    if (dinp) {
+        // dinp (M, K) = alpha · dout (M, N) @ W (N, K) [+ dinp]
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, K, N, alpha, dout, N, W, K,
+                    accumulate ? 1.0f : 0.0f, dinp, K);
+    }
+    if (dW) {
+        // dW (N, K) += alpha · dout (M, N)ᵀ @ inp (M, K)
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, N, K, M, alpha, dout, N, inp, K,
+                    1.0f, dW, K);
+    }
+}

@@ -1,0 +1,58 @@
+// testutil.c: see testutil.h.
+#include "testutil.h"
+
+#include <math.h>
+#include <stdio.h>
+
+void rng_seed(TestRng *r, uint64_t seed) { r->s = seed * 0x9E3779B97F4A7C15ull + 1; }
+
+static uint64_t rng_next(TestRng *r) {  // splitmix64
+    uint64_t z = (r->s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+float rng_uniform(TestRng *r) { return (float)((rng_next(r) >> 40) * (1.0 / 16777216.0)); }
+
+float rng_normal(TestRng *r) {
+    double u1 = ((rng_next(r) >> 11) + 1.0) * (1.0 / 9007199254740993.0);
+    double u2 = (rng_next(r) >> 11) * (1.0 / 9007199254740992.0);
+    return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
+}
+
+void fill_normal(float *x, size_t n, float std, TestRng *r) {
+    for (size_t i = 0; i < n; i++) x[i] = std * rng_normal(r);
+}
+
+double rel_err(const float *a, const float *b, size_t n) {
+    double num = 0.0, den = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - (double)b[i]);
+        if (d > num || isnan(d)) num = d;
+        if (fabs((double)b[i]) > den) den = fabs((double)b[i]);
+    }
+    return den > 0.0 ? num / den : num;
+}
+
+double rel_err_d(const double *a, const double *b, size_t n) {
+    double num = 0.0, den = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs(a[i] - b[i]);
+        if (d > num || isnan(d)) num = d;
+        if (fabs(b[i]) > den) den = fabs(b[i]);
+    }
+    return den > 0.0 ? num / den : num;
+}
+
+size_t spike_mismatches(const float *a, const float *b, size_t n) {
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) k += (a[i] != b[i]);
+    return k;
+}
+
+const char *fixture_path(const char *name) {
+    static char buf[4096];
+    snprintf(buf, sizeof buf, "%s/%s", GLIA_FIXTURES, name);
+    return buf;
+}

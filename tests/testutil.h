@@ -1,0 +1,28 @@
+// testutil.h: helpers shared by the Criterion tests: a seeded normal RNG,
+// error measures with the definitions every test states its tolerance in,
+// and fixture paths.
+#ifndef GLIA_TESTUTIL_H
+#define GLIA_TESTUTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct { uint64_t s; } TestRng;
+
+void rng_seed(TestRng *r, uint64_t seed);
+float rng_normal(TestRng *r);              // N(0, 1)
+float rng_uniform(TestRng *r);             // [0, 1)
+void fill_normal(float *x, size_t n, float std, TestRng *r);
+
+// Normwise relative error: max_i |a_i − b_i| / max_i |b_i| (or the absolute
+// error when b is all zero). Every parity tolerance in the tests is stated in
+// this measure.
+double rel_err(const float *a, const float *b, size_t n);
+double rel_err_d(const double *a, const double *b, size_t n);
+// Number of positions where two 0/1 spike tensors differ.
+size_t spike_mismatches(const float *a, const float *b, size_t n);
+
+// Path of a committed fixture: GLIA_FIXTURES "/" name (static buffer).
+const char *fixture_path(const char *name);
+
+#endif

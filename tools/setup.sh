@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# setup.sh: install everything glia needs to build and test, from Debian
+# packages. Idempotent: when all packages are present it only checks them
+# (no apt-get at all), so it is cheap to run before every build.
+#
+# The CUDA toolkit is not installed here: glia builds its CUDA backend when
+# nvcc is on PATH and is CPU-only otherwise.
+set -euo pipefail
+
+PACKAGES=(
+  build-essential cmake pkg-config   # C17 compiler and the build
+  libopenblas-dev                    # CBLAS for the CPU backend's matmuls
+  libcjson-dev                       # safetensors headers (JSON)
+  libcriterion-dev                   # the test framework
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "setup: all ${#PACKAGES[@]} packages present"
+  exit 0
+fi
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+echo "setup: installing ${missing[*]}"
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
