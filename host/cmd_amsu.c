@@ -136,7 +136,7 @@ int cmd_amsu(int argc, char **argv) {
     AmsuGrads g = {gp, gp + ncc, gp + 2 * ncc, gp + 3 * ncc, gp + 4 * ncc,
                    gp + 5 * ncc, gp + 5 * ncc + C};
 
-    amsu_forward(y, &acts, z, &wt, sh, NULL);
+    amsu_forward(y, &acts, z, &wt, sh, NULL, NULL);
     amsu_backward(dz, &g, scratch, dy, z, &acts, &wt, sh, NULL);
 
     w = st_writer_new();

@@ -5,5 +5,9 @@
 #define GLIA_COMMANDS_H
 
 int cmd_amsu(int argc, char **argv);
+int cmd_prepare(int argc, char **argv);
+int cmd_train(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
+int cmd_generate(int argc, char **argv);
 
 #endif

@@ -1,8 +1,21 @@
 // main.c: the `glia` command: dispatch to one subcommand per host/cmd_*.c.
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "commands.h"
+#include "cpu/cpu.h"
+
+// OpenBLAS picks its kernels when it loads, from the CPU it recognises or
+// OPENBLAS_CORETYPE. Where it fell back to its generic SSE3 kernels on a CPU
+// with AVX2 and FMA, start again with the Haswell kernels, which such a CPU
+// runs correctly. A user's own OPENBLAS_CORETYPE is always respected.
+static void blas_pick_kernels(char **argv) {
+    if (getenv("OPENBLAS_CORETYPE") || !cpu_blas_needs_haswell()) return;
+    setenv("OPENBLAS_CORETYPE", "Haswell", 1);
+    execv("/proc/self/exe", argv);  // returns only on failure: carry on as we are
+}
 
 typedef struct {
     const char *name;
@@ -11,7 +24,11 @@ typedef struct {
 } Command;
 
 static const Command COMMANDS[] = {
+    {"train", cmd_train, "train a model (default: small, on the King James Bible)"},
+    {"generate", cmd_generate, "write text from a trained model"},
+    {"eval", cmd_eval, "validation loss, bits per byte and perplexity"},
     {"amsu", cmd_amsu, "one AM-SU layer forward + backward on a safetensors case"},
+    {"prepare", cmd_prepare, "turn a text file into byte-level train/val token shards"},
 };
 static const int NCOMMANDS = sizeof COMMANDS / sizeof COMMANDS[0];
 
@@ -25,6 +42,7 @@ static void usage(FILE *to) {
 }
 
 int main(int argc, char **argv) {
+    blas_pick_kernels(argv);
     if (argc < 2) {
         usage(stderr);
         return 2;

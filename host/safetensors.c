@@ -180,6 +180,12 @@ void st_free(StFile *f) {
     if (!f) return;
     for (int i = 0; i < f->n; i++) free(f->tensors[i].name);
     free(f->tensors);
+    for (int i = 0; i < f->nmeta; i++) {
+        free(f->meta_keys[i]);
+        free(f->meta_values[i]);
+    }
+    free(f->meta_keys);
+    free(f->meta_values);
     free(f->buffer);
     free(f);
 }
@@ -278,6 +284,31 @@ static int parse_entry(const char *path, const cJSON *entry, int64_t data_size, 
 
 // Parses and validates the header; on success fills f->tensors / f->n and
 // ranges (one per tensor, same order). Returns 0 or -1 with err set.
+// The "__metadata__" object: string keys to string values.
+static int parse_metadata(const char *path, const cJSON *meta, StFile *f, char *err) {
+    if (f->meta_keys) {
+        set_err(err, path, NULL, "__metadata__ appears more than once in the header");
+        return -1;
+    }
+    if (!cJSON_IsObject(meta)) {
+        set_err(err, path, NULL, "__metadata__ is not a JSON object");
+        return -1;
+    }
+    int n = cJSON_GetArraySize(meta);
+    f->meta_keys = xcalloc((size_t)n + 1, sizeof(char *));
+    f->meta_values = xcalloc((size_t)n + 1, sizeof(char *));
+    for (const cJSON *e = meta->child; e; e = e->next) {
+        if (!cJSON_IsString(e)) {
+            set_err(err, path, NULL, "__metadata__ value of '%.200s' is not a string", e->string);
+            return -1;
+        }
+        f->meta_keys[f->nmeta] = xstrdup(e->string);
+        f->meta_values[f->nmeta] = xstrdup(e->valuestring);
+        f->nmeta++;
+    }
+    return 0;
+}
+
 static int parse_header(const char *path, const char *header, size_t hlen, int64_t data_size,
                         StFile *f, Range **ranges_out, char *err) {
     const char *end = NULL;
@@ -309,7 +340,10 @@ static int parse_header(const char *path, const char *header, size_t hlen, int64
 
     int rc = 0;
     for (const cJSON *e = root->child; e && rc == 0; e = e->next) {
-        if (strcmp(e->string, "__metadata__") == 0) continue;
+        if (strcmp(e->string, "__metadata__") == 0) {
+            rc = parse_metadata(path, e, f, err);
+            continue;
+        }
         StTensor *t = &f->tensors[f->n];
         t->name = xstrdup(e->string);
         f->n++;  // counted now so that st_free frees the name on failure
@@ -483,6 +517,12 @@ const StTensor *st_find(const StFile *f, const char *name) {
     return NULL;
 }
 
+const char *st_meta(const StFile *f, const char *key) {
+    for (int i = 0; i < f->nmeta; i++)
+        if (strcmp(f->meta_keys[i], key) == 0) return f->meta_values[i];
+    return NULL;
+}
+
 const StTensor *st_expect(const StFile *f, const char *name, int ndim, const int64_t *shape,
                           char err[ST_ERR_LEN]) {
     const StTensor *t = st_find(f, name);
@@ -524,6 +564,8 @@ typedef struct {
 struct StWriter {
     WEntry *entries;
     int n, cap;
+    char **meta;              // (2 * nmeta) key, value, key, value, ...
+    int nmeta;
     int failed;               // an st_writer_add was invalid; save refuses
     char error[ST_ERR_LEN];   // the first such problem
 };
@@ -536,6 +578,8 @@ void st_writer_free(StWriter *w) {
     if (!w) return;
     for (int i = 0; i < w->n; i++) free(w->entries[i].name);
     free(w->entries);
+    for (int i = 0; i < 2 * w->nmeta; i++) free(w->meta[i]);
+    free(w->meta);
     free(w);
 }
 
@@ -588,6 +632,25 @@ void st_writer_add(StWriter *w, const char *name, int ndim, const int64_t *shape
     e->data = data;
 }
 
+void st_writer_meta(StWriter *w, const char *key, const char *value) {
+    if (!w || w->failed) return;
+    const char *why = !key || !value ? "metadata key or value missing" : NULL;
+    for (int i = 0; i < w->nmeta && !why; i++)
+        if (strcmp(w->meta[2 * i], key) == 0) why = "metadata key added twice";
+    if (why) {
+        w->failed = 1;
+        set_err(w->error, NULL, NULL, "%s (%.100s)", why, key ? key : "(null)");
+        return;
+    }
+    char **grown = xmalloc((size_t)(w->nmeta + 1) * 2 * sizeof(char *));
+    if (w->nmeta) memcpy(grown, w->meta, (size_t)w->nmeta * 2 * sizeof(char *));
+    free(w->meta);
+    w->meta = grown;
+    w->meta[2 * w->nmeta] = xstrdup(key);
+    w->meta[2 * w->nmeta + 1] = xstrdup(value);
+    w->nmeta++;
+}
+
 // cJSON returns NULL only when out of memory.
 static cJSON *jchk(cJSON *item) {
     if (!item) fatal("out of memory building a safetensors header");
@@ -604,6 +667,12 @@ static cJSON *json_int(int64_t v) {
 // length field before it keeps the data section 8-aligned). Caller frees.
 static char *build_header(const StWriter *w, size_t *len_out) {
     cJSON *root = jchk(cJSON_CreateObject());
+    if (w->nmeta) {
+        cJSON *meta = jchk(cJSON_CreateObject());
+        cJSON_AddItemToObject(root, "__metadata__", meta);
+        for (int i = 0; i < w->nmeta; i++)
+            cJSON_AddItemToObject(meta, w->meta[2 * i], jchk(cJSON_CreateString(w->meta[2 * i + 1])));
+    }
     int64_t offset = 0;
     for (int i = 0; i < w->n; i++) {
         const WEntry *e = &w->entries[i];

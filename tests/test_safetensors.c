@@ -550,3 +550,37 @@ Test(safetensors, writer_rejects_bad_tensors) {
     struct stat sb;
     cr_assert_neq(stat(path, &sb), 0, "nothing should have been written");
 }
+
+Test(safetensors, metadata_round_trip) {
+    char *path = tmp_path("meta.safetensors");
+    char err[ST_ERR_LEN];
+    float x[2] = {1.0f, 2.0f};
+    int64_t shape[1] = {2};
+    StWriter *w = st_writer_new();
+    st_writer_meta(w, "model_version", "1");
+    st_writer_meta(w, "config", "{\"L\": 2}");
+    st_writer_add(w, "x", 1, shape, x);
+    cr_assert_eq(st_writer_save(w, path, err), 0, "%s", err);
+    st_writer_free(w);
+    StFile *f = st_load(path, err);
+    cr_assert(f, "%s", err);
+    cr_assert_eq(f->n, 1);
+    cr_assert_eq(f->nmeta, 2);
+    cr_assert_str_eq(st_meta(f, "model_version"), "1");
+    cr_assert_str_eq(st_meta(f, "config"), "{\"L\": 2}");
+    cr_assert_null(st_meta(f, "absent"));
+    st_free(f);
+
+    // a duplicate key is refused at save time, and nothing is written
+    w = st_writer_new();
+    st_writer_meta(w, "k", "a");
+    st_writer_meta(w, "k", "b");
+    cr_assert_neq(st_writer_save(w, tmp_path("dup.safetensors"), err), 0);
+    cr_assert(strstr(err, "twice"), "%s", err);
+    st_writer_free(w);
+
+    // metadata values must be strings
+    write_header(tmp_path("badmeta.safetensors"), "{\"__metadata__\":{\"a\":1}}", 0);
+    cr_assert_null(st_load(tmp_path("badmeta.safetensors"), err));
+    cr_assert(strstr(err, "not a string"), "%s", err);
+}

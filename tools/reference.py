@@ -44,6 +44,7 @@ import os
 import struct
 import sys
 import tempfile
+import time
 
 import torch
 from safetensors.torch import load_file
@@ -94,10 +95,14 @@ def lif_forward(current, a_beta, o=None, spike_fn=spike, fixed_reset=None):
     u = current.new_zeros(B, N)                                # (B, N)
     s = current.new_zeros(B, N)                                # (B, N)
     ss, us, ms = [], [], []
+    # unbind, not current[:, t]: the backward of T selects would write T
+    # full-size zero tensors; unbind's backward is one stack.
+    cur = current.unbind(1)                                    # T x (B, N)
+    ot = o.unbind(1) if o is not None else None                # T x (B, N)
     for t in range(T):
         keep = (1.0 - s).detach() if fixed_reset is None else fixed_reset[:, t]
-        u = beta * u * keep + current[:, t]                   # (B, N)
-        m = u - THETA if o is None else u + o[:, t] - THETA   # (B, N)
+        u = beta * u * keep + cur[t]                           # (B, N)
+        m = u - THETA if o is None else u + ot[t] - THETA      # (B, N)
         s = spike_fn(m)                                        # (B, N)
         ss.append(s)
         us.append(u)
@@ -115,11 +120,13 @@ def astro_forward(k, v, q, a_lambda):
     B, T, Nh, D = k.shape
     lam = torch.sigmoid(a_lambda)[:, :, None]                  # (Nh, D, 1)
     H = k.new_zeros(B, Nh, D, D)                               # (B, Nh, D, D)
+    one_minus_lam = 1.0 - lam                                  # (Nh, D, 1)
     os_ = []
+    ks, vs, qs = k.unbind(1), v.unbind(1), q.unbind(1)         # T x (B, Nh, D)
     for t in range(T):
-        kv = k[:, t, :, :, None] * v[:, t, :, None, :]         # (B, Nh, D, D)
-        H = lam * H + (1.0 - lam) * kv                         # (B, Nh, D, D)
-        os_.append(torch.einsum("bhij,bhi->bhj", H, q[:, t]))  # (B, Nh, D)
+        kv = ks[t][:, :, :, None] * vs[t][:, :, None, :]       # (B, Nh, D, D)
+        H = lam * H + one_minus_lam * kv                       # (B, Nh, D, D)
+        os_.append(torch.einsum("bhij,bhi->bhj", H, qs[t]))    # (B, Nh, D)
     return torch.stack(os_, 1)                                 # (B, T, Nh, D)
 
 
@@ -150,6 +157,137 @@ def amsu_forward(z, W_I, W_O, a_beta, W_K=None, W_V=None, W_Q=None,
 def rmsnorm(x, g):
     """y = g * x / sqrt(mean(x^2, last dim) + eps); x (..., C), g (C)."""
     return g * x / torch.sqrt((x * x).mean(-1, keepdim=True) + RMS_EPS)
+
+
+# --------------------------------------------------------------- whole model
+
+# name -> (L, C, Nh, F, V): SPEC "Named sizes". tiny and small use the byte
+# vocabulary (256) unless another V is given.
+NAMED_SIZES = {
+    "tiny": (2, 32, 2, 128, 256),
+    "small": (4, 128, 4, 512, 256),
+    "124m": (12, 768, 12, 3072, 50257),
+    "1.5b": (24, 2048, 16, 8192, 50257),
+}
+
+
+def padded_vocab(V):
+    """V rounded up to a multiple of 64 (rows of E)."""
+    return (V + 63) // 64 * 64
+
+
+def model_config(size=None, V=None, L=None, C=None, Nh=None, F=None, astro=True):
+    """Config dict V, Vp, L, C, Nh, F, astro: a named size, then any overrides."""
+    cfg = {}
+    if size is not None:
+        cfg = dict(zip(("L", "C", "Nh", "F", "V"), NAMED_SIZES[size]))
+    for k, x in (("V", V), ("L", L), ("C", C), ("Nh", Nh), ("F", F)):
+        if x is not None:
+            cfg[k] = x
+    if "F" not in cfg:
+        cfg["F"] = 4 * cfg["C"]
+    if cfg["C"] % cfg["Nh"]:
+        raise ValueError(f"C = {cfg['C']} is not a multiple of Nh = {cfg['Nh']}")
+    cfg["Vp"] = padded_vocab(cfg["V"])
+    cfg["astro"] = bool(astro)
+    return cfg
+
+
+def param_shapes(cfg):
+    """[(name, shape)] of every parameter, in a fixed order (glia's checkpoint names)."""
+    C, F, Nh = cfg["C"], cfg["F"], cfg["Nh"]
+    D = C // Nh
+    out = [("E", (cfg["Vp"], C))]
+    for l in range(cfg["L"]):
+        b = f"blocks.{l}."
+        out.append((b + "norm1", (C,)))
+        out.append((b + "W_I", (C, C)))
+        if cfg["astro"]:
+            out += [(b + "W_K", (C, C)), (b + "W_V", (C, C)), (b + "W_Q", (C, C))]
+        out.append((b + "W_O", (C, C)))
+        if cfg["astro"]:
+            out.append((b + "a_lambda", (Nh, D)))
+        out += [(b + "a_beta", (C,)), (b + "norm2", (C,)), (b + "W_1", (F, C)),
+                (b + "W_2", (C, F)), (b + "a_beta_ffn", (F,))]
+    out.append(("norm_f", (C,)))
+    return out
+
+
+def is_matrix(name):
+    """E and every W_* (the tensors that get weight decay)."""
+    return name == "E" or name.rsplit(".", 1)[-1].startswith("W_")
+
+
+def init_params(cfg, gen, dtype=torch.float64):
+    """SPEC "Initialisation", drawn in float64 from torch.Generator `gen` in
+    param_shapes order, then cast to dtype (same values in float32 and 64)."""
+    C, L, V = cfg["C"], cfg["L"], cfg["V"]
+    out_std = 0.02 / math.sqrt(2 * L)
+    p = {}
+    for name, shape in param_shapes(cfg):
+        leaf = name.rsplit(".", 1)[-1]
+        if name == "E":
+            x = 0.02 * torch.randn(*shape, generator=gen, dtype=torch.float64)
+            x[V:] = 0.0                                        # padded rows
+        elif leaf in ("W_I", "W_K", "W_V", "W_Q", "W_1"):
+            x = torch.randn(*shape, generator=gen, dtype=torch.float64) / math.sqrt(C)
+        elif leaf in ("W_O", "W_2"):
+            x = out_std * torch.randn(*shape, generator=gen, dtype=torch.float64)
+        elif leaf == "a_lambda":
+            x = lambda_init_logits(*shape)
+        elif leaf in ("a_beta", "a_beta_ffn"):
+            x = torch.zeros(*shape, dtype=torch.float64)
+        else:                                                  # norm1, norm2, norm_f
+            x = torch.ones(*shape, dtype=torch.float64)
+        p[name] = x.to(dtype)
+    return p
+
+
+def ffn_forward(z, W_1, W_2, a_beta_ffn, **lif_kw):
+    """Spiking FFN on a normalised input z: (B, T, C) -> dict y (B, T, C),
+    r, w, m (B, T, F). LIF neurons with o = 0."""
+    c = z @ W_1.T                                              # (B, T, F)
+    r, w, m = lif_forward(c, a_beta_ffn, None, **lif_kw)
+    return {"y": r @ W_2.T, "r": r, "w": w, "m": m}
+
+
+def model_forward(p, tokens, cfg, targets=None, mixer_kw=None):
+    """Whole model (SPEC "Whole model").
+
+    p: parameter dict (param_shapes names); tokens, targets: (B, T) int64.
+    mixer_kw(name) -> extra lif_forward kwargs for the mixer `name`
+    ("blocks.{l}.amsu" or "blocks.{l}.ffn"), or None (selftest only).
+    Returns dict logits (B, T, V), loss (scalar, when targets are given),
+    spikes {mixer: (B, T, N)} and margins {mixer: (B, T, N)}.
+    """
+    V = cfg["V"]
+    x = p["E"][tokens]                                         # (B, T, C)
+    spikes, margins = {}, {}
+    for l in range(cfg["L"]):
+        b = f"blocks.{l}."
+        name = b + "amsu"
+        kw = mixer_kw(name) if mixer_kw else {}
+        z = rmsnorm(x, p[b + "norm1"])
+        if cfg["astro"]:
+            out = amsu_forward(z, p[b + "W_I"], p[b + "W_O"], p[b + "a_beta"],
+                               p[b + "W_K"], p[b + "W_V"], p[b + "W_Q"],
+                               p[b + "a_lambda"], **kw)
+        else:
+            out = amsu_forward(z, p[b + "W_I"], p[b + "W_O"], p[b + "a_beta"], **kw)
+        x = x + out["y"]
+        spikes[name], margins[name] = out["s"], out["m"]
+        name = b + "ffn"
+        kw = mixer_kw(name) if mixer_kw else {}
+        out = ffn_forward(rmsnorm(x, p[b + "norm2"]), p[b + "W_1"], p[b + "W_2"],
+                          p[b + "a_beta_ffn"], **kw)
+        x = x + out["y"]
+        spikes[name], margins[name] = out["r"], out["m"]
+    logits = rmsnorm(x, p["norm_f"]) @ p["E"][:V].T            # (B, T, V): real rows only
+    res = {"logits": logits, "spikes": spikes, "margins": margins}
+    if targets is not None:
+        res["loss"] = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, V), targets.reshape(-1))
+    return res
 
 
 # ------------------------------------------------ forward + autograd per case
@@ -198,6 +336,24 @@ def rmsnorm_case(inp):
     return {"y": y.detach(), "dx": p["x"].grad, "dg": p["g"].grad}
 
 
+def model_case(inp, cfg):
+    """Whole model in float64: loss, logits and every parameter gradient.
+
+    Returns (outputs dict, {mixer: (margin, fire rate)}); outputs are loss (1),
+    logits (B, T, V) and grad.<name> for every parameter.
+    """
+    names = [n for n, _ in param_shapes(cfg)]
+    p = _leaves(inp, names)
+    out = model_forward(p, inp["tokens"].long(), cfg, inp["targets"].long())
+    out["loss"].backward()
+    res = {"loss": out["loss"].detach().reshape(1), "logits": out["logits"].detach()}
+    for n in names:
+        res["grad." + n] = p[n].grad
+    stats = {k: (out["margins"][k].abs().min().item(), out["spikes"][k].mean().item())
+             for k in out["margins"]}
+    return res, stats
+
+
 # ------------------------------------------------------------ input drawing
 
 def lambda_init_logits(Nh, D):
@@ -237,6 +393,38 @@ def draw_rmsnorm(seed, N, C):
     torch.manual_seed(seed)
     t = {"x": 3.0 * _randn(N, C), "g": 1.0 + 0.1 * _randn(C), "dy": _randn(N, C)}
     return {n: x.float() for n, x in t.items()}
+
+
+def draw_model(seed, cfg, B, T):
+    """Inputs of a whole-model case, rounded to float32.
+
+    SPEC initialisation, then perturbed so that every gradient is non-trivial:
+    a_lambda, a_beta, a_beta_ffn + N(0, 0.3^2); gains 1 + N(0, 0.1^2);
+    W_O ~ N(0, 1/C) and W_2 ~ N(0, 1/F) (so the residual stream changes);
+    E ~ N(0, 0.5^2) with the padded rows kept zero. Tokens and targets are
+    uniform in [0, V) and stored as float32.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    p = init_params(cfg, gen)
+
+    def rn(shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64)
+    for name, shape in param_shapes(cfg):
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf in ("a_lambda", "a_beta", "a_beta_ffn"):
+            p[name] = p[name] + 0.3 * rn(shape)
+        elif leaf.startswith("norm"):
+            p[name] = 1.0 + 0.1 * rn(shape)
+        elif leaf == "W_O":
+            p[name] = rn(shape) / math.sqrt(cfg["C"])
+        elif leaf == "W_2":
+            p[name] = rn(shape) / math.sqrt(cfg["F"])
+        elif name == "E":
+            p[name] = 0.5 * rn(shape)
+            p[name][cfg["V"]:] = 0.0
+    p["tokens"] = torch.randint(0, cfg["V"], (B, T), generator=gen).double()
+    p["targets"] = torch.randint(0, cfg["V"], (B, T), generator=gen).double()
+    return {n: x.float() for n, x in p.items()}
 
 
 # ------------------------------------------------------------------ file I/O
@@ -283,6 +471,12 @@ AMSU_CASES = [
 ]
 LIF_CASE = ("lif", 2100, dict(B=2, T=11, F=40))
 RMSNORM_CASE = ("rmsnorm", 3100, dict(N=6, C=20))
+# case name -> (base seed, config, B, T)
+MODEL_CASES = [
+    ("model_tiny", 4100, dict(V=256, L=2, C=32, Nh=2, F=128, astro=True), 2, 9),
+    ("model_tiny_off", 4200, dict(V=256, L=2, C=32, Nh=2, F=128, astro=False), 2, 9),
+    ("model_padded", 4300, dict(V=70, L=1, C=16, Nh=2, F=64, astro=True), 3, 6),
+]
 
 
 def _first_safe_seed(seed, run):
@@ -328,6 +522,8 @@ def write_fixtures(directory, verbose=True):
     emit(case, base, inp, rmsnorm_case(inp))
     report.append((case, base, base, None, None))
 
+    model_report = write_model_fixtures(directory)
+
     if verbose:
         print(f"{'case':<12} {'base':>5} {'seed':>5} {'margin':>10} {'fired':>7}")
         for case, base, seed, margin, rate in report:
@@ -335,6 +531,42 @@ def write_fixtures(directory, verbose=True):
                 print(f"{case:<12} {base:>5} {seed:>5} {'-':>10} {'-':>7}")
             else:
                 print(f"{case:<12} {base:>5} {seed:>5} {margin:>10.3e} {rate:>7.3f}")
+        print()
+        print(f"{'model case':<16} {'base':>5} {'seed':>5}  {'mixer':<15} "
+              f"{'margin':>10} {'fired':>7}")
+        for case, base, seed, stats in model_report:
+            for i, (mixer, (margin, rate)) in enumerate(stats.items()):
+                head = f"{case:<16} {base:>5} {seed:>5}" if i == 0 else " " * 28
+                print(f"{head}  {mixer:<15} {margin:>10.3e} {rate:>7.3f}")
+    return report + [(c, b, s, min(m for m, _ in st.values()), None)
+                     for c, b, s, st in model_report]
+
+
+def model_fixture_case(case):
+    """(seed, config, inputs, outputs, stats) of a model case: the first seed
+    from its base whose every neuron (all layers, both mixers) has |m| >= 1e-4."""
+    _, base, kw, B, T = next(c for c in MODEL_CASES if c[0] == case)
+    cfg = model_config(**kw)
+    seed = base
+    while True:
+        inp = draw_model(seed, cfg, B, T)
+        res, stats = model_case(inp, cfg)
+        if min(m for m, _ in stats.values()) >= MIN_MARGIN:
+            return seed, cfg, inp, res, stats
+        seed += 1
+
+
+def write_model_fixtures(directory):
+    """model_<case>.in/.out.safetensors; returns [(case, base, seed, stats)]."""
+    report = []
+    for case, base, _, B, T in MODEL_CASES:
+        seed, cfg, inp, res, stats = model_fixture_case(case)
+        meta = {"generator": GENERATOR, "case": case, "seed": seed, "B": B, "T": T,
+                "astro": "1" if cfg["astro"] else "0"}
+        meta.update({k: cfg[k] for k in ("V", "Vp", "L", "C", "Nh", "F")})
+        save(inp, os.path.join(directory, case + ".in.safetensors"), meta)
+        save(res, os.path.join(directory, case + ".out.safetensors"), meta)
+        report.append((case, base, seed, stats))
     return report
 
 
@@ -399,6 +631,102 @@ def cmd_compare(args):
     return 0 if compare(load(args.a), load(args.b), args.rtol) else 1
 
 
+# ------------------------------------------------------------------ training
+
+def lr_at(step, steps, lr, warmup):
+    """Learning rate of step 1..steps: linear warmup to lr over `warmup` steps,
+    then cosine down to 0.1 lr at the last step."""
+    if step <= warmup:
+        return lr * step / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return lr * (0.1 + 0.45 * (1.0 + math.cos(math.pi * progress)))
+
+
+def byte_splits(path):
+    """Bytes of a file as int64 tokens: (first 90% train, last 10% val)."""
+    with open(path, "rb") as f:
+        data = torch.frombuffer(bytearray(f.read()), dtype=torch.uint8).long()
+    n = int(0.9 * data.numel())
+    return data[:n], data[n:]
+
+
+def train_batch(data, B, T, gen):
+    """B random windows of T + 1 tokens: (tokens, targets), each (B, T)."""
+    starts = torch.randint(0, data.numel() - T, (B,), generator=gen)
+    w = data[starts[:, None] + torch.arange(T + 1)]            # (B, T + 1)
+    return w[:, :-1], w[:, 1:]
+
+
+@torch.no_grad()
+def val_loss(p, cfg, data, B, T, batches):
+    """Mean CE over `batches` batches of consecutive, non-overlapping windows
+    from the start of `data` (fewer if the split is shorter)."""
+    n = min(batches * B, (data.numel() - 1) // T)
+    total, count = 0.0, 0
+    for first in range(0, n, B):
+        k = torch.arange(first, min(first + B, n))
+        w = data[k[:, None] * T + torch.arange(T + 1)]         # (b, T + 1)
+        loss = model_forward(p, w[:, :-1], cfg, w[:, 1:])["loss"]
+        total += loss.item() * w.shape[0]
+        count += w.shape[0]
+    return total / max(count, 1)
+
+
+def cmd_train(args):
+    torch.set_num_threads(args.threads)
+    train, val = byte_splits(args.data)
+    B, T = args.batch, args.seq
+    if train.numel() <= T + 1:
+        print(f"train: {args.data}: train split has {train.numel()} bytes, "
+              f"need more than seq + 1 = {T + 1}", file=sys.stderr)
+        return 2
+    cfg = model_config(args.size, V=256, astro=args.astro == "on")
+    p = {n: x.requires_grad_(True) for n, x in
+         init_params(cfg, torch.Generator().manual_seed(args.seed), torch.float32).items()}
+    decay = [x for n, x in p.items() if is_matrix(n)]
+    no_decay = [x for n, x in p.items() if not is_matrix(n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=args.lr, betas=(0.9, 0.95), eps=1e-8)
+    data_gen = torch.Generator().manual_seed(args.seed)
+    nparam = sum(x.numel() for x in p.values())
+    print(f"train: size {args.size}, astro {args.astro}, {nparam} params, "
+          f"train {train.numel()} / val {val.numel()} bytes, B {B} T {T}, "
+          f"{args.steps} steps, lr {args.lr:g} (warmup {args.warmup}), "
+          f"seed {args.seed}, {args.threads} threads", flush=True)
+    out = open(args.out, "w") if args.out else None
+
+    def log(rec):
+        if out:
+            out.write(json.dumps(rec) + "\n")
+            out.flush()
+
+    for step in range(1, args.steps + 1):
+        t0 = time.perf_counter()
+        lr = lr_at(step, args.steps, args.lr, args.warmup)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        tokens, targets = train_batch(train, B, T, data_gen)
+        loss = model_forward(p, tokens, cfg, targets)["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(list(p.values()), 1.0)
+        opt.step()
+        dt = time.perf_counter() - t0
+        rec = {"step": step, "loss": loss.item(), "lr": lr,
+               "tok_s": B * T / dt, "ms": 1000.0 * dt}
+        print(f"step {step} | loss {rec['loss']:.4f} | lr {lr:.3e} | "
+              f"{rec['tok_s']:.0f} tok/s | {rec['ms']:.1f} ms", flush=True)
+        log(rec)
+        if args.eval_every > 0 and (step % args.eval_every == 0 or step == args.steps):
+            vl = val_loss(p, cfg, val, B, T, args.eval_batches)
+            print(f"step {step} | val_loss {vl:.4f}", flush=True)
+            log({"step": step, "val_loss": vl})
+    if out:
+        out.close()
+    return 0
+
+
 # ------------------------------------------------------------------ selftest
 
 def _fd_check(loss_fn, leaves, names, h=1e-6):
@@ -418,7 +746,7 @@ def _fd_check(loss_fn, leaves, names, h=1e-6):
                 flat[i] = old
                 fdf[i] = (lp - lm) / (2 * h)
             err = ((x.grad - fd).abs().max() / fd.abs().max().clamp_min(1e-12)).item()
-            print(f"  {n:<9} autograd vs FD rel err {err:.2e}")
+            print(f"  {n:<{max(9, len(n))}} autograd vs FD rel err {err:.2e}")
             worst = max(worst, err)
     return worst
 
@@ -479,6 +807,50 @@ def _check_rmsnorm(inp):
     return _fd_check(lambda: (dy * rmsnorm(p["x"], p["g"])).sum(), p, ["x", "g"])
 
 
+def _check_model(inp, cfg):
+    """FD check of every whole-model gradient; returns the worst error.
+
+    In a stack of layers a spike feeds the next mixers, so replacing it by the
+    smooth step would change the forward values themselves. Each spike is
+    therefore replaced by s0 + (smooth(m) - smooth(m0)), where s0 and m0 are
+    that neuron's spike and margin in the spiking run, and the resets are
+    frozen at (1 - s0_{t-1}). At the spiking point this function has exactly
+    the spiking model's values, and its true derivative is the SPEC's
+    surrogate with detached resets, i.e. what autograd computed for the
+    spiking model; central finite differences of it check all of the rest
+    (RMSNorms, embedding, tied head on the V real rows, padded rows, W_O,
+    W_2, cross-entropy).
+    """
+    names = [n for n, _ in param_shapes(cfg)]
+    p = _leaves(inp, names)
+    tok, tgt = inp["tokens"].long(), inp["targets"].long()
+    out = model_forward(p, tok, cfg, tgt)
+    out["loss"].backward()
+    s0 = {k: v.detach() for k, v in out["spikes"].items()}
+    m0 = {k: v.detach() for k, v in out["margins"].items()}
+    keep = {k: _frozen_reset(v) for k, v in s0.items()}
+    print(f"  loss {out['loss'].item():.6f}, "
+          + ", ".join(f"{k} fired {v.mean().item():.3f}" for k, v in s0.items()))
+
+    def mixer_kw(name):
+        step = [0]
+
+        def linearised_spike(m):
+            t = step[0]
+            step[0] += 1
+            return s0[name][:, t] + (smooth_spike(m) - smooth_spike(m0[name][:, t]))
+        return {"spike_fn": linearised_spike, "fixed_reset": keep[name]}
+
+    def loss_fn():
+        return model_forward(p, tok, cfg, tgt, mixer_kw)["loss"]
+
+    with torch.no_grad():
+        same = loss_fn().item() == out["loss"].item()
+    print(f"  linearised model reproduces the spiking loss exactly: {same}")
+    worst = _fd_check(loss_fn, p, names)
+    return worst if same else math.inf
+
+
 def selftest():
     tol = 1e-6
     ok = True
@@ -492,6 +864,13 @@ def selftest():
     ok &= _check_lif(draw_lif(9, B=2, T=6, F=10)) < tol
     print("selftest 1d: RMSNorm: autograd vs finite differences")
     ok &= _check_rmsnorm(draw_rmsnorm(10, N=3, C=7)) < tol
+    print("selftest 1e: whole model, fixture case model_padded (V 70 padded to 128): "
+          "autograd vs finite differences")
+    seed, cfg, inp, _, _ = model_fixture_case("model_padded")
+    ok &= _check_model(inp, cfg) < tol
+    print("selftest 1f: whole model, astro off, 2 layers: autograd vs finite differences")
+    cfg = model_config(V=40, L=2, C=8, Nh=1, F=16, astro=False)
+    ok &= _check_model(draw_model(11, cfg, B=2, T=5), cfg) < tol
 
     # (2) Fixtures are reproducible byte for byte.
     print("selftest 2: fixtures regenerate byte-identically")
@@ -531,6 +910,20 @@ def main(argv=None):
     c.add_argument("b")
     c.add_argument("--rtol", type=float, default=1e-5)
     sub.add_parser("selftest", help="finite-difference and reproducibility checks")
+    t = sub.add_parser("train", help="train a named size on a text file (bytes)")
+    t.add_argument("--data", required=True, help="text file; bytes are the tokens")
+    t.add_argument("--size", choices=sorted(NAMED_SIZES), default="small")
+    t.add_argument("--astro", choices=("on", "off"), default="on")
+    t.add_argument("--steps", type=int, default=800)
+    t.add_argument("--batch", type=int, default=16)
+    t.add_argument("--seq", type=int, default=128)
+    t.add_argument("--lr", type=float, default=3e-3)
+    t.add_argument("--warmup", type=int, default=20)
+    t.add_argument("--seed", type=int, default=1)
+    t.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    t.add_argument("--eval-every", type=int, default=100)
+    t.add_argument("--eval-batches", type=int, default=20)
+    t.add_argument("--out", help="metrics, one JSON object per line")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)  # deterministic reductions
     if args.cmd == "fixtures":
@@ -539,6 +932,8 @@ def main(argv=None):
         return cmd_amsu(args)
     if args.cmd == "compare":
         return cmd_compare(args)
+    if args.cmd == "train":
+        return cmd_train(args)
     return selftest()
 
 

@@ -9,9 +9,11 @@ set -euo pipefail
 
 PACKAGES=(
   build-essential cmake pkg-config   # C17 compiler and the build
-  libopenblas-dev                    # CBLAS for the CPU backend's matmuls
+  libopenblas-dev                    # CBLAS for the CPU backend's matmuls,
+  libopenblas-openmp-dev             #   built with OpenMP (shares glia's threads)
   libcjson-dev                       # safetensors headers (JSON)
   libcriterion-dev                   # the test framework
+  bible-kjv bible-kjv-text           # the default training corpus (King James Bible)
 )
 
 missing=()

@@ -30,6 +30,9 @@ typedef struct {
 typedef struct {
     StTensor *tensors;   // (n)
     int n;
+    char **meta_keys;    // (nmeta) the "__metadata__" string pairs, if any
+    char **meta_values;  // (nmeta)
+    int nmeta;
     void *buffer;        // owns the file's bytes
 } StFile;
 
@@ -41,6 +44,8 @@ void st_free(StFile *f);
 
 // The tensor called `name`, or NULL.
 const StTensor *st_find(const StFile *f, const char *name);
+// The metadata value for `key`, or NULL.
+const char *st_meta(const StFile *f, const char *key);
 
 // Look up an F32 tensor and check its shape. `ndim` dims are given in
 // `shape`; a dim of -1 matches any size. Returns the tensor or NULL with a
@@ -55,6 +60,8 @@ typedef struct StWriter StWriter;
 StWriter *st_writer_new(void);
 void st_writer_add(StWriter *w, const char *name, int ndim, const int64_t *shape,
                    const float *data);
+// A "__metadata__" string pair (copied). Keys must be unique.
+void st_writer_meta(StWriter *w, const char *key, const char *value);
 int st_writer_save(StWriter *w, const char *path, char err[ST_ERR_LEN]);  // 0 ok
 void st_writer_free(StWriter *w);
 

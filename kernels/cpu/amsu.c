@@ -156,7 +156,7 @@ size_t amsu_scratch_size(AmsuShape sh) {
 }
 
 void amsu_forward(float *y, AmsuActs *a, const float *z, const AmsuWeights *w, AmsuShape sh,
-                  const NeuronTestMode *test) {
+                  AmsuState *state, const NeuronTestMode *test) {
     int M = sh.B * sh.T, C = sh.C;
     matmul_forward(a->I, z, w->W_I, M, C, C, 1.0f, 0);
     if (sh.astro) {
@@ -164,12 +164,13 @@ void amsu_forward(float *y, AmsuActs *a, const float *z, const AmsuWeights *w, A
         matmul_forward(a->k, z, w->W_K, M, C, C, kscale, 0);
         matmul_forward(a->v, z, w->W_V, M, C, C, 1.0f, 0);
         matmul_forward(a->q, z, w->W_Q, M, C, C, 1.0f, 0);
-        astro_forward(a->o, a->Hckpt, a->k, a->v, a->q, w->a_lambda, NULL, sh.B, sh.T, C, sh.Nh);
+        astro_forward(a->o, a->Hckpt, a->k, a->v, a->q, w->a_lambda, state ? state->H : NULL,
+                      sh.B, sh.T, C, sh.Nh);
     } else {
         memset(a->o, 0, (size_t)M * C * sizeof(float));
     }
-    neuron_forward(a->u, a->s, a->I, sh.astro ? a->o : NULL, w->a_beta, NULL, NULL, sh.B, sh.T,
-                   C, test);
+    neuron_forward(a->u, a->s, a->I, sh.astro ? a->o : NULL, w->a_beta, state ? state->u : NULL,
+                   state ? state->s : NULL, sh.B, sh.T, C, test);
     matmul_forward(y, a->s, w->W_O, M, C, C, 1.0f, 0);
 }
 

@@ -38,6 +38,12 @@ typedef struct {
 } NeuronTestMode;
 
 // ---- matmul (CBLAS) --------------------------------------------------------
+// Threads for both OpenMP loops and OpenBLAS.
+void cpu_set_threads(int n);
+// 1 when OpenBLAS chose one of its old generic x86 kernels although the CPU
+// has AVX2 and FMA: OpenBLAS 0.3.21 (Debian 12) does not recognise some newer
+// Intel cores and falls back to SSE3 kernels, about 1.5x slower end to end.
+int cpu_blas_needs_haswell(void);
 // out (M, N) = alpha · inp (M, K) @ W (N, K)ᵀ, plus out if `accumulate`.
 void matmul_forward(float *out, const float *inp, const float *W, int M, int K, int N,
                     float alpha, int accumulate);
@@ -82,6 +88,15 @@ void astro_backward(float *dk, float *dv, float *dq, float *da_lambda, const flo
                     const float *k, const float *v, const float *q, const float *a_lambda,
                     const float *Hckpt, int B, int T, int C, int Nh);
 
+// ---- optimizer -------------------------------------------------------------------
+// One AdamW step (decoupled weight decay, bias correction; step counts from 1)
+// on n parameters p with gradients g and moments m, v.
+void adamw_update(float *p, const float *g, float *m, float *v, size_t n, float lr, float beta1,
+                  float beta2, float eps, float weight_decay, int step);
+// Σ g², reduced in a fixed order (independent of the thread count).
+double grad_norm_sq(const float *g, size_t n);
+void scale_inplace(float *x, size_t n, float s);
+
 // ---- the AM-SU token mixer (one layer) ---------------------------------------
 typedef struct {
     int B, T, C, Nh;  // D = C / Nh
@@ -106,6 +121,11 @@ typedef struct {   // what the forward keeps for the backward
     float *Hckpt;          // (B, Nh, nchunks(T), D, D) astrocyte checkpoints
 } AmsuActs;
 
+typedef struct {   // recurrent state carried across calls (streaming inference)
+    float *H;     // (B, Nh, D, D) astrocyte calcium
+    float *u, *s; // (B, C) membrane and last spikes
+} AmsuState;
+
 // Floats needed for the activations of one layer, and carving them from `mem`.
 size_t amsu_acts_size(AmsuShape sh);
 void amsu_acts_bind(AmsuActs *a, AmsuShape sh, float *mem);
@@ -113,8 +133,10 @@ void amsu_acts_bind(AmsuActs *a, AmsuShape sh, float *mem);
 size_t amsu_scratch_size(AmsuShape sh);
 
 // z (B, T, C) is the already-normalised layer input; y (B, T, C) = W_O s.
+// state: NULL to start from zero (training), else read before step 1 and
+// written after step T. acts->Hckpt may be NULL when no backward follows.
 void amsu_forward(float *y, AmsuActs *acts, const float *z, const AmsuWeights *w, AmsuShape sh,
-                  const NeuronTestMode *test);
+                  AmsuState *state, const NeuronTestMode *test);
 // dz (B, T, C) overwritten; parameter gradients added into g.
 void amsu_backward(float *dz, AmsuGrads *g, float *scratch, const float *dy, const float *z,
                    const AmsuActs *acts, const AmsuWeights *w, AmsuShape sh,

@@ -7,6 +7,21 @@
 #include "cpu/cpu.h"
 
 #include <cblas.h>
+#include <omp.h>
+#include <string.h>
+
+int cpu_blas_needs_haswell(void) {
+    const char *core = openblas_get_corename();
+    int generic = core && (!strcmp(core, "Prescott") || !strcmp(core, "Core2") ||
+                           !strcmp(core, "Nehalem") || !strcmp(core, "Sandybridge"));
+    __builtin_cpu_init();
+    return generic && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+
+void cpu_set_threads(int n) {
+    omp_set_num_threads(n);
+    openblas_set_num_threads(n);
+}
 
 void matmul_forward(float *out, const float *inp, const float *W, int M, int K, int N,
                     float alpha, int accumulate) {

@@ -1,0 +1,111 @@
+// checkpoint.c: see checkpoint.h.
+#include "checkpoint.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "glia/safetensors.h"
+
+int ckpt_save_model(const Model *m, const char *path, long step, char err[CKPT_ERR_LEN]) {
+    const ModelConfig *c = &m->cfg;
+    char buf[8][32];
+    StWriter *w = st_writer_new();
+    st_writer_meta(w, "format", "glia-model");
+    snprintf(buf[0], 32, "%d", MODEL_VERSION);
+    st_writer_meta(w, "model_version", buf[0]);
+    int vals[7] = {c->V, c->Vp, c->L, c->C, c->Nh, c->F, c->astro};
+    const char *keys[7] = {"V", "Vp", "L", "C", "Nh", "F", "astro"};
+    for (int i = 0; i < 7; i++) {
+        snprintf(buf[1], 32, "%d", vals[i]);
+        st_writer_meta(w, keys[i], buf[1]);
+    }
+    snprintf(buf[2], 32, "%ld", step);
+    st_writer_meta(w, "step", buf[2]);
+    for (int i = 0; i < m->ntensors; i++) {
+        const ParamTensor *t = &m->tensors[i];
+        st_writer_add(w, t->name, t->ndim, t->shape, m->params + t->offset);
+    }
+    char serr[ST_ERR_LEN];
+    int rc = st_writer_save(w, path, serr);
+    st_writer_free(w);
+    if (rc) snprintf(err, CKPT_ERR_LEN, "cannot save the model: %s", serr);
+    return rc;
+}
+
+// A metadata integer in [lo, hi], or -1 after writing err.
+static int meta_int(const StFile *f, const char *path, const char *key, long lo, long hi,
+                    long *out, char *err) {
+    const char *s = st_meta(f, key);
+    if (!s) return snprintf(err, CKPT_ERR_LEN, "%s: not a glia model file: metadata '%s' is missing", path, key), -1;
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi)
+        return snprintf(err, CKPT_ERR_LEN, "%s: metadata '%s' = '%.40s' is not a whole number in [%ld, %ld]", path, key, s, lo, hi), -1;
+    *out = v;
+    return 0;
+}
+
+Model *ckpt_load_model(const char *path, long *step, char err[CKPT_ERR_LEN]) {
+    char serr[ST_ERR_LEN];
+    StFile *f = st_load(path, serr);
+    if (!f) {
+        snprintf(err, CKPT_ERR_LEN, "%s", serr);
+        return NULL;
+    }
+    Model *m = NULL;
+    const char *format = st_meta(f, "format");
+    if (!format || strcmp(format, "glia-model")) {
+        snprintf(err, CKPT_ERR_LEN, "%s: not a glia model file (metadata format is %s)", path,
+                 format ? format : "missing");
+        goto fail;
+    }
+    long version, v[7], st = 0;
+    if (meta_int(f, path, "model_version", 0, 1 << 30, &version, err)) goto fail;
+    if (version != MODEL_VERSION) {
+        snprintf(err, CKPT_ERR_LEN, "%s: model_version %ld, this glia implements version %d", path,
+                 version, MODEL_VERSION);
+        goto fail;
+    }
+    const char *keys[7] = {"V", "Vp", "L", "C", "Nh", "F", "astro"};
+    for (int i = 0; i < 7; i++)
+        if (meta_int(f, path, keys[i], 0, 1 << 30, &v[i], err)) goto fail;
+    if (meta_int(f, path, "step", 0, 1L << 40, &st, err)) goto fail;
+    ModelConfig cfg = {(int)v[0], (int)v[1], (int)v[2], (int)v[3], (int)v[4], (int)v[5], v[6] != 0};
+    char cerr[256];
+    if (model_config_check(&cfg, cerr, sizeof cerr)) {
+        snprintf(err, CKPT_ERR_LEN, "%s: bad configuration: %s", path, cerr);
+        goto fail;
+    }
+    m = model_new(&cfg);
+    for (int i = 0; i < m->ntensors; i++) {
+        const ParamTensor *t = &m->tensors[i];
+        const StTensor *s = st_expect(f, t->name, t->ndim, t->shape, serr);
+        if (!s) {
+            snprintf(err, CKPT_ERR_LEN, "%s: %s", path, serr);
+            goto fail;
+        }
+        for (int64_t k = 0; k < s->numel; k++)
+            if (!isfinite(s->data[k])) {
+                snprintf(err, CKPT_ERR_LEN, "%s: tensor '%s': element %lld is not finite", path,
+                         t->name, (long long)k);
+                goto fail;
+            }
+        memcpy(m->params + t->offset, s->data, t->numel * sizeof(float));
+    }
+    if (f->n != m->ntensors) {
+        snprintf(err, CKPT_ERR_LEN, "%s: holds %d tensors, a model of this configuration has %d",
+                 path, f->n, m->ntensors);
+        goto fail;
+    }
+    st_free(f);
+    if (step) *step = st;
+    return m;
+fail:
+    model_free(m);
+    st_free(f);
+    return NULL;
+}

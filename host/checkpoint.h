@@ -1,0 +1,24 @@
+// checkpoint.h: saving and loading a model's parameters.
+//
+// A model file is a safetensors file: every parameter under its name in the
+// model's table (model.h), F32, and the configuration in the metadata
+// (format "glia-model", model_version, V, Vp, L, C, Nh, F, astro, step).
+// Any safetensors tool can read it; glia checks every tensor's presence and
+// shape against the configuration before using a single value. Saves are
+// atomic (temporary file, fsync, rename), so a crash never leaves a torn file
+// where the previous one was.
+#ifndef GLIA_CHECKPOINT_H
+#define GLIA_CHECKPOINT_H
+
+#include <stddef.h>
+
+#include "model.h"
+
+#define CKPT_ERR_LEN 640
+
+int ckpt_save_model(const Model *m, const char *path, long step, char err[CKPT_ERR_LEN]);
+// Loads a model file into a new Model (parameters only). On failure returns
+// NULL and writes a one-line error naming the file and the problem.
+Model *ckpt_load_model(const char *path, long *step, char err[CKPT_ERR_LEN]);
+
+#endif

@@ -1,0 +1,261 @@
+// cmd_train.c: `glia train`, `glia eval` and `glia generate`: flags in, the
+// library (train.c, model.c, sample.c) does the work.
+//
+// The three commands share how a model is described on the command line (a
+// named size plus overrides, or a checkpoint) and how the device and thread
+// count are chosen, so they live together.
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "checkpoint.h"
+#include "cli.h"
+#include "commands.h"
+#include "glia/util.h"
+#include "sample.h"
+#include "train.h"
+
+#define GET(name) cli_get(flags, nf, name)
+
+// --device: only the CPU backend runs whole models so far; auto picks it.
+static int pick_device(const char *cmd, const char *value) {
+    static const char *const devices[] = {"cpu", "auto", "cuda"};
+    int d;
+    if (cli_choice(cmd, "--device", value, devices, 3, &d)) return 2;
+    if (d == 2) {
+        fprintf(stderr, "glia %s: --device cuda: whole-model %s runs on the CPU backend only in this version; use --device cpu or auto\n",
+                cmd, cmd);
+        return 2;
+    }
+    return 0;
+}
+
+static int set_threads(const char *cmd, const char *value) {
+    if (!value) return 0;
+    long n;
+    if (cli_int(cmd, "--threads", value, 1, 4096, &n)) return 2;
+    cpu_set_threads((int)n);
+    return 0;
+}
+
+static const char *TRAIN_SUMMARY =
+    "Trains an AstroSNN language model (SPEC.md) on the CPU backend and writes\n"
+    "metrics.jsonl, model.safetensors and sample.txt into --out.\n"
+    "--data: a directory of llm.c-format shards (*train*.bin, *val*.bin), or a text\n"
+    "file (prepared with the byte tokenizer into OUT/data); default: the King James\n"
+    "Bible from Debian's bible-kjv packages, prepared on first use.\n"
+    "Sizes (SPEC): tiny, small, 124m, 1.5b; --layers/--width/--heads/--ffn override.";
+
+int cmd_train(int argc, char **argv) {
+    CliFlag flags[] = {
+        {"--size", "NAME", "named model size", "small"},
+        {"--layers", "N", "override: layers", NULL},
+        {"--width", "N", "override: model width C", NULL},
+        {"--heads", "N", "override: astrocyte heads", NULL},
+        {"--ffn", "N", "override: FFN width (default 4C when --width is given)", NULL},
+        {"--vocab", "N", "vocabulary size", "256"},
+        {"--astro", "on|off", "astrocyte modulation (off: SPEC's ablation)", "on"},
+        {"--data", "PATH", "shard directory or text file (default: KJV Bible)", NULL},
+        {"--out", "DIR", "run directory", "runs/train"},
+        {"--steps", "N", "optimizer steps", "800"},
+        {"--batch", "N", "sequences per micro-batch", "16"},
+        {"--seq", "N", "tokens per sequence", "128"},
+        {"--accum", "N", "micro-batches per step (gradient accumulation)", "1"},
+        {"--lr", "X", "peak learning rate", "3e-3"},
+        {"--warmup", "N", "warmup steps", "20"},
+        {"--min-lr", "X", "final learning rate, as a fraction of --lr", "0.1"},
+        {"--weight-decay", "X", "AdamW weight decay (matrices only)", "0.1"},
+        {"--clip", "X", "gradient-norm clip (0: off)", "1.0"},
+        {"--seed", "N", "seed of the initialisation and the batches", "1"},
+        {"--eval-every", "N", "validation every N steps (0: only at the end... off)", "100"},
+        {"--eval-batches", "N", "validation batches", "20"},
+        {"--ckpt-every", "N", "save the model every N steps (and at the end)", "200"},
+        {"--sample-tokens", "N", "tokens of text to sample at the end", "400"},
+        {"--max-seconds", "S", "stop (and save) after S seconds; 0: no limit", "0"},
+        {"--threads", "N", "CPU threads (default: all cores)", NULL},
+        {"--device", "DEV", "cpu or auto", "auto"},
+        {"--quiet", NULL, "no per-step lines", NULL},
+    };
+    int nf = sizeof flags / sizeof flags[0];
+    int rc = cli_parse("train", TRAIN_SUMMARY, argc, argv, flags, nf);
+    if (rc) return rc == 1 ? 0 : 2;
+    if (pick_device("train", GET("--device")) || set_threads("train", GET("--threads"))) return 2;
+
+    TrainOptions o = {0};
+    if (model_config_named(GET("--size"), &o.cfg)) {
+        fprintf(stderr, "glia train: --size: '%s' is not one of tiny, small, 124m, 1.5b\n", GET("--size"));
+        return 2;
+    }
+    long v;
+    double d;
+    static const char *const onoff[] = {"off", "on"};
+    if (GET("--layers")) { if (cli_int("train", "--layers", GET("--layers"), 1, 256, &v)) return 2; o.cfg.L = (int)v; }
+    if (GET("--width")) {
+        if (cli_int("train", "--width", GET("--width"), 1, 65536, &v)) return 2;
+        o.cfg.C = (int)v;
+        o.cfg.F = 4 * o.cfg.C;
+    }
+    if (GET("--heads")) { if (cli_int("train", "--heads", GET("--heads"), 1, 65536, &v)) return 2; o.cfg.Nh = (int)v; }
+    if (GET("--ffn")) { if (cli_int("train", "--ffn", GET("--ffn"), 1, 262144, &v)) return 2; o.cfg.F = (int)v; }
+    if (cli_int("train", "--vocab", GET("--vocab"), 2, 65536, &v)) return 2;
+    if (strcmp(GET("--size"), "124m") && strcmp(GET("--size"), "1.5b")) o.cfg.V = (int)v;
+    else if (cli_get(flags, nf, "--vocab") && strcmp(GET("--vocab"), "256")) o.cfg.V = (int)v;
+    o.cfg.Vp = model_pad_vocab(o.cfg.V);
+    if (cli_choice("train", "--astro", GET("--astro"), onoff, 2, &o.cfg.astro)) return 2;
+    char err[256];
+    if (model_config_check(&o.cfg, err, sizeof err)) {
+        fprintf(stderr, "glia train: %s\n", err);
+        return 2;
+    }
+    o.data = GET("--data");
+    o.out = GET("--out");
+    if (cli_int("train", "--steps", GET("--steps"), 1, 1L << 40, &o.steps)) return 2;
+    if (cli_int("train", "--batch", GET("--batch"), 1, 1 << 20, &v)) return 2;
+    o.batch = (int)v;
+    if (cli_int("train", "--seq", GET("--seq"), 1, 1 << 20, &v)) return 2;
+    o.seq = (int)v;
+    if (cli_int("train", "--accum", GET("--accum"), 1, 1 << 20, &v)) return 2;
+    o.accum = (int)v;
+    if (cli_float("train", "--lr", GET("--lr"), 0, 10, &o.lr)) return 2;
+    if (cli_int("train", "--warmup", GET("--warmup"), 0, 1L << 40, &o.warmup)) return 2;
+    if (cli_float("train", "--min-lr", GET("--min-lr"), 0, 1, &o.min_lr_frac)) return 2;
+    if (cli_float("train", "--weight-decay", GET("--weight-decay"), 0, 10, &o.weight_decay)) return 2;
+    if (cli_float("train", "--clip", GET("--clip"), 0, 1e9, &o.clip)) return 2;
+    if (cli_int("train", "--seed", GET("--seed"), 0, 1L << 62, &v)) return 2;
+    o.seed = (uint64_t)v;
+    if (cli_int("train", "--eval-every", GET("--eval-every"), 0, 1L << 40, &o.eval_every)) return 2;
+    if (cli_int("train", "--eval-batches", GET("--eval-batches"), 1, 1L << 30, &o.eval_batches)) return 2;
+    if (cli_int("train", "--ckpt-every", GET("--ckpt-every"), 0, 1L << 40, &o.ckpt_every)) return 2;
+    if (cli_int("train", "--sample-tokens", GET("--sample-tokens"), 0, 1 << 24, &v)) return 2;
+    o.sample_tokens = (int)v;
+    if (cli_float("train", "--max-seconds", GET("--max-seconds"), 0, 1e9, &d)) return 2;
+    o.max_seconds = d;
+    o.quiet = GET("--quiet") != NULL;
+    return train_run(&o);
+}
+
+// ---- eval ------------------------------------------------------------------------------
+
+static Model *load_or_fail(const char *cmd, const char *path) {
+    if (!path) {
+        fprintf(stderr, "glia %s: --ckpt is required (see glia %s --help)\n", cmd, cmd);
+        return NULL;
+    }
+    char err[CKPT_ERR_LEN];
+    Model *m = ckpt_load_model(path, NULL, err);
+    if (!m) fprintf(stderr, "glia %s: %s\n", cmd, err);
+    return m;
+}
+
+int cmd_eval(int argc, char **argv) {
+    CliFlag flags[] = {
+        {"--ckpt", "FILE", "model file (model.safetensors of a run)", NULL},
+        {"--data", "PATH", "shard directory or text file (default: KJV Bible)", NULL},
+        {"--out", "DIR", "where a text file given as --data is prepared", "runs/eval"},
+        {"--batch", "N", "sequences per batch", "16"},
+        {"--seq", "N", "tokens per sequence", "128"},
+        {"--batches", "N", "validation batches (the whole split if larger)", "20"},
+        {"--threads", "N", "CPU threads", NULL},
+        {"--device", "DEV", "cpu or auto", "auto"},
+    };
+    int nf = sizeof flags / sizeof flags[0];
+    int rc = cli_parse("eval", "Validation loss, bits per byte (byte vocabulary) and perplexity of a model.",
+                       argc, argv, flags, nf);
+    if (rc) return rc == 1 ? 0 : 2;
+    if (pick_device("eval", GET("--device")) || set_threads("eval", GET("--threads"))) return 2;
+    long B, T, nb;
+    if (cli_int("eval", "--batch", GET("--batch"), 1, 1 << 20, &B) ||
+        cli_int("eval", "--seq", GET("--seq"), 1, 1 << 20, &T) ||
+        cli_int("eval", "--batches", GET("--batches"), 1, 1L << 30, &nb))
+        return 2;
+    Model *m = load_or_fail("eval", GET("--ckpt"));
+    if (!m) return 2;
+    char err[DATA_ERR_LEN], dir[4096];
+    Dataset val = {0};
+    rc = train_data_dir(GET("--data"), GET("--out"), dir, sizeof dir, err);
+    if (!rc && dataset_open(&val, dir, "val", err)) rc = 2;
+    if (!rc && val.max_token >= m->cfg.V) {
+        snprintf(err, sizeof err, "%.400s: token id %d is outside the model's vocabulary of %d", dir,
+                 val.max_token, m->cfg.V);
+        rc = 2;
+    }
+    if (rc) {
+        fprintf(stderr, "glia eval: %s\n", err);
+        model_free(m);
+        dataset_close(&val);
+        return rc;
+    }
+    model_alloc_acts(m, (int)B, (int)T);
+    long windows;
+    double loss = train_eval(m, &val, (int)B, (int)T, nb, &windows);
+    if (windows == 0) {
+        fprintf(stderr, "glia eval: %s: the val split has no window of %ld tokens\n", dir, T + 1);
+        rc = 2;
+    } else {
+        printf("val loss %.4f nats/token | %.4f bits/%s | perplexity %.3f | %ld windows of %ld tokens\n",
+               loss, loss / 0.69314718055994530942, m->cfg.V <= 256 ? "byte" : "token", exp(loss),
+               windows, T);
+    }
+    model_free(m);
+    dataset_close(&val);
+    return rc;
+}
+
+// ---- generate ------------------------------------------------------------------------
+
+int cmd_generate(int argc, char **argv) {
+    CliFlag flags[] = {
+        {"--ckpt", "FILE", "model file", NULL},
+        {"--prompt", "TEXT", "text to start from (byte vocabulary)", "\n"},
+        {"--tokens", "N", "tokens to generate", "400"},
+        {"--temperature", "X", "sampling temperature (0: greedy)", "0.8"},
+        {"--top-k", "N", "sample among the k most likely (0: all)", "0"},
+        {"--top-p", "X", "sample within probability mass p", "0.95"},
+        {"--seed", "N", "sampling seed", "1"},
+        {"--threads", "N", "CPU threads", NULL},
+        {"--device", "DEV", "cpu or auto", "auto"},
+    };
+    int nf = sizeof flags / sizeof flags[0];
+    int rc = cli_parse("generate",
+                       "Writes text from a model, streaming it as it is made. The prompt runs once\n"
+                       "through the model; then each token is one step of the recurrent state (no\n"
+                       "cache grows: the cost per token is the same at any length).",
+                       argc, argv, flags, nf);
+    if (rc) return rc == 1 ? 0 : 2;
+    if (pick_device("generate", GET("--device")) || set_threads("generate", GET("--threads"))) return 2;
+    long ntok, topk, seed;
+    double temp, topp;
+    if (cli_int("generate", "--tokens", GET("--tokens"), 1, 1L << 30, &ntok) ||
+        cli_float("generate", "--temperature", GET("--temperature"), 0, 100, &temp) ||
+        cli_int("generate", "--top-k", GET("--top-k"), 0, 1 << 30, &topk) ||
+        cli_float("generate", "--top-p", GET("--top-p"), 1e-6, 1, &topp) ||
+        cli_int("generate", "--seed", GET("--seed"), 0, 1L << 62, &seed))
+        return 2;
+    const char *prompt = GET("--prompt");
+    int n = (int)strlen(prompt);
+    if (n == 0) {
+        fprintf(stderr, "glia generate: --prompt is empty\n");
+        return 2;
+    }
+    Model *m = load_or_fail("generate", GET("--ckpt"));
+    if (!m) return 2;
+    if (m->cfg.V < 256) {
+        fprintf(stderr, "glia generate: the model's vocabulary (%d) is not the byte vocabulary; text prompts need V = 256\n", m->cfg.V);
+        model_free(m);
+        return 2;
+    }
+    int *toks = xmalloc((size_t)n * sizeof(int));
+    for (int i = 0; i < n; i++) toks[i] = (unsigned char)prompt[i];
+    model_alloc_acts(m, 1, n);
+    ModelState *st = model_state_new(m, 1);
+    Rng rng;
+    rng_init(&rng, (uint64_t)seed);
+    SampleParams sp = {(float)temp, (int)topk, (float)topp};
+    fputs(prompt, stdout);
+    generate_tokens(m, st, toks, n, (int)ntok, &sp, &rng, stdout, NULL);
+    fputc('\n', stdout);
+    free(toks);
+    model_state_free(st);
+    model_free(m);
+    return 0;
+}

@@ -1,0 +1,266 @@
+// train.c: the training loop.
+//
+// One step: zero the gradients; for each micro-batch draw the batch that
+// the step number determines (data.h), forward, backward (gradients summed,
+// scaled by 1/accum); clip the global gradient norm; AdamW with the
+// scheduled learning rate. Nothing in a step depends on wall time or on
+// state other than the parameters, the moments and the step number, so the
+// same seed and thread count give bit-identical runs.
+//
+// The run directory gets metrics.jsonl (one JSON object per step, and one
+// per evaluation), model.safetensors (saved every ckpt_every steps and at
+// the end, atomically) and sample.txt. Ctrl-C stops after the current step
+// and saves first.
+#include "train.h"
+
+#include <errno.h>
+#include <math.h>
+#include <omp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "checkpoint.h"
+#include "glia/util.h"
+#include "sample.h"
+
+static volatile sig_atomic_t stop_requested;
+static void on_sigint(int sig) {
+    (void)sig;
+    stop_requested = 1;
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+double train_lr(double lr, double min_frac, long warmup, long steps, long s) {
+    if (s <= warmup) return lr * (double)s / (double)(warmup > 0 ? warmup : 1);
+    double progress = steps > warmup ? (double)(s - warmup) / (double)(steps - warmup) : 1.0;
+    double min_lr = min_frac * lr;
+    return min_lr + 0.5 * (1.0 + cos(3.14159265358979323846 * progress)) * (lr - min_lr);
+}
+
+double train_eval(Model *m, const Dataset *val, int B, int T, long batches, long *windows) {
+    int *in = xmalloc((size_t)B * T * sizeof(int)), *tg = xmalloc((size_t)B * T * sizeof(int));
+    double total = 0.0;
+    long n = 0;
+    for (long i = 0; i < batches; i++) {
+        int got = dataset_window(val, (size_t)i, B, T, in, tg);
+        if (got <= 0) break;
+        total += model_forward(m, in, tg, got, T, NULL) * got;
+        n += got;
+    }
+    free(in);
+    free(tg);
+    if (windows) *windows = n;
+    return n ? total / n : NAN;
+}
+
+static int is_dir(const char *p) {
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+static int mkdir_p(const char *path) {
+    char buf[4096];
+    snprintf(buf, sizeof buf, "%s", path);
+    for (char *p = buf + 1; *p; p++)
+        if (*p == '/') {
+            *p = 0;
+            if (mkdir(buf, 0755) && errno != EEXIST) return -1;
+            *p = '/';
+        }
+    return mkdir(buf, 0755) && errno != EEXIST ? -1 : 0;
+}
+
+int train_data_dir(const char *data, const char *out, char *dir, size_t dir_len, char *err) {
+    if (!data) return corpus_default(dir, dir_len, err) ? 2 : 0;
+    if (is_dir(data)) {
+        snprintf(dir, dir_len, "%s", data);
+        return 0;
+    }
+    FILE *f = fopen(data, "rb");
+    if (!f) return snprintf(err, DATA_ERR_LEN, "%s: cannot open: %s", data, strerror(errno)), 2;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    unsigned char *text = xmalloc(n > 0 ? (size_t)n : 1);
+    size_t got = n > 0 ? fread(text, 1, (size_t)n, f) : 0;
+    fclose(f);
+    if (n < 0 || got != (size_t)n) {
+        free(text);
+        return snprintf(err, DATA_ERR_LEN, "%s: cannot read the whole file", data), 2;
+    }
+    snprintf(dir, dir_len, "%s/data", out);
+    const char *base = strrchr(data, '/');
+    char name[256];
+    snprintf(name, sizeof name, "%s", base ? base + 1 : data);
+    char *dot = strrchr(name, '.');
+    if (dot && dot != name) *dot = 0;
+    int rc = prepare_bytes(text, got, 0.1, dir, name, err);
+    free(text);
+    return rc ? 2 : 0;
+}
+
+static void fmt_eta(char *buf, size_t n, double s) {
+    if (s < 60) snprintf(buf, n, "%.0fs", s);
+    else if (s < 3600) snprintf(buf, n, "%dm%02ds", (int)s / 60, (int)s % 60);
+    else snprintf(buf, n, "%dh%02dm", (int)s / 3600, (int)s % 3600 / 60);
+}
+
+int train_run(const TrainOptions *o) {
+    char err[DATA_ERR_LEN > CKPT_ERR_LEN ? DATA_ERR_LEN : CKPT_ERR_LEN], dir[4096], path[4200];
+    if (mkdir_p(o->out)) {
+        fprintf(stderr, "glia train: --out %s: cannot create the directory: %s\n", o->out, strerror(errno));
+        return 1;
+    }
+    int rc = train_data_dir(o->data, o->out, dir, sizeof dir, err);
+    if (rc) {
+        fprintf(stderr, "glia train: %s\n", err);
+        return rc;
+    }
+    Dataset train = {0}, val = {0};
+    if (dataset_open(&train, dir, "train", err) || dataset_open(&val, dir, "val", err) ||
+        dataset_check_seq(&train, o->seq, err)) {
+        fprintf(stderr, "glia train: %s\n", err);
+        dataset_close(&train);
+        return 2;
+    }
+    int maxtok = train.max_token > val.max_token ? train.max_token : val.max_token;
+    if (maxtok >= o->cfg.V) {
+        fprintf(stderr, "glia train: %s: token id %d is outside the model's vocabulary of %d\n", dir,
+                maxtok, o->cfg.V);
+        dataset_close(&train);
+        dataset_close(&val);
+        return 2;
+    }
+
+    void (*old_handler)(int) = SIG_DFL;
+    int handler_set = 0;
+    Model *m = model_new(&o->cfg);
+    model_init(m, o->seed);
+    model_alloc_grads(m);
+    model_alloc_acts(m, o->batch, o->seq);
+    float *mom1 = xcalloc(m->nparams, sizeof(float)), *mom2 = xcalloc(m->nparams, sizeof(float));
+    int B = o->batch, T = o->seq;
+    int *in = xmalloc((size_t)B * T * sizeof(int)), *tg = xmalloc((size_t)B * T * sizeof(int));
+
+    snprintf(path, sizeof path, "%s/metrics.jsonl", o->out);
+    FILE *metrics = fopen(path, "w");
+    if (!metrics) {
+        fprintf(stderr, "glia train: %s: cannot write: %s\n", path, strerror(errno));
+        rc = 1;
+        goto done;
+    }
+    snprintf(path, sizeof path, "%s/model.safetensors", o->out);
+    printf("glia train: %s model, %.2f M parameters (L %d, C %d, heads %d, FFN %d, vocab %d, astro %s)\n",
+           o->cfg.astro ? "AM-SU" : "LIF (astro off)", m->nparams / 1e6, o->cfg.L, o->cfg.C,
+           o->cfg.Nh, o->cfg.F, o->cfg.V, o->cfg.astro ? "on" : "off");
+    printf("glia train: data %s (%zu train, %zu val tokens), batch %d x %d x %d, %ld steps, %d threads\n",
+           dir, train.total, val.total, B, T, o->accum, o->steps, omp_get_max_threads());
+    fflush(stdout);
+
+    stop_requested = 0;
+    old_handler = signal(SIGINT, on_sigint);
+    handler_set = 1;
+    double t_start = now_s(), ms_sum = 0.0;
+    long step = 0, timed = 0;
+    for (step = 1; step <= o->steps; step++) {
+        double t0 = now_s();
+        model_zero_grad(m);
+        double loss = 0.0;
+        for (int micro = 0; micro < o->accum; micro++) {
+            dataset_sample(&train, o->seed, (uint64_t)(step - 1) * o->accum + micro, 0, B, T, in, tg);
+            loss += model_forward(m, in, tg, B, T, NULL) / o->accum;
+            model_backward(m, in, 1.0f / o->accum);
+        }
+        double norm = sqrt(grad_norm_sq(m->grads, m->nparams));
+        if (o->clip > 0 && norm > o->clip) scale_inplace(m->grads, m->nparams, (float)(o->clip / norm));
+        double lr = train_lr(o->lr, o->min_lr_frac, o->warmup, o->steps, step);
+        for (int i = 0; i < m->ntensors; i++) {
+            const ParamTensor *t = &m->tensors[i];
+            adamw_update(m->params + t->offset, m->grads + t->offset, mom1 + t->offset,
+                         mom2 + t->offset, t->numel, (float)lr, 0.9f, 0.95f, 1e-8f,
+                         t->decay ? (float)o->weight_decay : 0.0f, (int)step);
+        }
+        double ms = (now_s() - t0) * 1e3, tok_s = (double)B * T * o->accum / (ms * 1e-3);
+        if (!isfinite(loss)) {
+            fprintf(stderr, "glia train: step %ld: the loss is not finite (%g); stopping without saving\n", step, loss);
+            rc = 1;
+            goto done;
+        }
+        if (step > 1) ms_sum += ms, timed++;
+        double avg = timed ? ms_sum / timed : ms;
+        char eta[32];
+        fmt_eta(eta, sizeof eta, avg * 1e-3 * (o->steps - step));
+        if (!o->quiet)
+            printf("step %5ld/%ld | loss %.4f | lr %.2e | norm %.3f | %8.0f tok/s | %7.1f ms | eta %s\n",
+                   step, o->steps, loss, lr, norm, tok_s, ms, eta);
+        fprintf(metrics, "{\"step\": %ld, \"loss\": %.6f, \"lr\": %.6e, \"grad_norm\": %.6f, \"tok_s\": %.1f, \"ms\": %.3f}\n",
+                step, loss, lr, norm, tok_s, ms);
+        int last = step == o->steps || stop_requested ||
+                   (o->max_seconds > 0 && now_s() - t_start >= o->max_seconds);
+        if (o->eval_every > 0 && (step % o->eval_every == 0 || last)) {
+            long nw;
+            double vl = train_eval(m, &val, B, T, o->eval_batches, &nw);
+            printf("step %5ld/%ld | val loss %.4f | %.4f bits/token (%ld windows)\n", step, o->steps,
+                   vl, vl / 0.69314718055994530942, nw);
+            fprintf(metrics, "{\"step\": %ld, \"val_loss\": %.6f, \"val_bits_per_token\": %.6f}\n",
+                    step, vl, vl / 0.69314718055994530942);
+        }
+        fflush(stdout);
+        fflush(metrics);
+        if ((o->ckpt_every > 0 && step % o->ckpt_every == 0) || last) {
+            if (ckpt_save_model(m, path, step, err)) {
+                fprintf(stderr, "glia train: %s\n", err);
+                rc = 1;
+                goto done;
+            }
+        }
+        if (last) break;
+    }
+    if (step > o->steps) step = o->steps;
+    printf("glia train: %ld steps in %.1f s; model saved to %s\n", step, now_s() - t_start, path);
+
+    if (o->sample_tokens > 0) {
+        model_alloc_acts(m, 1, 1);
+        ModelState *st = model_state_new(m, 1);
+        Rng rng;
+        rng_init(&rng, o->seed);
+        SampleParams sp = {.temperature = 0.8f, .top_k = 0, .top_p = 0.95f};
+        int prompt = '\n';
+        char spath[4200];
+        snprintf(spath, sizeof spath, "%s/sample.txt", o->out);
+        int *toks = xmalloc((size_t)o->sample_tokens * sizeof(int));
+        printf("---- sample (temperature 0.8, top-p 0.95) ----\n");
+        generate_tokens(m, st, &prompt, 1, o->sample_tokens, &sp, &rng, stdout, toks);
+        printf("\n----\n");
+        FILE *sf = fopen(spath, "w");
+        if (sf) {
+            for (int i = 0; i < o->sample_tokens; i++)
+                if (o->cfg.V <= 256) fputc(toks[i], sf);
+                else fprintf(sf, "%d ", toks[i]);
+            fclose(sf);
+        }
+        free(toks);
+        model_state_free(st);
+    }
+    rc = 0;
+done:
+    if (handler_set) signal(SIGINT, old_handler);
+    if (metrics) fclose(metrics);
+    free(in);
+    free(tg);
+    free(mom1);
+    free(mom2);
+    model_free(m);
+    dataset_close(&train);
+    dataset_close(&val);
+    return rc;
+}

@@ -1,0 +1,40 @@
+// train.h: the training loop of `glia train`, callable from tests.
+#ifndef GLIA_TRAIN_H
+#define GLIA_TRAIN_H
+
+#include <stdint.h>
+
+#include "data.h"
+#include "model.h"
+
+typedef struct {
+    ModelConfig cfg;
+    const char *data;  // directory of shards, a text file, or NULL: the default corpus
+    const char *out;   // run directory (created)
+    long steps;
+    int batch, seq, accum;
+    double lr, min_lr_frac, weight_decay, clip;
+    long warmup;
+    uint64_t seed;
+    long eval_every, eval_batches, ckpt_every;
+    int sample_tokens;
+    double max_seconds;  // stop (and save) after this long; 0: no limit
+    int quiet;           // no per-step lines
+} TrainOptions;
+
+// Runs training; returns 0, 2 for bad input (data, options), 1 for failures
+// of the environment (a file that cannot be written). Prints one-line errors.
+int train_run(const TrainOptions *o);
+
+// Learning rate at step s (1-based): linear warmup, then cosine to min_frac·lr.
+double train_lr(double lr, double min_frac, long warmup, long steps, long s);
+
+// Mean cross-entropy (nats per token) over the first `batches` batches of B
+// consecutive validation windows of T tokens; *windows gets the count used.
+double train_eval(Model *m, const Dataset *val, int B, int T, long batches, long *windows);
+
+// Resolves --data: a shard directory as is; a text file is prepared into
+// <out>/data; NULL prepares the default corpus. Writes the directory to dir.
+int train_data_dir(const char *data, const char *out, char *dir, size_t dir_len, char *err);
+
+#endif

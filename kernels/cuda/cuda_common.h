@@ -1,0 +1,46 @@
+// cuda_common.h: error checking and small helpers shared by every .cu file.
+//
+// glia treats a failing CUDA or cuBLAS call as a programming or environment
+// error that cannot be recovered from in the middle of a forward or backward
+// pass, so every call is wrapped in cuda_check / cublas_check, which print
+// the call site (file:line) and the library's own error string, and end the
+// process. A kernel launch is checked right after it with
+// cuda_check(cudaGetLastError()); errors raised while a kernel runs surface
+// at the next synchronising call, which is checked too.
+//
+// This header includes the CUDA runtime and cuBLAS headers, so it is for .cu
+// files only; C code talks to the CUDA backend through cuda.h, which needs
+// no CUDA header.
+#ifndef GLIA_CUDA_COMMON_H
+#define GLIA_CUDA_COMMON_H
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+static inline void cuda_check_impl(cudaError_t err, const char *file, int line) {
+    if (err != cudaSuccess) {
+        fprintf(stderr, "[CUDA ERROR] at %s:%d: %s (%s)\n", file, line, cudaGetErrorString(err),
+                cudaGetErrorName(err));
+        exit(1);
+    }
+}
+#define cuda_check(call) cuda_check_impl((call), __FILE__, __LINE__)
+
+static inline void cublas_check_impl(cublasStatus_t status, const char *file, int line) {
+    if (status != CUBLAS_STATUS_SUCCESS) {
+        fprintf(stderr, "[cuBLAS ERROR] at %s:%d: %s (status %d)\n", file, line,
+                cublasGetStatusString(status), (int)status);
+        exit(1);
+    }
+}
+#define cublas_check(call) cublas_check_impl((call), __FILE__, __LINE__)
+
+// Number of blocks of size b needed to cover a items (a >= 0, b > 0).
+__host__ __device__ static inline int ceil_div(int a, int b) { return (a + b - 1) / b; }
+__host__ __device__ static inline size_t ceil_div_size(size_t a, size_t b) {
+    return (a + b - 1) / b;
+}
+
+#endif

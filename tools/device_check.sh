@@ -1,0 +1,244 @@
+#!/usr/bin/env bash
+# device_check.sh: build glia with CUDA and run every test and benchmark on a
+# machine with an NVIDIA GPU (written for an H100: sm_90, 16 cores, no
+# network), in one call that cannot overrun its time.
+#
+# Device time is scarce and a run may be the only one we get, so the script
+# does everything in one pass and always ends with a short summary (card,
+# build, tests, benchmark headlines), which is what the caller sees first.
+# Each step runs under `timeout`, clipped to what is left of an overall
+# budget (DEVICE_CHECK_BUDGET_S, default 470 s, under 8 minutes), so a hang
+# costs that step, not the lease. Full logs go to LOG_DIR (default $OUT when
+# set, else <build dir>/logs): configure.log, build.log, ctest.log,
+# ctest.xml (every test's whole output), bench.log.
+#
+# Steps: check the tools and libraries (cmake, a C compiler, nvcc,
+# pkg-config with criterion, openblas, libcjson; if some are missing and
+# tools/setup.sh exists and apt-get is there, try it once); print the card;
+# configure a FRESH build dir (BUILD_DIR, default /tmp/glia_device_build) with
+# -DGLIA_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90; build with all cores; run
+# ctest (all tests, the GPU ones included); run every executable
+# tools/bench* and <build>/bench* (none is fine). A benchmark's headline lines
+# are its lines starting with "headline:", else its last 3 lines.
+#
+# Exit status: 0 all good; 1 missing dependencies, configure/build failure,
+# a failing test, or GPU tests skipped although a GPU is present; 2 only a
+# benchmark failed.
+set -u
+set -o pipefail
+
+START=$(date +%s)
+BUDGET=${DEVICE_CHECK_BUDGET_S:-470}
+DEADLINE=$((START + BUDGET))
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BUILD=${BUILD_DIR:-/tmp/glia_device_build}
+LOG_DIR=${LOG_DIR:-${OUT:-$BUILD/logs}}
+JOBS=$(nproc 2>/dev/null || echo 4)
+
+CARD="unknown (no nvidia-smi)"
+DEPS_OK=1
+DEPS_MISSING=""
+CONFIGURE="not run"
+BUILD_STATUS="not run"
+TESTS_LINE="not run"
+CASES_LINE=""
+SKIP_REASONS=""
+GPU_SKIPPED=0
+TESTS_FAILED=0
+BENCH_SUMMARY=""
+BENCH_FAILED=0
+
+say() { printf '\n== %s [%ds]\n' "$*" "$(($(date +%s) - START))"; }
+
+# Seconds left for a step: min(cap, time to the deadline).
+left() {
+    local cap=$1 rem=$((DEADLINE - $(date +%s)))
+    if ((rem < cap)); then echo "$rem"; else echo "$cap"; fi
+}
+
+# run_step CAP LOG CMD...: runs CMD under timeout, output to the console and
+# LOG; returns CMD's status (124 on timeout, 125 when no time is left).
+run_step() {
+    local cap=$1 log=$2
+    shift 2
+    local t
+    t=$(left "$cap")
+    if ((t < 10)); then
+        echo "out of time budget: skipped: $*" | tee -a "$log"
+        return 125
+    fi
+    timeout --kill-after=10 "$t" "$@" 2>&1 | tee -a "$log"
+    local rc=${PIPESTATUS[0]}
+    if ((rc == 124 || rc == 137)); then echo "TIMEOUT after ${t}s: $*" | tee -a "$log"; fi
+    return "$rc"
+}
+
+summary() {
+    local status=$1
+    echo
+    echo "================ device_check summary ================"
+    echo "card:      $CARD"
+    echo "deps:      $([ "$DEPS_OK" = 1 ] && echo ok || echo "MISSING:$DEPS_MISSING")"
+    echo "configure: $CONFIGURE"
+    echo "build:     $BUILD_STATUS"
+    echo "tests:     $TESTS_LINE"
+    [ -n "$CASES_LINE" ] && echo "cases:     $CASES_LINE"
+    if [ -n "$SKIP_REASONS" ]; then
+        echo "skipped test cases (count, reason):"
+        printf '%s\n' "$SKIP_REASONS" | sed 's/^/  /'
+    fi
+    ((GPU_SKIPPED)) && echo "ERROR: GPU tests were skipped although nvidia-smi sees a GPU"
+    if [ -n "$BENCH_SUMMARY" ]; then
+        echo "benchmarks:"
+        printf '%s\n' "$BENCH_SUMMARY" | sed 's/^/  /'
+    else
+        echo "benchmarks: none found (tools/bench*, $BUILD/bench*)"
+    fi
+    echo "logs:      $LOG_DIR"
+    echo "time:      $(($(date +%s) - START)) s of $BUDGET s budget"
+    echo "status:    $([ "$status" = 0 ] && echo OK || echo "FAILED (exit $status)")"
+    exit "$status"
+}
+
+rm -rf "$BUILD"
+mkdir -p "$BUILD" "$LOG_DIR"
+: >"$LOG_DIR/configure.log"
+: >"$LOG_DIR/build.log"
+
+# ---- dependencies -------------------------------------------------------------
+if ! command -v nvcc >/dev/null 2>&1 && [ -x /usr/local/cuda/bin/nvcc ]; then
+    export PATH=/usr/local/cuda/bin:$PATH
+fi
+
+check_deps() {
+    DEPS_MISSING=""
+    local tool
+    for tool in cmake pkg-config cc nvcc; do
+        command -v "$tool" >/dev/null 2>&1 || DEPS_MISSING="$DEPS_MISSING $tool"
+    done
+    if command -v pkg-config >/dev/null 2>&1; then
+        local pkg
+        for pkg in criterion openblas libcjson; do
+            pkg-config --exists "$pkg" || DEPS_MISSING="$DEPS_MISSING $pkg(pkg-config)"
+        done
+    fi
+    [ -z "$DEPS_MISSING" ]
+}
+
+say "dependencies"
+if ! check_deps; then
+    echo "missing:$DEPS_MISSING"
+    if [ -f "$REPO/tools/setup.sh" ] && command -v apt-get >/dev/null 2>&1; then
+        echo "trying tools/setup.sh (may fail without network)"
+        run_step 150 "$LOG_DIR/configure.log" bash "$REPO/tools/setup.sh"
+        check_deps || true
+    else
+        echo "no tools/setup.sh or no apt-get: not installing anything"
+    fi
+fi
+if [ -n "$DEPS_MISSING" ]; then
+    DEPS_OK=0
+    echo "MISSING DEPENDENCIES:$DEPS_MISSING"
+else
+    echo "cmake: $(cmake --version | head -1)"
+    echo "nvcc:  $(nvcc --version | tail -1)"
+fi
+
+# ---- card ---------------------------------------------------------------------------
+say "GPU"
+HAVE_GPU=0
+if command -v nvidia-smi >/dev/null 2>&1; then
+    CARD=$(timeout 30 nvidia-smi --query-gpu=name,driver_version,memory.total \
+        --format=csv,noheader 2>&1 | head -4 | paste -sd ';' -)
+    [ -n "$CARD" ] || CARD="nvidia-smi printed nothing"
+    timeout 30 nvidia-smi -L 2>/dev/null | grep -q '^GPU' && HAVE_GPU=1
+fi
+echo "card: $CARD"
+
+((DEPS_OK)) || summary 1
+
+# ---- configure and build -----------------------------------------------------------
+say "configure ($BUILD)"
+if run_step 120 "$LOG_DIR/configure.log" cmake -S "$REPO" -B "$BUILD" -DGLIA_CUDA=ON \
+    -DCMAKE_CUDA_ARCHITECTURES=90 -DCMAKE_BUILD_TYPE=Release; then
+    CONFIGURE=ok
+else
+    CONFIGURE="FAILED (see configure.log)"
+    summary 1
+fi
+
+say "build (-j $JOBS)"
+if run_step 300 "$LOG_DIR/build.log" cmake --build "$BUILD" -j "$JOBS"; then
+    BUILD_STATUS=ok
+else
+    BUILD_STATUS="FAILED (see build.log)"
+    summary 1
+fi
+
+# ---- tests ------------------------------------------------------------------------------
+say "ctest"
+: >"$LOG_DIR/ctest.log"
+export CRITERION_VERBOSITY_LEVEL=1  # Criterion prints [SKIP] / [PASS] lines per case
+(
+    cd "$BUILD" || exit 1
+    run_step 200 "$LOG_DIR/ctest.log" ctest --output-on-failure --timeout 150 \
+        --test-output-size-passed 4000000 --test-output-size-failed 4000000 \
+        --output-junit "$LOG_DIR/ctest.xml"
+)
+CTEST_RC=$?
+TESTS_LINE=$(grep -E 'tests passed, [0-9]+ tests? failed out of' "$LOG_DIR/ctest.log" | tail -1)
+[ -n "$TESTS_LINE" ] || TESTS_LINE="no ctest result line (ctest exit $CTEST_RC)"
+if ((CTEST_RC != 0)); then
+    TESTS_FAILED=1
+    failed=$(sed -n '/The following tests FAILED/,$p' "$LOG_DIR/ctest.log" | grep -E '^\s+[0-9]+ - ' |
+        sed 's/^\s*//' | paste -sd ',' -)
+    [ -n "$failed" ] && TESTS_LINE="$TESTS_LINE; FAILED: $failed"
+fi
+if [ -f "$LOG_DIR/ctest.xml" ]; then
+    npass=$(grep -c '^\[PASS\]' "$LOG_DIR/ctest.xml")
+    nfail=$(grep -c '^\[FAIL\]' "$LOG_DIR/ctest.xml")
+    nskip=$(grep -c '^\[SKIP\]' "$LOG_DIR/ctest.xml")
+    CASES_LINE="Criterion test cases: $npass passed, $nfail failed, $nskip skipped"
+    SKIP_REASONS=$(grep '^\[SKIP\]' "$LOG_DIR/ctest.xml" | sed 's/^\[SKIP\] [^:]*::[^:]*: *//' |
+        sort | uniq -c | sort -rn | head -10)
+    if ((HAVE_GPU)) && grep -qE '^\[SKIP\].*(no CUDA device|without CUDA)' "$LOG_DIR/ctest.xml"; then
+        GPU_SKIPPED=1
+    fi
+fi
+
+# ---- benchmarks --------------------------------------------------------------------------
+say "benchmarks"
+: >"$LOG_DIR/bench.log"
+shopt -s nullglob
+benches=()
+for f in "$REPO"/tools/bench* "$BUILD"/bench*; do
+    [ -f "$f" ] && [ -x "$f" ] && benches+=("$f")
+done
+shopt -u nullglob
+if ((${#benches[@]} == 0)); then
+    echo "no benchmark executables found"
+else
+    for f in "${benches[@]}"; do
+        name=$(basename "$f")
+        echo "---- $name" | tee -a "$LOG_DIR/bench.log"
+        tmp=$(mktemp)
+        (cd "$REPO" && export GLIA_BUILD_DIR="$BUILD" && run_step 120 "$tmp" "$f")
+        rc=$?
+        cat "$tmp" >>"$LOG_DIR/bench.log"
+        head_lines=$(grep -E '^headline:' "$tmp")
+        [ -n "$head_lines" ] || head_lines=$(grep -v '^\s*$' "$tmp" | tail -3)
+        rm -f "$tmp"
+        if ((rc == 0)); then
+            BENCH_SUMMARY+="$name: ok"$'\n'
+        else
+            BENCH_SUMMARY+="$name: FAILED (exit $rc)"$'\n'
+            BENCH_FAILED=1
+        fi
+        BENCH_SUMMARY+=$(printf '%s\n' "$head_lines" | sed 's/^/    /')$'\n'
+    done
+    BENCH_SUMMARY=${BENCH_SUMMARY%$'\n'}
+fi
+
+if ((TESTS_FAILED || GPU_SKIPPED)); then summary 1; fi
+if ((BENCH_FAILED)); then summary 2; fi
+summary 0
