@@ -123,60 +123,6 @@ static int write_full(int fd, const void *buf, size_t n) {
     return 0;
 }
 
-// fsync the directory that holds `path`, so that a rename into it is durable.
-static int sync_parent_dir(const char *path) {
-    const char *slash = strrchr(path, '/');
-    char *dir;
-    if (!slash) {
-        dir = dup_str(".");
-    } else {
-        size_t n = slash == path ? 1 : (size_t)(slash - path);
-        dir = xmalloc(n + 1);
-        memcpy(dir, path, n);
-        dir[n] = '\0';
-    }
-    int fd = open(dir, O_RDONLY);
-    free(dir);
-    if (fd < 0) return -1;
-    int rc = fsync(fd);
-    int saved = errno;
-    close(fd);
-    // Some file systems cannot fsync a directory; there is nothing more to do.
-    if (rc != 0 && (saved == EINVAL || saved == ENOTSUP)) rc = 0;
-    errno = saved;
-    return rc;
-}
-
-// mkdir -p: create `dir` and any missing parents.
-static int make_dirs(const char *dir, char err[DATA_ERR_LEN]) {
-    char *p = dup_str(dir);
-    size_t n = strlen(p);
-    while (n > 1 && p[n - 1] == '/') p[--n] = '\0';
-    for (size_t i = 1; i <= n; i++) {
-        if (p[i] != '/' && p[i] != '\0') continue;
-        char c = p[i];
-        p[i] = '\0';
-        struct stat st;
-        if (mkdir(p, 0777) != 0 && errno != EEXIST) {
-            set_err(err, "%s: cannot create directory: %s", p, strerror(errno));
-            free(p);
-            return -1;
-        }
-        int ok = stat(p, &st) == 0;
-        if (!ok || !S_ISDIR(st.st_mode)) {
-            if (ok)
-                set_err(err, "%s: exists and is not a directory", p);
-            else
-                set_err(err, "%s: cannot create directory: %s", p, strerror(errno));
-            free(p);
-            return -1;
-        }
-        p[i] = c;
-    }
-    free(p);
-    return 0;
-}
-
 // ---- shards ---------------------------------------------------------------------
 
 int shard_open(Shard *s, const char *path, char err[DATA_ERR_LEN]) {
@@ -296,7 +242,7 @@ int shard_write(const char *path, const uint16_t *tokens, size_t ntok, char err[
     step = "cannot rename over the destination";
     if (rename(tmp, path) != 0) goto fail;
     free(tmp);
-    if (sync_parent_dir(path) != 0) {
+    if (glia_sync_parent_dir(path) != 0) {
         set_err(err, "%s: written, but cannot sync its directory: %s", path, strerror(errno));
         return -1;
     }
@@ -494,7 +440,7 @@ int prepare_bytes(const unsigned char *text, size_t n, double val_frac, const ch
                 (long)INT32_MAX);
         return 2;
     }
-    if (make_dirs(dir, err) != 0) return 1;
+    if (glia_mkdirs(dir, err, DATA_ERR_LEN) != 0) return 1;
 
     size_t cap = strlen(dir) + strlen(name) + 16;
     char *path = xmalloc(cap);

@@ -702,32 +702,6 @@ static char *build_header(const StWriter *w, size_t *len_out) {
     return out;
 }
 
-// fsync the directory holding `path`, so that the rename itself is durable.
-static int sync_parent_dir(const char *path) {
-    const char *slash = strrchr(path, '/');
-    char *dir;
-    if (!slash) {
-        dir = xstrdup(".");
-    } else if (slash == path) {
-        dir = xstrdup("/");
-    } else {
-        size_t n = (size_t)(slash - path);
-        dir = xmalloc(n + 1);
-        memcpy(dir, path, n);
-        dir[n] = '\0';
-    }
-    int fd = open(dir, O_RDONLY | O_CLOEXEC);
-    free(dir);
-    if (fd < 0) return -1;
-    int rc = fsync(fd);
-    int saved = errno;
-    close(fd);
-    // Some file systems do not support fsync on directories; nothing to do then.
-    if (rc != 0 && (saved == EINVAL || saved == ENOTSUP)) rc = 0;
-    errno = saved;
-    return rc;
-}
-
 int st_writer_save(StWriter *w, const char *path, char err[ST_ERR_LEN]) {
     if (!w || !path) {
         set_err(err, path ? path : "(null)", NULL, "no writer or no path");
@@ -785,7 +759,7 @@ int st_writer_save(StWriter *w, const char *path, char err[ST_ERR_LEN]) {
 
     free(header);
     free(tmp);
-    if (sync_parent_dir(path) != 0) {
+    if (glia_sync_parent_dir(path) != 0) {
         set_err(err, path, NULL, "written, but cannot sync its directory: %s", strerror(errno));
         return -1;
     }

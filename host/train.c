@@ -67,18 +67,6 @@ static int is_dir(const char *p) {
     return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
-static int mkdir_p(const char *path) {
-    char buf[4096];
-    snprintf(buf, sizeof buf, "%s", path);
-    for (char *p = buf + 1; *p; p++)
-        if (*p == '/') {
-            *p = 0;
-            if (mkdir(buf, 0755) && errno != EEXIST) return -1;
-            *p = '/';
-        }
-    return mkdir(buf, 0755) && errno != EEXIST ? -1 : 0;
-}
-
 int train_data_dir(const char *data, const char *out, char *dir, size_t dir_len, char *err) {
     if (!data) return corpus_default(dir, dir_len, err) ? 2 : 0;
     if (is_dir(data)) {
@@ -116,8 +104,8 @@ static void fmt_eta(char *buf, size_t n, double s) {
 
 int train_run(const TrainOptions *o) {
     char err[DATA_ERR_LEN > CKPT_ERR_LEN ? DATA_ERR_LEN : CKPT_ERR_LEN], dir[4096], path[4200];
-    if (mkdir_p(o->out)) {
-        fprintf(stderr, "glia train: --out %s: cannot create the directory: %s\n", o->out, strerror(errno));
+    if (glia_mkdirs(o->out, err, sizeof err)) {
+        fprintf(stderr, "glia train: --out: %s\n", err);
         return 1;
     }
     int rc = train_data_dir(o->data, o->out, dir, sizeof dir, err);

@@ -11,8 +11,10 @@
 #include <criterion/criterion.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "cpu/cpu.h"
+#include "model.h"
 #include "glia/safetensors.h"
 #include "testutil.h"
 
@@ -136,3 +138,52 @@ Test(parity, rmsnorm) {
     st_free(in);
     st_free(ref);
 }
+
+// ---- the whole model -------------------------------------------------------------
+
+static int meta_int(const StFile *f, const char *key) {
+    const char *s = st_meta(f, key);
+    cr_assert(s, "fixture metadata '%s' missing", key);
+    return atoi(s);
+}
+
+static void check_model_case(const char *name) {
+    char in_name[128], out_name[128];
+    snprintf(in_name, sizeof in_name, "model_%s.in.safetensors", name);
+    snprintf(out_name, sizeof out_name, "model_%s.out.safetensors", name);
+    StFile *in = load_fixture(in_name), *ref = load_fixture(out_name);
+    ModelConfig cfg = {meta_int(in, "V"), meta_int(in, "Vp"), meta_int(in, "L"), meta_int(in, "C"),
+                       meta_int(in, "Nh"), meta_int(in, "F"), meta_int(in, "astro")};
+    int B = meta_int(in, "B"), T = meta_int(in, "T");
+    Model *m = model_new(&cfg);
+    for (int i = 0; i < m->ntensors; i++) {
+        const ParamTensor *t = &m->tensors[i];
+        int64_t n;
+        const float *src = tensor(in, t->name, &n);
+        cr_assert_eq((size_t)n, t->numel, "%s: size", t->name);
+        memcpy(m->params + t->offset, src, t->numel * sizeof(float));
+    }
+    int *tok = malloc(B * T * sizeof(int)), *tgt = malloc(B * T * sizeof(int));
+    const float *ft = tensor(in, "tokens", 0), *fg = tensor(in, "targets", 0);
+    for (int i = 0; i < B * T; i++) tok[i] = (int)ft[i], tgt[i] = (int)fg[i];
+    model_alloc_grads(m);
+    model_alloc_acts(m, B, T);
+    model_zero_grad(m);
+    float loss = (float)model_forward(m, tok, tgt, B, T, NULL);
+    expect_close(ref, "logits", m->logits, (size_t)B * T * cfg.V);
+    model_backward(m, tok, 1.0f);
+    expect_close(ref, "loss", &loss, 1);
+    for (int i = 0; i < m->ntensors; i++) {
+        char gname[96];
+        snprintf(gname, sizeof gname, "grad.%s", m->tensors[i].name);
+        expect_close(ref, gname, m->grads + m->tensors[i].offset, m->tensors[i].numel);
+    }
+    free(tok), free(tgt);
+    model_free(m);
+    st_free(in);
+    st_free(ref);
+}
+
+Test(parity, model_tiny) { check_model_case("tiny"); }
+Test(parity, model_tiny_astro_off) { check_model_case("tiny_off"); }
+Test(parity, model_padded_vocab) { check_model_case("padded"); }

@@ -31,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REFERENCE = os.path.join(HERE, "reference.py")
@@ -168,6 +169,24 @@ def cpu_model():
     return platform.processor() or "unknown"
 
 
+def busy_cpus(seconds=1.0):
+    """CPUs' worth of work other processes are doing now (from /proc/stat
+    over `seconds`), or None where /proc/stat is not available."""
+    def sample():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        idle = v[3] + (v[4] if len(v) > 4 else 0)             # idle + iowait
+        return sum(v[:8]), idle
+    try:
+        t0, i0 = sample()
+        time.sleep(seconds)
+        t1, i1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    total = t1 - t0
+    return nproc() * (1.0 - (i1 - i0) / total) if total > 0 else None
+
+
 def nproc():
     try:
         return len(os.sched_getaffinity(0))
@@ -196,13 +215,13 @@ def main(argv=None):
 
     with tempfile.TemporaryDirectory(prefix="bench_train.") as tmp:
         data = args.data or synthetic_text(os.path.join(tmp, "synthetic.txt"))
-        load0 = os.getloadavg()
+        busy0 = busy_cpus()
         rows = []
         for size in sizes:
             g = bench_glia(args, size, data, tmp)
             r = bench_reference(args, size, data, tmp)
             rows.append((size, g, r))
-        load1 = os.getloadavg()
+        busy1 = busy_cpus()
 
     def fmt(x):
         return f"{x:.0f}" if x is not None else "-"
@@ -218,9 +237,10 @@ def main(argv=None):
           f"batch {args.batch}, seq {args.seq}, "
           f"threads {args.threads}, {args.steps} steps (median over steps after "
           f"the first {WARMUP_STEPS})")
-    print(f"1-min load average before the runs {load0[0]:.2f}, after {load1[0]:.2f}"
-          + ("  (other work was running: the numbers are noisy)"
-             if load0[0] > 0.5 else ""))
+    if busy0 is not None and busy1 is not None:
+        print(f"other work on the machine: {busy0:.2f} CPUs busy before the runs, "
+              f"{busy1:.2f} after"
+              + ("  (the numbers are noisy)" if max(busy0, busy1) > 0.2 else ""))
     print()
     print(f"{'size':<8} {'glia tok/s':>12} {'PyTorch tok/s':>14} {'ratio':>8}")
     for size, g, r in rows:

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Independent PyTorch reference for glia's spiking layers, and the fixtures made with it.
+"""Independent PyTorch reference for glia's spiking layers and whole model, and the fixtures made with it.
 
 glia's C and CUDA code computes the AM-SU token mixer, the LIF neurons of the
-spiking FFN and RMSNorm with a hand-written backward pass (docs: /SPEC.md,
+spiking FFN and RMSNorm with a hand-written backward pass (SPEC.md, the model specification,
 sections "AM-SU token mixer", "Spiking FFN channel mixer", "Backward pass").
 A hand-written backward can be wrong in ways that the same author's tests
 agree with, so this file is a second implementation built on purpose in a
@@ -23,6 +23,16 @@ on one side and not the other; every spiking case is therefore redrawn with
 the next seed until the smallest distance |m| to the threshold is at least
 1e-4, and the seed used is recorded in the file metadata.
 
+Whole-model fixtures (tests/fixtures/model_<case>.in/.out.safetensors) hold
+every parameter under glia's checkpoint names plus tokens and targets
+(float32 holding integers), and the loss, the logits (B, T, V) and
+grad.<name> of every parameter for loss = mean cross-entropy; their metadata
+records the seed and the config (V, Vp, L, C, Nh, F, astro "1"/"0", B, T).
+The redraw rule covers every neuron of every layer, both mixers.
+
+The same model code, in float32, is the `train` command: the independent
+eager implementation behind SPEC "Reference learning curve".
+
 Commands:
   reference.py fixtures [--dir tests/fixtures]   regenerate all fixtures
   reference.py amsu --in CASE --out RESULT [--astro on|off]
@@ -30,10 +40,16 @@ Commands:
                                                  same I/O as `glia amsu`
   reference.py compare A B [--rtol 1e-5]         normwise relative error per tensor
   reference.py selftest                          surrogate-vs-finite-difference
-                                                 and reproducibility checks
+                                                 (layers and whole model) and
+                                                 reproducibility checks
+  reference.py train --data FILE.txt [--size small] [--astro on|off]
+      [--steps 800] [--batch 16] [--seq 128] [--lr 3e-3] [--warmup 20]
+      [--seed 1] [--threads N] [--eval-every 100] [--eval-batches 20]
+      [--out metrics.jsonl]                      byte-level training run
 
 The model functions (`spike`, `lif_forward`, `astro_forward`, `amsu_forward`,
-`rmsnorm`) live at module level so that a whole-model reference can reuse them.
+`rmsnorm`, `ffn_forward`, `model_forward`, `init_params`, `model_config`)
+live at module level.
 """
 
 import argparse
@@ -659,17 +675,18 @@ def train_batch(data, B, T, gen):
 
 @torch.no_grad()
 def val_loss(p, cfg, data, B, T, batches):
-    """Mean CE over `batches` batches of consecutive, non-overlapping windows
-    from the start of `data` (fewer if the split is shorter)."""
-    n = min(batches * B, (data.numel() - 1) // T)
+    """Mean CE over `batches` batches of B consecutive, non-overlapping
+    windows of T + 1 tokens (inputs and their shifted targets) from the start
+    of `data`; fewer if the split is shorter."""
+    n = min(batches * B, data.numel() // (T + 1))
     total, count = 0.0, 0
     for first in range(0, n, B):
         k = torch.arange(first, min(first + B, n))
-        w = data[k[:, None] * T + torch.arange(T + 1)]         # (b, T + 1)
+        w = data[k[:, None] * (T + 1) + torch.arange(T + 1)]   # (b, T + 1)
         loss = model_forward(p, w[:, :-1], cfg, w[:, 1:])["loss"]
         total += loss.item() * w.shape[0]
         count += w.shape[0]
-    return total / max(count, 1)
+    return total / count if count else float("nan")
 
 
 def cmd_train(args):

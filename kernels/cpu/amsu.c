@@ -100,6 +100,9 @@ void astro_backward(float *dk, float *dv, float *dq, float *da_lambda, const flo
                     const float *Hti = Ht + (size_t)i * D, *Hpi = Hp + (size_t)i * D;
                     float gk = (1.0f - lambda[i]) * kt[i];
                     float sq = 0.0f, sk = 0.0f, sl = 0.0f;
+                    // the three sums over j vectorise (a fixed order, so the
+                    // result is still the same on every run)
+#pragma omp simd reduction(+ : sq, sk, sl)
                     for (int j = 0; j < D; j++) {
                         Gi[j] = qt[i] * dot[j] + lambda[i] * Gi[j];
                         sq += Hti[j] * dot[j];
