@@ -118,6 +118,7 @@ int train_run(const TrainOptions *o) {
         dataset_check_seq(&train, o->seq, err)) {
         fprintf(stderr, "glia train: %s\n", err);
         dataset_close(&train);
+        dataset_close(&val);
         return 2;
     }
     int maxtok = train.max_token > val.max_token ? train.max_token : val.max_token;

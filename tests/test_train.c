@@ -160,7 +160,7 @@ Test(train, commands_train_generate_eval) {
     cr_expect_eq(strncmp(output, "the ", 4), 0, "output starts with the prompt: %s", output);
     cr_expect_eq(strlen(output), 4 + 30 + 1, "prompt + 30 bytes + newline, got %zu", strlen(output));
     char first[128];
-    snprintf(first, sizeof first, "%s", output);
+    snprintf(first, sizeof first, "%.127s", output);
     st = run_glia("generate --ckpt '%s/cli/model.safetensors' --prompt 'the ' --tokens 30 --seed 5", dir);
     cr_expect_str_eq(output, first, "same seed, same text");
 
