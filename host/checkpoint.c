@@ -3,11 +3,41 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "crc32c.h"
 #include "glia/safetensors.h"
+
+void ckpt_meta_crc(StWriter *w, const char *name, const float *data, size_t numel) {
+    char key[128], hex[16];
+    snprintf(key, sizeof key, "crc32c.%s", name);
+    snprintf(hex, sizeof hex, "%08x", (unsigned)crc32c(data, numel * sizeof(float)));
+    st_writer_meta(w, key, hex);
+}
+
+int ckpt_check_crc(const StFile *f, const char *path, const StTensor *t, int required,
+                   char err[CKPT_ERR_LEN]) {
+    char key[128];
+    snprintf(key, sizeof key, "crc32c.%s", t->name);
+    const char *want = st_meta(f, key);
+    if (!want) {
+        if (!required) return 0;
+        snprintf(err, CKPT_ERR_LEN, "%s: tensor '%s': metadata '%s' (its checksum) is missing", path,
+                 t->name, key);
+        return -1;
+    }
+    char hex[16];
+    snprintf(hex, sizeof hex, "%08x", (unsigned)crc32c(t->data, (size_t)t->numel * sizeof(float)));
+    if (strcmp(want, hex)) {
+        snprintf(err, CKPT_ERR_LEN, "%s: tensor '%s': CRC32C mismatch (stored %.16s, computed %s): the file is corrupt",
+                 path, t->name, want, hex);
+        return -1;
+    }
+    return 0;
+}
 
 int ckpt_save_model(const Model *m, const char *path, long step, char err[CKPT_ERR_LEN]) {
     const ModelConfig *c = &m->cfg;
@@ -27,6 +57,7 @@ int ckpt_save_model(const Model *m, const char *path, long step, char err[CKPT_E
     for (int i = 0; i < m->ntensors; i++) {
         const ParamTensor *t = &m->tensors[i];
         st_writer_add(w, t->name, t->ndim, t->shape, m->params + t->offset);
+        ckpt_meta_crc(w, t->name, m->params + t->offset, t->numel);
     }
     char serr[ST_ERR_LEN];
     int rc = st_writer_save(w, path, serr);
@@ -80,6 +111,18 @@ Model *ckpt_load_model(const char *path, long *step, char err[CKPT_ERR_LEN]) {
         snprintf(err, CKPT_ERR_LEN, "%s: bad configuration: %s", path, cerr);
         goto fail;
     }
+    // The file must hold the parameters its configuration asks for before
+    // anything sized by that configuration is allocated (a forged header
+    // could otherwise ask for terabytes).
+    int64_t C = cfg.C, F = cfg.F, have = 0;
+    int64_t per = 3 * C + 2 * C * C + 2 * F * C + F + (cfg.astro ? 3 * C * C + C : 0);
+    int64_t want = (int64_t)cfg.Vp * C + cfg.L * per + C;
+    for (int i = 0; i < f->n; i++) have += f->tensors[i].is_f32 ? f->tensors[i].numel : 0;
+    if (have < want) {
+        snprintf(err, CKPT_ERR_LEN, "%s: holds %lld F32 values, its configuration needs %lld", path,
+                 (long long)have, (long long)want);
+        goto fail;
+    }
     m = model_new(&cfg);
     for (int i = 0; i < m->ntensors; i++) {
         const ParamTensor *t = &m->tensors[i];
@@ -88,6 +131,7 @@ Model *ckpt_load_model(const char *path, long *step, char err[CKPT_ERR_LEN]) {
             snprintf(err, CKPT_ERR_LEN, "%s: %s", path, serr);
             goto fail;
         }
+        if (ckpt_check_crc(f, path, s, 0, err)) goto fail;
         for (int64_t k = 0; k < s->numel; k++)
             if (!isfinite(s->data[k])) {
                 snprintf(err, CKPT_ERR_LEN, "%s: tensor '%s': element %lld is not finite", path,

@@ -4,7 +4,9 @@
 // model's table (model.h), F32, and the configuration in the metadata
 // (format "glia-model", model_version, V, Vp, L, C, Nh, F, astro, step).
 // Any safetensors tool can read it; glia checks every tensor's presence and
-// shape against the configuration before using a single value. Saves are
+// shape against the configuration before using a single value. Each tensor's
+// CRC-32C is stored in the metadata as crc32c.<name> (8 hex digits) and
+// checked on load when present (files from before it had none). Saves are
 // atomic (temporary file, fsync, rename), so a crash never leaves a torn file
 // where the previous one was.
 #ifndef GLIA_CHECKPOINT_H
@@ -12,6 +14,7 @@
 
 #include <stddef.h>
 
+#include "glia/safetensors.h"
 #include "model.h"
 
 #define CKPT_ERR_LEN 640
@@ -20,5 +23,13 @@ int ckpt_save_model(const Model *m, const char *path, long step, char err[CKPT_E
 // Loads a model file into a new Model (parameters only). On failure returns
 // NULL and writes a one-line error naming the file and the problem.
 Model *ckpt_load_model(const char *path, long *step, char err[CKPT_ERR_LEN]);
+
+// The checksum convention shared with the training state (train_ckpt.c):
+// add metadata crc32c.<name> for a tensor about to be written; check a loaded
+// tensor against it (required: a missing checksum is an error too). 0 or -1
+// with a one-line error naming the file and the tensor.
+void ckpt_meta_crc(StWriter *w, const char *name, const float *data, size_t numel);
+int ckpt_check_crc(const StFile *f, const char *path, const StTensor *t, int required,
+                   char err[CKPT_ERR_LEN]);
 
 #endif

@@ -7,9 +7,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "glia/util.h"
+
 static void cli_usage(const char *cmd, const char *summary, const CliFlag *flags, int nflags) {
     printf("usage: glia %s [flags]\n\n%s\n\nflags:\n", cmd, summary);
     for (int i = 0; i < nflags; i++) {
+        if (!flags[i].help) continue;  // a hidden flag (documented elsewhere, e.g. for tests)
         char left[64];
         snprintf(left, sizeof left, "%s%s%s", flags[i].name, flags[i].metavar ? " " : "",
                  flags[i].metavar ? flags[i].metavar : "");
@@ -55,6 +58,12 @@ int cli_parse(const char *cmd, const char *summary, int argc, char **argv, CliFl
         }
     }
     return 0;
+}
+
+int cli_index(const CliFlag *flags, int nflags, const char *name) {
+    for (int i = 0; i < nflags; i++)
+        if (!strcmp(flags[i].name, name)) return i;
+    fatal("no flag %s in the table", name);
 }
 
 const char *cli_get(const CliFlag *flags, int nflags, const char *name) {

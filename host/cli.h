@@ -10,7 +10,7 @@
 typedef struct {
     const char *name;     // "--in"
     const char *metavar;  // "FILE"; NULL for a switch that takes no value
-    const char *help;
+    const char *help;     // NULL: accepted but not listed by --help (a testing aid)
     const char *value;    // in: default (or NULL); out: the given value ("1" for a switch)
 } CliFlag;
 
@@ -19,6 +19,8 @@ typedef struct {
 int cli_parse(const char *cmd, const char *summary, int argc, char **argv, CliFlag *flags,
               int nflags);
 
+// The index of the flag called `name` in the table (it must be there).
+int cli_index(const CliFlag *flags, int nflags, const char *name);
 // The flag's value, NULL when unset.
 const char *cli_get(const CliFlag *flags, int nflags, const char *name);
 

@@ -14,6 +14,7 @@
 #include "glia/util.h"
 #include "sample.h"
 #include "train.h"
+#include "train_ckpt.h"
 
 #define GET(name) cli_get(flags, nf, name)
 
@@ -44,7 +45,10 @@ static const char *TRAIN_SUMMARY =
     "--data: a directory of llm.c-format shards (*train*.bin, *val*.bin), or a text\n"
     "file (prepared with the byte tokenizer into OUT/data); default: the King James\n"
     "Bible from Debian's bible-kjv packages, prepared on first use.\n"
-    "Sizes (SPEC): tiny, small, 124m, 1.5b; --layers/--width/--heads/--ffn override.";
+    "Sizes (SPEC): tiny, small, 124m, 1.5b; --layers/--width/--heads/--ffn override.\n"
+    "Checkpoints go to OUT/ckpt/step_N/ (the newest --keep are kept). --resume (or\n"
+    "--resume-from DIR) continues a run bit for bit from its newest complete\n"
+    "checkpoint, with the options stored in it; a flag that contradicts them is an error.";
 
 int cmd_train(int argc, char **argv) {
     CliFlag flags[] = {
@@ -53,7 +57,7 @@ int cmd_train(int argc, char **argv) {
         {"--width", "N", "override: model width C", NULL},
         {"--heads", "N", "override: astrocyte heads", NULL},
         {"--ffn", "N", "override: FFN width (default 4C when --width is given)", NULL},
-        {"--vocab", "N", "vocabulary size", "256"},
+        {"--vocab", "N", "vocabulary size (default: the size's; 256 for tiny and small)", NULL},
         {"--astro", "on|off", "astrocyte modulation (off: SPEC's ablation)", "on"},
         {"--data", "PATH", "shard directory or text file (default: KJV Bible)", NULL},
         {"--out", "DIR", "run directory", "runs/train"},
@@ -67,9 +71,13 @@ int cmd_train(int argc, char **argv) {
         {"--weight-decay", "X", "AdamW weight decay (matrices only)", "0.1"},
         {"--clip", "X", "gradient-norm clip (0: off)", "1.0"},
         {"--seed", "N", "seed of the initialisation and the batches", "1"},
-        {"--eval-every", "N", "validation every N steps (0: only at the end... off)", "100"},
+        {"--eval-every", "N", "validation every N steps and at the end (0: never)", "100"},
         {"--eval-batches", "N", "validation batches", "20"},
-        {"--ckpt-every", "N", "save the model every N steps (and at the end)", "200"},
+        {"--ckpt-every", "N", "save the model and a checkpoint every N steps (and at the end)", "200"},
+        {"--keep", "K", "complete checkpoints kept in OUT/ckpt", "3"},
+        {"--resume", NULL, "continue from the newest complete checkpoint in --out", NULL},
+        {"--resume-from", "DIR", "continue from the newest complete checkpoint of run DIR", NULL},
+        {"--stop-after", "N", NULL, NULL},  // testing aid (docs/TRAINING.md): stop after step N as if killed
         {"--sample-tokens", "N", "tokens of text to sample at the end", "400"},
         {"--max-seconds", "S", "stop (and save) after S seconds; 0: no limit", "0"},
         {"--threads", "N", "CPU threads (default: all cores)", NULL},
@@ -77,6 +85,9 @@ int cmd_train(int argc, char **argv) {
         {"--quiet", NULL, "no per-step lines", NULL},
     };
     int nf = sizeof flags / sizeof flags[0];
+    const char *defaults[64];  // to tell a flag given on the command line from its default
+    _Static_assert(sizeof flags / sizeof flags[0] <= 64, "defaults[] and given[] hold 64 flags");
+    for (int i = 0; i < nf; i++) defaults[i] = flags[i].value;
     int rc = cli_parse("train", TRAIN_SUMMARY, argc, argv, flags, nf);
     if (rc) return rc == 1 ? 0 : 2;
     if (pick_device("train", GET("--device")) || set_threads("train", GET("--threads"))) return 2;
@@ -97,9 +108,10 @@ int cmd_train(int argc, char **argv) {
     }
     if (GET("--heads")) { if (cli_int("train", "--heads", GET("--heads"), 1, 65536, &v)) return 2; o.cfg.Nh = (int)v; }
     if (GET("--ffn")) { if (cli_int("train", "--ffn", GET("--ffn"), 1, 262144, &v)) return 2; o.cfg.F = (int)v; }
-    if (cli_int("train", "--vocab", GET("--vocab"), 2, 65536, &v)) return 2;
-    if (strcmp(GET("--size"), "124m") && strcmp(GET("--size"), "1.5b")) o.cfg.V = (int)v;
-    else if (cli_get(flags, nf, "--vocab") && strcmp(GET("--vocab"), "256")) o.cfg.V = (int)v;
+    if (GET("--vocab")) {
+        if (cli_int("train", "--vocab", GET("--vocab"), 2, 65536, &v)) return 2;
+        o.cfg.V = (int)v;
+    }
     o.cfg.Vp = model_pad_vocab(o.cfg.V);
     if (cli_choice("train", "--astro", GET("--astro"), onoff, 2, &o.cfg.astro)) return 2;
     char err[256];
@@ -131,6 +143,65 @@ int cmd_train(int argc, char **argv) {
     if (cli_float("train", "--max-seconds", GET("--max-seconds"), 0, 1e9, &d)) return 2;
     o.max_seconds = d;
     o.quiet = GET("--quiet") != NULL;
+    if (cli_int("train", "--keep", GET("--keep"), 1, 1 << 20, &v)) return 2;
+    o.keep = (int)v;
+    if (GET("--stop-after") && cli_int("train", "--stop-after", GET("--stop-after"), 1, 1L << 40, &o.stop_after))
+        return 2;
+    const char *from = GET("--resume-from") ? GET("--resume-from") : GET("--resume") ? o.out : NULL;
+    if (!from) return train_run(&o);
+
+    // Resuming: the checkpoint's options are the defaults; one given on the
+    // command line must agree with it (a changed --steps would change the
+    // learning-rate schedule of the steps already taken, so it is refused too).
+    char ckdir[4200], cerr[CKPT_ERR_LEN];
+    long step;
+    TrainOptions s;
+    if (train_ckpt_find(from, ckdir, sizeof ckdir, &step, &s, cerr)) {
+        fprintf(stderr, "glia train: --resume: %s\n", cerr);
+        return 2;
+    }
+    int given[64];
+    for (int i = 0; i < nf; i++) given[i] = flags[i].value != defaults[i];
+#define GIVEN(name) given[cli_index(flags, nf, name)]
+    static const char *const model_flags[] = {"--size", "--layers", "--width", "--heads", "--ffn", "--vocab", "--astro"};
+    int model_given = 0;
+    for (int i = 0; i < 7; i++) model_given |= GIVEN(model_flags[i]);
+    if (model_given && memcmp(&o.cfg, &s.cfg, sizeof o.cfg)) {
+        fprintf(stderr, "glia train: %s/model.safetensors: the checkpoint's model (V %d, L %d, C %d, heads %d, FFN %d, astro %s) "
+                "does not match the requested one (V %d, L %d, C %d, heads %d, FFN %d, astro %s)\n",
+                ckdir, s.cfg.V, s.cfg.L, s.cfg.C, s.cfg.Nh, s.cfg.F, s.cfg.astro ? "on" : "off", o.cfg.V, o.cfg.L,
+                o.cfg.C, o.cfg.Nh, o.cfg.F, o.cfg.astro ? "on" : "off");
+        return 2;
+    }
+    o.cfg = s.cfg;
+#define SAME_LONG(flag, field)                                                                          \
+    if (GIVEN(flag) && (long long)o.field != (long long)s.field) {                                      \
+        fprintf(stderr, "glia train: %s %lld differs from %lld in the checkpoint %s; a resumed run keeps its options\n", \
+                flag, (long long)o.field, (long long)s.field, ckdir);                                   \
+        return 2;                                                                                       \
+    }                                                                                                   \
+    o.field = s.field;
+#define SAME_DOUBLE(flag, field)                                                                        \
+    if (GIVEN(flag) && o.field != s.field) {                                                            \
+        fprintf(stderr, "glia train: %s %.17g differs from %.17g in the checkpoint %s; a resumed run keeps its options\n", \
+                flag, o.field, s.field, ckdir);                                                         \
+        return 2;                                                                                       \
+    }                                                                                                   \
+    o.field = s.field;
+    SAME_LONG("--steps", steps)
+    SAME_LONG("--batch", batch)
+    SAME_LONG("--seq", seq)
+    SAME_LONG("--accum", accum)
+    SAME_LONG("--warmup", warmup)
+    SAME_LONG("--seed", seed)
+    SAME_DOUBLE("--lr", lr)
+    SAME_DOUBLE("--min-lr", min_lr_frac)
+    SAME_DOUBLE("--weight-decay", weight_decay)
+    SAME_DOUBLE("--clip", clip)
+#undef SAME_LONG
+#undef SAME_DOUBLE
+#undef GIVEN
+    o.resume = ckdir;
     return train_run(&o);
 }
 

@@ -1,4 +1,5 @@
 // main.c: the `glia` command: dispatch to one subcommand per host/cmd_*.c.
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +28,8 @@ static const Command COMMANDS[] = {
     {"train", cmd_train, "train a model (default: small, on the King James Bible)"},
     {"generate", cmd_generate, "write text from a trained model"},
     {"eval", cmd_eval, "validation loss, bits per byte and perplexity"},
+    {"export", cmd_export, "write a model as config.json + model.safetensors for PyTorch"},
+    {"import", cmd_import, "read an exported directory back into a glia model file"},
     {"amsu", cmd_amsu, "one AM-SU layer forward + backward on a safetensors case"},
     {"prepare", cmd_prepare, "turn a text file into byte-level train/val token shards"},
 };
@@ -42,6 +45,10 @@ static void usage(FILE *to) {
 }
 
 int main(int argc, char **argv) {
+    // Past a file-size limit (ulimit -f) the kernel sends SIGXFSZ, whose
+    // default action ends the process without a word. Ignored, the write
+    // fails with EFBIG instead and the save reports it like a full disk.
+    signal(SIGXFSZ, SIG_IGN);
     blas_pick_kernels(argv);
     if (argc < 2) {
         usage(stderr);

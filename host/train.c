@@ -9,8 +9,12 @@
 //
 // The run directory gets metrics.jsonl (one JSON object per step, and one
 // per evaluation), model.safetensors (saved every ckpt_every steps and at
-// the end, atomically) and sample.txt. Ctrl-C stops after the current step
-// and saves first.
+// the end, atomically), a training checkpoint in ckpt/ at the same moments
+// (train_ckpt.h) and sample.txt. Ctrl-C stops after the current step and
+// saves first. Because a step depends only on the parameters, the moments
+// and the step number, a run resumed from a checkpoint continues bit for bit
+// as if it had never stopped; metrics.jsonl is cut back to the checkpoint's
+// step and appended to, so it reads as one run.
 #include "train.h"
 
 #include <errno.h>
@@ -22,10 +26,12 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "checkpoint.h"
 #include "glia/util.h"
 #include "sample.h"
+#include "train_ckpt.h"
 
 static volatile sig_atomic_t stop_requested;
 static void on_sigint(int sig) {
@@ -102,6 +108,40 @@ static void fmt_eta(char *buf, size_t n, double s) {
     else snprintf(buf, n, "%dh%02dm", (int)s / 3600, (int)s % 3600 / 60);
 }
 
+// Keeps the lines of metrics.jsonl up to step `last` (and drops a torn last
+// line), replacing the file atomically, so a resumed run appends to a file
+// that reads as one run. A missing file is fine.
+static int metrics_trim(const char *path, long last, char *err, size_t err_len) {
+    FILE *in = fopen(path, "r");
+    if (!in) return 0;
+    char tmp[4300], line[1024];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *out = fopen(tmp, "w");
+    if (!out) {
+        snprintf(err, err_len, "%.400s: cannot write: %s", tmp, strerror(errno));
+        fclose(in);
+        return -1;
+    }
+    while (fgets(line, sizeof line, in)) {
+        long s;
+        size_t n = strlen(line);
+        if (n && line[n - 1] == '\n' && sscanf(line, "{\"step\": %ld", &s) == 1 && s <= last)
+            fputs(line, out);
+    }
+    fclose(in);
+    errno = EIO;
+    int bad = fflush(out) != 0 || fsync(fileno(out)) != 0;
+    int saved = errno;
+    if (fclose(out) != 0 && !bad) bad = 1, saved = errno;
+    if (!bad && rename(tmp, path) != 0) bad = 1, saved = errno;
+    if (bad) {
+        unlink(tmp);
+        snprintf(err, err_len, "%.400s: cannot rewrite: %s", path, strerror(saved));
+        return -1;
+    }
+    return 0;
+}
+
 int train_run(const TrainOptions *o) {
     char err[DATA_ERR_LEN > CKPT_ERR_LEN ? DATA_ERR_LEN : CKPT_ERR_LEN], dir[4096], path[4200];
     if (glia_mkdirs(o->out, err, sizeof err)) {
@@ -132,16 +172,42 @@ int train_run(const TrainOptions *o) {
 
     void (*old_handler)(int) = SIG_DFL;
     int handler_set = 0;
-    Model *m = model_new(&o->cfg);
-    model_init(m, o->seed);
+    Model *m = NULL;
+    float *mom1 = NULL, *mom2 = NULL;
+    int *in = NULL, *tg = NULL;
+    FILE *metrics = NULL;
+    long start = 0;  // the step the checkpoint we resume from ended
+    if (o->resume) {
+        m = train_ckpt_load(o->resume, &o->cfg, &mom1, &mom2, &start, err);
+        if (!m) {
+            fprintf(stderr, "glia train: %s\n", err);
+            rc = 2;
+            goto done;
+        }
+    } else {
+        if (train_ckpt_clear(o->out, err)) {
+            fprintf(stderr, "glia train: %s\n", err);
+            rc = 1;
+            goto done;
+        }
+        m = model_new(&o->cfg);
+        model_init(m, o->seed);
+        mom1 = xcalloc(m->nparams, sizeof(float));
+        mom2 = xcalloc(m->nparams, sizeof(float));
+    }
     model_alloc_grads(m);
     model_alloc_acts(m, o->batch, o->seq);
-    float *mom1 = xcalloc(m->nparams, sizeof(float)), *mom2 = xcalloc(m->nparams, sizeof(float));
     int B = o->batch, T = o->seq;
-    int *in = xmalloc((size_t)B * T * sizeof(int)), *tg = xmalloc((size_t)B * T * sizeof(int));
+    in = xmalloc((size_t)B * T * sizeof(int));
+    tg = xmalloc((size_t)B * T * sizeof(int));
 
     snprintf(path, sizeof path, "%s/metrics.jsonl", o->out);
-    FILE *metrics = fopen(path, "w");
+    if (o->resume && metrics_trim(path, start, err, sizeof err)) {
+        fprintf(stderr, "glia train: %s\n", err);
+        rc = 1;
+        goto done;
+    }
+    metrics = fopen(path, o->resume ? "a" : "w");
     if (!metrics) {
         fprintf(stderr, "glia train: %s: cannot write: %s\n", path, strerror(errno));
         rc = 1;
@@ -153,14 +219,27 @@ int train_run(const TrainOptions *o) {
            o->cfg.Nh, o->cfg.F, o->cfg.V, o->cfg.astro ? "on" : "off");
     printf("glia train: data %s (%zu train, %zu val tokens), batch %d x %d x %d, %ld steps, %d threads\n",
            dir, train.total, val.total, B, T, o->accum, o->steps, omp_get_max_threads());
+    if (o->resume)
+        printf("glia train: resuming from %s (step %ld of %ld)\n", o->resume, start, o->steps);
     fflush(stdout);
+    if (start >= o->steps) {  // the run had ended; make sure its model file is the final one
+        if (ckpt_save_model(m, path, start, err)) {
+            fprintf(stderr, "glia train: %s\n", err);
+            rc = 1;
+        } else {
+            printf("glia train: the checkpoint is the end of the run (--steps %ld); nothing to do\n", o->steps);
+            rc = 0;
+        }
+        goto done;
+    }
 
     stop_requested = 0;
     old_handler = signal(SIGINT, on_sigint);
     handler_set = 1;
     double t_start = now_s(), ms_sum = 0.0;
     long step = 0, timed = 0;
-    for (step = 1; step <= o->steps; step++) {
+    int stopped_early = 0;
+    for (step = start + 1; step <= o->steps; step++) {
         double t0 = now_s();
         model_zero_grad(m);
         double loss = 0.0;
@@ -205,14 +284,21 @@ int train_run(const TrainOptions *o) {
         }
         fflush(stdout);
         fflush(metrics);
-        if ((o->ckpt_every > 0 && step % o->ckpt_every == 0) || last) {
-            if (ckpt_save_model(m, path, step, err)) {
-                fprintf(stderr, "glia train: %s\n", err);
+        stopped_early = !last && step == o->stop_after;
+        if ((o->ckpt_every > 0 && step % o->ckpt_every == 0) || last || stopped_early) {
+            if (train_ckpt_save(o->out, m, mom1, mom2, o, step, o->keep, err) ||
+                ckpt_save_model(m, path, step, err)) {
+                fprintf(stderr, "glia train: cannot save the checkpoint of step %ld: %s\n", step, err);
                 rc = 1;
                 goto done;
             }
         }
-        if (last) break;
+        if (last || stopped_early) break;
+    }
+    if (stopped_early) {
+        printf("glia train: stopped after step %ld (--stop-after); continue with --resume\n", step);
+        rc = 0;
+        goto done;
     }
     if (step > o->steps) step = o->steps;
     printf("glia train: %ld steps in %.1f s; model saved to %s\n", step, now_s() - t_start, path);

@@ -20,6 +20,9 @@ typedef struct {
     int sample_tokens;
     double max_seconds;  // stop (and save) after this long; 0: no limit
     int quiet;           // no per-step lines
+    int keep;            // complete checkpoints kept in out/ckpt (train_ckpt.h); 0: 3
+    const char *resume;  // a checkpoint directory to continue from (train_ckpt_find), or NULL
+    long stop_after;     // testing aid: stop after this step, saving, as if killed; 0: off
 } TrainOptions;
 
 // Runs training; returns 0, 2 for bad input (data, options), 1 for failures

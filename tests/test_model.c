@@ -222,9 +222,14 @@ Test(model, bad_checkpoints, .init = mk, .fini = rm) {
     snprintf(cmd, sizeof cmd, "sed 's/\"model_version\":\"1\"/\"model_version\":\"7\"/' '%s' > '%s'", good, bad);
     cr_assert_eq(system(cmd), 0);
     expect_load_error(bad, "model_version 7");
-    // a config that does not match the tensors: claim a wider FFN
-    snprintf(cmd, sizeof cmd, "sed 's/\"F\":\"16\"/\"F\":\"32\"/' '%s' > '%s'", good, bad);
+    // a config that does not match the tensors: a narrower FFN (the shapes
+    // disagree), and a wider one (the file cannot hold it: refused before
+    // anything of that size is allocated)
+    snprintf(cmd, sizeof cmd, "sed 's/\"F\":\"16\"/\"F\":\"12\"/' '%s' > '%s'", good, bad);
     cr_assert_eq(system(cmd), 0);
     expect_load_error(bad, "W_1");
+    snprintf(cmd, sizeof cmd, "sed 's/\"F\":\"16\"/\"F\":\"32\"/' '%s' > '%s'", good, bad);
+    cr_assert_eq(system(cmd), 0);
+    expect_load_error(bad, "its configuration needs");
     model_free(m);
 }

@@ -42,14 +42,18 @@ Commands:
   reference.py selftest                          surrogate-vs-finite-difference
                                                  (layers and whole model) and
                                                  reproducibility checks
+  reference.py logits --model DIR --tokens 1,2,3 [--out FILE.safetensors]
+                                                 logits (1, T, V) of a model
+                                                 exported by `glia export`
+                                                 (config.json + model.safetensors)
   reference.py train --data FILE.txt [--size small] [--astro on|off]
       [--steps 800] [--batch 16] [--seq 128] [--lr 3e-3] [--warmup 20]
       [--seed 1] [--threads N] [--eval-every 100] [--eval-batches 20]
       [--out metrics.jsonl]                      byte-level training run
 
 The model functions (`spike`, `lif_forward`, `astro_forward`, `amsu_forward`,
-`rmsnorm`, `ffn_forward`, `model_forward`, `init_params`, `model_config`)
-live at module level.
+`rmsnorm`, `ffn_forward`, `model_forward`, `init_params`, `model_config`,
+`load_exported`) live at module level.
 """
 
 import argparse
@@ -474,6 +478,55 @@ def save(tensors, path, meta):
 
 def load(path):
     return load_file(path)
+
+
+EXPORT_KEYS = {"vocab_size": "V", "n_layer": "L", "n_embd": "C", "n_head": "Nh",
+               "ffn_dim": "F"}
+
+
+def load_exported(directory, dtype=torch.float64):
+    """A directory written by `glia export`: (params, cfg).
+
+    config.json gives the config (checked: model_type "astrosnn", model_version
+    1, vocab_padded equal to what model_config derives); model.safetensors the
+    parameters, each checked against param_shapes(cfg) and cast to dtype.
+    """
+    with open(os.path.join(directory, "config.json")) as f:
+        conf = json.load(f)
+    if conf.get("model_type") != "astrosnn" or conf.get("model_version") != 1:
+        raise ValueError(f"{directory}/config.json: not an astrosnn model_version 1 config")
+    cfg = model_config(astro=bool(conf["astro"]),
+                       **{short: int(conf[key]) for key, short in EXPORT_KEYS.items()})
+    if cfg["Vp"] != int(conf["vocab_padded"]):
+        raise ValueError(f"{directory}/config.json: vocab_padded {conf['vocab_padded']}, "
+                         f"expected {cfg['Vp']}")
+    tensors = load_file(os.path.join(directory, "model.safetensors"))
+    p = {}
+    for name, shape in param_shapes(cfg):
+        if name not in tensors:
+            raise ValueError(f"{directory}/model.safetensors: tensor '{name}' is missing")
+        if tuple(tensors[name].shape) != tuple(shape):
+            raise ValueError(f"{directory}/model.safetensors: tensor '{name}': shape "
+                             f"{list(tensors[name].shape)}, expected {list(shape)}")
+        p[name] = tensors[name].to(dtype)
+    return p, cfg
+
+
+def cmd_logits(args):
+    p, cfg = load_exported(args.model)
+    tokens = torch.tensor([[int(t) for t in args.tokens.split(",")]], dtype=torch.int64)
+    if tokens.numel() == 0 or tokens.min() < 0 or tokens.max() >= cfg["V"]:
+        raise SystemExit(f"reference.py logits: tokens must be in [0, {cfg['V']})")
+    with torch.no_grad():
+        logits = model_forward(p, tokens, cfg)["logits"]        # (1, T, V) float64
+    if args.out:
+        save({"logits": logits}, args.out,
+             {"generator": GENERATOR, "model": os.path.abspath(args.model),
+              "tokens": args.tokens})
+    else:
+        json.dump(logits.to(torch.float32).tolist(), sys.stdout)
+        print()
+    return 0
 
 
 # ------------------------------------------------------------------ fixtures
@@ -927,6 +980,11 @@ def main(argv=None):
     c.add_argument("b")
     c.add_argument("--rtol", type=float, default=1e-5)
     sub.add_parser("selftest", help="finite-difference and reproducibility checks")
+    g = sub.add_parser("logits", help="logits of a `glia export` directory for some tokens")
+    g.add_argument("--model", required=True, help="directory: config.json, model.safetensors")
+    g.add_argument("--tokens", required=True, help="comma-separated token ids")
+    g.add_argument("--out", help="safetensors file for 'logits' (1, T, V), float32; "
+                                 "default: JSON on stdout")
     t = sub.add_parser("train", help="train a named size on a text file (bytes)")
     t.add_argument("--data", required=True, help="text file; bytes are the tokens")
     t.add_argument("--size", choices=sorted(NAMED_SIZES), default="small")
@@ -951,6 +1009,8 @@ def main(argv=None):
         return cmd_compare(args)
     if args.cmd == "train":
         return cmd_train(args)
+    if args.cmd == "logits":
+        return cmd_logits(args)
     return selftest()
 
 

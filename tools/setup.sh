@@ -14,6 +14,7 @@ PACKAGES=(
   libcjson-dev                       # safetensors headers (JSON)
   libcriterion-dev                   # the test framework
   bible-kjv bible-kjv-text           # the default training corpus (King James Bible)
+  clang libclang-rt-14-dev libomp-14-dev  # tools/fuzz.sh: libFuzzer, sanitizers, OpenMP for clang
 )
 
 missing=()

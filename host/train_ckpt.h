@@ -1,0 +1,65 @@
+// train_ckpt.h: training checkpoints: everything needed to continue a run
+// exactly where it stopped, saved so that a crash never loses more than the
+// steps since the last save.
+//
+// A checkpoint is a directory OUT/ckpt/step_00000123/ holding
+//   model.safetensors        the model file of checkpoint.h, unchanged, so
+//                            `glia generate/eval --ckpt` read it as it is;
+//   state.rank0.safetensors  the AdamW moments m.<param> and v.<param>, and in
+//                            the metadata format "glia-train-state",
+//                            ckpt_version, model_version, step, the options
+//                            that define the run and the configuration,
+//                            world_size and rank;
+//   COMPLETE                 written last: each file's name and size.
+// Every tensor's CRC-32C is in its file's metadata (crc32c.<name>).
+//
+// Why this shape: safetensors is already glia's robust container, so the
+// state is one more safetensors file rather than a new format. One state
+// file per rank, so data-parallel ranks can later each write their own
+// without coordinating on one file. Nothing else needs saving: the data
+// loader's position IS the step (a batch is a pure function of (seed, step),
+// data.h) and training has no other random state. Each file is written
+// atomically (temporary, fsync, rename), and COMPLETE, written last the same
+// way, is the commit record: a directory without a valid COMPLETE is an
+// interrupted save and resume ignores it. So a crash mid-save leaves at worst
+// an incomplete directory next to the previous, untouched checkpoint.
+#ifndef GLIA_TRAIN_CKPT_H
+#define GLIA_TRAIN_CKPT_H
+
+#include "checkpoint.h"
+#include "train.h"
+
+#define TRAIN_CKPT_VERSION 1
+
+// Saves the checkpoint of `step` under out/ckpt, then keeps the newest
+// `keep` complete checkpoints (deleting older ones and incomplete directories
+// older than the newest complete one). 0, or -1 with a one-line error.
+int train_ckpt_save(const char *out, const Model *m, const float *mom1, const float *mom2,
+                    const TrainOptions *o, long step, int keep, char err[CKPT_ERR_LEN]);
+
+// Deletes every checkpoint under out/ckpt: a run that starts afresh in a
+// directory replaces the earlier run's checkpoints, as it replaces its
+// metrics.jsonl and model.safetensors (else resume could pick the old run's).
+// 0 (also when there is no out/ckpt), or -1 with a one-line error.
+int train_ckpt_clear(const char *out, char err[CKPT_ERR_LEN]);
+
+// The newest complete checkpoint under root/ckpt: its directory (into dir),
+// step and stored run options (o: cfg, steps, batch, seq, accum, lr, warmup,
+// min_lr_frac, weight_decay, clip, seed; other fields zero). Checks the
+// COMPLETE sizes and the state file's format and versions. 0, or -1 with a
+// one-line error naming the file and the problem.
+int train_ckpt_find(const char *root, char *dir, size_t dir_len, long *step, TrainOptions *o,
+                    char err[CKPT_ERR_LEN]);
+
+// Loads the checkpoint directory `dir` fully, verifying COMPLETE, every
+// tensor's shape and CRC, and that its configuration is `cfg` (NULL: any).
+// Returns the model (parameters) and new moment buffers (nparams each), or
+// NULL with a one-line error.
+Model *train_ckpt_load(const char *dir, const ModelConfig *cfg, float **mom1, float **mom2,
+                       long *step, char err[CKPT_ERR_LEN]);
+
+// Writes dir/COMPLETE for the files of a checkpoint as they are now on disk
+// (used by train_ckpt_save; tests use it to forge consistent bad checkpoints).
+int train_ckpt_write_complete(const char *dir, long step, char err[CKPT_ERR_LEN]);
+
+#endif

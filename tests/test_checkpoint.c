@@ -1,0 +1,430 @@
+// test_checkpoint.c: training checkpoints (train_ckpt.h): CRC-32C, resuming
+// bit for bit, surviving SIGKILL at random moments, a one-line error for
+// every kind of bad checkpoint, and a save that fails on a full disk leaving
+// the previous checkpoint resumable. Runs `glia` (GLIA_BIN) as a user would.
+#include <criterion/criterion.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "crc32c.h"
+#include "glia/safetensors.h"
+#include "testutil.h"
+#include "train_ckpt.h"
+
+static char dir[256];
+
+static void mk(void) {
+    snprintf(dir, sizeof dir, "%s/glia_ckpt_XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
+    cr_assert(mkdtemp(dir));
+    char path[512], cmd[1200];
+    snprintf(path, sizeof path, "%s/corpus.txt", dir);
+    FILE *f = fopen(path, "w");
+    cr_assert(f);
+    const char *words[] = {"the", "astrocyte", "neuron", "fires", "slowly", "and", "calcium", "rises"};
+    unsigned s = 7;
+    for (int i = 0; i < 6000; i++) {
+        s = s * 1103515245u + 12345u;
+        fprintf(f, "%s%s", words[(s >> 16) % 8], i % 9 == 8 ? ".\n" : " ");
+    }
+    fclose(f);
+    snprintf(cmd, sizeof cmd, "'%s' prepare --in '%s' --out '%s/shards' > /dev/null", GLIA_BIN, path, dir);
+    cr_assert_eq(system(cmd), 0);
+}
+
+static void rm(void) {
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "chmod -R u+rwx '%s'; rm -rf '%s'", dir, dir);
+    cr_assert_eq(system(cmd), 0);
+}
+
+TestSuite(checkpoint, .init = mk, .fini = rm, .timeout = 300);
+
+// The flags of every run here, less --out and --steps: tiny, one thread,
+// checkpoints every step.
+#define RUN_FLAGS "train --size tiny --batch 4 --seq 16 --warmup 3 --threads 1 --quiet --eval-every 0 --sample-tokens 0 --ckpt-every 1"
+
+static char out_text[16384], err_text[16384];
+
+static void slurp(const char *path, char *buf, size_t n) {
+    FILE *f = fopen(path, "r");
+    size_t got = f ? fread(buf, 1, n - 1, f) : 0;
+    buf[got] = 0;
+    if (f) fclose(f);
+}
+
+// Runs `prefix 'glia' args` through the shell; stdout and stderr are kept in
+// out_text and err_text. Returns the exit status.
+static int run_glia_with(const char *prefix, const char *fmt, ...) {
+    char args[3000], cmd[4096], out[300], err[300];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(args, sizeof args, fmt, ap);
+    va_end(ap);
+    snprintf(out, sizeof out, "%s/stdout.txt", dir);
+    snprintf(err, sizeof err, "%s/stderr.txt", dir);
+    snprintf(cmd, sizeof cmd, "%s '%s' %s > '%s' 2> '%s'", prefix, GLIA_BIN, args, out, err);
+    int st = system(cmd);
+    slurp(out, out_text, sizeof out_text);
+    slurp(err, err_text, sizeof err_text);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+#define run_glia(...) run_glia_with("", __VA_ARGS__)
+
+static void expect_error_status(int status, int want, const char *a, const char *b) {
+    cr_expect_eq(status, want, "exit status %d, expected %d: %s", status, want, err_text);
+    cr_expect(strstr(err_text, a), "error should mention '%s': %s", a, err_text);
+    if (b) cr_expect(strstr(err_text, b), "error should mention '%s': %s", b, err_text);
+    const char *nl = strchr(err_text, '\n');
+    cr_expect(nl && nl[1] == 0, "error should be one line: %s", err_text);
+}
+#define expect_error(status, a, b) expect_error_status(status, 2, a, b)
+
+static int sh(const char *fmt, ...) {
+    char cmd[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    return system(cmd);
+}
+
+static int read_losses(const char *out, double *loss, int max) {
+    char path[512], line[512];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", out);
+    FILE *f = fopen(path, "r");
+    cr_assert(f, "no %s", path);
+    int n = 0;
+    while (n < max && fgets(line, sizeof line, f)) {
+        const char *p = strstr(line, "\"loss\": ");
+        if (p) loss[n++] = atof(p + 8);
+    }
+    fclose(f);
+    return n;
+}
+
+// A run of `steps` steps that never stopped, in dir/<name>.
+static void reference_run(const char *name, int steps) {
+    cr_assert_eq(run_glia(RUN_FLAGS " --data '%s/shards' --out '%s/%s' --steps %d", dir, dir, name, steps), 0,
+                 "%s", err_text);
+}
+
+static void expect_same_run(const char *a, const char *b, int steps) {
+    double la[128], lb[128];
+    cr_assert_eq(read_losses(a, la, 128), steps);
+    cr_assert_eq(read_losses(b, lb, 128), steps, "metrics.jsonl of the resumed run reads as one run");
+    for (int i = 0; i < steps; i++) cr_expect_eq(la[i], lb[i], "step %d: %.6f vs %.6f", i + 1, la[i], lb[i]);
+    cr_expect_eq(sh("cmp -s '%s/model.safetensors' '%s/model.safetensors'", a, b), 0,
+                 "the final model files differ");
+}
+
+// ---- CRC-32C ---------------------------------------------------------------------------
+
+Test(checkpoint, crc32c_known_answer) {
+    cr_expect_eq(crc32c("123456789", 9), 0xE3069283u);
+    cr_expect_eq(crc32c("", 0), 0u);
+    // 32 zero bytes: RFC 3720 (iSCSI) B.4
+    unsigned char zeros[32] = {0};
+    cr_expect_eq(crc32c(zeros, 32), 0x8A9136AAu);
+    // continuing a CRC is the CRC of the concatenation
+    cr_expect_eq(crc32c_update(crc32c("12345", 5), "6789", 4), 0xE3069283u);
+}
+
+// ---- resuming ----------------------------------------------------------------------
+
+Test(checkpoint, resume_is_bit_identical) {
+    reference_run("full", 12);
+    char b[300];
+    snprintf(b, sizeof b, "%s/parted", dir);
+    // stop after step 5 as if killed right after that save, then resume
+    cr_assert_eq(run_glia(RUN_FLAGS " --data '%s/shards' --out '%s' --steps 12 --stop-after 5", dir, b), 0,
+                 "%s", err_text);
+    cr_assert_eq(sh("test -f '%s/ckpt/step_00000005/COMPLETE'", b), 0);
+    // --keep 3 (default): steps 3, 4, 5 remain
+    cr_expect_neq(sh("test -e '%s/ckpt/step_00000002'", b), 0, "old checkpoints are deleted");
+    cr_expect_eq(sh("test -f '%s/ckpt/step_00000003/COMPLETE'", b), 0);
+    // the options come from the checkpoint: none but the run's own flags given
+    cr_assert_eq(run_glia("train --resume --out '%s' --data '%s/shards' --threads 1 --quiet --eval-every 0 "
+                          "--sample-tokens 0 --ckpt-every 4 --keep 1", b, dir), 0, "%s", err_text);
+    cr_expect(strstr(out_text, "resuming from") && strstr(out_text, "step_00000005"), "%s", out_text);
+    char full[300];
+    snprintf(full, sizeof full, "%s/full", dir);
+    expect_same_run(full, b, 12);
+    cr_expect_eq(sh("test -f '%s/ckpt/step_00000012/COMPLETE' && test ! -e '%s/ckpt/step_00000008'", b, b), 0,
+                 "--keep 1 keeps only the newest");
+    // resuming a finished run has nothing to do
+    cr_expect_eq(run_glia("train --resume-from '%s' --out '%s' --data '%s/shards' --threads 1 --quiet "
+                          "--sample-tokens 0", b, b, dir), 0, "%s", err_text);
+    cr_expect(strstr(out_text, "nothing to do"), "%s", out_text);
+    expect_same_run(full, b, 12);
+}
+
+// Every complete checkpoint under out/ckpt loads and verifies; returns how many.
+static int verify_complete_checkpoints(const char *out) {
+    char ck[400], d[700], path[800], err[CKPT_ERR_LEN];
+    snprintf(ck, sizeof ck, "%s/ckpt", out);
+    DIR *dd = opendir(ck);
+    if (!dd) return 0;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(dd))) {
+        if (strncmp(e->d_name, "step_", 5)) continue;
+        snprintf(d, sizeof d, "%s/%s", ck, e->d_name);
+        snprintf(path, sizeof path, "%s/COMPLETE", d);
+        if (access(path, F_OK)) continue;
+        float *m1, *m2;
+        long step;
+        Model *m = train_ckpt_load(d, NULL, &m1, &m2, &step, err);
+        cr_expect(m, "a complete checkpoint does not load: %s", err);
+        if (m) n++;
+        model_free(m);
+        free(m1);
+        free(m2);
+    }
+    closedir(dd);
+    return n;
+}
+
+Test(checkpoint, survives_sigkill) {
+    const int steps = 40;
+    reference_run("calm", steps);
+    char out[300], shards[300], steps_s[16];
+    snprintf(out, sizeof out, "%s/killed", dir);
+    snprintf(shards, sizeof shards, "%s/shards", dir);
+    snprintf(steps_s, sizeof steps_s, "%d", steps);
+    TestRng rng;
+    rng_seed(&rng, 2024);
+    int kills = 0, finished = 0;
+    for (int attempt = 0; attempt < 40 && !finished; attempt++) {
+        int resume = verify_complete_checkpoints(out) > 0;
+        char *argv[] = {GLIA_BIN, "train", "--size", "tiny", "--batch", "4", "--seq", "16", "--warmup", "3",
+                        "--threads", "1", "--quiet", "--eval-every", "0", "--sample-tokens", "0",
+                        "--ckpt-every", "1", "--steps", steps_s, "--data", shards, "--out", out,
+                        resume ? "--resume" : NULL, NULL};
+        pid_t pid = fork();
+        cr_assert(pid >= 0);
+        if (pid == 0) {
+            int fd = open("/dev/null", O_WRONLY);
+            dup2(fd, 1);
+            dup2(fd, 2);
+            execv(GLIA_BIN, argv);
+            _exit(127);
+        }
+        int st;
+        if (kills < 15) {
+            long ms = 20 + (long)(rng_uniform(&rng) * 280);
+            struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+            nanosleep(&ts, NULL);
+            if (waitpid(pid, &st, WNOHANG) == 0) {
+                kill(pid, SIGKILL);
+                cr_assert_eq(waitpid(pid, &st, 0), pid);
+                if (WIFSIGNALED(st)) {
+                    kills++;
+                    continue;
+                }
+            }
+        } else {
+            cr_assert_eq(waitpid(pid, &st, 0), pid);
+        }
+        cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "glia train failed (status %d)", st);
+        finished = 1;
+    }
+    cr_assert(finished);
+    cr_expect_gt(kills, 0, "the run was never killed");
+    cr_log_info("killed %d times", kills);
+    cr_expect_gt(verify_complete_checkpoints(out), 0);
+    char calm[300];
+    snprintf(calm, sizeof calm, "%s/calm", dir);
+    expect_same_run(calm, out, steps);
+}
+
+// ---- bad checkpoints ------------------------------------------------------------------
+
+// A finished 3-step run to damage copies of: dir/good.
+static void good_run(void) {
+    char p[400];
+    snprintf(p, sizeof p, "%s/good/ckpt/step_00000003/COMPLETE", dir);
+    if (access(p, F_OK) == 0) return;
+    reference_run("good", 3);
+}
+
+// A fresh copy of the good run in dir/<name>; returns the newest checkpoint.
+static const char *copy_good(const char *name) {
+    static char ck[400];
+    good_run();
+    cr_assert_eq(sh("rm -rf '%s/%s' && cp -r '%s/good' '%s/%s'", dir, name, dir, dir, name), 0);
+    snprintf(ck, sizeof ck, "%s/%s/ckpt/step_00000003", dir, name);
+    return ck;
+}
+
+static int resume(const char *name, const char *extra) {
+    return run_glia("train --resume --out '%s/%s' --data '%s/shards' --threads 1 --quiet --sample-tokens 0 %s",
+                    dir, name, dir, extra ? extra : "");
+}
+
+static void flip_byte(const char *path, long from_end) {
+    FILE *f = fopen(path, "r+b");
+    cr_assert(f);
+    cr_assert_eq(fseek(f, -from_end, SEEK_END), 0);
+    int c = fgetc(f);
+    cr_assert_eq(fseek(f, -from_end, SEEK_END), 0);
+    fputc(c ^ 0x10, f);
+    fclose(f);
+}
+
+// Rewrites a safetensors file with one metadata value changed (kept CRCs).
+static void rewrite_meta(const char *path, const char *key, const char *value) {
+    char err[ST_ERR_LEN];
+    StFile *f = st_load(path, err);
+    cr_assert(f, "%s", err);
+    StWriter *w = st_writer_new();
+    for (int i = 0; i < f->nmeta; i++)
+        st_writer_meta(w, f->meta_keys[i], strcmp(f->meta_keys[i], key) ? f->meta_values[i] : value);
+    for (int i = 0; i < f->n; i++) st_writer_add(w, f->tensors[i].name, f->tensors[i].ndim, f->tensors[i].shape, f->tensors[i].data);
+    cr_assert_eq(st_writer_save(w, path, err), 0, "%s", err);
+    st_writer_free(w);
+    st_free(f);
+}
+
+static void recomplete(const char *ck) {
+    char err[CKPT_ERR_LEN];
+    cr_assert_eq(train_ckpt_write_complete(ck, 3, err), 0, "%s", err);
+}
+
+Test(checkpoint, truncated_file) {
+    const char *ck = copy_good("trunc");
+    cr_assert_eq(sh("truncate -s -100 '%s/state.rank0.safetensors'", ck), 0);
+    expect_error(resume("trunc", NULL), "state.rank0.safetensors", "truncated");
+    // a truncated model file, as glia generate sees it
+    cr_assert_eq(sh("truncate -s -100 '%s/model.safetensors'", ck), 0);
+    expect_error(run_glia("generate --ckpt '%s/model.safetensors'", ck), "model.safetensors", "truncated");
+}
+
+Test(checkpoint, bit_flip_names_the_tensor) {
+    const char *ck = copy_good("flip");
+    char path[600];
+    snprintf(path, sizeof path, "%s/model.safetensors", ck);
+    flip_byte(path, 10);  // in the last tensor's data: norm_f
+    expect_error(resume("flip", NULL), "model.safetensors", "tensor 'norm_f': CRC32C mismatch");
+    expect_error(run_glia("generate --ckpt '%s'", path), "model.safetensors", "tensor 'norm_f': CRC32C mismatch");
+    expect_error(run_glia("eval --ckpt '%s'", path), "model.safetensors", "CRC32C mismatch");
+    ck = copy_good("flip2");
+    snprintf(path, sizeof path, "%s/state.rank0.safetensors", ck);
+    flip_byte(path, 10);
+    expect_error(resume("flip2", NULL), "state.rank0.safetensors", "tensor 'v.norm_f': CRC32C mismatch");
+}
+
+Test(checkpoint, wrong_format_or_version) {
+    const char *ck = copy_good("fmt");
+    char path[600];
+    snprintf(path, sizeof path, "%s/state.rank0.safetensors", ck);
+    rewrite_meta(path, "format", "glia-something-else");
+    recomplete(ck);
+    expect_error(resume("fmt", NULL), "state.rank0.safetensors", "not a glia training state file");
+    expect_error(run_glia("generate --ckpt '%s'", path), "state.rank0.safetensors", "not a glia model file");
+
+    ck = copy_good("ver");
+    snprintf(path, sizeof path, "%s/state.rank0.safetensors", ck);
+    rewrite_meta(path, "ckpt_version", "2");
+    recomplete(ck);
+    expect_error(resume("ver", NULL), "state.rank0.safetensors", "ckpt_version 2");
+
+    ck = copy_good("mver");
+    snprintf(path, sizeof path, "%s/model.safetensors", ck);
+    rewrite_meta(path, "model_version", "7");
+    recomplete(ck);
+    expect_error(resume("mver", NULL), "model.safetensors", "model_version 7");
+    expect_error(run_glia("generate --ckpt '%s'", path), "model.safetensors", "model_version 7");
+
+    // not a safetensors file at all
+    ck = copy_good("magic");
+    cr_assert_eq(sh("head -c 4000 /dev/urandom > '%s/model.safetensors'", ck), 0);
+    recomplete(ck);
+    expect_error(resume("magic", NULL), "model.safetensors", NULL);
+    // and a COMPLETE that is not one: the checkpoint is incomplete, so the older one is used
+    ck = copy_good("badcomplete");
+    cr_assert_eq(sh("echo garbage > '%s/COMPLETE'", ck), 0);
+    cr_expect_eq(resume("badcomplete", NULL), 0, "%s", err_text);
+    cr_expect(strstr(out_text, "step_00000002"), "resumes from the older checkpoint: %s", out_text);
+}
+
+Test(checkpoint, config_and_options_must_match) {
+    copy_good("cfg");
+    expect_error(resume("cfg", "--size small"), "model.safetensors", "does not match the requested one");
+    expect_error(resume("cfg", "--width 64"), "model.safetensors", "does not match the requested one");
+    expect_error(resume("cfg", "--batch 8"), "--batch 8 differs from 4", "step_00000003");
+    expect_error(resume("cfg", "--steps 50"), "--steps 50 differs from 3", NULL);
+    expect_error(resume("cfg", "--lr 0.5"), "--lr 0.5 differs", NULL);
+    // the same values given again are fine
+    cr_expect_eq(resume("cfg", "--size tiny --batch 4 --steps 3 --seq 16"), 0, "%s", err_text);
+    // a fresh run (no --resume) in the same directory replaces the old run's checkpoints
+    cr_assert_eq(run_glia(RUN_FLAGS " --data '%s/shards' --out '%s/cfg' --steps 2", dir, dir), 0, "%s", err_text);
+    cr_expect_eq(sh("test -f '%s/cfg/ckpt/step_00000002/COMPLETE' && test ! -e '%s/cfg/ckpt/step_00000003'", dir, dir),
+                 0, "the earlier run's checkpoints are gone");
+}
+
+Test(checkpoint, empty_directory_missing_unreadable) {
+    const char *ck = copy_good("empty");
+    cr_assert_eq(sh(": > '%s/model.safetensors'", ck), 0);
+    expect_error(resume("empty", NULL), "model.safetensors", "empty");
+    expect_error(run_glia("generate --ckpt '%s/model.safetensors'", ck), "model.safetensors", "0 bytes");
+
+    ck = copy_good("isdir");
+    cr_assert_eq(sh("rm '%s/model.safetensors' && mkdir '%s/model.safetensors'", ck, ck), 0);
+    expect_error(resume("isdir", NULL), "model.safetensors", "is a directory");
+    expect_error(run_glia("generate --ckpt '%s'", ck), "step_00000003", "is a directory");
+
+    expect_error(run_glia("generate --ckpt '%s/none.safetensors'", dir), "none.safetensors", "No such file");
+    expect_error(resume("nowhere", NULL), "nowhere/ckpt", "no checkpoint to resume from");
+    cr_assert_eq(sh("mkdir -p '%s/hollow/ckpt/step_00000004'", dir), 0);  // only an incomplete one
+    expect_error(resume("hollow", NULL), "hollow/ckpt", "no complete checkpoint");
+    ck = copy_good("gone");
+    cr_assert_eq(sh("rm '%s/state.rank0.safetensors'", ck), 0);
+    expect_error(resume("gone", NULL), "state.rank0.safetensors", "No such file");
+
+    // root reads files whatever their mode: the check means nothing there
+    if (geteuid() == 0) return;
+    ck = copy_good("noread");
+    cr_assert_eq(sh("chmod 000 '%s/model.safetensors'", ck), 0);
+    expect_error(resume("noread", NULL), "model.safetensors", "Permission denied");
+    expect_error(run_glia("generate --ckpt '%s/model.safetensors'", ck), "model.safetensors", "Permission denied");
+}
+
+// ---- failing saves ---------------------------------------------------------------------
+
+Test(checkpoint, full_disk_keeps_the_previous_checkpoint) {
+    reference_run("whole", 6);
+    char b[300];
+    snprintf(b, sizeof b, "%s/disk", dir);
+    cr_assert_eq(run_glia(RUN_FLAGS " --data '%s/shards' --out '%s' --steps 6 --stop-after 2", dir, b), 0,
+                 "%s", err_text);
+    // a file-size limit far below a model file: the save of step 3 fails
+    // with EFBIG (glia ignores SIGXFSZ, which would kill it silently)
+    int st = run_glia_with("ulimit -f 16;", "train --resume --out '%s' --data '%s/shards' --threads 1 --quiet "
+                           "--eval-every 0 --sample-tokens 0 --ckpt-every 1", b, dir);
+    expect_error_status(st, 1, "cannot save the checkpoint of step 3", "File too large");
+    cr_expect_neq(sh("test -e '%s/ckpt/step_00000003/COMPLETE'", b), 0, "no COMPLETE for the failed save");
+    cr_expect_eq(sh("test -f '%s/ckpt/step_00000002/COMPLETE'", b), 0, "the previous checkpoint is kept");
+    // ... and it resumes into the run that never failed
+    cr_assert_eq(run_glia("train --resume --out '%s' --data '%s/shards' --threads 1 --quiet --eval-every 0 "
+                          "--sample-tokens 0 --ckpt-every 1", b, dir), 0, "%s", err_text);
+    cr_expect(strstr(out_text, "step_00000002"), "%s", out_text);
+    char whole[300];
+    snprintf(whole, sizeof whole, "%s/whole", dir);
+    expect_same_run(whole, b, 6);
+
+    // permission denied (root writes anywhere, so only as a user)
+    if (geteuid() == 0) return;
+    cr_assert_eq(sh("chmod 555 '%s/ckpt'", b), 0);
+    st = run_glia(RUN_FLAGS " --data '%s/shards' --out '%s' --steps 8", dir, b);
+    cr_assert_eq(sh("chmod 755 '%s/ckpt'", b), 0);
+    expect_error_status(st, 1, "Permission denied", NULL);
+}
