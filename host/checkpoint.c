@@ -149,6 +149,9 @@ Model *ckpt_load_model(const char *path, long *step, char err[CKPT_ERR_LEN]) {
     if (step) *step = st;
     return m;
 fail:
+    // values quoted from the file may hold control characters: keep one line
+    for (char *c = err; *c; c++)
+        if ((unsigned char)*c < 0x20) *c = '?';
     model_free(m);
     st_free(f);
     return NULL;

@@ -9,6 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_PER_TARGET="${1:-20}"
+FUZZ_SEED="${FUZZ_SEED:-1}"
 case "$SECONDS_PER_TARGET" in ''|*[!0-9]*) echo "usage: tools/fuzz.sh [SECONDS]" >&2; exit 2;; esac
 
 cmake -S . -B build-fuzz -DCMAKE_C_COMPILER=clang -DGLIA_FUZZ=ON -DGLIA_CUDA=OFF \
@@ -23,12 +24,14 @@ for t in "${targets[@]}"; do
   work="build-fuzz/corpus/$t"
   rm -rf "$work"
   mkdir -p "$work"
+  # A fixed seed (FUZZ_SEED, default 1) makes a failing run reproducible;
+  # FUZZ_SEED=0 lets libFuzzer pick one.
   if [ -d "tests/fuzz/corpus/$t" ]; then cp -r "tests/fuzz/corpus/$t/." "$work/"; fi
   echo "== $t: ${SECONDS_PER_TARGET}s"
   # One thread for OpenMP/OpenBLAS: the parsers are serial, and thread pools
   # only slow each run down.
   if ! OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 \
-       "build-fuzz/$t" -max_total_time="$SECONDS_PER_TARGET" -max_len=65536 \
+       "build-fuzz/$t" -max_total_time="$SECONDS_PER_TARGET" -max_len=65536 -seed="$FUZZ_SEED" \
        -rss_limit_mb=4096 -print_final_stats=1 \
        -artifact_prefix="build-fuzz/artifacts/$t-" "$work" 2>"build-fuzz/$t.log"; then
     failed+=("$t")
