@@ -185,9 +185,10 @@ int train_run(const TrainOptions *o) {
             goto done;
         }
     } else {
-        if (train_ckpt_clear(o->out, err)) {
-            fprintf(stderr, "glia train: %s\n", err);
-            rc = 1;
+        if (train_ckpt_exists(o->out)) {  // never overwrite a saved run
+            fprintf(stderr, "glia train: %s/ckpt holds the checkpoints of an earlier run: continue it "
+                            "with --resume, or give another --out (or delete that directory)\n", o->out);
+            rc = 2;
             goto done;
         }
         m = model_new(&o->cfg);

@@ -476,23 +476,13 @@ static void prune(const char *ckdir, int keep) {
     if (n > 0) glia_sync_parent_dir(d);
 }
 
-int train_ckpt_clear(const char *out, char err[CKPT_ERR_LEN]) {
-    char ckdir[CKDIR_LEN], d[DIR_LEN];
+int train_ckpt_exists(const char *out) {
+    char ckdir[CKDIR_LEN], err[CKPT_ERR_LEN];
     snprintf(ckdir, sizeof ckdir, "%s/ckpt", out);
     long *steps = NULL;
     int n = list_steps(ckdir, &steps, err);
-    if (n < 0) return errno == ENOENT ? 0 : -1;
-    int rc = 0;
-    for (int i = 0; i < n && !rc; i++) {
-        step_dir(d, sizeof d, ckdir, steps[i]);
-        if (remove_ckpt_dir(d)) {
-            snprintf(err, CKPT_ERR_LEN, "%.400s: cannot delete the checkpoint of an earlier run: %.120s", d,
-                     strerror(errno));
-            rc = -1;
-        }
-    }
     free(steps);
-    return rc;
+    return n > 0;
 }
 
 int train_ckpt_save(const char *out, const Model *m, const float *mom1, const float *mom2,

@@ -37,11 +37,10 @@
 int train_ckpt_save(const char *out, const Model *m, const float *mom1, const float *mom2,
                     const TrainOptions *o, long step, int keep, char err[CKPT_ERR_LEN]);
 
-// Deletes every checkpoint under out/ckpt: a run that starts afresh in a
-// directory replaces the earlier run's checkpoints, as it replaces its
-// metrics.jsonl and model.safetensors (else resume could pick the old run's).
-// 0 (also when there is no out/ckpt), or -1 with a one-line error.
-int train_ckpt_clear(const char *out, char err[CKPT_ERR_LEN]);
+// 1 when out/ckpt holds any checkpoint directory (complete or not): a run
+// that starts afresh there would mix with or overwrite an earlier run's work,
+// so it is refused.
+int train_ckpt_exists(const char *out);
 
 // The newest complete checkpoint under root/ckpt: its directory (into dir),
 // step and stored run options (o: cfg, steps, batch, seq, accum, lr, warmup,

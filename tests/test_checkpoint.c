@@ -97,19 +97,6 @@ static int sh(const char *fmt, ...) {
     return system(cmd);
 }
 
-static int read_losses(const char *out, double *loss, int max) {
-    char path[512], line[512];
-    snprintf(path, sizeof path, "%s/metrics.jsonl", out);
-    FILE *f = fopen(path, "r");
-    cr_assert(f, "no %s", path);
-    int n = 0;
-    while (n < max && fgets(line, sizeof line, f)) {
-        const char *p = strstr(line, "\"loss\": ");
-        if (p) loss[n++] = atof(p + 8);
-    }
-    fclose(f);
-    return n;
-}
 
 // A run of `steps` steps that never stopped, in dir/<name>.
 static void reference_run(const char *name, int steps) {
@@ -365,10 +352,11 @@ Test(checkpoint, config_and_options_must_match) {
     expect_error(resume("cfg", "--lr 0.5"), "--lr 0.5 differs", NULL);
     // the same values given again are fine
     cr_expect_eq(resume("cfg", "--size tiny --batch 4 --steps 3 --seq 16"), 0, "%s", err_text);
-    // a fresh run (no --resume) in the same directory replaces the old run's checkpoints
-    cr_assert_eq(run_glia(RUN_FLAGS " --data '%s/shards' --out '%s/cfg' --steps 2", dir, dir), 0, "%s", err_text);
-    cr_expect_eq(sh("test -f '%s/cfg/ckpt/step_00000002/COMPLETE' && test ! -e '%s/cfg/ckpt/step_00000003'", dir, dir),
-                 0, "the earlier run's checkpoints are gone");
+    // a fresh run (no --resume) into the directory of a saved run is refused,
+    // and the saved run is untouched
+    expect_error(run_glia(RUN_FLAGS " --data '%s/shards' --out '%s/cfg' --steps 2", dir, dir), "cfg/ckpt",
+                 "earlier run");
+    cr_expect_eq(sh("test -f '%s/cfg/ckpt/step_00000003/COMPLETE'", dir), 0, "the saved run is intact");
 }
 
 Test(checkpoint, empty_directory_missing_unreadable) {

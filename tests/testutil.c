@@ -3,6 +3,8 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 void rng_seed(TestRng *r, uint64_t seed) { r->s = seed * 0x9E3779B97F4A7C15ull + 1; }
 
@@ -55,4 +57,18 @@ const char *fixture_path(const char *name) {
     static char buf[4096];
     snprintf(buf, sizeof buf, "%s/%s", GLIA_FIXTURES, name);
     return buf;
+}
+
+int read_losses(const char *dir, double *loss, int max) {
+    char path[4096], line[512];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    int n = 0;
+    while (n < max && fgets(line, sizeof line, f)) {
+        const char *p = strstr(line, "\"loss\": ");
+        if (p) loss[n++] = atof(p + 8);
+    }
+    fclose(f);
+    return n;
 }

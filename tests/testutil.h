@@ -22,6 +22,10 @@ double rel_err_d(const double *a, const double *b, size_t n);
 // Number of positions where two 0/1 spike tensors differ.
 size_t spike_mismatches(const float *a, const float *b, size_t n);
 
+// The "loss" values of DIR/metrics.jsonl (a training run), in order; returns
+// how many (at most max), or -1 when the file cannot be read.
+int read_losses(const char *dir, double *loss, int max);
+
 // Path of a committed fixture: GLIA_FIXTURES "/" name (static buffer).
 const char *fixture_path(const char *name);
 
