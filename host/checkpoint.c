@@ -114,9 +114,7 @@ Model *ckpt_load_model(const char *path, long *step, char err[CKPT_ERR_LEN]) {
     // The file must hold the parameters its configuration asks for before
     // anything sized by that configuration is allocated (a forged header
     // could otherwise ask for terabytes).
-    int64_t C = cfg.C, F = cfg.F, have = 0;
-    int64_t per = 3 * C + 2 * C * C + 2 * F * C + F + (cfg.astro ? 3 * C * C + C : 0);
-    int64_t want = (int64_t)cfg.Vp * C + cfg.L * per + C;
+    int64_t have = 0, want = model_config_nparams(&cfg);
     for (int i = 0; i < f->n; i++) have += f->tensors[i].is_f32 ? f->tensors[i].numel : 0;
     if (have < want) {
         snprintf(err, CKPT_ERR_LEN, "%s: holds %lld F32 values, its configuration needs %lld", path,

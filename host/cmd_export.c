@@ -243,14 +243,6 @@ static int parse_config(const char *text, const char *path, ModelConfig *cfg, ch
     return rc;
 }
 
-// Parameters of a (checked) config, as model_new's table adds them up,
-// computed without allocating anything.
-static int64_t config_nparams(const ModelConfig *c) {
-    int64_t C = c->C, F = c->F, per = C + C * C * 2 + C + C + F * C * 2 + F;
-    if (c->astro) per += C * C * 3 + C;  // W_K W_V W_Q, a_lambda (Nh x C/Nh)
-    return (int64_t)c->Vp * C + c->L * per + C;
-}
-
 static const char *IMPORT_SUMMARY =
     "Reads a directory written by `glia export` (or by other code in the same layout:\n"
     "config.json and model.safetensors) back into a glia model file. Every key of\n"
@@ -294,7 +286,7 @@ int cmd_import(int argc, char **argv) {
         goto done;
     }
     // Size check before allocating anything the config asks for.
-    int64_t have = 0, want = config_nparams(&cfg);
+    int64_t have = 0, want = model_config_nparams(&cfg);
     for (int i = 0; i < f->n; i++) have += f->tensors[i].is_f32 ? f->tensors[i].numel : 0;
     if (have < want) {
         snprintf(err, sizeof err,

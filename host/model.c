@@ -51,6 +51,13 @@ int model_config_check(const ModelConfig *c, char *err, size_t n) {
     return 0;
 }
 
+int64_t model_config_nparams(const ModelConfig *c) {
+    int64_t C = c->C, F = c->F;
+    int64_t per = 3 * C + 2 * C * C + 2 * F * C + F;  // norms, a_beta; W_I W_O; W_1 W_2; a_beta_ffn
+    if (c->astro) per += 3 * C * C + C;                // W_K W_V W_Q; a_lambda (Nh x C/Nh)
+    return (int64_t)c->Vp * C + c->L * per + C;        // E; blocks; norm_f
+}
+
 // ---- parameters --------------------------------------------------------------------
 
 static void add_tensor(Model *m, const char *name, int ndim, int64_t d0, int64_t d1, int decay) {

@@ -34,6 +34,9 @@ int model_config_named(const char *name, ModelConfig *cfg);
 // Checks a config (sizes positive, Nh divides C, ...); 0 or -1 with a message.
 int model_config_check(const ModelConfig *cfg, char *err, size_t err_len);
 int model_pad_vocab(int V);
+// Parameters of a checked config (what model_new allocates), without
+// allocating anything: checks a file's size before trusting its config.
+int64_t model_config_nparams(const ModelConfig *cfg);
 
 typedef struct {
     char name[64];

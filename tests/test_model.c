@@ -233,3 +233,18 @@ Test(model, bad_checkpoints, .init = mk, .fini = rm) {
     expect_load_error(bad, "its configuration needs");
     model_free(m);
 }
+
+// The size check before loading a file relies on this count matching the
+// parameter table exactly.
+Test(model, config_nparams_matches_the_table) {
+    const char *names[] = {"tiny", "small"};
+    for (int i = 0; i < 2; i++)
+        for (int astro = 0; astro < 2; astro++) {
+            ModelConfig c;
+            cr_assert_eq(model_config_named(names[i], &c), 0);
+            c.astro = astro;
+            Model *m = model_new(&c);
+            cr_expect_eq((size_t)model_config_nparams(&c), m->nparams, "%s astro %d", names[i], astro);
+            model_free(m);
+        }
+}
