@@ -14,6 +14,8 @@ PACKAGES=(
   libcjson-dev                       # safetensors headers (JSON)
   libcriterion-dev                   # the test framework
   bible-kjv bible-kjv-text           # the default training corpus (King James Bible)
+  libopenmpi-dev openmpi-bin         # data parallelism across processes (mpirun)
+  libmicrohttpd-dev curl             # glia serve, and the tests that talk to it
   clang libclang-rt-14-dev libomp-14-dev  # tools/fuzz.sh: libFuzzer, sanitizers, OpenMP for clang
 )
 
