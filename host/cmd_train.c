@@ -4,13 +4,21 @@
 // The three commands share how a model is described on the command line (a
 // named size plus overrides, or a checkpoint) and how the device and thread
 // count are chosen, so they live together.
+//
+// Under mpirun every rank parses the same flags and reaches the same
+// verdict; only rank 0 lets its messages through (cmd_train), so a bad flag
+// is one line, not one per rank.
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "checkpoint.h"
+#include "engine.h"
 #include "cli.h"
 #include "commands.h"
+#include "dist.h"
 #include "glia/util.h"
 #include "sample.h"
 #include "train.h"
@@ -48,9 +56,13 @@ static const char *TRAIN_SUMMARY =
     "Sizes (SPEC): tiny, small, 124m, 1.5b; --layers/--width/--heads/--ffn override.\n"
     "Checkpoints go to OUT/ckpt/step_N/ (the newest --keep are kept). --resume (or\n"
     "--resume-from DIR) continues a run bit for bit from its newest complete\n"
-    "checkpoint, with the options stored in it; a flag that contradicts them is an error.";
+    "checkpoint, with the options stored in it; a flag that contradicts them is an error.\n"
+    "Data parallel: mpirun -np N glia train ... splits each --batch (the global batch)\n"
+    "across N processes; --zero 1 also shards the AdamW state (docs/DISTRIBUTED.md).";
 
-int cmd_train(int argc, char **argv) {
+// Parses the flags of `glia train` into *po. Returns -1 when training should
+// run, else the exit status (0 for --help).
+static int train_parse(int argc, char **argv, TrainOptions *po) {
     CliFlag flags[] = {
         {"--size", "NAME", "named model size", "small"},
         {"--layers", "N", "override: layers", NULL},
@@ -83,6 +95,7 @@ int cmd_train(int argc, char **argv) {
         {"--threads", "N", "CPU threads (default: all cores)", NULL},
         {"--device", "DEV", "cpu or auto", "auto"},
         {"--quiet", NULL, "no per-step lines", NULL},
+        {"--zero", "0|1", "ZeRO stage under mpirun: 1 shards the AdamW state across the ranks", "0"},
     };
     int nf = sizeof flags / sizeof flags[0];
     const char *defaults[64];  // to tell a flag given on the command line from its default
@@ -147,17 +160,28 @@ int cmd_train(int argc, char **argv) {
     o.keep = (int)v;
     if (GET("--stop-after") && cli_int("train", "--stop-after", GET("--stop-after"), 1, 1L << 40, &o.stop_after))
         return 2;
+    if (cli_int("train", "--zero", GET("--zero"), 0, 1, &v)) return 2;
+    o.zero = (int)v;
     const char *from = GET("--resume-from") ? GET("--resume-from") : GET("--resume") ? o.out : NULL;
-    if (!from) return train_run(&o);
+    if (!from) {
+        *po = o;
+        return -1;
+    }
 
     // Resuming: the checkpoint's options are the defaults; one given on the
     // command line must agree with it (a changed --steps would change the
     // learning-rate schedule of the steps already taken, so it is refused too).
-    char ckdir[4200], cerr[CKPT_ERR_LEN];
+    static char ckdir[4200];
+    char cerr[CKPT_ERR_LEN];
     long step;
     TrainOptions s;
     if (train_ckpt_find(from, ckdir, sizeof ckdir, &step, &s, cerr)) {
         fprintf(stderr, "glia train: --resume: %s\n", cerr);
+        return 2;
+    }
+    if (s.world_size != dist_self()->world) {
+        fprintf(stderr, "glia train: --resume: %s was written by a run of %d processes; resume it with the same "
+                "number (mpirun -np %d), not %d\n", ckdir, s.world_size, s.world_size, dist_self()->world);
         return 2;
     }
     int given[64];
@@ -198,11 +222,40 @@ int cmd_train(int argc, char **argv) {
     SAME_DOUBLE("--min-lr", min_lr_frac)
     SAME_DOUBLE("--weight-decay", weight_decay)
     SAME_DOUBLE("--clip", clip)
+    SAME_LONG("--zero", zero)
 #undef SAME_LONG
 #undef SAME_DOUBLE
 #undef GIVEN
     o.resume = ckdir;
-    return train_run(&o);
+    *po = o;
+    return -1;
+}
+
+int cmd_train(int argc, char **argv) {
+    // Every rank parses; all but rank 0 do it with stdout and stderr pointed
+    // at /dev/null (the verdict is the same on every rank).
+    int quiet = !dist_is_root(), saved_out = -1, saved_err = -1;
+    if (quiet) {
+        fflush(stdout);
+        fflush(stderr);
+        int fd = open("/dev/null", O_WRONLY);
+        saved_out = dup(1);
+        saved_err = dup(2);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+            close(fd);
+        }
+    }
+    TrainOptions o;
+    int rc = train_parse(argc, argv, &o);
+    if (quiet) {
+        fflush(stdout);
+        fflush(stderr);
+        if (saved_out >= 0) dup2(saved_out, 1), close(saved_out);
+        if (saved_err >= 0) dup2(saved_err, 2), close(saved_err);
+    }
+    return rc >= 0 ? rc : train_run(&o);
 }
 
 // ---- eval ------------------------------------------------------------------------------
@@ -285,6 +338,10 @@ int cmd_generate(int argc, char **argv) {
         {"--seed", "N", "sampling seed", "1"},
         {"--threads", "N", "CPU threads", NULL},
         {"--device", "DEV", "cpu or auto", "auto"},
+        {"--prompts", "FILE", "JSONL requests for offline batch generation (then --out)", NULL},
+        {"--out", "FILE", "JSONL completions, in input order (with --prompts)", NULL},
+        {"--batch", "N", "sequence slots decoded together (with --prompts)", "16"},
+        {"--max-prompt", "N", "longest prompt in bytes (with --prompts)", "4096"},
     };
     int nf = sizeof flags / sizeof flags[0];
     int rc = cli_parse("generate",
@@ -302,6 +359,24 @@ int cmd_generate(int argc, char **argv) {
         cli_float("generate", "--top-p", GET("--top-p"), 1e-6, 1, &topp) ||
         cli_int("generate", "--seed", GET("--seed"), 0, 1L << 62, &seed))
         return 2;
+    if (GET("--prompts")) {  // offline batch mode: the engine of engine.h
+        long batch, maxp;
+        if (!GET("--out")) {
+            fprintf(stderr, "glia generate: --prompts needs --out FILE\n");
+            return 2;
+        }
+        if (cli_int("generate", "--batch", GET("--batch"), 1, 4096, &batch) ||
+            cli_int("generate", "--max-prompt", GET("--max-prompt"), 1, 1 << 24, &maxp))
+            return 2;
+        Model *bm = load_or_fail("generate", GET("--ckpt"));
+        if (!bm) return 2;
+        OfflineOptions oo = {.batch = (int)batch, .max_prompt = (int)maxp, .max_tokens = (int)ntok,
+                             .temperature = (float)temp, .top_k = (int)topk, .top_p = (float)topp,
+                             .seed = (uint64_t)seed, .quiet = 0};
+        int grc = generate_offline(bm, GET("--prompts"), GET("--out"), &oo);
+        model_free(bm);
+        return grc;
+    }
     const char *prompt = GET("--prompt");
     int n = (int)strlen(prompt);
     if (n == 0) {

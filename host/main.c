@@ -7,6 +7,7 @@
 
 #include "commands.h"
 #include "cpu/cpu.h"
+#include "dist.h"
 
 // OpenBLAS picks its kernels when it loads, from the CPU it recognises or
 // OPENBLAS_CORETYPE. Where it fell back to its generic SSE3 kernels on a CPU
@@ -28,6 +29,8 @@ static const Command COMMANDS[] = {
     {"train", cmd_train, "train a model (default: small, on the King James Bible)"},
     {"generate", cmd_generate, "write text from a trained model"},
     {"eval", cmd_eval, "validation loss, bits per byte and perplexity"},
+    {"serve", cmd_serve, "an OpenAI-style completions endpoint over HTTP (continuous batching)"},
+    {"bench", cmd_bench, "benchmarks: `glia bench generate` (tokens/s, time per token, state memory)"},
     {"export", cmd_export, "write a model as config.json + model.safetensors for PyTorch"},
     {"import", cmd_import, "read an exported directory back into a glia model file"},
     {"amsu", cmd_amsu, "one AM-SU layer forward + backward on a safetensors case"},
@@ -44,12 +47,23 @@ static void usage(FILE *to) {
     fprintf(to, "\n`glia COMMAND --help` describes a command's flags.\n");
 }
 
+static int run_command(int argc, char **argv);
+
 int main(int argc, char **argv) {
     // Past a file-size limit (ulimit -f) the kernel sends SIGXFSZ, whose
     // default action ends the process without a word. Ignored, the write
     // fails with EFBIG instead and the save reports it like a full disk.
     signal(SIGXFSZ, SIG_IGN);
-    blas_pick_kernels(argv);
+    blas_pick_kernels(argv);  // before MPI_Init: it may exec this program again
+    // Under an MPI launcher (mpirun, srun) every process joins the job here
+    // and leaves it after its command; without one this does nothing.
+    dist_init(&argc, &argv);
+    int rc = run_command(argc, argv);
+    dist_finalize();
+    return rc;
+}
+
+static int run_command(int argc, char **argv) {
     if (argc < 2) {
         usage(stderr);
         return 2;

@@ -298,7 +298,7 @@ double model_forward(Model *m, const int *tokens, const int *targets, int B, int
         float *x_next = l + 1 < c->L ? m->acts[l + 1].x_in : m->x_out;
         // token mixer
         rmsnorm_forward(a->z1, a->rstd1, a->x_in, p->norm1, M, C);
-        amsu_forward(m->tmp, &a->amsu, a->z1, &w, sh, state ? &state->amsu[l] : NULL,
+        amsu_forward(m->tmp, &a->amsu, a->z1, &w, sh, state ? &state->layers[l].amsu : NULL,
                      test_for(m, l, 0, &tb));
         test_record(m, l, 0, a->amsu.s, B, T, C);
         add_into(a->x_mid, a->x_in, m->tmp, btc);
@@ -306,8 +306,7 @@ double model_forward(Model *m, const int *tokens, const int *targets, int B, int
         rmsnorm_forward(a->z2, a->rstd2, a->x_mid, p->norm2, M, C);
         matmul_forward(a->c, a->z2, p->W_1, M, C, F, 1.0f, 0);
         neuron_forward(a->w, a->r, a->c, NULL, p->a_beta_ffn,
-                       state ? state->w + (size_t)l * B * F : NULL,
-                       state ? state->r + (size_t)l * B * F : NULL, B, T, F, test_for(m, l, 1, &tb));
+                       state ? state->layers[l].w : NULL, state ? state->layers[l].r : NULL, B, T, F, test_for(m, l, 1, &tb));
         test_record(m, l, 1, a->r, B, T, F);
         matmul_forward(m->tmp, a->r, p->W_2, M, F, C, 1.0f, 0);
         add_into(x_next, a->x_mid, m->tmp, btc);
@@ -400,45 +399,90 @@ void model_backward(Model *m, const int *tokens, float scale) {
 
 // ---- recurrent state ------------------------------------------------------------------
 
+size_t model_state_floats(const ModelConfig *c) {
+    size_t D = (size_t)(c->C / c->Nh), H = c->astro ? (size_t)c->Nh * D * D : 0;
+    return (size_t)c->L * (H + 2 * (size_t)c->C + 2 * (size_t)c->F);
+}
+
+// Layout of mem: per layer H (B, Nh, D, D), u (B, C), s (B, C), w (B, F), r (B, F).
 ModelState *model_state_new(const Model *m, int B) {
     const ModelConfig *c = &m->cfg;
-    int D = c->C / c->Nh;
-    size_t H = c->astro ? (size_t)B * c->Nh * D * D : 0, u = (size_t)B * c->C, w = (size_t)B * c->F;
+    size_t D = (size_t)(c->C / c->Nh);
     ModelState *s = xcalloc(1, sizeof(ModelState));
-    s->B = B;
-    s->amsu = xcalloc(c->L, sizeof(AmsuState));
-    s->mem = xcalloc((size_t)c->L * (H + 2 * u + 2 * w), sizeof(float));
+    s->B = B, s->L = c->L;
+    s->H1 = c->astro ? (size_t)c->Nh * D * D : 0, s->C = (size_t)c->C, s->F = (size_t)c->F;
+    s->layers = xcalloc(c->L, sizeof(LayerState));
+    s->mem = xcalloc((size_t)B * model_state_floats(c), sizeof(float));
     float *p = s->mem;
     for (int l = 0; l < c->L; l++) {
-        s->amsu[l].H = c->astro ? p : NULL;
-        p += H;
-        s->amsu[l].u = p, p += u;
-        s->amsu[l].s = p, p += u;
+        LayerState *ls = &s->layers[l];
+        ls->amsu.H = c->astro ? p : NULL;
+        p += B * s->H1;
+        ls->amsu.u = p, p += B * s->C;
+        ls->amsu.s = p, p += B * s->C;
+        ls->w = p, p += B * s->F;
+        ls->r = p, p += B * s->F;
     }
-    s->w = p, p += (size_t)c->L * w;
-    s->r = p;
     return s;
 }
 
+ModelState *model_state_slot(const ModelState *all, int b) {
+    if (b < 0 || b >= all->B) fatal("model_state_slot: slot %d of a state of %d", b, all->B);
+    ModelState *v = xcalloc(1, sizeof(ModelState));
+    *v = *all;
+    v->B = 1, v->mem = NULL;
+    v->layers = xcalloc(all->L, sizeof(LayerState));
+    for (int l = 0; l < all->L; l++) {
+        const LayerState *a = &all->layers[l];
+        LayerState *ls = &v->layers[l];
+        ls->amsu.H = a->amsu.H ? a->amsu.H + b * all->H1 : NULL;
+        ls->amsu.u = a->amsu.u + b * all->C;
+        ls->amsu.s = a->amsu.s + b * all->C;
+        ls->w = a->w + b * all->F;
+        ls->r = a->r + b * all->F;
+    }
+    return v;
+}
+
+void model_state_reset_slot(ModelState *s, int b) {
+    for (int l = 0; l < s->L; l++) {
+        LayerState *ls = &s->layers[l];
+        if (ls->amsu.H) memset(ls->amsu.H + b * s->H1, 0, s->H1 * sizeof(float));
+        memset(ls->amsu.u + b * s->C, 0, s->C * sizeof(float));
+        memset(ls->amsu.s + b * s->C, 0, s->C * sizeof(float));
+        memset(ls->w + b * s->F, 0, s->F * sizeof(float));
+        memset(ls->r + b * s->F, 0, s->F * sizeof(float));
+    }
+}
+
 void model_state_reset(ModelState *s) {
-    // everything after the table is state, so one memset clears all of it
-    size_t n = (size_t)(s->r - s->mem) + (size_t)(s->r - s->w);
-    memset(s->mem, 0, n * sizeof(float));
+    for (int b = 0; b < s->B; b++) model_state_reset_slot(s, b);
 }
 
 void model_state_free(ModelState *s) {
     if (!s) return;
-    free(s->amsu);
+    free(s->layers);
     free(s->mem);
     free(s);
 }
 
+Model *model_share(const Model *m) {
+    Model *v = xcalloc(1, sizeof(Model));
+    v->cfg = m->cfg;
+    v->tensors = m->tensors, v->ntensors = m->ntensors, v->nparams = m->nparams;
+    v->params = m->params, v->layers = m->layers, v->E = m->E, v->norm_f = m->norm_f;
+    v->shared = 1;
+    return v;
+}
+
 void model_free(Model *m) {
     if (!m) return;
-    free(m->tensors);
-    free(m->params);
+    if (!m->shared) {
+        free(m->tensors);
+        free(m->params);
+        free(m->layers);
+    }
     free(m->grads);
-    free(m->layers);
     free(m->glayers);
     free(m->acts_mem);
     free(m->acts);

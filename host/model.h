@@ -70,11 +70,20 @@ typedef struct {
     float *r;       // (B, T, F) FFN spikes
 } LayerActs;
 
-typedef struct {   // recurrent state of B sequences (generation)
-    AmsuState *amsu;  // (L)
-    float *w, *r;     // (L, B, F) FFN membrane and spikes
-    float *mem;
-    int B;
+typedef struct {      // one layer's recurrent state for B sequences
+    AmsuState amsu;   // H (B, Nh, D, D), u (B, C), s (B, C)
+    float *w, *r;     // (B, F) FFN membrane and spikes
+} LayerState;
+
+// Recurrent state of B sequences (generation). Every tensor is batch-major,
+// so sequence b of a state is itself a B = 1 state at fixed offsets: a slot
+// view (model_state_slot) points into it without copying, and the serving
+// engine prefills one slot of its pool through such a view.
+typedef struct {
+    LayerState *layers;  // (L)
+    float *mem;          // owned storage; NULL for a slot view
+    int B, L;
+    size_t H1, C, F;     // floats per sequence of H (0 when astro off), of u and s, of w and r
 } ModelState;
 
 typedef struct {
@@ -104,6 +113,7 @@ typedef struct {
     // reset factors, 2 smooth spikes with the recorded reset factors held
     int test_mode;
     float *test_keep;  // (L, 2, B, T, max(C, F))
+    int shared;        // 1: tensors, params and layers belong to another Model (model_share)
 } Model;
 
 // A model with parameters allocated (zero) for cfg.
@@ -133,7 +143,20 @@ const float *model_logits(const Model *m, int b, int t);
 
 ModelState *model_state_new(const Model *m, int B);
 void model_state_reset(ModelState *s);  // all sequences back to the zero state
+void model_state_reset_slot(ModelState *s, int b);  // sequence b back to the zero state
+// A B = 1 view of sequence b of `all` (no copy: writes through the view land
+// in `all`). Free it with model_state_free; it must not outlive `all`.
+ModelState *model_state_slot(const ModelState *all, int b);
 void model_state_free(ModelState *s);
+// Floats of state one sequence carries (all layers): what a state of B
+// sequences costs per sequence, whatever the context length.
+size_t model_state_floats(const ModelConfig *cfg);
+
+// A second Model on the same parameters (not copied: `m` must outlive it)
+// with its own activations, for running two batch shapes side by side
+// without reallocating (the serving engine's prefill and decode). No
+// gradients; model_free frees only what it owns.
+Model *model_share(const Model *m);
 
 // Cross-entropy over V logits for one target, in nats.
 double model_xent(const float *logits, int V, int target);

@@ -15,12 +15,31 @@
 // and the step number, a run resumed from a checkpoint continues bit for bit
 // as if it had never stopped; metrics.jsonl is cut back to the checkpoint's
 // step and appended to, so it reads as one run.
+//
+// Data parallelism (dist.h, docs/DISTRIBUTED.md): under mpirun each of N
+// ranks runs this same loop on its share of the step's global batch,
+// sequences [r·B/N, (r+1)·B/N) (data.h makes sequence j of a step a pure
+// function of (seed, step, j), so the tokens of a step do not depend on N).
+// Each rank scales its backward by 1/N, so the SUM all-reduce of the
+// gradients is the gradient of the mean loss over the global batch; the
+// clip uses that global norm and every rank then takes the same AdamW step,
+// keeping the parameters identical everywhere without ever sending them.
+// With ZeRO-1 (--zero 1) the gradient is reduce-scattered instead: each rank
+// updates only its slice of the (padded) parameters with only its slice of
+// the moments, then the slices are all-gathered. Anything that can end the
+// loop (Ctrl-C, --max-seconds, a failed save) is agreed on by all ranks in a
+// collective first, so no rank is ever left waiting in a collective for a
+// rank that has stopped. Rank 0 alone prints, writes metrics.jsonl, the
+// model file, evaluations and the sample. With one process none of this
+// runs (each collective is the identity) and a run is bit for bit what it
+// was before.
 #include "train.h"
 
 #include <errno.h>
 #include <math.h>
 #include <omp.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,6 +48,7 @@
 #include <unistd.h>
 
 #include "checkpoint.h"
+#include "dist.h"
 #include "glia/util.h"
 #include "sample.h"
 #include "train_ckpt.h"
@@ -142,95 +162,140 @@ static int metrics_trim(const char *path, long last, char *err, size_t err_len) 
     return 0;
 }
 
+// Agrees on a status across the ranks: returns the largest rc of any rank.
+// A rank whose rc is non-zero prints its message (fmt) when it is rank 0 or
+// rank 0 had none, so a failure every rank sees (bad data) is printed once
+// and a failure of one rank (its disk) is printed by that rank.
+static int agree(int rc, const char *fmt, ...) {
+    const Dist *d = dist_self();
+    int root_rc = rc;
+    dist_bcast_bytes(&root_rc, sizeof root_rc);
+    int any = dist_allreduce_max_int(rc);
+    if (rc && (d->rank == 0 || !root_rc)) {
+        char msg[1400];
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(msg, sizeof msg, fmt, ap);
+        va_end(ap);
+        if (d->rank == 0) fprintf(stderr, "glia train: %s\n", msg);
+        else fprintf(stderr, "glia train: rank %d: %s\n", d->rank, msg);
+    }
+    return any;
+}
+
+// Saves the checkpoint of `step` from every rank (train_ckpt.h), then rank 0
+// saves the run's model file. 0, or the agreed non-zero status.
+static int save_all(const TrainOptions *o, const Model *m, const float *mom1, const float *mom2,
+                    const TrainShard *sh, long step, const char *model_path) {
+    char err[CKPT_ERR_LEN] = "", d[4200] = "";
+    int root = dist_is_root(), rc = 0;
+    if (root) rc = train_ckpt_begin(o->out, step, d, sizeof d, err) ? 1 : 0;
+    if (agree(rc, "cannot save the checkpoint of step %ld: %s", step, err)) return 1;
+    dist_bcast_bytes(d, sizeof d);
+    rc = (root && train_ckpt_save_model(d, m, step, err)) ||
+         train_ckpt_save_state(d, m, mom1, mom2, sh, o, step, err);
+    if (agree(rc, "cannot save the checkpoint of step %ld: %s", step, err)) return 1;
+    rc = root && (train_ckpt_commit(o->out, d, step, sh->world, o->keep, err) ||
+                  ckpt_save_model(m, model_path, step, err));
+    return agree(rc, "cannot save the checkpoint of step %ld: %s", step, err);
+}
+
 int train_run(const TrainOptions *o) {
-    char err[DATA_ERR_LEN > CKPT_ERR_LEN ? DATA_ERR_LEN : CKPT_ERR_LEN], dir[4096], path[4200];
-    if (glia_mkdirs(o->out, err, sizeof err)) {
-        fprintf(stderr, "glia train: --out: %s\n", err);
-        return 1;
+    char err[DATA_ERR_LEN > CKPT_ERR_LEN ? DATA_ERR_LEN : CKPT_ERR_LEN] = "", dir[4096] = "", path[4200];
+    const Dist *ds = dist_self();
+    const int root = ds->rank == 0, world = ds->world;
+    if (o->batch % world) {
+        if (root)
+            fprintf(stderr, "glia train: --batch %d (the global batch) must be a multiple of the number of ranks, %d\n",
+                    o->batch, world);
+        return 2;
     }
-    int rc = train_data_dir(o->data, o->out, dir, sizeof dir, err);
-    if (rc) {
-        fprintf(stderr, "glia train: %s\n", err);
-        return rc;
-    }
+    int rc = glia_mkdirs(o->out, err, sizeof err) ? 1 : 0;
+    if (agree(rc, "--out: %s", err)) return 1;
+    // Rank 0 prepares a text file or the default corpus once; the others
+    // then open what it wrote (the run directory is shared, DISTRIBUTED.md).
+    if (root) rc = train_data_dir(o->data, o->out, dir, sizeof dir, err);
+    if ((rc = agree(rc, "%s", err))) return rc;
+    dist_bcast_bytes(dir, sizeof dir);
     Dataset train = {0}, val = {0};
-    if (dataset_open(&train, dir, "train", err) || dataset_open(&val, dir, "val", err) ||
-        dataset_check_seq(&train, o->seq, err)) {
-        fprintf(stderr, "glia train: %s\n", err);
-        dataset_close(&train);
-        dataset_close(&val);
-        return 2;
+    rc = dataset_open(&train, dir, "train", err) || dataset_open(&val, dir, "val", err) ||
+                 dataset_check_seq(&train, o->seq, err) ? 2 : 0;
+    if (!rc) {
+        int maxtok = train.max_token > val.max_token ? train.max_token : val.max_token;
+        if (maxtok >= o->cfg.V) {
+            snprintf(err, sizeof err, "%.400s: token id %d is outside the model's vocabulary of %d", dir, maxtok, o->cfg.V);
+            rc = 2;
+        }
     }
-    int maxtok = train.max_token > val.max_token ? train.max_token : val.max_token;
-    if (maxtok >= o->cfg.V) {
-        fprintf(stderr, "glia train: %s: token id %d is outside the model's vocabulary of %d\n", dir,
-                maxtok, o->cfg.V);
+    if ((rc = agree(rc, "%s", err))) {
         dataset_close(&train);
         dataset_close(&val);
-        return 2;
+        return rc;
     }
 
     void (*old_handler)(int) = SIG_DFL;
     int handler_set = 0;
     Model *m = NULL;
-    float *mom1 = NULL, *mom2 = NULL;
+    float *mom1 = NULL, *mom2 = NULL, *gpad = NULL, *gshard = NULL, *ppad = NULL;
     int *in = NULL, *tg = NULL;
     FILE *metrics = NULL;
     long start = 0;  // the step the checkpoint we resume from ended
+    TrainShard sh = {ds->rank, world, o->zero != 0, 0, 0, 0};
     if (o->resume) {
-        m = train_ckpt_load(o->resume, &o->cfg, &mom1, &mom2, &start, err);
-        if (!m) {
-            fprintf(stderr, "glia train: %s\n", err);
-            rc = 2;
-            goto done;
-        }
+        m = train_ckpt_load_shard(o->resume, &o->cfg, &sh, &mom1, &mom2, &start, err);
+        rc = m ? 0 : 2;
     } else {
-        if (train_ckpt_exists(o->out)) {  // never overwrite a saved run
-            fprintf(stderr, "glia train: %s/ckpt holds the checkpoints of an earlier run: continue it "
-                            "with --resume, or give another --out (or delete that directory)\n", o->out);
+        // never overwrite a saved run
+        if (train_ckpt_exists(o->out)) {
+            snprintf(err, sizeof err, "%s/ckpt holds the checkpoints of an earlier run: continue it "
+                     "with --resume, or give another --out (or delete that directory)", o->out);
             rc = 2;
-            goto done;
+        } else {
+            m = model_new(&o->cfg);
+            model_init(m, o->seed);
+            train_shard_init(&sh, m->nparams, ds->rank, world, o->zero != 0);
+            mom1 = xcalloc(sh.len, sizeof(float));
+            mom2 = xcalloc(sh.len, sizeof(float));
         }
-        m = model_new(&o->cfg);
-        model_init(m, o->seed);
-        mom1 = xcalloc(m->nparams, sizeof(float));
-        mom2 = xcalloc(m->nparams, sizeof(float));
     }
+    if ((rc = agree(rc, "%s", err))) goto done;
     model_alloc_grads(m);
-    model_alloc_acts(m, o->batch, o->seq);
-    int B = o->batch, T = o->seq;
+    const int B = o->batch / world, T = o->seq;  // this rank's sequences
+    const int first = ds->rank * B;
+    model_alloc_acts(m, B, T);
     in = xmalloc((size_t)B * T * sizeof(int));
     tg = xmalloc((size_t)B * T * sizeof(int));
+    if (sh.zero) {
+        gpad = xcalloc(sh.padded, sizeof(float));
+        ppad = xcalloc(sh.padded, sizeof(float));
+        gshard = xcalloc(sh.len, sizeof(float));
+    }
 
-    snprintf(path, sizeof path, "%s/metrics.jsonl", o->out);
-    if (o->resume && metrics_trim(path, start, err, sizeof err)) {
-        fprintf(stderr, "glia train: %s\n", err);
-        rc = 1;
-        goto done;
+    if (root) {
+        snprintf(path, sizeof path, "%s/metrics.jsonl", o->out);
+        if (o->resume && metrics_trim(path, start, err, sizeof err)) rc = 1;
+        else if (!(metrics = fopen(path, o->resume ? "a" : "w")))
+            snprintf(err, sizeof err, "%.400s: cannot write: %.120s", path, strerror(errno)), rc = 1;
     }
-    metrics = fopen(path, o->resume ? "a" : "w");
-    if (!metrics) {
-        fprintf(stderr, "glia train: %s: cannot write: %s\n", path, strerror(errno));
-        rc = 1;
-        goto done;
-    }
+    if ((rc = agree(rc, "%s", err))) goto done;
     snprintf(path, sizeof path, "%s/model.safetensors", o->out);
-    printf("glia train: %s model, %.2f M parameters (L %d, C %d, heads %d, FFN %d, vocab %d, astro %s)\n",
-           o->cfg.astro ? "AM-SU" : "LIF (astro off)", m->nparams / 1e6, o->cfg.L, o->cfg.C,
-           o->cfg.Nh, o->cfg.F, o->cfg.V, o->cfg.astro ? "on" : "off");
-    printf("glia train: data %s (%zu train, %zu val tokens), batch %d x %d x %d, %ld steps, %d threads\n",
-           dir, train.total, val.total, B, T, o->accum, o->steps, omp_get_max_threads());
-    if (o->resume)
-        printf("glia train: resuming from %s (step %ld of %ld)\n", o->resume, start, o->steps);
-    fflush(stdout);
+    if (root) {
+        printf("glia train: %s model, %.2f M parameters (L %d, C %d, heads %d, FFN %d, vocab %d, astro %s)\n",
+               o->cfg.astro ? "AM-SU" : "LIF (astro off)", m->nparams / 1e6, o->cfg.L, o->cfg.C,
+               o->cfg.Nh, o->cfg.F, o->cfg.V, o->cfg.astro ? "on" : "off");
+        printf("glia train: data %s (%zu train, %zu val tokens), batch %d x %d x %d, %ld steps, %d threads\n",
+               dir, train.total, val.total, o->batch, T, o->accum, o->steps, omp_get_max_threads());
+        if (world > 1)
+            printf("glia train: %d ranks (MPI), %d sequences each, %s\n", world, B,
+                   sh.zero ? "ZeRO-1: AdamW state sharded" : "gradients all-reduced");
+        if (o->resume)
+            printf("glia train: resuming from %s (step %ld of %ld)\n", o->resume, start, o->steps);
+        fflush(stdout);
+    }
     if (start >= o->steps) {  // the run had ended; make sure its model file is the final one
-        if (ckpt_save_model(m, path, start, err)) {
-            fprintf(stderr, "glia train: %s\n", err);
-            rc = 1;
-        } else {
+        rc = root && ckpt_save_model(m, path, start, err) ? 1 : 0;
+        if (!(rc = agree(rc, "%s", err)) && root)
             printf("glia train: the checkpoint is the end of the run (--steps %ld); nothing to do\n", o->steps);
-            rc = 0;
-        }
         goto done;
     }
 
@@ -240,27 +305,54 @@ int train_run(const TrainOptions *o) {
     double t_start = now_s(), ms_sum = 0.0;
     long step = 0, timed = 0;
     int stopped_early = 0;
+    const float gscale = 1.0f / (float)(o->accum * world);
     for (step = start + 1; step <= o->steps; step++) {
         double t0 = now_s();
         model_zero_grad(m);
-        double loss = 0.0;
+        double red[2] = {0.0, 0.0};  // this rank's loss, and whether it wants to stop
         for (int micro = 0; micro < o->accum; micro++) {
-            dataset_sample(&train, o->seed, (uint64_t)(step - 1) * o->accum + micro, 0, B, T, in, tg);
-            loss += model_forward(m, in, tg, B, T, NULL) / o->accum;
-            model_backward(m, in, 1.0f / o->accum);
+            dataset_sample(&train, o->seed, (uint64_t)(step - 1) * o->accum + micro, first, B, T, in, tg);
+            red[0] += model_forward(m, in, tg, B, T, NULL) / o->accum;
+            model_backward(m, in, gscale);
         }
-        double norm = sqrt(grad_norm_sq(m->grads, m->nparams));
-        if (o->clip > 0 && norm > o->clip) scale_inplace(m->grads, m->nparams, (float)(o->clip / norm));
-        double lr = train_lr(o->lr, o->min_lr_frac, o->warmup, o->steps, step);
-        for (int i = 0; i < m->ntensors; i++) {
-            const ParamTensor *t = &m->tensors[i];
-            adamw_update(m->params + t->offset, m->grads + t->offset, mom1 + t->offset,
-                         mom2 + t->offset, t->numel, (float)lr, 0.9f, 0.95f, 1e-8f,
-                         t->decay ? (float)o->weight_decay : 0.0f, (int)step);
+        red[1] = stop_requested || (o->max_seconds > 0 && now_s() - t_start >= o->max_seconds);
+        dist_allreduce_sum_double(red, 2);
+        double loss = red[0] / world;
+        double lr = train_lr(o->lr, o->min_lr_frac, o->warmup, o->steps, step), norm;
+        if (!sh.zero) {
+            dist_allreduce_sum(m->grads, m->nparams);
+            norm = sqrt(grad_norm_sq(m->grads, m->nparams));
+            if (o->clip > 0 && norm > o->clip) scale_inplace(m->grads, m->nparams, (float)(o->clip / norm));
+            for (int i = 0; i < m->ntensors; i++) {
+                const ParamTensor *t = &m->tensors[i];
+                adamw_update(m->params + t->offset, m->grads + t->offset, mom1 + t->offset,
+                             mom2 + t->offset, t->numel, (float)lr, 0.9f, 0.95f, 1e-8f,
+                             t->decay ? (float)o->weight_decay : 0.0f, (int)step);
+            }
+        } else {  // ZeRO-1: this rank's slice [lo, hi) of the padded parameter vector
+            const size_t lo = sh.offset, hi = sh.offset + sh.len;
+            memcpy(gpad, m->grads, m->nparams * sizeof(float));  // the padding stays 0
+            dist_reduce_scatter(gpad, gshard, sh.len);
+            double sq = grad_norm_sq(gshard, sh.len);
+            dist_allreduce_sum_double(&sq, 1);
+            norm = sqrt(sq);
+            if (o->clip > 0 && norm > o->clip) scale_inplace(gshard, sh.len, (float)(o->clip / norm));
+            for (int i = 0; i < m->ntensors; i++) {  // each tensor's part inside the slice
+                const ParamTensor *t = &m->tensors[i];
+                size_t a = t->offset > lo ? t->offset : lo, b = t->offset + t->numel < hi ? t->offset + t->numel : hi;
+                if (a >= b) continue;
+                adamw_update(m->params + a, gshard + (a - lo), mom1 + (a - lo), mom2 + (a - lo), b - a,
+                             (float)lr, 0.9f, 0.95f, 1e-8f, t->decay ? (float)o->weight_decay : 0.0f, (int)step);
+            }
+            if (lo < m->nparams)
+                memcpy(ppad + lo, m->params + lo, ((hi < m->nparams ? hi : m->nparams) - lo) * sizeof(float));
+            dist_allgather(ppad, sh.len);
+            memcpy(m->params, ppad, m->nparams * sizeof(float));
         }
-        double ms = (now_s() - t0) * 1e3, tok_s = (double)B * T * o->accum / (ms * 1e-3);
-        if (!isfinite(loss)) {
-            fprintf(stderr, "glia train: step %ld: the loss is not finite (%g); stopping without saving\n", step, loss);
+        double ms = (now_s() - t0) * 1e3, tok_s = (double)o->batch * T * o->accum / (ms * 1e-3);
+        if (!isfinite(loss)) {  // the same on every rank: the loss was all-reduced
+            if (root)
+                fprintf(stderr, "glia train: step %ld: the loss is not finite (%g); stopping without saving\n", step, loss);
             rc = 1;
             goto done;
         }
@@ -268,43 +360,40 @@ int train_run(const TrainOptions *o) {
         double avg = timed ? ms_sum / timed : ms;
         char eta[32];
         fmt_eta(eta, sizeof eta, avg * 1e-3 * (o->steps - step));
-        if (!o->quiet)
+        if (root && !o->quiet)
             printf("step %5ld/%ld | loss %.4f | lr %.2e | norm %.3f | %8.0f tok/s | %7.1f ms | eta %s\n",
                    step, o->steps, loss, lr, norm, tok_s, ms, eta);
-        fprintf(metrics, "{\"step\": %ld, \"loss\": %.6f, \"lr\": %.6e, \"grad_norm\": %.6f, \"tok_s\": %.1f, \"ms\": %.3f}\n",
-                step, loss, lr, norm, tok_s, ms);
-        int last = step == o->steps || stop_requested ||
-                   (o->max_seconds > 0 && now_s() - t_start >= o->max_seconds);
-        if (o->eval_every > 0 && (step % o->eval_every == 0 || last)) {
+        if (root)
+            fprintf(metrics, "{\"step\": %ld, \"loss\": %.6f, \"lr\": %.6e, \"grad_norm\": %.6f, \"tok_s\": %.1f, \"ms\": %.3f}\n",
+                    step, loss, lr, norm, tok_s, ms);
+        int last = step == o->steps || red[1] > 0;
+        if (root && o->eval_every > 0 && (step % o->eval_every == 0 || last)) {
             long nw;
-            double vl = train_eval(m, &val, B, T, o->eval_batches, &nw);
+            double vl = train_eval(m, &val, B * world, T, o->eval_batches, &nw);
             printf("step %5ld/%ld | val loss %.4f | %.4f bits/token (%ld windows)\n", step, o->steps,
                    vl, vl / 0.69314718055994530942, nw);
             fprintf(metrics, "{\"step\": %ld, \"val_loss\": %.6f, \"val_bits_per_token\": %.6f}\n",
                     step, vl, vl / 0.69314718055994530942);
         }
-        fflush(stdout);
-        fflush(metrics);
+        if (root) {
+            fflush(stdout);
+            fflush(metrics);
+        }
         stopped_early = !last && step == o->stop_after;
         if ((o->ckpt_every > 0 && step % o->ckpt_every == 0) || last || stopped_early) {
-            if (train_ckpt_save(o->out, m, mom1, mom2, o, step, o->keep, err) ||
-                ckpt_save_model(m, path, step, err)) {
-                fprintf(stderr, "glia train: cannot save the checkpoint of step %ld: %s\n", step, err);
-                rc = 1;
-                goto done;
-            }
+            if ((rc = save_all(o, m, mom1, mom2, &sh, step, path))) goto done;
         }
         if (last || stopped_early) break;
     }
     if (stopped_early) {
-        printf("glia train: stopped after step %ld (--stop-after); continue with --resume\n", step);
+        if (root) printf("glia train: stopped after step %ld (--stop-after); continue with --resume\n", step);
         rc = 0;
         goto done;
     }
     if (step > o->steps) step = o->steps;
-    printf("glia train: %ld steps in %.1f s; model saved to %s\n", step, now_s() - t_start, path);
+    if (root) printf("glia train: %ld steps in %.1f s; model saved to %s\n", step, now_s() - t_start, path);
 
-    if (o->sample_tokens > 0) {
+    if (root && o->sample_tokens > 0) {
         model_alloc_acts(m, 1, 1);
         ModelState *st = model_state_new(m, 1);
         Rng rng;
@@ -335,6 +424,9 @@ done:
     free(tg);
     free(mom1);
     free(mom2);
+    free(gpad);
+    free(gshard);
+    free(ppad);
     model_free(m);
     dataset_close(&train);
     dataset_close(&val);

@@ -12,7 +12,7 @@ typedef struct {
     const char *data;  // directory of shards, a text file, or NULL: the default corpus
     const char *out;   // run directory (created)
     long steps;
-    int batch, seq, accum;
+    int batch, seq, accum;  // batch: sequences per micro-batch of the whole job, split across ranks
     double lr, min_lr_frac, weight_decay, clip;
     long warmup;
     uint64_t seed;
@@ -23,6 +23,8 @@ typedef struct {
     int keep;            // complete checkpoints kept in out/ckpt (train_ckpt.h); 0: 3
     const char *resume;  // a checkpoint directory to continue from (train_ckpt_find), or NULL
     long stop_after;     // testing aid: stop after this step, saving, as if killed; 0: off
+    int zero;            // ZeRO stage: 1 shards the AdamW moments across the ranks (dist.h); 0: off
+    int world_size;      // filled by train_ckpt_find: the world size of the run that wrote it
 } TrainOptions;
 
 // Runs training; returns 0, 2 for bad input (data, options), 1 for failures

@@ -24,31 +24,66 @@
 #include "glia/util.h"
 
 #define MODEL_FILE "model.safetensors"
-#define STATE_FILE "state.rank0.safetensors"
-#define NFILES 2
-static const char *const FILES[NFILES] = {MODEL_FILE, STATE_FILE};
+#define MAX_WORLD (1 << 16)  // more ranks than any COMPLETE we read may list
 #define CKDIR_LEN 4096  // root/ckpt
 #define DIR_LEN 4160    // root/ckpt/step_N
 #define PATH_LEN 4224   // root/ckpt/step_N/FILE
 
+void train_shard_init(TrainShard *sh, size_t nparams, int rank, int world, int zero) {
+    sh->rank = rank;
+    sh->world = world;
+    sh->zero = zero;
+    if (zero) {
+        sh->padded = (nparams + (size_t)world - 1) / (size_t)world * (size_t)world;
+        sh->len = sh->padded / (size_t)world;
+        sh->offset = (size_t)rank * sh->len;
+    } else {
+        sh->padded = sh->len = nparams;
+        sh->offset = 0;
+    }
+}
+
+// File i of a checkpoint of `world` ranks: 0 the model, 1 + r rank r's state.
+static void file_name(char *buf, size_t n, int i) {
+    if (i == 0) snprintf(buf, n, "%s", MODEL_FILE);
+    else snprintf(buf, n, "state.rank%d.safetensors", i - 1);
+}
+
 // ---- COMPLETE ----------------------------------------------------------------------
 
-int train_ckpt_write_complete(const char *dir, long step, char err[CKPT_ERR_LEN]) {
-    char path[PATH_LEN], tmp[PATH_LEN], fp_path[PATH_LEN];
+typedef struct {
+    long step;
+    int world;
+    long long *size;  // (world + 1): file i as file_name numbers them
+} Complete;
+
+static int write_complete(const char *dir, long step, int world, char err[CKPT_ERR_LEN]) {
+    char path[PATH_LEN], tmp[PATH_LEN], fp_path[PATH_LEN], name[64];
     snprintf(path, sizeof path, "%s/COMPLETE", dir);
     snprintf(tmp, sizeof tmp, "%s/COMPLETE.tmp.%ld", dir, (long)getpid());
-    long long size[NFILES];
-    for (int i = 0; i < NFILES; i++) {
+    long long *size = xmalloc(((size_t)world + 1) * sizeof *size);
+    for (int i = 0; i <= world; i++) {
         struct stat st;
-        snprintf(fp_path, sizeof fp_path, "%s/%s", dir, FILES[i]);
-        if (stat(fp_path, &st) != 0)
+        file_name(name, sizeof name, i);
+        snprintf(fp_path, sizeof fp_path, "%s/%s", dir, name);
+        if (stat(fp_path, &st) != 0) {
+            free(size);
             return snprintf(err, CKPT_ERR_LEN, "%.400s: cannot stat: %.120s", fp_path, strerror(errno)), -1;
+        }
         size[i] = (long long)st.st_size;
     }
     FILE *f = fopen(tmp, "w");
-    if (!f) return snprintf(err, CKPT_ERR_LEN, "%.400s: cannot create: %.120s", tmp, strerror(errno)), -1;
+    if (!f) {
+        free(size);
+        return snprintf(err, CKPT_ERR_LEN, "%.400s: cannot create: %.120s", tmp, strerror(errno)), -1;
+    }
     fprintf(f, "glia-checkpoint %d\nstep %ld\n", TRAIN_CKPT_VERSION, step);
-    for (int i = 0; i < NFILES; i++) fprintf(f, "file %s %lld\n", FILES[i], size[i]);
+    if (world > 1) fprintf(f, "world %d\n", world);  // absent: 1, as glia before MPI wrote it
+    for (int i = 0; i <= world; i++) {
+        file_name(name, sizeof name, i);
+        fprintf(f, "file %s %lld\n", name, size[i]);
+    }
+    free(size);
     fprintf(f, "end\n");
     errno = EIO;  // in case a stdio call fails without saying why
     int bad = fflush(f) != 0 || fsync(fileno(f)) != 0;
@@ -65,52 +100,88 @@ int train_ckpt_write_complete(const char *dir, long step, char err[CKPT_ERR_LEN]
     return 0;
 }
 
-// Parses dir/COMPLETE. Returns 1 when valid (step and the listed sizes in
-// *step, size[]), 0 when missing or not valid: an incomplete checkpoint.
-static int complete_read(const char *dir, long *step, long long size[NFILES]) {
+int train_ckpt_write_complete(const char *dir, long step, char err[CKPT_ERR_LEN]) {
+    char path[PATH_LEN], name[64];
+    int world = 1;  // as many consecutive state.rank<r> files as there are
+    for (;; world++) {
+        struct stat st;
+        file_name(name, sizeof name, world + 1);
+        snprintf(path, sizeof path, "%s/%s", dir, name);
+        if (world >= MAX_WORLD || stat(path, &st) != 0) break;
+    }
+    return write_complete(dir, step, world, err);
+}
+
+// Parses dir/COMPLETE. Returns 1 when valid (into *c; free c->size), 0 when
+// missing or not valid: an incomplete checkpoint. Valid means whole (through
+// "end") and listing the model file and the state file of every rank.
+static int complete_read(const char *dir, Complete *c) {
     char path[PATH_LEN], line[512], name[256];
     snprintf(path, sizeof path, "%s/COMPLETE", dir);
+    c->size = NULL;
+    c->world = 1;
     FILE *f = fopen(path, "r");
     if (!f) return 0;
-    int version = 0, ok = 0, seen[NFILES] = {0};
+    int version = 0, ok = 0, r;
+    char *seen = NULL;
     if (!fgets(line, sizeof line, f) || sscanf(line, "glia-checkpoint %d", &version) != 1 ||
         version != TRAIN_CKPT_VERSION)
         goto out;
-    if (!fgets(line, sizeof line, f) || sscanf(line, "step %ld", step) != 1) goto out;
+    if (!fgets(line, sizeof line, f) || sscanf(line, "step %ld", &c->step) != 1) goto out;
+    long pos = ftell(f);
+    if (fgets(line, sizeof line, f) && sscanf(line, "world %d", &c->world) == 1) {
+        if (c->world < 1 || c->world > MAX_WORLD) goto out;
+    } else {
+        fseek(f, pos, SEEK_SET);
+    }
+    c->size = xcalloc((size_t)c->world + 1, sizeof *c->size);
+    seen = xcalloc((size_t)c->world + 1, 1);
     while (fgets(line, sizeof line, f)) {
         if (!strcmp(line, "end\n")) {
             ok = 1;
-            for (int i = 0; i < NFILES; i++) ok &= seen[i];
+            for (int i = 0; i <= c->world; i++) ok &= seen[i];
             break;
         }
         long long n;
         if (sscanf(line, "file %255s %lld", name, &n) != 2 || n < 0) break;
-        for (int i = 0; i < NFILES; i++)
-            if (!strcmp(name, FILES[i])) seen[i] = 1, size[i] = n;
+        char want[64];
+        if (!strcmp(name, MODEL_FILE)) seen[0] = 1, c->size[0] = n;
+        else if (sscanf(name, "state.rank%d", &r) == 1 && r >= 0 && r < c->world &&
+                 (file_name(want, sizeof want, r + 1), !strcmp(name, want)))
+            seen[r + 1] = 1, c->size[r + 1] = n;
+        else break;  // a file of another world size, or unknown
     }
 out:
     fclose(f);
+    free(seen);
+    if (!ok) {
+        free(c->size);
+        c->size = NULL;
+    }
     return ok;
 }
 
-// Checks every listed file against its size in COMPLETE.
-static int complete_check_sizes(const char *dir, const long long size[NFILES], char err[CKPT_ERR_LEN]) {
-    char path[PATH_LEN];
-    for (int i = 0; i < NFILES; i++) {
+// Checks the listed files (the model, and the state of `rank`, or all ranks
+// when rank < 0) against their sizes in COMPLETE.
+static int complete_check_sizes(const char *dir, const Complete *c, int rank, char err[CKPT_ERR_LEN]) {
+    char path[PATH_LEN], name[64];
+    for (int i = 0; i <= c->world; i++) {
+        if (rank >= 0 && i != 0 && i != rank + 1) continue;
         struct stat st;
-        snprintf(path, sizeof path, "%s/%s", dir, FILES[i]);
+        file_name(name, sizeof name, i);
+        snprintf(path, sizeof path, "%s/%s", dir, name);
         if (stat(path, &st) != 0)
             return snprintf(err, CKPT_ERR_LEN, "%.400s: listed in COMPLETE but cannot be read: %.120s", path,
                             strerror(errno)), -1;
         if (S_ISDIR(st.st_mode))
             return snprintf(err, CKPT_ERR_LEN, "%.400s: is a directory, not a safetensors file", path), -1;
-        if ((long long)st.st_size != size[i]) {
+        if ((long long)st.st_size != c->size[i]) {
             if (st.st_size == 0)
                 return snprintf(err, CKPT_ERR_LEN, "%.400s: the file is empty; COMPLETE lists %lld bytes", path,
-                                size[i]), -1;
+                                c->size[i]), -1;
             return snprintf(err, CKPT_ERR_LEN, "%.400s: %.120s: %lld bytes, COMPLETE lists %lld", path,
-                            (long long)st.st_size < size[i] ? "truncated" : "wrong size",
-                            (long long)st.st_size, size[i]), -1;
+                            (long long)st.st_size < c->size[i] ? "truncated" : "wrong size",
+                            (long long)st.st_size, c->size[i]), -1;
         }
     }
     return 0;
@@ -131,14 +202,17 @@ static void meta_double(StWriter *w, const char *key, double v) {
 }
 
 static int state_save(const char *path, const Model *m, const float *mom1, const float *mom2,
-                      const TrainOptions *o, long step, char err[CKPT_ERR_LEN]) {
+                      const TrainShard *sh, const TrainOptions *o, long step, char err[CKPT_ERR_LEN]) {
     StWriter *w = st_writer_new();
     st_writer_meta(w, "format", "glia-train-state");
     meta_long(w, "ckpt_version", TRAIN_CKPT_VERSION);
     meta_long(w, "model_version", MODEL_VERSION);
     meta_long(w, "step", step);
-    meta_long(w, "world_size", 1);
-    meta_long(w, "rank", 0);
+    meta_long(w, "world_size", sh->world);
+    meta_long(w, "rank", sh->rank);
+    meta_long(w, "zero", sh->zero);
+    meta_long(w, "shard_offset", (long long)sh->offset);
+    meta_long(w, "shard_len", (long long)sh->len);
     const ModelConfig *c = &o->cfg;
     meta_long(w, "V", c->V);
     meta_long(w, "Vp", c->Vp);
@@ -158,7 +232,13 @@ static int state_save(const char *path, const Model *m, const float *mom1, const
     meta_double(w, "weight_decay", o->weight_decay);
     meta_double(w, "clip", o->clip);
     char name[80];
-    for (int k = 0; k < 2; k++) {
+    for (int k = 0; k < 2 && sh->zero; k++) {  // ZeRO-1: this rank's slice, flat
+        snprintf(name, sizeof name, "%c.shard", k ? 'v' : 'm');
+        int64_t shape[1] = {(int64_t)sh->len};
+        st_writer_add(w, name, 1, shape, k ? mom2 : mom1);
+        ckpt_meta_crc(w, name, k ? mom2 : mom1, sh->len);
+    }
+    for (int k = 0; k < 2 && !sh->zero; k++) {
         const float *mom = k ? mom2 : mom1;
         for (int i = 0; i < m->ntensors; i++) {
             const ParamTensor *t = &m->tensors[i];
@@ -201,9 +281,11 @@ static int get_double(const StFile *f, const char *path, const char *key, double
     return 0;
 }
 
-// Loads the state file and checks its header: format, versions, rank, step
-// (== want_step), and reads the run options. Returns the file or NULL.
-static StFile *state_open(const char *path, long want_step, TrainOptions *o, char err[CKPT_ERR_LEN]) {
+// Loads the state file and checks its header: format, versions, rank (==
+// want_rank), step (== want_step), and reads the run options, with the
+// world size and ZeRO stage of the run that wrote it. Returns the file or NULL.
+static StFile *state_open(const char *path, long want_step, int want_rank, TrainOptions *o,
+                          char err[CKPT_ERR_LEN]) {
     char serr[ST_ERR_LEN];
     StFile *f = st_load(path, serr);
     if (!f) return snprintf(err, CKPT_ERR_LEN, "%.400s", serr), NULL;
@@ -227,8 +309,16 @@ static StFile *state_open(const char *path, long want_step, TrainOptions *o, cha
                  v[0], MODEL_VERSION);
         goto fail;
     }
-    if (get_long(f, path, "world_size", 1, 1, &v[0], err) || get_long(f, path, "rank", 0, 0, &v[0], err))
+    long long world, rank, zero = 0;
+    if (get_long(f, path, "world_size", 1, MAX_WORLD, &world, err) ||
+        get_long(f, path, "rank", 0, world - 1, &rank, err))
         goto fail;
+    if (rank != want_rank) {
+        snprintf(err, CKPT_ERR_LEN, "%.400s: metadata says rank %lld, but it is the file of rank %d", path, rank,
+                 want_rank);
+        goto fail;
+    }
+    if (st_meta(f, "zero") && get_long(f, path, "zero", 0, 1, &zero, err)) goto fail;  // absent: 0
     if (get_long(f, path, "step", 0, BIG, &v[0], err)) goto fail;
     if (v[0] != want_step) {
         snprintf(err, CKPT_ERR_LEN, "%.400s: step %lld, but its directory and COMPLETE say step %ld", path,
@@ -247,6 +337,8 @@ static StFile *state_open(const char *path, long want_step, TrainOptions *o, cha
     o->accum = (int)v[10];
     o->warmup = (long)v[11];
     o->seed = (uint64_t)v[12];
+    o->world_size = (int)world;
+    o->zero = (int)zero;
     if (get_double(f, path, "lr", &o->lr, err) || get_double(f, path, "min_lr_frac", &o->min_lr_frac, err) ||
         get_double(f, path, "weight_decay", &o->weight_decay, err) || get_double(f, path, "clip", &o->clip, err))
         goto fail;
@@ -323,27 +415,36 @@ int train_ckpt_find(const char *root, char *dir, size_t dir_len, long *step, Tra
         return -1;
     }
     int found = -1;
-    long long size[NFILES];
-    long cstep = 0;
+    Complete c = {0};
     for (int i = 0; i < n && found < 0; i++) {
         step_dir(d, sizeof d, ckdir, steps[i]);
-        if (complete_read(d, &cstep, size)) found = i;
+        if (complete_read(d, &c)) found = i;
     }
     long s = found >= 0 ? steps[found] : 0;
     free(steps);
     if (found < 0)
         return snprintf(err, CKPT_ERR_LEN, "%.400s: no complete checkpoint to resume from", ckdir), -1;
-    if (cstep != s)
-        return snprintf(err, CKPT_ERR_LEN, "%.400s/COMPLETE: says step %ld in the directory of step %ld", d,
-                        cstep, s), -1;
-    if (complete_check_sizes(d, size, err)) return -1;
-    snprintf(path, sizeof path, "%s/%s", d, STATE_FILE);
-    StFile *f = state_open(path, s, o, err);
-    if (!f) return -1;
+    int rc = -1;
+    if (c.step != s) {
+        snprintf(err, CKPT_ERR_LEN, "%.400s/COMPLETE: says step %ld in the directory of step %ld", d, c.step, s);
+        goto out;
+    }
+    if (complete_check_sizes(d, &c, -1, err)) goto out;
+    snprintf(path, sizeof path, "%s/state.rank0.safetensors", d);
+    StFile *f = state_open(path, s, 0, o, err);
+    if (!f) goto out;
     st_free(f);
+    if (o->world_size != c.world) {
+        snprintf(err, CKPT_ERR_LEN, "%.400s: world_size %d, but COMPLETE lists the state files of %d ranks", path,
+                 o->world_size, c.world);
+        goto out;
+    }
     snprintf(dir, dir_len, "%s", d);
     *step = s;
-    return 0;
+    rc = 0;
+out:
+    free(c.size);
+    return rc;
 }
 
 static void cfg_describe(char *buf, size_t n, const ModelConfig *c) {
@@ -356,15 +457,43 @@ static int cfg_equal(const ModelConfig *a, const ModelConfig *b) {
            a->F == b->F && !a->astro == !b->astro;
 }
 
+// Reads moment tensor `name` of `numel` floats (shape as in the file must be
+// ndim/shape) into dst, checking its CRC and values (v >= 0).
+static int moment_read(const StFile *f, const char *path, const char *name, int ndim, const int64_t *shape,
+                       size_t numel, int is_v, float *dst, char err[CKPT_ERR_LEN]) {
+    char serr[ST_ERR_LEN];
+    const StTensor *t = st_expect(f, name, ndim, shape, serr);
+    if (!t) return snprintf(err, CKPT_ERR_LEN, "%.400s: %.120s", path, serr), -1;
+    if (ckpt_check_crc(f, path, t, 1, err)) return -1;
+    for (size_t j = 0; j < numel; j++)
+        if (!isfinite(t->data[j]) || (is_v && t->data[j] < 0))
+            return snprintf(err, CKPT_ERR_LEN, "%.400s: tensor '%s': element %zu (%g) is not a valid moment", path,
+                            name, j, t->data[j]), -1;
+    memcpy(dst, t->data, numel * sizeof(float));
+    return 0;
+}
+
 Model *train_ckpt_load(const char *dir, const ModelConfig *cfg, float **mom1, float **mom2,
                        long *step, char err[CKPT_ERR_LEN]) {
-    char path[PATH_LEN], serr[ST_ERR_LEN], a[160], b[160];
-    long long size[NFILES];
-    long cstep;
+    TrainShard sh = {0, 1, 0, 0, 0, 0};
+    return train_ckpt_load_shard(dir, cfg, &sh, mom1, mom2, step, err);
+}
+
+Model *train_ckpt_load_shard(const char *dir, const ModelConfig *cfg, TrainShard *sh, float **mom1,
+                             float **mom2, long *step, char err[CKPT_ERR_LEN]) {
+    char path[PATH_LEN], a[160], b[160];
+    Complete c;
     *mom1 = *mom2 = NULL;
-    if (!complete_read(dir, &cstep, size))
+    if (!complete_read(dir, &c))
         return snprintf(err, CKPT_ERR_LEN, "%.400s/COMPLETE: missing or not valid: the checkpoint is incomplete", dir), NULL;
-    if (complete_check_sizes(dir, size, err)) return NULL;
+    long cstep = c.step;
+    int cworld = c.world;
+    int bad = complete_check_sizes(dir, &c, sh->rank < c.world ? sh->rank : -1, err);
+    free(c.size);
+    if (bad) return NULL;
+    if (cworld != sh->world)
+        return snprintf(err, CKPT_ERR_LEN, "%.400s: written by %d processes (world size %d); resume it with the "
+                        "same number of ranks (mpirun -np %d), not %d", dir, cworld, cworld, cworld, sh->world), NULL;
     snprintf(path, sizeof path, "%s/%s", dir, MODEL_FILE);
     long mstep;
     Model *m = ckpt_load_model(path, &mstep, err);
@@ -381,41 +510,42 @@ Model *train_ckpt_load(const char *dir, const ModelConfig *cfg, float **mom1, fl
                  path, a, b);
         goto fail;
     }
-    snprintf(path, sizeof path, "%s/%s", dir, STATE_FILE);
+    file_name(a, sizeof a, sh->rank + 1);
+    snprintf(path, sizeof path, "%s/%s", dir, a);
     TrainOptions so;
-    if (!(f = state_open(path, cstep, &so, err))) goto fail;
+    if (!(f = state_open(path, cstep, sh->rank, &so, err))) goto fail;
     if (!cfg_equal(&m->cfg, &so.cfg)) {
         cfg_describe(a, sizeof a, &so.cfg);
         cfg_describe(b, sizeof b, &m->cfg);
         snprintf(err, CKPT_ERR_LEN, "%.300s: configuration (%.100s) does not match the model file's (%.100s)", path, a, b);
         goto fail;
     }
-    if (f->n != 2 * m->ntensors) {
-        snprintf(err, CKPT_ERR_LEN, "%.400s: holds %d tensors, the moments of this model are %d", path, f->n,
-                 2 * m->ntensors);
+    if (so.world_size != sh->world || so.zero != sh->zero) {
+        snprintf(err, CKPT_ERR_LEN, "%.400s: written with world size %d and --zero %d; resume it with the same "
+                 "(this run: world size %d, --zero %d)", path, so.world_size, so.zero, sh->world, sh->zero);
         goto fail;
     }
-    *mom1 = xmalloc(m->nparams * sizeof(float));
-    *mom2 = xmalloc(m->nparams * sizeof(float));
+    train_shard_init(sh, m->nparams, sh->rank, sh->world, sh->zero);
+    int want = sh->zero ? 2 : 2 * m->ntensors;
+    if (f->n != want) {
+        snprintf(err, CKPT_ERR_LEN, "%.400s: holds %d tensors, the moments of this model are %d", path, f->n, want);
+        goto fail;
+    }
+    *mom1 = xcalloc(sh->len, sizeof(float));
+    *mom2 = xcalloc(sh->len, sizeof(float));
     char name[80];
     for (int k = 0; k < 2; k++) {
         float *mom = k ? *mom2 : *mom1;
+        if (sh->zero) {
+            snprintf(name, sizeof name, "%c.shard", k ? 'v' : 'm');
+            int64_t shape[1] = {(int64_t)sh->len};
+            if (moment_read(f, path, name, 1, shape, sh->len, k, mom, err)) goto fail;
+            continue;
+        }
         for (int i = 0; i < m->ntensors; i++) {
             const ParamTensor *t = &m->tensors[i];
             snprintf(name, sizeof name, "%c.%s", k ? 'v' : 'm', t->name);
-            const StTensor *s = st_expect(f, name, t->ndim, t->shape, serr);
-            if (!s) {
-                snprintf(err, CKPT_ERR_LEN, "%.400s: %.120s", path, serr);
-                goto fail;
-            }
-            if (ckpt_check_crc(f, path, s, 1, err)) goto fail;
-            for (size_t j = 0; j < t->numel; j++)
-                if (!isfinite(s->data[j]) || (k && s->data[j] < 0)) {
-                    snprintf(err, CKPT_ERR_LEN, "%.400s: tensor '%s': element %zu (%g) is not a valid moment",
-                             path, name, j, s->data[j]);
-                    goto fail;
-                }
-            memcpy(mom + t->offset, s->data, t->numel * sizeof(float));
+            if (moment_read(f, path, name, t->ndim, t->shape, t->numel, k, mom + t->offset, err)) goto fail;
         }
     }
     st_free(f);
@@ -464,10 +594,10 @@ static void prune(const char *ckdir, int keep) {
     if (n < 0) return;
     int ncomplete = 0;
     for (int i = 0; i < n; i++) {
-        long cstep;
-        long long size[NFILES];
+        Complete c;
         step_dir(d, sizeof d, ckdir, steps[i]);
-        int complete = complete_read(d, &cstep, size);
+        int complete = complete_read(d, &c);
+        free(c.size);
         int drop = complete ? ++ncomplete > keep : ncomplete > 0;
         if (drop && remove_ckpt_dir(d))
             fprintf(stderr, "glia train: warning: cannot delete the old checkpoint %s: %s\n", d, strerror(errno));
@@ -485,11 +615,11 @@ int train_ckpt_exists(const char *out) {
     return n > 0;
 }
 
-int train_ckpt_save(const char *out, const Model *m, const float *mom1, const float *mom2,
-                    const TrainOptions *o, long step, int keep, char err[CKPT_ERR_LEN]) {
+int train_ckpt_begin(const char *out, long step, char *dir, size_t dir_len, char err[CKPT_ERR_LEN]) {
     char ckdir[CKDIR_LEN], d[DIR_LEN], path[PATH_LEN], cerr[CKPT_ERR_LEN];
     snprintf(ckdir, sizeof ckdir, "%s/ckpt", out);
     step_dir(d, sizeof d, ckdir, step);
+    snprintf(dir, dir_len, "%s", d);
     if (glia_mkdirs(d, cerr, sizeof cerr)) return snprintf(err, CKPT_ERR_LEN, "%.400s", cerr), -1;
     // A directory of this step from an interrupted run: no longer complete
     // from here on, until the new COMPLETE is in place.
@@ -499,12 +629,41 @@ int train_ckpt_save(const char *out, const Model *m, const float *mom1, const fl
         return snprintf(err, CKPT_ERR_LEN, "%.400s: cannot delete: %.120s", path, strerror(errno)), -1;
     if (glia_sync_parent_dir(d) != 0)
         return snprintf(err, CKPT_ERR_LEN, "%.400s: cannot sync: %.120s", ckdir, strerror(errno)), -1;
-    snprintf(path, sizeof path, "%s/%s", d, MODEL_FILE);
+    return 0;
+}
+
+int train_ckpt_save_model(const char *dir, const Model *m, long step, char err[CKPT_ERR_LEN]) {
+    char path[PATH_LEN], cerr[CKPT_ERR_LEN];
+    snprintf(path, sizeof path, "%s/%s", dir, MODEL_FILE);
     if (ckpt_save_model(m, path, step, cerr)) return snprintf(err, CKPT_ERR_LEN, "%.400s", cerr), -1;
-    snprintf(path, sizeof path, "%s/%s", d, STATE_FILE);
-    if (state_save(path, m, mom1, mom2, o, step, cerr))
+    return 0;
+}
+
+int train_ckpt_save_state(const char *dir, const Model *m, const float *mom1, const float *mom2,
+                          const TrainShard *sh, const TrainOptions *o, long step, char err[CKPT_ERR_LEN]) {
+    char path[PATH_LEN], name[64], cerr[CKPT_ERR_LEN];
+    file_name(name, sizeof name, sh->rank + 1);
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    if (state_save(path, m, mom1, mom2, sh, o, step, cerr))
         return snprintf(err, CKPT_ERR_LEN, "cannot save the training state: %.400s", cerr), -1;
-    if (train_ckpt_write_complete(d, step, err)) return -1;
+    return 0;
+}
+
+int train_ckpt_commit(const char *out, const char *dir, long step, int world, int keep, char err[CKPT_ERR_LEN]) {
+    char ckdir[CKDIR_LEN];
+    if (write_complete(dir, step, world, err)) return -1;
+    snprintf(ckdir, sizeof ckdir, "%s/ckpt", out);
     prune(ckdir, keep > 0 ? keep : 1);
     return 0;
+}
+
+int train_ckpt_save(const char *out, const Model *m, const float *mom1, const float *mom2,
+                    const TrainOptions *o, long step, int keep, char err[CKPT_ERR_LEN]) {
+    char d[DIR_LEN];
+    TrainShard sh;
+    train_shard_init(&sh, m->nparams, 0, 1, 0);
+    if (train_ckpt_begin(out, step, d, sizeof d, err) || train_ckpt_save_model(d, m, step, err) ||
+        train_ckpt_save_state(d, m, mom1, mom2, &sh, o, step, err))
+        return -1;
+    return train_ckpt_commit(out, d, step, 1, keep, err);
 }

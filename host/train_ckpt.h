@@ -5,12 +5,19 @@
 // A checkpoint is a directory OUT/ckpt/step_00000123/ holding
 //   model.safetensors        the model file of checkpoint.h, unchanged, so
 //                            `glia generate/eval --ckpt` read it as it is;
-//   state.rank0.safetensors  the AdamW moments m.<param> and v.<param>, and in
-//                            the metadata format "glia-train-state",
-//                            ckpt_version, model_version, step, the options
-//                            that define the run and the configuration,
-//                            world_size and rank;
-//   COMPLETE                 written last: each file's name and size.
+//   state.rank<r>.safetensors  one per rank r of the run (mpirun -np N: N of
+//                            them): the AdamW moments m.<param> and
+//                            v.<param> (every rank holds all of them), or
+//                            with ZeRO-1 (--zero 1) only rank r's slice of
+//                            the padded, flattened moments as m.shard and
+//                            v.shard; in the metadata format
+//                            "glia-train-state", ckpt_version,
+//                            model_version, step, the options that define
+//                            the run and the configuration, world_size,
+//                            rank, zero, shard_offset and shard_len;
+//   COMPLETE                 written last (by rank 0, after every rank has
+//                            written its file): each file's name and size,
+//                            and the world size when it is above 1.
 // Every tensor's CRC-32C is in its file's metadata (crc32c.<name>).
 //
 // Why this shape: safetensors is already glia's robust container, so the
@@ -31,11 +38,31 @@
 
 #define TRAIN_CKPT_VERSION 1
 
+// Which part of the AdamW moments a rank holds. Without ZeRO: all of them
+// (offset 0, len = padded = nparams). With ZeRO-1 the parameter vector is
+// padded with zeros to `padded`, a multiple of the world size, and rank r
+// owns the contiguous slice [offset, offset + len) = [r·len, (r+1)·len).
+typedef struct {
+    int rank, world, zero;
+    size_t offset, len, padded;
+} TrainShard;
+void train_shard_init(TrainShard *sh, size_t nparams, int rank, int world, int zero);
+
 // Saves the checkpoint of `step` under out/ckpt, then keeps the newest
 // `keep` complete checkpoints (deleting older ones and incomplete directories
 // older than the newest complete one). 0, or -1 with a one-line error.
 int train_ckpt_save(const char *out, const Model *m, const float *mom1, const float *mom2,
                     const TrainOptions *o, long step, int keep, char err[CKPT_ERR_LEN]);
+
+// The same in the steps a data-parallel run takes (train.c): rank 0 creates
+// the directory (begin) and writes the model file; every rank writes its
+// state file; when all have (a barrier), rank 0 writes COMPLETE listing the
+// model and `world` state files and prunes old checkpoints (commit).
+int train_ckpt_begin(const char *out, long step, char *dir, size_t dir_len, char err[CKPT_ERR_LEN]);
+int train_ckpt_save_model(const char *dir, const Model *m, long step, char err[CKPT_ERR_LEN]);
+int train_ckpt_save_state(const char *dir, const Model *m, const float *mom1, const float *mom2,
+                          const TrainShard *sh, const TrainOptions *o, long step, char err[CKPT_ERR_LEN]);
+int train_ckpt_commit(const char *out, const char *dir, long step, int world, int keep, char err[CKPT_ERR_LEN]);
 
 // 1 when out/ckpt holds any checkpoint directory (complete or not): a run
 // that starts afresh there would mix with or overwrite an earlier run's work,
@@ -44,7 +71,8 @@ int train_ckpt_exists(const char *out);
 
 // The newest complete checkpoint under root/ckpt: its directory (into dir),
 // step and stored run options (o: cfg, steps, batch, seq, accum, lr, warmup,
-// min_lr_frac, weight_decay, clip, seed; other fields zero). Checks the
+// min_lr_frac, weight_decay, clip, seed, and the world_size and zero of the
+// run that wrote it; other fields zero). Checks the
 // COMPLETE sizes and the state file's format and versions. 0, or -1 with a
 // one-line error naming the file and the problem.
 int train_ckpt_find(const char *root, char *dir, size_t dir_len, long *step, TrainOptions *o,
@@ -56,9 +84,15 @@ int train_ckpt_find(const char *root, char *dir, size_t dir_len, long *step, Tra
 // NULL with a one-line error.
 Model *train_ckpt_load(const char *dir, const ModelConfig *cfg, float **mom1, float **mom2,
                        long *step, char err[CKPT_ERR_LEN]);
+// The same for rank sh->rank of a run of sh->world ranks with ZeRO stage
+// sh->zero (set those three; the rest is filled in): refuses a checkpoint
+// written by another world size or ZeRO stage; the moments are sh->len each.
+Model *train_ckpt_load_shard(const char *dir, const ModelConfig *cfg, TrainShard *sh, float **mom1,
+                             float **mom2, long *step, char err[CKPT_ERR_LEN]);
 
 // Writes dir/COMPLETE for the files of a checkpoint as they are now on disk
-// (used by train_ckpt_save; tests use it to forge consistent bad checkpoints).
+// (the model and state.rank0.. as many ranks as have a file; tests use it to
+// forge consistent bad checkpoints).
 int train_ckpt_write_complete(const char *dir, long step, char err[CKPT_ERR_LEN]);
 
 #endif

@@ -13,6 +13,8 @@
 #ifndef GLIA_CUDA_API_H
 #define GLIA_CUDA_API_H
 
+#include <stddef.h>
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -58,6 +60,21 @@ int amsu_recurrence_forward_cuda_host(float *o, float *u, float *s, float *Hckpt
                                       const float *q, const float *a_lambda,
                                       const float *a_beta, int B, int T, int C, int Nh,
                                       int astro);
+
+
+// ---- NCCL (kernels/cuda/nccl.cu) ---------------------------------------------
+// The GPU side of data parallelism (host/dist.h): one NCCL communicator over
+// the ranks of the MPI job (world 1 without MPI), each rank on the GPU of its
+// local rank. dist_nccl_init selects that device and creates the
+// communicator (rank 0 makes the ncclUniqueId and broadcasts it over MPI);
+// dist_nccl_allreduce_sum sums n floats of a DEVICE buffer in place over all
+// ranks on `stream` (asynchronous); dist_nccl_free destroys the
+// communicator. NCCL errors print file:line and NCCL's message and end the
+// job (nccl_check), like every CUDA error.
+struct Dist;
+void dist_nccl_init(const struct Dist *d);
+void dist_nccl_allreduce_sum(float *device_buf, size_t n, void *stream);
+void dist_nccl_free(void);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,108 @@
+// engine.h: batched generation with continuous batching.
+//
+// A fixed pool of S sequence slots shares one ModelState of S sequences.
+// Every sequence carries a fixed-size recurrent state (no KV cache), so a
+// slot whose sequence finished takes the next queued request at once: its
+// state is zeroed, the prompt is prefilled through the slot's B = 1 view
+// (the same forward as training), and from the next step on it decodes with
+// the others, one batched forward of the whole pool per token.
+//
+// Determinism: a request's completion depends only on the request and the
+// pool size S, never on what else is in the pool. Prefill always runs one
+// slot at a time in fixed chunks, and decode always runs all S rows (idle
+// slots get a dummy token and are ignored), so every matmul a request goes
+// through has the same shape alone or in company; each slot samples with
+// its own Rng seeded from the request.
+//
+// The engine is single-threaded: one thread owns it (serve's engine thread,
+// or the offline loop) and calls engine_submit / engine_step; results come
+// back through the request's callbacks, called from engine_step.
+#ifndef GLIA_ENGINE_H
+#define GLIA_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "model.h"
+#include "sample.h"
+
+#define ENGINE_PREFILL_CHUNK 256  // prefill tokens per forward (fixed: part of the determinism)
+#define ENGINE_MAX_STOPS 4        // stop strings per request (OpenAI's limit)
+#define ENGINE_MAX_STOP_LEN 64    // bytes per stop string
+
+typedef struct {
+    const char *text;           // the completion (a matched stop string removed)
+    int len;
+    int prompt_tokens, completion_tokens;
+    const char *finish_reason;  // "length", "stop" or "cancelled"
+    double ttft_s;              // submit → first token
+    double total_s;             // submit → done
+} EngineResult;
+
+typedef struct {
+    const char *prompt;  // bytes (V = 256); copied at submit. Empty: starts from "\n"
+    int prompt_len;
+    int max_tokens;      // >= 1
+    SampleParams sp;
+    uint64_t seed;
+    const char *stop[ENGINE_MAX_STOPS];  // NULL-terminated unless full; copied
+    // Text as it becomes final (never a piece that may still turn out to be
+    // part of a stop string, never half a UTF-8 character unless the model
+    // made an invalid one). Return nonzero to cancel the request. May be NULL.
+    int (*on_text)(void *user, const char *text, int len);
+    // Called once, last; r->text is valid only during the call. May be NULL.
+    void (*on_done)(void *user, const EngineResult *r);
+    void *user;
+} EngineRequest;
+
+typedef struct Engine Engine;
+
+// An engine over model m (byte vocabulary) with `slots` sequence slots and
+// prompts of at most max_prompt bytes. m must outlive the engine.
+Engine *engine_new(Model *m, int slots, int max_prompt);
+void engine_free(Engine *e);
+// Queues a request. Returns its id (>= 0), or -1 with a one-line reason in
+// err (bad parameters, prompt over the limit).
+long engine_submit(Engine *e, const EngineRequest *r, char *err, size_t err_len);
+// One step: queued requests move into free slots (prefill, first token),
+// then one batched decode step for all active slots. Returns the number of
+// requests still active or queued afterwards (0: idle).
+int engine_step(Engine *e);
+int engine_active(const Engine *e);
+int engine_queued(const Engine *e);
+int engine_slots(const Engine *e);
+int engine_max_prompt(const Engine *e);
+
+// Seconds on a monotonic clock.
+double engine_now(void);
+
+// Offline batch mode: reads one JSON request per line of prompts_jsonl
+// ({"prompt", "max_tokens", "temperature", "top_k", "top_p", "seed",
+// "stop"}; missing fields take the defaults given), runs them through an
+// engine of `batch` slots and writes one JSON line per request, in input
+// order, to out_jsonl: {"index", "prompt", "completion", "tokens",
+// "ttft_ms", "finish_reason"} (or {"index", "error"} for a bad line).
+// Progress on stderr unless quiet; a summary on stdout. Returns 0, 2 for bad
+// input (unreadable file, no requests), 1 when the output cannot be written.
+typedef struct {
+    int batch, max_prompt, max_tokens;
+    float temperature, top_p;
+    int top_k;
+    uint64_t seed;
+    int quiet;
+} OfflineOptions;
+int generate_offline(Model *m, const char *prompts_jsonl, const char *out_jsonl,
+                     const OfflineOptions *o);
+
+// Reads the request fields of a JSON object into r (fields left out keep
+// r's values): prompt (string, required), max_tokens, temperature, top_p,
+// top_k, seed (numbers), stop (string or array of strings), stream (bool,
+// into *stream), model (string, ignored). Pointers in r point into j.
+// 0, or -1 with a one-line reason naming the field.
+struct cJSON;
+int engine_parse_request(const struct cJSON *j, EngineRequest *r, int *stream, char *err, size_t n);
+
+// JSON-safe copy of bytes: invalid UTF-8 becomes U+FFFD. Caller frees.
+char *engine_utf8_clean(const char *s, int len);
+
+#endif

@@ -1,0 +1,358 @@
+// test_dist.c: data-parallel training (host/dist.c, docs/DISTRIBUTED.md):
+// `mpirun -np 2 glia train` against one process, ZeRO-1, the batch split
+// check, a rank killed mid-run, resuming, and the NCCL all-reduce.
+//
+// Every run is the tiny model, --batch 4 (the global batch), --seq 16,
+// --threads 1, 10 steps, launched through the shell as a user would, with
+// OpenMPI's root permission variables set (containers run tests as root).
+// Without mpirun on the PATH the MPI tests skip.
+//
+// Tolerance. Two ranks each sum the gradient of their 2 sequences, then
+// MPI sums the two halves; one process sums all 4 in one pass. Floating-
+// point addition is not associative, so the gradients differ in the last
+// bits. In a spiking network that is not all: once such a difference moves
+// some membrane potential across the threshold, a spike flips and the runs
+// part by far more than rounding. Measured on this corpus (np 2 vs 1, normwise
+// relative difference of all parameters, rel_err in testutil.h): 1.5e-7
+// after 1 to 5 steps, 1.8e-7 after 6, 7.4e-5 after 8 (a flip at step 7),
+// 1.25e-4 after 10; per-step losses and gradient norms equal to their 6
+// printed decimals through step 5, |Δ loss| 6.3e-4 at most after. ZeRO-1 vs
+// np 2 without it: identical (0). So the checks are:
+//   steps 1-5, np 2 vs 1: |Δ loss| and |Δ grad_norm| <= 2e-6 (print rounding),
+//     which catches any wrong split or scale (a missing 1/N doubles the norm);
+//   10 steps, np 2 vs 1: parameters within 1e-3, losses within 5e-3 (8x the
+//     measurements; a dropped or repeated sequence moves the parameters by
+//     1e-2 already at step 1);
+//   ZeRO-1 vs np 2: parameters within 1e-5, every loss within 2e-6 (a shard
+//     updated wrongly or not gathered moves them by about lr = 1e-2... 3e-3).
+// Runs with the same world size are bit-identical (the resume test).
+//
+// Failure: a rank killed with SIGKILL makes mpirun end the job and exit
+// non-zero naming the rank and the signal. Measured: mpirun exits 1.0 s
+// after the kill (release and sanitizer builds); the test allows 30 s.
+#define _DEFAULT_SOURCE  // usleep
+#include <criterion/criterion.h>
+#include <dirent.h>
+#include <math.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "checkpoint.h"
+#include "testutil.h"
+#ifdef GLIA_HAVE_CUDA
+#include <cuda_runtime.h>
+
+#include "cuda/cuda.h"
+#include "dist.h"
+#endif
+
+#define EARLY_STEPS 5      // steps before any spike flip (measured): rounding only
+#define EARLY_TOL 2e-6     // loss and grad_norm there: the 6 printed decimals
+#define PARAM_TOL 1e-3     // np 2 vs 1 after 10 steps (measured 1.25e-4)
+#define LOSS_TOL 5e-3      // np 2 vs 1, any step (measured 6.3e-4)
+#define ZERO_PARAM_TOL 1e-5  // ZeRO-1 vs np 2 (measured 0)
+#define KILL_BOUND_S 30.0
+
+static char dir[256];
+static char out_text[16384], err_text[16384];
+
+static int sh(const char *fmt, ...) {
+    char cmd[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    return system(cmd);
+}
+
+static void mk(void) {
+    snprintf(dir, sizeof dir, "%s/glia_dist_XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
+    cr_assert(mkdtemp(dir));
+    char path[512];
+    snprintf(path, sizeof path, "%s/corpus.txt", dir);
+    FILE *f = fopen(path, "w");
+    cr_assert(f);
+    const char *words[] = {"the", "astrocyte", "neuron", "fires", "slowly", "and", "calcium", "rises"};
+    unsigned s = 7;
+    for (int i = 0; i < 6000; i++) {
+        s = s * 1103515245u + 12345u;
+        fprintf(f, "%s%s", words[(s >> 16) % 8], i % 9 == 8 ? ".\n" : " ");
+    }
+    fclose(f);
+    cr_assert_eq(sh("'%s' prepare --in '%s' --out '%s/shards' > /dev/null", GLIA_BIN, path, dir), 0);
+}
+
+static void rm(void) { cr_assert_eq(sh("rm -rf '%s'", dir), 0); }
+
+TestSuite(dist, .init = mk, .fini = rm, .timeout = 120);
+
+static void require_mpirun(void) {
+    if (system("command -v mpirun > /dev/null 2>&1") != 0) cr_skip_test("mpirun not found (OpenMPI: tools/setup.sh)");
+}
+
+static void slurp(const char *path, char *buf, size_t n) {
+    FILE *f = fopen(path, "r");
+    size_t got = f ? fread(buf, 1, n - 1, f) : 0;
+    buf[got] = 0;
+    if (f) fclose(f);
+}
+
+// OpenMPI refuses root without the first two; the rest is for the
+// sanitizer build (tests/lsan_mpi.supp): OpenMPI's plugins stay loaded to the
+// end so LeakSanitizer can name them in the stacks it matches.
+#define MPIRUN_ENV                                                                     \
+    "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 "                       \
+    "OMPI_MCA_mca_base_component_disable_dlclose=1 "                                    \
+    "LSAN_OPTIONS=suppressions=" GLIA_FIXTURES "/../lsan_mpi.supp:print_suppressions=0:fast_unwind_on_malloc=0 "
+#define MPIRUN "mpirun --allow-run-as-root --oversubscribe -x LSAN_OPTIONS"
+#define FLAGS                                                                                              \
+    "train --size tiny --batch 4 --seq 16 --warmup 3 --threads 1 --quiet --eval-every 0 --sample-tokens 0 " \
+    "--steps 10 --ckpt-every 0"
+
+// Runs glia with `np` processes (np 0: without mpirun) and the given
+// arguments; stdout and stderr in out_text, err_text. Returns the exit status.
+static int run(int np, const char *fmt, ...) {
+    char args[3000], cmd[8192], launch[400];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(args, sizeof args, fmt, ap);
+    va_end(ap);
+    if (np) snprintf(launch, sizeof launch, MPIRUN_ENV MPIRUN " -np %d", np);
+    else snprintf(launch, sizeof launch, MPIRUN_ENV);
+    snprintf(cmd, sizeof cmd, "%s '%s' %s --data '%s/shards' > '%s/stdout.txt' 2> '%s/stderr.txt'", launch, GLIA_BIN,
+             args, dir, dir, dir);
+    int st = system(cmd);
+    char path[300];
+    snprintf(path, sizeof path, "%s/stdout.txt", dir);
+    slurp(path, out_text, sizeof out_text);
+    snprintf(path, sizeof path, "%s/stderr.txt", dir);
+    slurp(path, err_text, sizeof err_text);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static Model *load(const char *run_name) {
+    char path[400], err[CKPT_ERR_LEN];
+    snprintf(path, sizeof path, "%s/%s/model.safetensors", dir, run_name);
+    Model *m = ckpt_load_model(path, NULL, err);
+    cr_assert(m, "%s", err);
+    return m;
+}
+
+// Trains run `name` with np ranks (0: plain process) and extra flags.
+static void train(const char *name, int np, const char *extra) {
+    int st = run(np, FLAGS " --out '%s/%s' %s", dir, name, extra);
+    cr_assert_eq(st, 0, "np %d %s: exit %d: %s", np, extra, st, err_text);
+}
+
+// The "loss" and "grad_norm" of each step in run/metrics.jsonl; returns the count.
+static int read_metrics(const char *name, double *loss, double *norm, int max) {
+    char path[400], line[512];
+    snprintf(path, sizeof path, "%s/%s/metrics.jsonl", dir, name);
+    FILE *f = fopen(path, "r");
+    cr_assert(f, "%s", path);
+    int n = 0;
+    long step;
+    while (n < max && fgets(line, sizeof line, f)) {
+        const char *g = strstr(line, "\"grad_norm\": ");
+        if (g && sscanf(line, "{\"step\": %ld, \"loss\": %lf", &step, &loss[n]) == 2 &&
+            sscanf(g, "\"grad_norm\": %lf", &norm[n]) == 1)
+            n++;
+    }
+    fclose(f);
+    return n;
+}
+
+// Compares runs a and b: parameters within param_tol (rel_err), losses
+// within loss_tol at every step and, with `early`, loss and gradient norm
+// within EARLY_TOL over the first EARLY_STEPS steps.
+static void expect_close(const char *a, const char *b, double param_tol, double loss_tol, int early) {
+    Model *ma = load(a), *mb = load(b);
+    cr_assert_eq(ma->nparams, mb->nparams);
+    double e = rel_err(ma->params, mb->params, ma->nparams);
+    cr_log_info("%s vs %s: normwise relative difference of the parameters %.3g", a, b, e);
+    cr_expect(e <= param_tol, "%s vs %s: parameters differ by %.3g > %.0e", a, b, e, param_tol);
+    model_free(ma);
+    model_free(mb);
+    double la[16], lb[16], na[16], nb[16];
+    cr_assert_eq(read_metrics(a, la, na, 16), 10);
+    cr_assert_eq(read_metrics(b, lb, nb, 16), 10);
+    for (int i = 0; i < 10; i++) {
+        cr_expect(fabs(la[i] - lb[i]) <= loss_tol, "step %d: loss %.6f vs %.6f", i + 1, la[i], lb[i]);
+        if (early && i < EARLY_STEPS) {
+            cr_expect(fabs(la[i] - lb[i]) <= EARLY_TOL, "step %d: loss %.6f vs %.6f", i + 1, la[i], lb[i]);
+            cr_expect(fabs(na[i] - nb[i]) <= EARLY_TOL, "step %d: grad norm %.6f vs %.6f", i + 1, na[i], nb[i]);
+        }
+    }
+}
+
+static int count(const char *text, const char *what) {
+    int n = 0;
+    for (const char *p = text; (p = strstr(p, what)); p += strlen(what)) n++;
+    return n;
+}
+
+Test(dist, two_ranks_match_one_process) {
+    require_mpirun();
+    train("one", 0, "");
+    train("two", 2, "");
+    cr_expect(strstr(out_text, "2 ranks (MPI)"), "%s", out_text);
+    cr_expect_eq(count(out_text, "glia train: 10 steps"), 1, "rank 0 alone prints: %s", out_text);
+    expect_close("two", "one", PARAM_TOL, LOSS_TOL, 1);
+    char p[400];
+    snprintf(p, sizeof p, "%s/two/ckpt/step_00000010", dir);
+    cr_expect_eq(sh("test -f '%s/state.rank0.safetensors' && test -f '%s/state.rank1.safetensors' && "
+                    "grep -q '^world 2$' '%s/COMPLETE' && grep -q state.rank1 '%s/COMPLETE'", p, p, p, p), 0);
+}
+
+Test(dist, zero1_matches_one_process) {
+    require_mpirun();
+    train("two", 2, "");
+    train("zero", 2, "--zero 1");
+    cr_expect(strstr(out_text, "ZeRO-1"), "%s", out_text);
+    expect_close("zero", "two", ZERO_PARAM_TOL, EARLY_TOL, 0);
+    // each rank's state holds its half of the padded moments, not all of them
+    char p[400];
+    snprintf(p, sizeof p, "%s/zero/ckpt/step_00000010", dir);
+    cr_expect_eq(sh("test $(stat -c %%s '%s/state.rank0.safetensors') -lt $(stat -c %%s '%s/model.safetensors')",
+                    p, p), 0, "a ZeRO-1 state file holds only the rank's shard");
+}
+
+Test(dist, batch_must_split_evenly) {
+    require_mpirun();
+    int st = run(2, FLAGS " --out '%s/bad' --batch 3", dir);
+    cr_expect_eq(st, 2, "exit %d: %s", st, err_text);
+    cr_expect_eq(count(err_text, "glia train:"), 1, "one line, from rank 0: %s", err_text);
+    cr_expect(strstr(err_text, "--batch 3 (the global batch) must be a multiple of the number of ranks, 2"), "%s",
+              err_text);
+}
+
+Test(dist, resume_needs_the_same_world_size) {
+    require_mpirun();
+    train("full", 2, "");
+    cr_assert_eq(run(2, FLAGS " --out '%s/part' --stop-after 5", dir), 0, "%s", err_text);
+    cr_assert_eq(run(2, FLAGS " --out '%s/part' --resume", dir), 0, "%s", err_text);
+    Model *a = load("full"), *b = load("part");
+    cr_expect_eq(memcmp(a->params, b->params, a->nparams * sizeof(float)), 0,
+                 "an np 2 run resumed with np 2 continues bit for bit");
+    model_free(a);
+    model_free(b);
+    cr_assert_eq(run(2, FLAGS " --out '%s/partz' --stop-after 5 --zero 1", dir), 0, "%s", err_text);
+    int st = run(2, FLAGS " --out '%s/partz' --resume --zero 0", dir);
+    cr_expect_eq(st, 2, "--zero differs from the checkpoint's: %s", err_text);
+    cr_expect(strstr(err_text, "--zero 0 differs from 1"), "%s", err_text);
+    cr_assert_eq(run(2, FLAGS " --out '%s/partz' --resume", dir), 0, "%s", err_text);
+    st = run(0, FLAGS " --out '%s/part' --resume", dir);
+    cr_expect_eq(st, 2, "np 1 resuming an np 2 checkpoint: %s", err_text);
+    cr_expect(strstr(err_text, "written by a run of 2 processes; resume it with the same number (mpirun -np 2), not 1"),
+              "%s", err_text);
+}
+
+// The PID of the glia process of MPI rank `rank` whose command line holds
+// `tag`, or 0: found through /proc (OpenMPI gives every rank
+// OMPI_COMM_WORLD_RANK in its environment).
+static pid_t find_rank(const char *tag, int rank) {
+    DIR *d = opendir("/proc");
+    if (!d) return 0;
+    struct dirent *e;
+    pid_t found = 0;
+    char want[64], path[300], buf[16384];
+    snprintf(want, sizeof want, "OMPI_COMM_WORLD_RANK=%d", rank);
+    while (!found && (e = readdir(d))) {
+        pid_t pid = (pid_t)atoi(e->d_name);
+        if (pid <= 0) continue;
+        int hit[2] = {0, 0};
+        const char *file[2] = {"cmdline", "environ"}, *what[2] = {tag, want};
+        for (int k = 0; k < 2; k++) {
+            snprintf(path, sizeof path, "/proc/%d/%s", (int)pid, file[k]);
+            FILE *f = fopen(path, "r");
+            if (!f) break;
+            size_t n = fread(buf, 1, sizeof buf - 1, f);
+            fclose(f);
+            buf[n] = 0;
+            for (size_t i = 0; i < n; i += strlen(buf + i) + 1)  // NUL-separated strings
+                if (k == 0 ? strstr(buf + i, what[k]) != NULL : !strcmp(buf + i, what[k])) hit[k] = 1;
+        }
+        snprintf(path, sizeof path, "/proc/%d/exe", (int)pid);
+        char exe[4096];
+        ssize_t len = readlink(path, exe, sizeof exe - 1);
+        if (len > 0) exe[len] = 0;
+        if (hit[0] && hit[1] && len > 0 && strstr(exe, "glia")) found = pid;
+    }
+    closedir(d);
+    return found;
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+Test(dist, killed_rank_ends_the_job) {
+    require_mpirun();
+    char out[300], cmd[8192];
+    snprintf(out, sizeof out, "%s/killed_run", dir);
+    snprintf(cmd, sizeof cmd,
+             MPIRUN_ENV MPIRUN " -np 2 '%s' train --size tiny --batch 4 --seq 16 --threads 1 --quiet --eval-every 0 "
+             "--sample-tokens 0 --steps 1000000 --ckpt-every 0 --data '%s/shards' --out '%s' > '%s/stdout.txt' "
+             "2> '%s/stderr.txt'", GLIA_BIN, dir, out, dir, dir);
+    pid_t job = fork();
+    cr_assert(job >= 0);
+    if (job == 0) {
+        execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+        _exit(127);
+    }
+    pid_t victim = 0;
+    for (int i = 0; i < 100 && !victim; i++) {  // up to 10 s for the ranks to start
+        usleep(100000);
+        victim = find_rank(out, 1);
+    }
+    if (!victim) kill(job, SIGKILL);
+    cr_assert(victim, "rank 1 of the job was not found in /proc");
+    sleep(1);  // let it train a little, inside the collectives
+    cr_assert_eq(kill(victim, SIGKILL), 0);
+    double t0 = now_s();
+    int status = 0;
+    pid_t got = 0;
+    while ((got = waitpid(job, &status, WNOHANG)) == 0 && now_s() - t0 < KILL_BOUND_S) usleep(20000);
+    double took = now_s() - t0;
+    if (!got) {
+        kill(job, SIGKILL);
+        sh("pkill -KILL -f '%s'", out);  // never leave the job behind (it holds a unique --out path)
+        waitpid(job, &status, 0);
+    }
+    cr_assert(got == job, "mpirun still running %.0f s after rank 1 was killed", KILL_BOUND_S);
+    cr_log_info("mpirun exited %.2f s after rank 1 was killed", took);
+    cr_expect(WIFEXITED(status) && WEXITSTATUS(status) != 0, "the job must fail (status %d)", status);
+    char path[300];
+    snprintf(path, sizeof path, "%s/stderr.txt", dir);
+    slurp(path, err_text, sizeof err_text);
+    cr_expect(strstr(err_text, "rank 1") && strstr(err_text, "signal 9"),
+              "mpirun names the rank and the signal: %s", err_text);
+    cr_expect_eq(find_rank(out, 0), 0, "rank 0 is gone too");
+}
+
+Test(dist, nccl_allreduce_world1) {
+#ifndef GLIA_HAVE_CUDA
+    cr_skip_test("glia built without CUDA");
+#else
+    if (cuda_device_count() == 0) cr_skip_test("no CUDA device found");
+    float host[1000], back[1000];
+    for (int i = 0; i < 1000; i++) host[i] = (float)i * 0.25f - 7.0f;
+    float *dev = NULL;
+    dist_nccl_init(dist_self());  // no MPI in a test process: world 1
+    cr_assert_eq(cudaMalloc((void **)&dev, sizeof host), cudaSuccess);
+    cr_assert_eq(cudaMemcpy(dev, host, sizeof host, cudaMemcpyHostToDevice), cudaSuccess);
+    dist_nccl_allreduce_sum(dev, 1000, NULL);
+    cr_assert_eq(cudaMemcpy(back, dev, sizeof back, cudaMemcpyDeviceToHost), cudaSuccess);
+    cudaFree(dev);
+    dist_nccl_free();
+    cr_expect_eq(memcmp(host, back, sizeof host), 0, "the sum over one rank is the input");
+#endif
+}
