@@ -27,15 +27,7 @@ static void mk(void) {
     cr_assert(mkdtemp(dir));
     char path[512], cmd[1200];
     snprintf(path, sizeof path, "%s/corpus.txt", dir);
-    FILE *f = fopen(path, "w");
-    cr_assert(f);
-    const char *words[] = {"the", "astrocyte", "neuron", "fires", "slowly", "and", "calcium", "rises"};
-    unsigned s = 7;
-    for (int i = 0; i < 6000; i++) {
-        s = s * 1103515245u + 12345u;
-        fprintf(f, "%s%s", words[(s >> 16) % 8], i % 9 == 8 ? ".\n" : " ");
-    }
-    fclose(f);
+    cr_assert_eq(write_word_corpus(path, 6000), 0, "cannot write %s", path);
     snprintf(cmd, sizeof cmd, "'%s' prepare --in '%s' --out '%s/shards' > /dev/null", GLIA_BIN, path, dir);
     cr_assert_eq(system(cmd), 0);
 }

@@ -17,18 +17,9 @@ static char dir[256];
 static void mk(void) {
     snprintf(dir, sizeof dir, "%s/glia_train_XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
     cr_assert(mkdtemp(dir));
-    // a small corpus with structure to learn: sentences made of a few words
     char path[512];
     snprintf(path, sizeof path, "%s/corpus.txt", dir);
-    FILE *f = fopen(path, "w");
-    cr_assert(f);
-    const char *words[] = {"the", "astrocyte", "neuron", "fires", "slowly", "and", "calcium", "rises"};
-    unsigned s = 7;
-    for (int i = 0; i < 12000; i++) {
-        s = s * 1103515245u + 12345u;
-        fprintf(f, "%s%s", words[(s >> 16) % 8], i % 9 == 8 ? ".\n" : " ");
-    }
-    fclose(f);
+    cr_assert_eq(write_word_corpus(path, 12000), 0, "cannot write %s", path);
 }
 
 static void rm(void) {

@@ -72,3 +72,15 @@ int read_losses(const char *dir, double *loss, int max) {
     fclose(f);
     return n;
 }
+
+int write_word_corpus(const char *path, int words) {
+    FILE *f = fopen(path, "w");
+    if (!f) return -1;
+    const char *w[] = {"the", "astrocyte", "neuron", "fires", "slowly", "and", "calcium", "rises"};
+    unsigned s = 7;
+    for (int i = 0; i < words; i++) {
+        s = s * 1103515245u + 12345u;
+        fprintf(f, "%s%s", w[(s >> 16) % 8], i % 9 == 8 ? ".\n" : " ");
+    }
+    return fclose(f) ? -1 : 0;
+}

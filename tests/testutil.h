@@ -26,6 +26,10 @@ size_t spike_mismatches(const float *a, const float *b, size_t n);
 // how many (at most max), or -1 when the file cannot be read.
 int read_losses(const char *dir, double *loss, int max);
 
+// A small text with structure to learn: `words` words drawn from eight by a
+// fixed generator, nine to a line. 0, or -1 if the file cannot be written.
+int write_word_corpus(const char *path, int words);
+
 // Path of a committed fixture: GLIA_FIXTURES "/" name (static buffer).
 const char *fixture_path(const char *name);
 
