@@ -47,6 +47,44 @@ static int set_threads(const char *cmd, const char *value) {
     return 0;
 }
 
+// The task flags shared by train and eval (tasks.h). Returns 0 with *spec
+// filled (and kind -1 when --task is not given), or 2 after an error.
+#define TASK_FLAGS                                                                                  \
+    {"--task", "NAME", "synthetic task instead of --data: recall, copy, selective (tasks.h)", NULL}, \
+    {"--task-len", "T", "task: tokens per sequence (default: the shortest that fits)", NULL},      \
+    {"--pairs", "P", "recall: key-value pairs", "16"},                                               \
+    {"--queries", "Q", "recall: queries (default: --pairs)", NULL},                                  \
+    {"--delay", "N", "copy: fillers between the sequence and its copy", "32"},                       \
+    {"--copy-len", "S", "copy, selective: symbols to reproduce", "16"}
+
+static int task_flags(const char *cmd, CliFlag *flags, int nf, TaskSpec *spec) {
+    memset(spec, 0, sizeof *spec);
+    spec->kind = -1;
+    if (!GET("--task")) return 0;
+    if ((spec->kind = task_find(GET("--task"))) < 0) {
+        fprintf(stderr, "glia %s: --task: '%s' is not one of recall, copy, selective\n", cmd, GET("--task"));
+        return 2;
+    }
+    long v;
+    if (cli_int(cmd, "--pairs", GET("--pairs"), 1, TASK_NKEYS, &v)) return 2;
+    spec->pairs = spec->queries = (int)v;
+    if (GET("--queries") && cli_int(cmd, "--queries", GET("--queries"), 1, TASK_NKEYS, &v)) return 2;
+    if (GET("--queries")) spec->queries = (int)v;
+    if (cli_int(cmd, "--delay", GET("--delay"), 0, 1 << 20, &v)) return 2;
+    spec->delay = (int)v;
+    if (cli_int(cmd, "--copy-len", GET("--copy-len"), 1, 1 << 20, &v)) return 2;
+    spec->copy_len = (int)v;
+    spec->T = task_min_len(spec);
+    if (GET("--task-len") && cli_int(cmd, "--task-len", GET("--task-len"), 1, 1 << 20, &v)) return 2;
+    if (GET("--task-len")) spec->T = (int)v;
+    char err[256];
+    if (task_check(spec, err, sizeof err)) {
+        fprintf(stderr, "glia %s: %s\n", cmd, err);
+        return 2;
+    }
+    return 0;
+}
+
 static const char *TRAIN_SUMMARY =
     "Trains an AstroSNN language model (SPEC.md) on the CPU backend and writes\n"
     "metrics.jsonl, model.safetensors and sample.txt into --out.\n"
@@ -58,7 +96,10 @@ static const char *TRAIN_SUMMARY =
     "--resume-from DIR) continues a run bit for bit from its newest complete\n"
     "checkpoint, with the options stored in it; a flag that contradicts them is an error.\n"
     "Data parallel: mpirun -np N glia train ... splits each --batch (the global batch)\n"
-    "across N processes; --zero 1 also shards the AdamW state (docs/DISTRIBUTED.md).";
+    "across N processes; --zero 1 also shards the AdamW state (docs/DISTRIBUTED.md).\n"
+    "--task trains on generated memory tasks instead (scored on the answers only;\n"
+    "validation uses seed + 1000003); --astro off --match-params widens the ablation\n"
+    "until it has at least the parameters of the astro-on model (docs/RESULTS.md).";
 
 // Parses the flags of `glia train` into *po. Returns -1 when training should
 // run, else the exit status (0 for --help).
@@ -96,6 +137,9 @@ static int train_parse(int argc, char **argv, TrainOptions *po) {
         {"--device", "DEV", "cpu or auto", "auto"},
         {"--quiet", NULL, "no per-step lines", NULL},
         {"--zero", "0|1", "ZeRO stage under mpirun: 1 shards the AdamW state across the ranks", "0"},
+        {"--match-params", NULL, "with --astro off: the smallest width (a multiple of the heads) with at "
+                                 "least the parameters of the same model with astro on", NULL},
+        TASK_FLAGS,
     };
     int nf = sizeof flags / sizeof flags[0];
     const char *defaults[64];  // to tell a flag given on the command line from its default
@@ -132,13 +176,42 @@ static int train_parse(int argc, char **argv, TrainOptions *po) {
         fprintf(stderr, "glia train: %s\n", err);
         return 2;
     }
+    if (GET("--match-params")) {
+        if (o.cfg.astro) {
+            fprintf(stderr, "glia train: --match-params widens the ablation: it needs --astro off\n");
+            return 2;
+        }
+        ModelConfig on = o.cfg;
+        on.astro = 1;
+        const int64_t want = model_config_nparams(&on);
+        const int ffn_tied = !GET("--ffn");  // F follows the width (4C) unless --ffn fixes it
+        while (model_config_nparams(&o.cfg) < want) {
+            o.cfg.C += o.cfg.Nh;
+            if (ffn_tied) o.cfg.F = 4 * o.cfg.C;
+        }
+        printf("glia train: --match-params: width %d (FFN %d), %lld parameters; astro on at width %d: %lld\n",
+               o.cfg.C, o.cfg.F, (long long)model_config_nparams(&o.cfg), on.C, (long long)want);
+    }
+    static TaskSpec task;
+    if (task_flags("train", flags, nf, &task)) return 2;
+    if (task.kind >= 0) {
+        if (GET("--data")) {
+            fprintf(stderr, "glia train: --task and --data exclude each other\n");
+            return 2;
+        }
+        if (GET("--resume") || GET("--resume-from")) {
+            fprintf(stderr, "glia train: --task runs cannot be resumed yet (the checkpoint does not record the task)\n");
+            return 2;
+        }
+        o.task = &task;
+    }
     o.data = GET("--data");
     o.out = GET("--out");
     if (cli_int("train", "--steps", GET("--steps"), 1, 1L << 40, &o.steps)) return 2;
     if (cli_int("train", "--batch", GET("--batch"), 1, 1 << 20, &v)) return 2;
     o.batch = (int)v;
     if (cli_int("train", "--seq", GET("--seq"), 1, 1 << 20, &v)) return 2;
-    o.seq = (int)v;
+    o.seq = o.task ? o.task->T : (int)v;
     if (cli_int("train", "--accum", GET("--accum"), 1, 1 << 20, &v)) return 2;
     o.accum = (int)v;
     if (cli_float("train", "--lr", GET("--lr"), 0, 10, &o.lr)) return 2;
@@ -152,7 +225,7 @@ static int train_parse(int argc, char **argv, TrainOptions *po) {
     if (cli_int("train", "--eval-batches", GET("--eval-batches"), 1, 1L << 30, &o.eval_batches)) return 2;
     if (cli_int("train", "--ckpt-every", GET("--ckpt-every"), 0, 1L << 40, &o.ckpt_every)) return 2;
     if (cli_int("train", "--sample-tokens", GET("--sample-tokens"), 0, 1 << 24, &v)) return 2;
-    o.sample_tokens = (int)v;
+    o.sample_tokens = o.task ? 0 : (int)v;
     if (cli_float("train", "--max-seconds", GET("--max-seconds"), 0, 1e9, &d)) return 2;
     o.max_seconds = d;
     o.quiet = GET("--quiet") != NULL;
@@ -281,9 +354,13 @@ int cmd_eval(int argc, char **argv) {
         {"--batches", "N", "validation batches (the whole split if larger)", "20"},
         {"--threads", "N", "CPU threads", NULL},
         {"--device", "DEV", "cpu or auto", "auto"},
+        {"--seed", "S", "task: the seed of the scored sequences (train uses --seed, its validation seed + 1000003)",
+         "999"},
+        TASK_FLAGS,
     };
     int nf = sizeof flags / sizeof flags[0];
-    int rc = cli_parse("eval", "Validation loss, bits per byte (byte vocabulary) and perplexity of a model.",
+    int rc = cli_parse("eval", "Validation loss, bits per byte (byte vocabulary) and perplexity of a model;\n"
+                       "with --task, its accuracy and loss on the answers of a synthetic task (tasks.h).",
                        argc, argv, flags, nf);
     if (rc) return rc == 1 ? 0 : 2;
     if (pick_device("eval", GET("--device")) || set_threads("eval", GET("--threads"))) return 2;
@@ -292,8 +369,26 @@ int cmd_eval(int argc, char **argv) {
         cli_int("eval", "--seq", GET("--seq"), 1, 1 << 20, &T) ||
         cli_int("eval", "--batches", GET("--batches"), 1, 1L << 30, &nb))
         return 2;
+    TaskSpec task;
+    long seed;
+    if (task_flags("eval", flags, nf, &task) || cli_int("eval", "--seed", GET("--seed"), 0, 1L << 62, &seed)) return 2;
     Model *m = load_or_fail("eval", GET("--ckpt"));
     if (!m) return 2;
+    if (task.kind >= 0) {
+        if (m->cfg.V < 256) {
+            fprintf(stderr, "glia eval: the model's vocabulary (%d) is not the byte vocabulary the tasks use\n", m->cfg.V);
+            model_free(m);
+            return 2;
+        }
+        model_alloc_acts(m, (int)B, task.T);
+        double acc, loss;
+        long n;
+        task_eval(m, &task, (uint64_t)seed, (int)B, B * nb, &acc, &loss, &n);
+        printf("task %s T %d | accuracy %.4f | loss %.4f nats | %ld answers in %ld sequences | chance %.4f\n",
+               task_name(task.kind), task.T, acc, loss, n, B * nb, task_chance(&task));
+        model_free(m);
+        return 0;
+    }
     char err[DATA_ERR_LEN], dir[4096];
     Dataset val = {0};
     rc = train_data_dir(GET("--data"), GET("--out"), dir, sizeof dir, err);

@@ -16,6 +16,12 @@
 // as if it had never stopped; metrics.jsonl is cut back to the checkpoint's
 // step and appended to, so it reads as one run.
 //
+// A task run (tasks.h) draws its batches from task_batch instead of a
+// dataset: sequence j of micro-batch mb is the sequence mb·batch + j of the
+// seed's stream, so it too is a pure function of (seed, step, j), and its
+// evaluation scores accuracy on the answer positions of another seed's
+// sequences.
+//
 // Data parallelism (dist.h, docs/DISTRIBUTED.md): under mpirun each of N
 // ranks runs this same loop on its share of the step's global batch,
 // sequences [r·B/N, (r+1)·B/N) (data.h makes sequence j of a step a pure
@@ -214,18 +220,24 @@ int train_run(const TrainOptions *o) {
     if (agree(rc, "--out: %s", err)) return 1;
     // Rank 0 prepares a text file or the default corpus once; the others
     // then open what it wrote (the run directory is shared, DISTRIBUTED.md).
-    if (root) rc = train_data_dir(o->data, o->out, dir, sizeof dir, err);
-    if ((rc = agree(rc, "%s", err))) return rc;
-    dist_bcast_bytes(dir, sizeof dir);
+    // A task run (tasks.h) has no data: every batch is generated.
     Dataset train = {0}, val = {0};
-    rc = dataset_open(&train, dir, "train", err) || dataset_open(&val, dir, "val", err) ||
-                 dataset_check_seq(&train, o->seq, err) ? 2 : 0;
-    if (!rc) {
-        int maxtok = train.max_token > val.max_token ? train.max_token : val.max_token;
-        if (maxtok >= o->cfg.V) {
-            snprintf(err, sizeof err, "%.400s: token id %d is outside the model's vocabulary of %d", dir, maxtok, o->cfg.V);
-            rc = 2;
+    if (!o->task) {
+        if (root) rc = train_data_dir(o->data, o->out, dir, sizeof dir, err);
+        if ((rc = agree(rc, "%s", err))) return rc;
+        dist_bcast_bytes(dir, sizeof dir);
+        rc = dataset_open(&train, dir, "train", err) || dataset_open(&val, dir, "val", err) ||
+                     dataset_check_seq(&train, o->seq, err) ? 2 : 0;
+        if (!rc) {
+            int maxtok = train.max_token > val.max_token ? train.max_token : val.max_token;
+            if (maxtok >= o->cfg.V) {
+                snprintf(err, sizeof err, "%.400s: token id %d is outside the model's vocabulary of %d", dir, maxtok, o->cfg.V);
+                rc = 2;
+            }
         }
+    } else if (o->cfg.V < 256 || o->seq != o->task->T || task_check(o->task, err, (int)sizeof err)) {
+        if (!err[0]) snprintf(err, sizeof err, "a task needs the byte vocabulary (V >= 256) and --seq = the task's length");
+        rc = 2;
     }
     if ((rc = agree(rc, "%s", err))) {
         dataset_close(&train);
@@ -283,8 +295,15 @@ int train_run(const TrainOptions *o) {
         printf("glia train: %s model, %.2f M parameters (L %d, C %d, heads %d, FFN %d, vocab %d, astro %s)\n",
                o->cfg.astro ? "AM-SU" : "LIF (astro off)", m->nparams / 1e6, o->cfg.L, o->cfg.C,
                o->cfg.Nh, o->cfg.F, o->cfg.V, o->cfg.astro ? "on" : "off");
-        printf("glia train: data %s (%zu train, %zu val tokens), batch %d x %d x %d, %ld steps, %d threads\n",
-               dir, train.total, val.total, o->batch, T, o->accum, o->steps, omp_get_max_threads());
+        if (o->task)
+            printf("glia train: task %s (T %d, pairs %d, queries %d, delay %d, copy-len %d; %d answers per sequence, "
+                   "chance %.4f), batch %d x %d x %d, %ld steps, %d threads\n",
+                   task_name(o->task->kind), o->task->T, o->task->pairs, o->task->queries, o->task->delay,
+                   o->task->copy_len, task_scored(o->task), task_chance(o->task), o->batch, T, o->accum, o->steps,
+                   omp_get_max_threads());
+        else
+            printf("glia train: data %s (%zu train, %zu val tokens), batch %d x %d x %d, %ld steps, %d threads\n",
+                   dir, train.total, val.total, o->batch, T, o->accum, o->steps, omp_get_max_threads());
         if (world > 1)
             printf("glia train: %d ranks (MPI), %d sequences each, %s\n", world, B,
                    sh.zero ? "ZeRO-1: AdamW state sharded" : "gradients all-reduced");
@@ -311,7 +330,11 @@ int train_run(const TrainOptions *o) {
         model_zero_grad(m);
         double red[2] = {0.0, 0.0};  // this rank's loss, and whether it wants to stop
         for (int micro = 0; micro < o->accum; micro++) {
-            dataset_sample(&train, o->seed, (uint64_t)(step - 1) * o->accum + micro, first, B, T, in, tg);
+            const uint64_t mb = (uint64_t)(step - 1) * o->accum + micro;  // the micro-batch's number
+            if (o->task)  // sequences [first, first + B) of the global batch mb, as data.h splits them
+                task_batch(o->task, o->seed, mb * (uint64_t)o->batch + (uint64_t)first, B, T, in, tg);
+            else
+                dataset_sample(&train, o->seed, mb, first, B, T, in, tg);
             red[0] += model_forward(m, in, tg, B, T, NULL) / o->accum;
             model_backward(m, in, gscale);
         }
@@ -367,7 +390,14 @@ int train_run(const TrainOptions *o) {
             fprintf(metrics, "{\"step\": %ld, \"loss\": %.6f, \"lr\": %.6e, \"grad_norm\": %.6f, \"tok_s\": %.1f, \"ms\": %.3f}\n",
                     step, loss, lr, norm, tok_s, ms);
         int last = step == o->steps || red[1] > 0;
-        if (root && o->eval_every > 0 && (step % o->eval_every == 0 || last)) {
+        if (root && o->eval_every > 0 && (step % o->eval_every == 0 || last) && o->task) {
+            double acc, vl;
+            long n;
+            task_eval(m, o->task, o->seed + TASK_VAL_SEED_OFFSET, B, o->eval_batches * o->batch, &acc, &vl, &n);
+            printf("step %5ld/%ld | val loss %.4f | val acc %.4f (%ld answers; chance %.4f)\n", step, o->steps, vl,
+                   acc, n, task_chance(o->task));
+            fprintf(metrics, "{\"step\": %ld, \"val_loss\": %.6f, \"val_acc\": %.6f}\n", step, vl, acc);
+        } else if (root && o->eval_every > 0 && (step % o->eval_every == 0 || last)) {
             long nw;
             double vl = train_eval(m, &val, B * world, T, o->eval_batches, &nw);
             printf("step %5ld/%ld | val loss %.4f | %.4f bits/token (%ld windows)\n", step, o->steps,
@@ -393,7 +423,7 @@ int train_run(const TrainOptions *o) {
     if (step > o->steps) step = o->steps;
     if (root) printf("glia train: %ld steps in %.1f s; model saved to %s\n", step, now_s() - t_start, path);
 
-    if (root && o->sample_tokens > 0) {
+    if (root && o->sample_tokens > 0 && !o->task) {
         model_alloc_acts(m, 1, 1);
         ModelState *st = model_state_new(m, 1);
         Rng rng;

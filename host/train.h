@@ -6,10 +6,12 @@
 
 #include "data.h"
 #include "model.h"
+#include "tasks.h"
 
 typedef struct {
     ModelConfig cfg;
     const char *data;  // directory of shards, a text file, or NULL: the default corpus
+    const TaskSpec *task;  // non-NULL: train on task_batch (tasks.h) instead of data; seq = task->T
     const char *out;   // run directory (created)
     long steps;
     int batch, seq, accum;  // batch: sequences per micro-batch of the whole job, split across ranks
@@ -33,6 +35,9 @@ int train_run(const TrainOptions *o);
 
 // Learning rate at step s (1-based): linear warmup, then cosine to min_frac·lr.
 double train_lr(double lr, double min_frac, long warmup, long steps, long s);
+
+// The seed of a task run's validation sequences: a stream disjoint from training's.
+#define TASK_VAL_SEED_OFFSET 1000003
 
 // Mean cross-entropy (nats per token) over the first `batches` batches of B
 // consecutive validation windows of T tokens; *windows gets the count used.

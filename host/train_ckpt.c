@@ -607,12 +607,18 @@ static void prune(const char *ckdir, int keep) {
 }
 
 int train_ckpt_exists(const char *out) {
-    char ckdir[CKDIR_LEN], err[CKPT_ERR_LEN];
+    char ckdir[CKDIR_LEN], d[DIR_LEN], err[CKPT_ERR_LEN];
     snprintf(ckdir, sizeof ckdir, "%s/ckpt", out);
     long *steps = NULL;
-    int n = list_steps(ckdir, &steps, err);
+    int n = list_steps(ckdir, &steps, err), found = 0;
+    for (int i = 0; i < n && !found; i++) {  // only a complete checkpoint is a saved run
+        Complete c;
+        step_dir(d, sizeof d, ckdir, steps[i]);
+        found = complete_read(d, &c);
+        if (found) free(c.size);
+    }
     free(steps);
-    return n > 0;
+    return found;
 }
 
 int train_ckpt_begin(const char *out, long step, char *dir, size_t dir_len, char err[CKPT_ERR_LEN]) {

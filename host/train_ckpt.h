@@ -64,9 +64,10 @@ int train_ckpt_save_state(const char *dir, const Model *m, const float *mom1, co
                           const TrainShard *sh, const TrainOptions *o, long step, char err[CKPT_ERR_LEN]);
 int train_ckpt_commit(const char *out, const char *dir, long step, int world, int keep, char err[CKPT_ERR_LEN]);
 
-// 1 when out/ckpt holds any checkpoint directory (complete or not): a run
-// that starts afresh there would mix with or overwrite an earlier run's work,
-// so it is refused.
+// 1 when out/ckpt holds a complete checkpoint: a run that starts afresh
+// there would overwrite an earlier run's saved work, so it is refused. (Only
+// incomplete directories, from a run killed before its first save completed,
+// hold nothing to lose: a fresh run replaces them.)
 int train_ckpt_exists(const char *out);
 
 // The newest complete checkpoint under root/ckpt: its directory (into dir),
