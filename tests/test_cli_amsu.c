@@ -41,21 +41,8 @@ static const char *tmp(const char *name) {
 
 // (tmp() rotates through a few buffers: copy a path that must outlive calls.)
 
-// Runs `glia ARGS` and returns its exit status; its output lands in `output`.
-static int run_glia(const char *fmt, ...) {
-    char args[2048], cmd[4096];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(args, sizeof args, fmt, ap);
-    va_end(ap);
-    snprintf(cmd, sizeof cmd, "'%s' %s > '%s' 2>&1", GLIA_BIN, args, tmp("log.txt"));
-    int st = system(cmd);
-    FILE *f = fopen(tmp("log.txt"), "r");
-    size_t n = f ? fread(output, 1, sizeof output - 1, f) : 0;
-    output[n] = 0;
-    if (f) fclose(f);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
+// `glia ARGS`: exit status; stdout and stderr land in `output`.
+#define run_glia(...) glia_run(output, sizeof output, __VA_ARGS__)
 
 // One-line error, naming `what`, exit status 2.
 static void expect_error(int status, const char *what) {

@@ -443,20 +443,7 @@ Test(data, prepare_bytes_splits) {
 
 // ---- the glia command ------------------------------------------------------------
 
-static int run_glia(const char *fmt, ...) {
-    char args[2048], cmd[4096];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(args, sizeof args, fmt, ap);
-    va_end(ap);
-    snprintf(cmd, sizeof cmd, "'%s' %s > '%s' 2>&1", GLIA_BIN, args, tmp("log.txt"));
-    int st = system(cmd);
-    FILE *f = fopen(tmp("log.txt"), "r");
-    size_t n = f ? fread(output, 1, sizeof output - 1, f) : 0;
-    output[n] = 0;
-    if (f) fclose(f);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
+#define run_glia(...) glia_run(output, sizeof output, __VA_ARGS__)
 
 static void expect_one_line_error(int status, int want, const char *what) {
     cr_expect_eq(status, want, "exit status %d, output: %s", status, output);

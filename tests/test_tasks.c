@@ -225,16 +225,7 @@ Test(tasks, tiny_model_learns_recall_above_chance, .init = mk, .fini = rm, .time
 }
 
 static char output[4096];
-static int glia(const char *args) {
-    char cmd[1200];
-    snprintf(cmd, sizeof cmd, "'%s' %s > /tmp/glia_tasks_cli.txt 2>&1", GLIA_BIN, args);
-    int st = system(cmd);
-    FILE *f = fopen("/tmp/glia_tasks_cli.txt", "r");
-    size_t n = f ? fread(output, 1, sizeof output - 1, f) : 0;
-    output[n] = 0;
-    if (f) fclose(f);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
+#define glia(args) glia_run(output, sizeof output, "%s", args)
 
 Test(tasks, command_errors_and_match_params) {
     cr_expect_eq(glia("train --task sort"), 2);

@@ -104,21 +104,7 @@ Test(train, same_seed_same_threads_bit_identical) {
 
 static char output[16384];
 
-static int run_glia(const char *fmt, ...) {
-    char args[2048], cmd[4096], log[300];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(args, sizeof args, fmt, ap);
-    va_end(ap);
-    snprintf(log, sizeof log, "%s/log.txt", dir);
-    snprintf(cmd, sizeof cmd, "'%s' %s > '%s' 2>&1", GLIA_BIN, args, log);
-    int st = system(cmd);
-    FILE *f = fopen(log, "r");
-    size_t n = f ? fread(output, 1, sizeof output - 1, f) : 0;
-    output[n] = 0;
-    if (f) fclose(f);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
+#define run_glia(...) glia_run(output, sizeof output, __VA_ARGS__)
 
 static void expect_error(int status, const char *what) {
     cr_expect_eq(status, 2, "exit status %d: %s", status, output);

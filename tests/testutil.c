@@ -2,9 +2,12 @@
 #include "testutil.h"
 
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 void rng_seed(TestRng *r, uint64_t seed) { r->s = seed * 0x9E3779B97F4A7C15ull + 1; }
 
@@ -83,4 +86,25 @@ int write_word_corpus(const char *path, int words) {
         fprintf(f, "%s%s", w[(s >> 16) % 8], i % 9 == 8 ? ".\n" : " ");
     }
     return fclose(f) ? -1 : 0;
+}
+
+int glia_run(char *out, size_t cap, const char *fmt, ...) {
+    char args[3000], cmd[4096], log[512];
+    const char *base = getenv("TMPDIR");
+    snprintf(log, sizeof log, "%s/glia_run_XXXXXX", base && *base ? base : "/tmp");
+    int fd = mkstemp(log);
+    if (fd < 0) return -1;
+    close(fd);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(args, sizeof args, fmt, ap);
+    va_end(ap);
+    snprintf(cmd, sizeof cmd, "'%s' %s > '%s' 2>&1", GLIA_BIN, args, log);
+    int st = system(cmd);
+    FILE *f = fopen(log, "r");
+    size_t n = f ? fread(out, 1, cap - 1, f) : 0;
+    out[n] = 0;
+    if (f) fclose(f);
+    unlink(log);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }

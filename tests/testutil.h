@@ -30,6 +30,12 @@ int read_losses(const char *dir, double *loss, int max);
 // fixed generator, nine to a line. 0, or -1 if the file cannot be written.
 int write_word_corpus(const char *path, int words);
 
+// Runs `glia ARGS` (the binary under test, GLIA_BIN) through the shell, with
+// stdout and stderr together captured into out (cap bytes, NUL-terminated).
+// Returns the exit status, or -1 if it did not exit normally.
+int glia_run(char *out, size_t cap, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
 // Path of a committed fixture: GLIA_FIXTURES "/" name (static buffer).
 const char *fixture_path(const char *name);
 
