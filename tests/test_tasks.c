@@ -227,7 +227,7 @@ Test(tasks, tiny_model_learns_recall_above_chance, .init = mk, .fini = rm, .time
 static char output[4096];
 #define glia(args) glia_run(output, sizeof output, "%s", args)
 
-Test(tasks, command_errors_and_match_params) {
+Test(tasks, command_errors_and_match_params, .init = mk, .fini = rm) {
     cr_expect_eq(glia("train --task sort"), 2);
     cr_expect(strstr(output, "--task: 'sort'"), "%s", output);
     cr_expect_eq(glia("train --task recall --pairs 16 --task-len 40"), 2);
@@ -252,9 +252,10 @@ Test(tasks, command_errors_and_match_params) {
     char want_line[128];
     snprintf(want_line, sizeof want_line, "width %d (FFN %d), %lld parameters", off.C, off.F,
              (long long)model_config_nparams(&off));
-    cr_expect_eq(glia("train --size tiny --astro off --match-params --task recall --pairs 4 --task-len 24 "
-                      "--steps 1 --batch 2 --eval-every 0 --ckpt-every 0 --quiet --out /tmp/glia_tasks_mp_run"),
+    cr_expect_eq(glia_run(output, sizeof output,
+                          "train --size tiny --astro off --match-params --task recall --pairs 4 "
+                          "--task-len 24 --steps 1 --batch 2 --eval-every 0 --ckpt-every 0 --quiet "
+                          "--out '%s/mp_run'", dir),
                  0, "%s", output);
     cr_expect(strstr(output, want_line), "want '%s' in: %s", want_line, output);
-    cr_expect_eq(system("rm -rf /tmp/glia_tasks_mp_run"), 0);
 }
