@@ -23,19 +23,52 @@
 #include "sample.h"
 #include "train.h"
 #include "train_ckpt.h"
+#ifdef GLIA_HAVE_CUDA
+#include "cuda/cuda.h"
+#include "model_cuda.h"
+#endif
 
 #define GET(name) cli_get(flags, nf, name)
 
-// --device: only the CPU backend runs whole models so far; auto picks it.
-static int pick_device(const char *cmd, const char *value) {
+// --device: cpu, cuda, or auto (CUDA when glia was built with it and a
+// device is found; never the CPU emulator of a GLIA_CUDA_EMU test build).
+// Sets *cuda; returns 0, or 2 after a one-line error.
+static int pick_device(const char *cmd, const char *value, int *cuda) {
     static const char *const devices[] = {"cpu", "auto", "cuda"};
     int d;
+    *cuda = 0;
     if (cli_choice(cmd, "--device", value, devices, 3, &d)) return 2;
-    if (d == 2) {
-        fprintf(stderr, "glia %s: --device cuda: whole-model %s runs on the CPU backend only in this version; use --device cpu or auto\n",
-                cmd, cmd);
+#ifdef GLIA_HAVE_CUDA
+    int found = cuda_device_count() > 0;
+#ifdef GLIA_CUDA_EMU
+    if (d == 1) found = 0;
+#endif
+    if (d == 2 && !found) {
+        fprintf(stderr, "glia %s: --device cuda: no CUDA device found; use --device cpu or auto\n", cmd);
         return 2;
     }
+    *cuda = d != 0 && found;
+#else
+    if (d == 2) {
+        fprintf(stderr, "glia %s: --device cuda: this glia was built without CUDA (no nvcc at build "
+                "time); use --device cpu or auto\n", cmd);
+        return 2;
+    }
+#endif
+    return 0;
+}
+
+// Moves a loaded model to the GPU when `cuda`; 0, or 2 after a one-line error.
+static int model_on_device(const char *cmd, Model *m, int cuda) {
+#ifdef GLIA_HAVE_CUDA
+    char err[512];
+    if (cuda && model_to_cuda(m, 0, err, sizeof err)) {
+        fprintf(stderr, "glia %s: %s\n", cmd, err);
+        return 2;
+    }
+#else
+    (void)cmd, (void)m, (void)cuda;
+#endif
     return 0;
 }
 
@@ -134,7 +167,7 @@ static int train_parse(int argc, char **argv, TrainOptions *po) {
         {"--sample-tokens", "N", "tokens of text to sample at the end", "400"},
         {"--max-seconds", "S", "stop (and save) after S seconds; 0: no limit", "0"},
         {"--threads", "N", "CPU threads (default: all cores)", NULL},
-        {"--device", "DEV", "cpu or auto", "auto"},
+        {"--device", "DEV", "cpu, cuda, or auto (cuda when a GPU is found)", "auto"},
         {"--quiet", NULL, "no per-step lines", NULL},
         {"--zero", "0|1", "ZeRO stage under mpirun: 1 shards the AdamW state across the ranks", "0"},
         {"--match-params", NULL, "with --astro off: the smallest width (a multiple of the heads) with at "
@@ -147,9 +180,11 @@ static int train_parse(int argc, char **argv, TrainOptions *po) {
     for (int i = 0; i < nf; i++) defaults[i] = flags[i].value;
     int rc = cli_parse("train", TRAIN_SUMMARY, argc, argv, flags, nf);
     if (rc) return rc == 1 ? 0 : 2;
-    if (pick_device("train", GET("--device")) || set_threads("train", GET("--threads"))) return 2;
+    int cuda;
+    if (pick_device("train", GET("--device"), &cuda) || set_threads("train", GET("--threads"))) return 2;
 
     TrainOptions o = {0};
+    o.cuda = cuda;
     if (model_config_named(GET("--size"), &o.cfg)) {
         fprintf(stderr, "glia train: --size: '%s' is not one of tiny, small, 124m, 1.5b\n", GET("--size"));
         return 2;
@@ -353,7 +388,7 @@ int cmd_eval(int argc, char **argv) {
         {"--seq", "N", "tokens per sequence", "128"},
         {"--batches", "N", "validation batches (the whole split if larger)", "20"},
         {"--threads", "N", "CPU threads", NULL},
-        {"--device", "DEV", "cpu or auto", "auto"},
+        {"--device", "DEV", "cpu, cuda, or auto (cuda when a GPU is found)", "auto"},
         {"--seed", "S", "task: the seed of the scored sequences (train uses --seed, its validation seed + 1000003)",
          "999"},
         TASK_FLAGS,
@@ -363,7 +398,8 @@ int cmd_eval(int argc, char **argv) {
                        "with --task, its accuracy and loss on the answers of a synthetic task (tasks.h).",
                        argc, argv, flags, nf);
     if (rc) return rc == 1 ? 0 : 2;
-    if (pick_device("eval", GET("--device")) || set_threads("eval", GET("--threads"))) return 2;
+    int cuda;
+    if (pick_device("eval", GET("--device"), &cuda) || set_threads("eval", GET("--threads"))) return 2;
     long B, T, nb;
     if (cli_int("eval", "--batch", GET("--batch"), 1, 1 << 20, &B) ||
         cli_int("eval", "--seq", GET("--seq"), 1, 1 << 20, &T) ||
@@ -374,6 +410,10 @@ int cmd_eval(int argc, char **argv) {
     if (task_flags("eval", flags, nf, &task) || cli_int("eval", "--seed", GET("--seed"), 0, 1L << 62, &seed)) return 2;
     Model *m = load_or_fail("eval", GET("--ckpt"));
     if (!m) return 2;
+    if (model_on_device("eval", m, cuda)) {
+        model_free(m);
+        return 2;
+    }
     if (task.kind >= 0) {
         if (m->cfg.V < 256) {
             fprintf(stderr, "glia eval: the model's vocabulary (%d) is not the byte vocabulary the tasks use\n", m->cfg.V);
@@ -432,7 +472,7 @@ int cmd_generate(int argc, char **argv) {
         {"--top-p", "X", "sample within probability mass p", "0.95"},
         {"--seed", "N", "sampling seed", "1"},
         {"--threads", "N", "CPU threads", NULL},
-        {"--device", "DEV", "cpu or auto", "auto"},
+        {"--device", "DEV", "cpu, cuda, or auto (cuda when a GPU is found)", "auto"},
         {"--prompts", "FILE", "JSONL requests for offline batch generation (then --out)", NULL},
         {"--out", "FILE", "JSONL completions, in input order (with --prompts)", NULL},
         {"--batch", "N", "sequence slots decoded together (with --prompts)", "16"},
@@ -445,7 +485,8 @@ int cmd_generate(int argc, char **argv) {
                        "cache grows: the cost per token is the same at any length).",
                        argc, argv, flags, nf);
     if (rc) return rc == 1 ? 0 : 2;
-    if (pick_device("generate", GET("--device")) || set_threads("generate", GET("--threads"))) return 2;
+    int cuda;
+    if (pick_device("generate", GET("--device"), &cuda) || set_threads("generate", GET("--threads"))) return 2;
     long ntok, topk, seed;
     double temp, topp;
     if (cli_int("generate", "--tokens", GET("--tokens"), 1, 1L << 30, &ntok) ||
@@ -463,6 +504,11 @@ int cmd_generate(int argc, char **argv) {
         if (cli_int("generate", "--batch", GET("--batch"), 1, 4096, &batch) ||
             cli_int("generate", "--max-prompt", GET("--max-prompt"), 1, 1 << 24, &maxp))
             return 2;
+        if (cuda && !strcmp(GET("--device"), "cuda")) {
+            fprintf(stderr, "glia generate: --prompts (the batched engine) runs on the CPU backend only in "
+                    "this version; use --device cpu or auto\n");
+            return 2;
+        }
         Model *bm = load_or_fail("generate", GET("--ckpt"));
         if (!bm) return 2;
         OfflineOptions oo = {.batch = (int)batch, .max_prompt = (int)maxp, .max_tokens = (int)ntok,
@@ -480,6 +526,10 @@ int cmd_generate(int argc, char **argv) {
     }
     Model *m = load_or_fail("generate", GET("--ckpt"));
     if (!m) return 2;
+    if (model_on_device("generate", m, cuda)) {
+        model_free(m);
+        return 2;
+    }
     if (m->cfg.V < 256) {
         fprintf(stderr, "glia generate: the model's vocabulary (%d) is not the byte vocabulary; text prompts need V = 256\n", m->cfg.V);
         model_free(m);

@@ -13,5 +13,6 @@ int cmd_export(int argc, char **argv);
 int cmd_import(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int bench_kernels(int argc, char **argv);  // cmd_bench_kernels.c, CUDA builds only
 
 #endif

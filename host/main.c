@@ -30,7 +30,7 @@ static const Command COMMANDS[] = {
     {"generate", cmd_generate, "write text from a trained model"},
     {"eval", cmd_eval, "validation loss, bits per byte and perplexity"},
     {"serve", cmd_serve, "an OpenAI-style completions endpoint over HTTP (continuous batching)"},
-    {"bench", cmd_bench, "benchmarks: `glia bench generate` (tokens/s, time per token, state memory)"},
+    {"bench", cmd_bench, "benchmarks: `glia bench generate` (serving), `glia bench kernels` (the CUDA kernel lab)"},
     {"export", cmd_export, "write a model as config.json + model.safetensors for PyTorch"},
     {"import", cmd_import, "read an exported directory back into a glia model file"},
     {"amsu", cmd_amsu, "one AM-SU layer forward + backward on a safetensors case"},

@@ -16,6 +16,12 @@
 
 #include "glia/util.h"
 #include "rng.h"
+#ifdef GLIA_HAVE_CUDA
+#include "model_cuda.h"
+#define ON_CUDA(m) ((m)->cuda != NULL)
+#else
+#define ON_CUDA(m) 0
+#endif
 
 // ---- configuration -------------------------------------------------------------
 
@@ -144,12 +150,20 @@ Model *model_new(const ModelConfig *cfg) {
 }
 
 void model_alloc_grads(Model *m) {
-    if (m->grads) return;
+    if (m->grads || ON_CUDA(m)) return;  // on the GPU: model_to_cuda allocated them
     m->grads = xcalloc(m->nparams, sizeof(float));
     bind_views(m, m->grads, m->glayers, &m->gE, &m->gnorm_f);
 }
 
-void model_zero_grad(Model *m) { memset(m->grads, 0, m->nparams * sizeof(float)); }
+void model_zero_grad(Model *m) {
+#ifdef GLIA_HAVE_CUDA
+    if (ON_CUDA(m)) {
+        model_cuda_zero_grad(m);
+        return;
+    }
+#endif
+    memset(m->grads, 0, m->nparams * sizeof(float));
+}
 
 void model_init(Model *m, uint64_t seed) {
     const ModelConfig *c = &m->cfg;
@@ -192,6 +206,13 @@ static AmsuShape amsu_shape(const Model *m, int B, int T) {
 }
 
 void model_alloc_acts(Model *m, int B, int T) {
+#ifdef GLIA_HAVE_CUDA
+    if (ON_CUDA(m)) {
+        m->B = B, m->T = T;
+        model_cuda_alloc_acts(m, B, T);
+        return;
+    }
+#endif
     if (m->acts_mem && m->B == B && m->T == T) return;
     free(m->acts_mem);
     free(m->grad_mem);
@@ -278,6 +299,9 @@ static AmsuWeights amsu_weights(const LayerParams *p) {
 
 double model_forward(Model *m, const int *tokens, const int *targets, int B, int T,
                      ModelState *state) {
+#ifdef GLIA_HAVE_CUDA
+    if (ON_CUDA(m)) return model_cuda_forward(m, tokens, targets, B, T, state);
+#endif
     const ModelConfig *c = &m->cfg;
     if (B < 1 || T < 1 || B > m->B || T > m->T)
         fatal("model_forward: batch %dx%d does not fit the activations allocated for %dx%d", B,
@@ -327,12 +351,21 @@ double model_forward(Model *m, const int *tokens, const int *targets, int B, int
 }
 
 const float *model_logits(const Model *m, int b, int t) {
+#ifdef GLIA_HAVE_CUDA
+    if (ON_CUDA(m)) return model_cuda_logits((Model *)m, b, t);
+#endif
     return m->logits + ((size_t)b * m->last_T + t) * m->cfg.V;
 }
 
 // ---- backward ------------------------------------------------------------------------
 
 void model_backward(Model *m, const int *tokens, float scale) {
+#ifdef GLIA_HAVE_CUDA
+    if (ON_CUDA(m)) {
+        model_cuda_backward(m, tokens, scale);
+        return;
+    }
+#endif
     const ModelConfig *c = &m->cfg;
     int B = m->last_B, T = m->last_T, C = c->C, F = c->F, V = c->V, M = B * T;
     size_t btc = (size_t)M * C, btf = (size_t)M * F;
@@ -412,7 +445,10 @@ ModelState *model_state_new(const Model *m, int B) {
     s->B = B, s->L = c->L;
     s->H1 = c->astro ? (size_t)c->Nh * D * D : 0, s->C = (size_t)c->C, s->F = (size_t)c->F;
     s->layers = xcalloc(c->L, sizeof(LayerState));
-    s->mem = xcalloc((size_t)B * model_state_floats(c), sizeof(float));
+    s->mem = s->base = xcalloc((size_t)B * model_state_floats(c), sizeof(float));
+#ifdef GLIA_HAVE_CUDA
+    if (ON_CUDA(m)) model_cuda_state_new(m, s);  // the state lives on the device
+#endif
     float *p = s->mem;
     for (int l = 0; l < c->L; l++) {
         LayerState *ls = &s->layers[l];
@@ -445,6 +481,9 @@ ModelState *model_state_slot(const ModelState *all, int b) {
 }
 
 void model_state_reset_slot(ModelState *s, int b) {
+#ifdef GLIA_HAVE_CUDA
+    if (s->dev) model_cuda_state_reset_slot(s, b);
+#endif
     for (int l = 0; l < s->L; l++) {
         LayerState *ls = &s->layers[l];
         if (ls->amsu.H) memset(ls->amsu.H + b * s->H1, 0, s->H1 * sizeof(float));
@@ -461,6 +500,9 @@ void model_state_reset(ModelState *s) {
 
 void model_state_free(ModelState *s) {
     if (!s) return;
+#ifdef GLIA_HAVE_CUDA
+    if (s->dev) model_cuda_state_free(s);
+#endif
     free(s->layers);
     free(s->mem);
     free(s);
@@ -477,6 +519,9 @@ Model *model_share(const Model *m) {
 
 void model_free(Model *m) {
     if (!m) return;
+#ifdef GLIA_HAVE_CUDA
+    model_cuda_free(m);
+#endif
     if (!m->shared) {
         free(m->tensors);
         free(m->params);

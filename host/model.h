@@ -6,8 +6,9 @@
 // Like llm.c, all parameters live in one contiguous buffer (and so do their
 // gradients and the AdamW moments), described by a table of named tensors;
 // the names are the checkpoint's tensor names. Activations for one (B, T)
-// live in a second buffer carved at model_alloc_acts. Only the CPU backend
-// runs the model so far.
+// live in a second buffer carved at model_alloc_acts. The functions below
+// run on the CPU backend, or on the CUDA backend once model_to_cuda
+// (model_cuda.h) has moved the model to the GPU.
 #ifndef GLIA_MODEL_H
 #define GLIA_MODEL_H
 
@@ -82,6 +83,8 @@ typedef struct {      // one layer's recurrent state for B sequences
 typedef struct {
     LayerState *layers;  // (L)
     float *mem;          // owned storage; NULL for a slot view
+    float *base;         // the owner's mem (a slot view's too): device offsets are taken from it
+    float *dev;          // CUDA: the device copy of the owner's mem (the state itself), else NULL
     int B, L;
     size_t H1, C, F;     // floats per sequence of H (0 when astro off), of u and s, of w and r
 } ModelState;
@@ -114,6 +117,7 @@ typedef struct {
     int test_mode;
     float *test_keep;  // (L, 2, B, T, max(C, F))
     int shared;        // 1: tensors, params and layers belong to another Model (model_share)
+    struct CudaModel *cuda;  // non-NULL: the model runs on the GPU (model_cuda.h)
 } Model;
 
 // A model with parameters allocated (zero) for cfg.

@@ -58,6 +58,10 @@
 #include "glia/util.h"
 #include "sample.h"
 #include "train_ckpt.h"
+#ifdef GLIA_HAVE_CUDA
+#include "cuda/cuda.h"
+#include "model_cuda.h"
+#endif
 
 static volatile sig_atomic_t stop_requested;
 static void on_sigint(int sig) {
@@ -191,9 +195,12 @@ static int agree(int rc, const char *fmt, ...) {
 
 // Saves the checkpoint of `step` from every rank (train_ckpt.h), then rank 0
 // saves the run's model file. 0, or the agreed non-zero status.
-static int save_all(const TrainOptions *o, const Model *m, const float *mom1, const float *mom2,
+static int save_all(const TrainOptions *o, Model *m, float *mom1, float *mom2,
                     const TrainShard *sh, long step, const char *model_path) {
     char err[CKPT_ERR_LEN] = "", d[4200] = "";
+#ifdef GLIA_HAVE_CUDA
+    if (m->cuda) model_cuda_download(m, mom1, mom2);  // the GPU holds the live copies
+#endif
     int root = dist_is_root(), rc = 0;
     if (root) rc = train_ckpt_begin(o->out, step, d, sizeof d, err) ? 1 : 0;
     if (agree(rc, "cannot save the checkpoint of step %ld: %s", step, err)) return 1;
@@ -271,6 +278,20 @@ int train_run(const TrainOptions *o) {
         }
     }
     if ((rc = agree(rc, "%s", err))) goto done;
+#ifdef GLIA_HAVE_CUDA
+    if (o->cuda) {
+        if (sh.zero) {
+            snprintf(err, sizeof err, "--zero 1 runs on the CPU backend only in this version; "
+                     "drop it or use --device cpu");
+            rc = 2;
+        } else {
+            if (world > 1) dist_nccl_init(ds);  // selects this rank's GPU first
+            rc = model_to_cuda(m, 1, err, sizeof err) ? 2 : 0;
+            if (!rc) model_cuda_upload(m, mom1, mom2);  // zero, or the checkpoint's
+        }
+        if ((rc = agree(rc, "%s", err))) goto done;
+    }
+#endif
     model_alloc_grads(m);
     const int B = o->batch / world, T = o->seq;  // this rank's sequences
     const int first = ds->rank * B;
@@ -304,6 +325,13 @@ int train_run(const TrainOptions *o) {
         else
             printf("glia train: data %s (%zu train, %zu val tokens), batch %d x %d x %d, %ld steps, %d threads\n",
                    dir, train.total, val.total, o->batch, T, o->accum, o->steps, omp_get_max_threads());
+#ifdef GLIA_HAVE_CUDA
+        if (m->cuda) {
+            char dn[300];
+            cuda_device_describe(dn, sizeof dn);
+            printf("glia train: on the GPU: %s\n", dn);
+        }
+#endif
         if (world > 1)
             printf("glia train: %d ranks (MPI), %d sequences each, %s\n", world, B,
                    sh.zero ? "ZeRO-1: AdamW state sharded" : "gradients all-reduced");
@@ -342,6 +370,14 @@ int train_run(const TrainOptions *o) {
         dist_allreduce_sum_double(red, 2);
         double loss = red[0] / world;
         double lr = train_lr(o->lr, o->min_lr_frac, o->warmup, o->steps, step), norm;
+#ifdef GLIA_HAVE_CUDA
+        if (m->cuda) {  // the same step on the GPU (ZeRO-1 was refused above)
+            if (world > 1) dist_nccl_allreduce_sum(model_cuda_grads(m), m->nparams, NULL);
+            norm = sqrt(model_cuda_grad_norm_sq(m));
+            if (o->clip > 0 && norm > o->clip) model_cuda_scale_grads(m, (float)(o->clip / norm));
+            model_cuda_adamw(m, (float)lr, 0.9f, 0.95f, 1e-8f, (float)o->weight_decay, (int)step);
+        } else
+#endif
         if (!sh.zero) {
             dist_allreduce_sum(m->grads, m->nparams);
             norm = sqrt(grad_norm_sq(m->grads, m->nparams));

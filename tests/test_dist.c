@@ -46,8 +46,6 @@
 #include "checkpoint.h"
 #include "testutil.h"
 #ifdef GLIA_HAVE_CUDA
-#include <cuda_runtime.h>
-
 #include "cuda/cuda.h"
 #include "dist.h"
 #endif
@@ -337,13 +335,13 @@ Test(dist, nccl_allreduce_world1) {
     if (cuda_device_count() == 0) cr_skip_test("no CUDA device found");
     float host[1000], back[1000];
     for (int i = 0; i < 1000; i++) host[i] = (float)i * 0.25f - 7.0f;
-    float *dev = NULL;
     dist_nccl_init(dist_self());  // no MPI in a test process: world 1
-    cr_assert_eq(cudaMalloc((void **)&dev, sizeof host), cudaSuccess);
-    cr_assert_eq(cudaMemcpy(dev, host, sizeof host, cudaMemcpyHostToDevice), cudaSuccess);
+    float *dev = cuda_alloc(sizeof host);
+    cr_assert_not_null(dev, "%s", cuda_last_error_message());
+    cuda_upload(dev, host, sizeof host);
     dist_nccl_allreduce_sum(dev, 1000, NULL);
-    cr_assert_eq(cudaMemcpy(back, dev, sizeof back, cudaMemcpyDeviceToHost), cudaSuccess);
-    cudaFree(dev);
+    cuda_download(back, dev, sizeof back);
+    cuda_free(dev);
     dist_nccl_free();
     cr_expect_eq(memcmp(host, back, sizeof host), 0, "the sum over one rank is the input");
 #endif

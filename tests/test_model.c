@@ -13,28 +13,6 @@
 #include "model.h"
 #include "testutil.h"
 
-// Random parameters with every path active (cf. tools/reference.py fixtures).
-static void randomise(Model *m, uint64_t seed) {
-    TestRng r;
-    rng_seed(&r, seed);
-    model_init(m, seed);
-    for (int i = 0; i < m->ntensors; i++) {
-        const ParamTensor *t = &m->tensors[i];
-        float *p = m->params + t->offset;
-        const char *leaf = strrchr(t->name, '.');
-        leaf = leaf ? leaf + 1 : t->name;
-        if (!strcmp(leaf, "E")) fill_normal(p, (size_t)m->cfg.V * m->cfg.C, 0.5f, &r);
-        else if (!strcmp(leaf, "W_O")) fill_normal(p, t->numel, 1.0f / sqrtf(m->cfg.C), &r);
-        else if (!strcmp(leaf, "W_2")) fill_normal(p, t->numel, 1.0f / sqrtf(m->cfg.F), &r);
-        else if (leaf[0] == 'a') for (size_t k = 0; k < t->numel; k++) p[k] += 0.3f * rng_normal(&r);
-        else if (leaf[0] == 'n') for (size_t k = 0; k < t->numel; k++) p[k] = 1.0f + 0.1f * rng_normal(&r);
-    }
-}
-
-static void random_tokens(int *x, int n, int V, TestRng *r) {
-    for (int i = 0; i < n; i++) x[i] = (int)(rng_uniform(r) * V) % V;
-}
-
 // ---- gradient check --------------------------------------------------------------
 
 #define FD_H 2e-2f
@@ -43,14 +21,14 @@ static void random_tokens(int *x, int n, int V, TestRng *r) {
 
 static void check_model_grads(ModelConfig cfg, int B, int T, uint64_t seed) {
     Model *m = model_new(&cfg);
-    randomise(m, seed);
+    test_model_randomise(m, seed);
     model_alloc_grads(m);
     model_alloc_acts(m, B, T);
     TestRng r;
     rng_seed(&r, seed + 1);
     int *tok = malloc(B * T * sizeof(int)), *tgt = malloc(B * T * sizeof(int));
-    random_tokens(tok, B * T, cfg.V, &r);
-    random_tokens(tgt, B * T, cfg.V, &r);
+    test_random_tokens(tok, B * T, cfg.V, &r);
+    test_random_tokens(tgt, B * T, cfg.V, &r);
     tgt[1] = -1;  // an unscored position
 
     m->test_mode = 1;  // smooth spikes; record the reset factors
@@ -118,12 +96,12 @@ Test(model, gradcheck_astro_off) {
 Test(model, streaming_matches_full_forward) {
     ModelConfig c = {.V = 64, .Vp = 64, .L = 2, .C = 32, .Nh = 2, .F = 64, .astro = 1};
     Model *m = model_new(&c);
-    randomise(m, 9);
+    test_model_randomise(m, 9);
     int T = 21, split = 13;
     TestRng r;
     rng_seed(&r, 10);
     int tok[21];
-    random_tokens(tok, T, c.V, &r);
+    test_random_tokens(tok, T, c.V, &r);
     model_alloc_acts(m, 1, T);
     model_forward(m, tok, NULL, 1, T, NULL);
     float *full = malloc((size_t)T * c.V * sizeof(float));
@@ -166,7 +144,7 @@ static void rm(void) {
 Test(model, checkpoint_round_trip_gives_identical_logits, .init = mk, .fini = rm) {
     ModelConfig c = {.V = 70, .Vp = 128, .L = 2, .C = 16, .Nh = 4, .F = 48, .astro = 1};
     Model *m = model_new(&c);
-    randomise(m, 3);
+    test_model_randomise(m, 3);
     char path[512], err[CKPT_ERR_LEN];
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
     cr_assert_eq(ckpt_save_model(m, path, 42, err), 0, "%s", err);

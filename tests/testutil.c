@@ -108,3 +108,25 @@ int glia_run(char *out, size_t cap, const char *fmt, ...) {
     unlink(log);
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
+
+// Random parameters with every path active (cf. tools/reference.py fixtures).
+void test_model_randomise(Model *m, uint64_t seed) {
+    TestRng r;
+    rng_seed(&r, seed);
+    model_init(m, seed);
+    for (int i = 0; i < m->ntensors; i++) {
+        const ParamTensor *t = &m->tensors[i];
+        float *p = m->params + t->offset;
+        const char *leaf = strrchr(t->name, '.');
+        leaf = leaf ? leaf + 1 : t->name;
+        if (!strcmp(leaf, "E")) fill_normal(p, (size_t)m->cfg.V * m->cfg.C, 0.5f, &r);
+        else if (!strcmp(leaf, "W_O")) fill_normal(p, t->numel, 1.0f / sqrtf(m->cfg.C), &r);
+        else if (!strcmp(leaf, "W_2")) fill_normal(p, t->numel, 1.0f / sqrtf(m->cfg.F), &r);
+        else if (leaf[0] == 'a') for (size_t k = 0; k < t->numel; k++) p[k] += 0.3f * rng_normal(&r);
+        else if (leaf[0] == 'n') for (size_t k = 0; k < t->numel; k++) p[k] = 1.0f + 0.1f * rng_normal(&r);
+    }
+}
+
+void test_random_tokens(int *x, int n, int V, TestRng *r) {
+    for (int i = 0; i < n; i++) x[i] = (int)(rng_uniform(r) * V) % V;
+}

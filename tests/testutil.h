@@ -7,6 +7,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "model.h"
+
 typedef struct { uint64_t s; } TestRng;
 
 void rng_seed(TestRng *r, uint64_t seed);
@@ -35,6 +37,12 @@ int write_word_corpus(const char *path, int words);
 // Returns the exit status, or -1 if it did not exit normally.
 int glia_run(char *out, size_t cap, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+
+// Random parameters with every path of the model active (spikes in every
+// layer, non-trivial gains and decays), from model_init(seed) perturbed.
+void test_model_randomise(Model *m, uint64_t seed);
+// n token ids uniform in [0, V).
+void test_random_tokens(int *x, int n, int V, TestRng *r);
 
 // Path of a committed fixture: GLIA_FIXTURES "/" name (static buffer).
 const char *fixture_path(const char *name);

@@ -1,6 +1,8 @@
-// amsu.cu: the AM-SU recurrence on the GPU, forward: astrocyte calcium
-// state, modulation, LIF membrane and spikes of one layer, in one kernel.
+// amsu.cu: the AM-SU recurrence on the GPU, forward and backward: astrocyte
+// calcium state, modulation, LIF membrane and spikes of one layer, each
+// direction in one kernel.
 //
+// ---- forward --------------------------------------------------------------------
 // Why it is built this way (SPEC.md, "Limits"): for one sequence b and head
 // h, the columns of the astrocyte state H (D x D) are independent. Column j
 // is updated with the whole k_t and its own v_t[j], and the modulation
@@ -25,15 +27,23 @@
 // The next step's four inputs are loaded before the current step's
 // arithmetic, so their memory latency overlaps it.
 //
+// Streaming inference passes the recurrent state in and out (H_state,
+// u_state, s_state): thread j loads column j of H_state and the u, s of its
+// neuron before step 1 instead of zeros, and stores them back after step T;
+// both accesses are coalesced over j. Nothing else changes, so a sequence
+// run in pieces computes the same thing as in one call (the checkpoint of a
+// piece's first chunk is the state it started from, as on the CPU).
+//
 // D is a template parameter (8, 16, 32, 64, 128): the column must sit in
 // registers, which needs every index into it known at compile time (fully
 // unrolled loops); a run-time D would put it in local memory. ptxas (CUDA
-// 13.0, sm_90) reports 64 / 62 / 72 / 124 / 179 registers per thread for
+// 13.0, sm_90) reports 61 / 64 / 72 / 128 / 176 registers per thread for
 // D = 8 / 16 / 32 / 64 / 128 and no spills. With 64 K registers per SM that
 // still fits 2 blocks of D = 128, 8 of D = 64, and for D <= 32 the hardware
-// limit of 32 blocks per SM (shared memory is at most 2.5 KB per block). What limits occupancy in
-// practice is the grid: B·Nh blocks, often fewer than the 132 SMs of an
-// H100 (see below); for D = 8 and 16 a block is also less than a warp.
+// limit of 32 blocks per SM (shared memory is at most 2.5 KB per block). What
+// limits occupancy in practice is the grid: B·Nh blocks, often fewer than the
+// 132 SMs of an H100 (see below); for D = 8 and 16 a block is also less than
+// a warp.
 //
 // Cost per launch (fp32 I/O), N = B·T·C:
 //   bytes  ≈ 4·N·4 read (I, k, v, q) + 3·N·4 written (o, u, s)
@@ -50,7 +60,84 @@
 // from the CPU's, within the parity tolerance).
 //
 // With astro == 0 there is no astrocyte: a thread per (sequence, channel)
-// runs the LIF neuron alone along time and writes o = 0.
+// runs the LIF neuron alone along time and writes o = 0 (unless o is NULL).
+//
+// ---- backward -------------------------------------------------------------------
+// The CPU reference is neuron_backward (kernels/cpu/lif.c, with dm = ∂L/∂o)
+// followed by astro_backward (kernels/cpu/amsu.c); this kernel computes the
+// same recursions in one pass, backward in time:
+//   dm_t = ds_t σ'(m_t),  du_t = dm_t + β keep_{t+1} du_{t+1},  dI_t = du_t,
+//   dβ += du_t u_{t−1} keep_t,  do_t = dm_t,
+//   G_t = q_t do_tᵀ + diag(λ) G_{t+1}            (G = total ∂L/∂H_t)
+//   dq_t[i] = Σ_j H_t[i,j] do_t[j],  dk_t[i] = (1 − λ_i) Σ_j G_t[i,j] v_t[j],
+//   dv_t[j] = Σ_i (1 − λ_i) G_t[i,j] k_t[i],
+//   dλ_i += Σ_j G_t[i,j] (H_{t−1}[i,j] − k_t[i] v_t[j]).
+// Where the forward owns columns, the backward owns ROWS: one block per
+// (sequence b, head h), D threads, thread i owns row i of H and of G, and
+// neuron c = h·D + i. With rows, dq_t[i], dk_t[i] and the dλ_i term are sums
+// along the thread's own row, and the calcium update of row i needs only
+// k_t[i] and λ_i of its own plus the shared v_t. Only dv_t[j] crosses
+// threads: every thread writes its row of contributions (1 − λ_i) k_t[i]
+// G_t[i,j] into a shared D × (D + 1) array (the pad puts a thread's row
+// writes and a column's reads on distinct banks), and after a barrier thread
+// j sums column j over ascending i, the CPU's order. And neuron c's dm_t is
+// exactly do_t[i], which every thread then needs whole: it is staged in
+// shared memory, read back as 16-byte broadcasts. Two barriers per step:
+// after staging do_t (before the row work reads it) and after the row
+// contributions (before the column sums); the next step's writes of do_t
+// and of the contributions come after one of these, so one buffer of each
+// suffices.
+//
+// The forward keeps H only at the start of each GLIA_CHUNK-step chunk
+// (Hckpt, (B, Nh, nchunks, D, D) [i][j]). Chunks are walked from the last to
+// the first; per chunk
+//   1. the block stages the chunk's rows of v (GLIA_CHUNK × D, shared) and
+//      the checkpoint, transposed through the dv array so that both global
+//      reads are coalesced;
+//   2. thread i recomputes its row of H for every step of the chunk with the
+//      forward's rule (step_calcium, so the same expression as the forward
+//      and the CPU) into the block's region of `scratch`, laid out
+//      [τ][j][i] (i fastest) so a warp's stores and loads are coalesced; a
+//      thread reads back only what it wrote itself, so H needs no barrier;
+//   3. the block walks the chunk backward, one step at a time as above.
+// G stays in registers across chunks. dβ and dλ of neuron / row c are
+// accumulated per sequence in registers (in the CPU's order: steps
+// descending) and stored as per-sequence partials; a second small kernel sums
+// them over b in ascending order, chains them through the sigmoids and adds
+// them into da_beta and da_lambda. No float atomics: the result is the same on
+// every run.
+//
+// scratch (amsu_backward_scratch_floats floats), with L = min(T, GLIA_CHUNK):
+//   [0, B·Nh·(L+1)·D²)       H recompute, block (b, h) at (b·Nh + h)·(L+1)·D²,
+//                            entry (τ, i, j) at (τ·D + j)·D + i: H before
+//                            step t0 + τ of the current chunk (τ = 0..L)
+//   then B·C                 dβ partials (B, C)
+//   then B·C                 dλ partials (B, C), c = h·D + i
+// At 124m (B 8, Nh 12, D 64) that is 52 MB; at 1.5b (B 8, Nh 16, D 128) 277 MB.
+//
+// Registers: G (D floats) lives across the whole kernel. For D <= 64 the row
+// H_t also stays in registers through the walk (H_{t−1} is read from the
+// scratch at step t and becomes H_t of step t − 1), so each step reads one
+// row of the scratch. For D = 128 two rows of 128 floats would spill, so
+// there the recompute runs in slices of 32 columns and the walk reads both
+// H_t and H_{t−1} from the scratch (written by the same thread one phase
+// earlier), with only G in registers. ptxas (CUDA 13.0, sm_90)
+// reports 71 / 88 / 138 / 242 / 255 registers per thread for D = 8 / 16 /
+// 32 / 64 / 128 and no spills; keeping H_t in registers at D = 128 too
+// spills 3.3 KB per thread. (Without H_t in registers D = 64 would need 134;
+// which of the two is faster at 124m is still to be measured on a GPU.)
+// Shared memory: (D·(D + 1) + GLIA_CHUNK·D + D)·4 bytes, 25 KB at D = 64 and
+// 81 KB at D = 128 (opted in above the default 48 KB).
+//
+// Cost per launch, N = B·T·C: reads ds, u, o, s, k, v, q (7·N·4 bytes; k
+// and the u, s of the previous step twice, from cache) + Hckpt, writes dI,
+// dk, dv, dq (4·N·4), plus the recompute round trip of (1 write + 1 read, or
+// 2 reads for D = 128)·B·T·Nh·D²·4 bytes. At 124m the whole recompute region
+// (52 MB) is about the H100's L2 (50 MB), so part of that traffic reaches
+// HBM; at 1.5b (277 MB) all of it does. FLOPs ≈ 16·B·T·Nh·D² (recompute 3,
+// G 3, dq 2, dk 2, dλ 4, dv 2 per entry and step). Like the forward it has
+// only B·Nh blocks and a barrier-separated chain per step: latency-bound,
+// to be measured.
 #include "common/step.h"
 #include "cpu/cpu.h"  // GLIA_CHUNK, glia_nchunks: the checkpoint convention
 #include "cuda/cuda.h"
@@ -74,6 +161,9 @@ amsu_recurrence_forward_kernel(float *__restrict__ o,              // (B, T, C)
                                const float *__restrict__ q,        // (B, T, C)
                                const float *__restrict__ a_lambda, // (Nh, D)
                                const float *__restrict__ a_beta,   // (C)
+                               float *__restrict__ H_state,        // (B, Nh, D, D) or NULL
+                               float *__restrict__ u_state,        // (B, C) or NULL
+                               float *__restrict__ s_state,        // (B, C) or NULL
                                int T, int C, int Nh, int nch) {
     const int bh = blockIdx.x, b = bh / Nh, h = bh % Nh;
     const int j = threadIdx.x;
@@ -89,9 +179,16 @@ amsu_recurrence_forward_kernel(float *__restrict__ o,              // (B, T, C)
     lam_s[j] = lam_j;  // published by the first barrier inside the loop
 
     float H[D];  // column j of H: H[i] = H[i][j]
+    float *Hst = H_state ? H_state + (size_t)bh * D * D + j : nullptr;  // column j of the state
+    if (Hst) {
 #pragma unroll
-    for (int i = 0; i < D; i++) H[i] = 0.0f;
-    float u_prev = 0.0f, s_prev = 0.0f;
+        for (int i = 0; i < D; i++) H[i] = Hst[(size_t)i * D];
+    } else {
+#pragma unroll
+        for (int i = 0; i < D; i++) H[i] = 0.0f;
+    }
+    const size_t sc = (size_t)b * C + c;  // this neuron in u_state, s_state (B, C)
+    float u_prev = u_state ? u_state[sc] : 0.0f, s_prev = s_state ? s_state[sc] : 0.0f;
 
     // Element (b, t, c) is at base + t·C.
     const size_t base = (size_t)b * T * C + c;
@@ -152,15 +249,27 @@ amsu_recurrence_forward_kernel(float *__restrict__ o,              // (B, T, C)
         u_prev = ut;
         s_prev = st;
     }
+    // The state after step T, for the next call of a streaming sequence.
+    if (Hst) {
+#pragma unroll
+        for (int i = 0; i < D; i++) Hst[(size_t)i * D] = H[i];
+    }
+    if (u_state) {
+        u_state[sc] = u_prev;
+        s_state[sc] = s_prev;
+    }
 }
 
 // astro == 0: a thread per (sequence, channel), flattened as
-// blockIdx.x = b·ceil(C / blockDim.x) + channel block. o is written as 0.
-__global__ void lif_forward_kernel(float *__restrict__ o,             // (B, T, C)
+// blockIdx.x = b·ceil(C / blockDim.x) + channel block. o is written as 0
+// (the FFN passes none: NULL).
+__global__ void lif_forward_kernel(float *__restrict__ o,             // (B, T, C) or NULL
                                    float *__restrict__ u,             // (B, T, C)
                                    float *__restrict__ s,             // (B, T, C)
                                    const float *__restrict__ I,       // (B, T, C)
                                    const float *__restrict__ a_beta,  // (C)
+                                   float *__restrict__ u_state,       // (B, C) or NULL
+                                   float *__restrict__ s_state,       // (B, C) or NULL
                                    int T, int C) {
     const int nblk = ceil_div(C, blockDim.x);
     const int b = blockIdx.x / nblk;
@@ -168,22 +277,260 @@ __global__ void lif_forward_kernel(float *__restrict__ o,             // (B, T, 
     if (c >= C) return;
     const float beta = step_sigmoid(a_beta[c]);
     const size_t base = (size_t)b * T * C + c;
-    float u_prev = 0.0f, s_prev = 0.0f;
+    const size_t sc = (size_t)b * C + c;  // this neuron in u_state, s_state (B, C)
+    float u_prev = u_state ? u_state[sc] : 0.0f, s_prev = s_state ? s_state[sc] : 0.0f;
     for (int t = 0; t < T; t++) {
         const size_t off = base + (size_t)t * C;
         const float ut = step_membrane(beta, u_prev, 1.0f - s_prev, I[off]);
         const float st = step_spike(step_potential(ut, 0.0f));
-        o[off] = 0.0f;
+        if (o) o[off] = 0.0f;
         u[off] = ut;
         s[off] = st;
         u_prev = ut;
         s_prev = st;
     }
+    if (u_state) {
+        u_state[sc] = u_prev;
+        s_state[sc] = s_prev;
+    }
+}
+
+// Columns per slice of the recompute when H_t does not stay in registers (D = 128).
+#define AMSU_BWD_SLICE 32
+
+// Floats of dynamic shared memory of the backward kernel: the dv
+// contributions D × (D + 1) (also the checkpoint's staging), the chunk's v
+// rows GLIA_CHUNK × D and do_t (D). Every part starts 16-byte aligned
+// (D is a multiple of 4, so D·(D + 1) is too).
+static constexpr int amsu_bwd_smem_floats(int D) {
+    return D * (D + 1) + GLIA_CHUNK * D + D;
+}
+
+// One block per (sequence b, head h), flattened as blockIdx.x = b·Nh + h;
+// D threads, thread i owns row i of H and G and neuron c = h·D + i. See the
+// top comment. L = min(T, GLIA_CHUNK): H recompute rows per block, minus one.
+template <int D>
+__global__ void __launch_bounds__(D)
+amsu_recurrence_backward_kernel(float *__restrict__ dI,              // (B, T, C)
+                                float *__restrict__ dk,              // (B, T, C)
+                                float *__restrict__ dv,              // (B, T, C)
+                                float *__restrict__ dq,              // (B, T, C)
+                                float *__restrict__ Hrec,            // (B·Nh, L+1, D, D) [τ][j][i]
+                                float *__restrict__ dbeta_part,      // (B, C)
+                                float *__restrict__ dlam_part,       // (B, C)
+                                const float *__restrict__ ds,        // (B, T, C)
+                                const float *__restrict__ u,         // (B, T, C)
+                                const float *__restrict__ o,         // (B, T, C)
+                                const float *__restrict__ s,         // (B, T, C)
+                                const float *__restrict__ k,         // (B, T, C)
+                                const float *__restrict__ v,         // (B, T, C)
+                                const float *__restrict__ q,         // (B, T, C)
+                                const float *__restrict__ Hckpt,     // (B, Nh, nch, D, D) [i][j]
+                                const float *__restrict__ a_lambda,  // (Nh, D)
+                                const float *__restrict__ a_beta,    // (C)
+                                int T, int C, int Nh, int nch, int L) {
+    // H_t stays in registers through the walk (see the top comment).
+    constexpr bool kHReg = D <= 64;
+    constexpr int DP = D + 1;  // padded row of red
+    const int bh = blockIdx.x, b = bh / Nh, h = bh % Nh;
+    const int i = threadIdx.x;
+    const int c = h * D + i;  // this thread's neuron; also its index into a_lambda (Nh, D)
+
+    extern __shared__ __align__(16) float amsu_bwd_smem[];
+    float *red = amsu_bwd_smem;                // (D, D + 1): (1 − λ_i) k_t[i] G_t[i, j]
+    float *v_s = red + D * DP;                 // (GLIA_CHUNK, D): v of the chunk's steps
+    float *do_s = v_s + GLIA_CHUNK * D;        // (D): do_t = dm_t of the head
+    const float4 *do4 = reinterpret_cast<const float4 *>(do_s);
+
+    const float lam = step_sigmoid(a_lambda[c]);
+    const float one_m_lam = 1.0f - lam;
+    const float beta = step_sigmoid(a_beta[c]);
+
+    float G[D];  // row i of G = ∂L/∂H_t
+#pragma unroll
+    for (int j = 0; j < D; j++) G[j] = 0.0f;
+    [[maybe_unused]] float Hrow[kHReg ? D : 1];  // row i of H_t (kHReg only)
+    float du_next = 0.0f, keep_next = 0.0f, dbeta = 0.0f, dlam = 0.0f;
+
+    const size_t base = (size_t)b * T * C + c;      // element (b, t, c) at base + t·C
+    const size_t head = (size_t)b * T * C + h * D;  // element (b, t, h·D + x) at head + t·C + x
+    const size_t DD = (size_t)D * D;
+    float *Hs = Hrec + (size_t)bh * (L + 1) * DD + i;  // (τ, i, j) at Hs[τ·DD + j·D]
+
+    // Neuron c's inputs of the step about to run (prefetched one step ahead):
+    // u_t, o_t, ds_t, q_t, k_t and, for t > 0, u_{t−1}, s_{t−1}.
+    int t = T - 1;
+    float n_u = u[base + (size_t)t * C], n_o = o[base + (size_t)t * C];
+    float n_ds = ds[base + (size_t)t * C], n_q = q[base + (size_t)t * C];
+    float n_k = k[base + (size_t)t * C];
+    float n_up = t > 0 ? u[base + (size_t)(t - 1) * C] : 0.0f;
+    float n_sp = t > 0 ? s[base + (size_t)(t - 1) * C] : 0.0f;
+
+    for (int ch = nch - 1; ch >= 0; ch--) {
+        const int t0 = ch * GLIA_CHUNK, len = min(GLIA_CHUNK, T - t0);
+        // 1. Stage the chunk's v rows and its checkpoint (into red, padded
+        // rows). Thread x writes column x of red and of v_s only. No barrier
+        // is needed before: since the previous step's second barrier nobody
+        // reads v_s, and column x of red is read only by thread x (its
+        // column sum, which it has finished).
+        for (int tau = 0; tau < len; tau++)
+            v_s[tau * D + i] = v[head + (size_t)(t0 + tau) * C + i];
+        const float *ck = Hckpt + ((size_t)bh * nch + ch) * DD;
+#pragma unroll 4
+        for (int r = 0; r < D; r++) red[r * DP + i] = ck[(size_t)r * D + i];
+        __syncthreads();
+
+        // 2. Recompute row i of H before every step of the chunk (τ = 0..len−1)
+        // and, for D = 128, after its last step (τ = len).
+        if constexpr (kHReg) {
+#pragma unroll
+            for (int j = 0; j < D; j++) Hrow[j] = red[i * DP + j];
+            for (int tau = 0; tau < len; tau++) {
+                float *dst = Hs + (size_t)tau * DD;
+                const float gk = one_m_lam * k[base + (size_t)(t0 + tau) * C];
+                const float4 *v4 = reinterpret_cast<const float4 *>(v_s + tau * D);
+#pragma unroll
+                for (int j4 = 0; j4 < D / 4; j4++) {
+                    const float4 vv = v4[j4];
+                    float *h4 = Hrow + 4 * j4;
+                    dst[(size_t)(4 * j4 + 0) * D] = h4[0];
+                    dst[(size_t)(4 * j4 + 1) * D] = h4[1];
+                    dst[(size_t)(4 * j4 + 2) * D] = h4[2];
+                    dst[(size_t)(4 * j4 + 3) * D] = h4[3];
+                    h4[0] = step_calcium(lam, h4[0], gk, vv.x);
+                    h4[1] = step_calcium(lam, h4[1], gk, vv.y);
+                    h4[2] = step_calcium(lam, h4[2], gk, vv.z);
+                    h4[3] = step_calcium(lam, h4[3], gk, vv.w);
+                }
+            }
+            // Hrow now holds H after the chunk's last step: H_t of the walk's first t.
+        } else {
+            for (int j0 = 0; j0 < D; j0 += AMSU_BWD_SLICE) {
+                float hs[AMSU_BWD_SLICE];
+#pragma unroll
+                for (int jj = 0; jj < AMSU_BWD_SLICE; jj++) hs[jj] = red[i * DP + j0 + jj];
+                for (int tau = 0; tau <= len; tau++) {
+                    float *dst = Hs + (size_t)tau * DD + (size_t)j0 * D;
+#pragma unroll
+                    for (int jj = 0; jj < AMSU_BWD_SLICE; jj++) dst[(size_t)jj * D] = hs[jj];
+                    if (tau == len) break;
+                    const float gk = one_m_lam * k[base + (size_t)(t0 + tau) * C];
+                    const float4 *v4 = reinterpret_cast<const float4 *>(v_s + tau * D + j0);
+#pragma unroll
+                    for (int j4 = 0; j4 < AMSU_BWD_SLICE / 4; j4++) {
+                        const float4 vv = v4[j4];
+                        float *h4 = hs + 4 * j4;
+                        h4[0] = step_calcium(lam, h4[0], gk, vv.x);
+                        h4[1] = step_calcium(lam, h4[1], gk, vv.y);
+                        h4[2] = step_calcium(lam, h4[2], gk, vv.z);
+                        h4[3] = step_calcium(lam, h4[3], gk, vv.w);
+                    }
+                }
+            }
+        }
+
+        // 3. Walk the chunk backward.
+        for (; t >= t0; t--) {
+            const int tau = t - t0;
+            const size_t off = base + (size_t)t * C;
+            const float ut = n_u, ot = n_o, ds_t = n_ds, qi = n_q, ki = n_k;
+            const float u_prev = n_up, s_prev = n_sp;
+            if (t > 0) {  // prefetch step t − 1
+                const size_t pre = off - C;
+                n_u = u_prev;
+                n_o = o[pre];
+                n_ds = ds[pre];
+                n_q = q[pre];
+                n_k = k[pre];
+                if (t > 1) {
+                    n_up = u[pre - C];
+                    n_sp = s[pre - C];
+                } else {
+                    n_up = 0.0f;
+                    n_sp = 0.0f;
+                }
+            }
+            // Neuron c (lif.c neuron_backward): keep_t = 1 − s_{t−1}, and
+            // u_{−1} = 0, keep_0 = 1 (zero start).
+            const float dmt = ds_t * step_surrogate(step_potential(ut, ot));
+            const float du = step_membrane_grad(dmt, beta, keep_next, du_next);
+            const float keep = t > 0 ? 1.0f - s_prev : 1.0f;
+            dbeta += du * u_prev * keep;
+            dI[off] = du;
+            du_next = du;
+            keep_next = keep;
+            do_s[i] = dmt;
+            __syncthreads();
+
+            // Row i of the astrocyte (amsu.c astro_backward), ascending j.
+            const float gk = one_m_lam * ki;
+            const float *hp = Hs + (size_t)tau * DD;  // H_{t−1}, row i: hp[j·D]
+            const float *hc = hp + DD;                // H_t, row i (D = 128 only)
+            const float4 *v4 = reinterpret_cast<const float4 *>(v_s + tau * D);
+            float *red_i = red + i * DP;
+            float sq = 0.0f, sk = 0.0f, sl = 0.0f;
+#pragma unroll
+            for (int j4 = 0; j4 < D / 4; j4++) {
+                const float4 d4 = do4[j4], vv = v4[j4];
+                const float dj[4] = {d4.x, d4.y, d4.z, d4.w};
+                const float vj[4] = {vv.x, vv.y, vv.z, vv.w};
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int j = 4 * j4 + e;
+                    float hcur;
+                    if constexpr (kHReg) hcur = Hrow[j];
+                    else hcur = hc[(size_t)j * D];
+                    const float hprev = hp[(size_t)j * D];
+                    const float g = qi * dj[e] + lam * G[j];
+                    G[j] = g;
+                    sq += hcur * dj[e];
+                    sk += g * vj[e];
+                    sl += g * (hprev - ki * vj[e]);
+                    red_i[j] = g * gk;
+                    if constexpr (kHReg) Hrow[j] = hprev;  // H_t of step t − 1
+                }
+            }
+            dq[off] = sq;
+            dk[off] = one_m_lam * sk;
+            dlam += sl;
+            __syncthreads();
+
+            // dv_t for column j = i: ascending rows.
+            float acc = 0.0f;
+#pragma unroll 8
+            for (int r = 0; r < D; r++) acc += red[r * DP + i];
+            dv[off] = acc;
+        }
+    }
+    dbeta_part[(size_t)b * C + c] = dbeta;
+    dlam_part[(size_t)b * C + c] = dlam;
+}
+
+// da_beta[c] += σ'(a_β[c])·Σ_b dbeta_part[b][c] and da_lambda[c] likewise,
+// b ascending (the CPU's order). One thread per channel c of the C.
+__global__ void amsu_param_grads_kernel(float *__restrict__ da_lambda,        // (Nh, D) = (C)
+                                        float *__restrict__ da_beta,          // (C)
+                                        const float *__restrict__ dlam_part,  // (B, C)
+                                        const float *__restrict__ dbeta_part, // (B, C)
+                                        const float *__restrict__ a_lambda,   // (C)
+                                        const float *__restrict__ a_beta,     // (C)
+                                        int B, int C) {
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    float tl = 0.0f, tb = 0.0f;
+    for (int b = 0; b < B; b++) {
+        tl += dlam_part[(size_t)b * C + c];
+        tb += dbeta_part[(size_t)b * C + c];
+    }
+    const float lam = step_sigmoid(a_lambda[c]), beta = step_sigmoid(a_beta[c]);
+    da_lambda[c] += tl * lam * (1.0f - lam);  // chain through λ = sigmoid(a_λ)
+    da_beta[c] += tb * beta * (1.0f - beta);  // chain through β = sigmoid(a_β)
 }
 
 // ---- launchers ----------------------------------------------------------------------
 
 #define LIF_THREADS 128
+#define PARAM_THREADS 256
 
 extern "C" int amsu_head_size_supported(int D) {
     return D == 8 || D == 16 || D == 32 || D == 64 || D == 128;
@@ -222,36 +569,117 @@ static int amsu_check_shape(const char *who, int B, int T, int C, int Nh, int as
     return 0;
 }
 
+// u_state and s_state are given together or not at all.
+static int amsu_check_state(const char *who, const float *u_state, const float *s_state) {
+    if ((u_state == nullptr) != (s_state == nullptr)) {
+        fprintf(stderr, "%s: u_state and s_state must both be given or both be NULL\n", who);
+        return -1;
+    }
+    return 0;
+}
+
 template <int D>
 static void amsu_launch(float *o, float *u, float *s, float *Hckpt, const float *I,
                         const float *k, const float *v, const float *q, const float *a_lambda,
-                        const float *a_beta, int B, int T, int C, int Nh, cudaStream_t stream) {
+                        const float *a_beta, float *H_state, float *u_state, float *s_state,
+                        int B, int T, int C, int Nh, cudaStream_t stream) {
     amsu_recurrence_forward_kernel<D><<<B * Nh, D, 0, stream>>>(
-        o, u, s, Hckpt, I, k, v, q, a_lambda, a_beta, T, C, Nh, glia_nchunks(T));
+        o, u, s, Hckpt, I, k, v, q, a_lambda, a_beta, H_state, u_state, s_state, T, C, Nh,
+        glia_nchunks(T));
     cuda_check(cudaGetLastError());
 }
 
 extern "C" void amsu_recurrence_forward_cuda(float *o, float *u, float *s, float *Hckpt,
                                              const float *I, const float *k, const float *v,
                                              const float *q, const float *a_lambda,
-                                             const float *a_beta, int B, int T, int C, int Nh,
-                                             int astro, void *stream) {
-    if (amsu_check_shape("amsu_recurrence_forward_cuda", B, T, C, Nh, astro) != 0) exit(1);
+                                             const float *a_beta, float *H_state,
+                                             float *u_state, float *s_state, int B, int T,
+                                             int C, int Nh, int astro, void *stream) {
+    static const char *who = "amsu_recurrence_forward_cuda";
+    if (amsu_check_shape(who, B, T, C, Nh, astro) != 0) exit(1);
+    if (amsu_check_state(who, u_state, s_state) != 0) exit(1);
     cudaStream_t st = (cudaStream_t)stream;
     if (!astro) {
         int blocks = B * ceil_div(C, LIF_THREADS);
-        lif_forward_kernel<<<blocks, LIF_THREADS, 0, st>>>(o, u, s, I, a_beta, T, C);
+        lif_forward_kernel<<<blocks, LIF_THREADS, 0, st>>>(o, u, s, I, a_beta, u_state, s_state,
+                                                           T, C);
         cuda_check(cudaGetLastError());
         return;
     }
+#define AMSU_FWD(D_)                                                                      \
+    amsu_launch<D_>(o, u, s, Hckpt, I, k, v, q, a_lambda, a_beta, H_state, u_state, s_state, \
+                    B, T, C, Nh, st)
     switch (C / Nh) {
-    case 8: amsu_launch<8>(o, u, s, Hckpt, I, k, v, q, a_lambda, a_beta, B, T, C, Nh, st); break;
-    case 16: amsu_launch<16>(o, u, s, Hckpt, I, k, v, q, a_lambda, a_beta, B, T, C, Nh, st); break;
-    case 32: amsu_launch<32>(o, u, s, Hckpt, I, k, v, q, a_lambda, a_beta, B, T, C, Nh, st); break;
-    case 64: amsu_launch<64>(o, u, s, Hckpt, I, k, v, q, a_lambda, a_beta, B, T, C, Nh, st); break;
-    case 128: amsu_launch<128>(o, u, s, Hckpt, I, k, v, q, a_lambda, a_beta, B, T, C, Nh, st); break;
+    case 8: AMSU_FWD(8); break;
+    case 16: AMSU_FWD(16); break;
+    case 32: AMSU_FWD(32); break;
+    case 64: AMSU_FWD(64); break;
+    case 128: AMSU_FWD(128); break;
     default: exit(1);  // unreachable: amsu_check_shape rejected it with a message
     }
+#undef AMSU_FWD
+}
+
+// Where the dβ partials start in the backward's scratch: after the H
+// recompute region, B·Nh·(L + 1)·D² floats (see the top comment).
+static size_t amsu_bwd_partials_offset(int B, int T, int C, int Nh) {
+    const size_t D = (size_t)(C / Nh);
+    const size_t L = T < GLIA_CHUNK ? (size_t)T : GLIA_CHUNK;
+    return (size_t)B * Nh * (L + 1) * D * D;
+}
+
+// 0 for a shape the backward cannot run (it refuses it with a message).
+extern "C" size_t amsu_backward_scratch_floats(int B, int T, int C, int Nh) {
+    if (B <= 0 || T <= 0 || C <= 0 || Nh <= 0 || C % Nh != 0) return 0;
+    return amsu_bwd_partials_offset(B, T, C, Nh) + 2 * (size_t)B * C;
+}
+
+template <int D>
+static void amsu_backward_launch(float *dI, float *dk, float *dv, float *dq, float *scratch,
+                                 const float *ds, const float *u, const float *o, const float *s,
+                                 const float *k, const float *v, const float *q,
+                                 const float *Hckpt, const float *a_lambda, const float *a_beta,
+                                 int B, int T, int C, int Nh, cudaStream_t stream) {
+    const int L = T < GLIA_CHUNK ? T : GLIA_CHUNK;
+    float *Hrec = scratch;
+    float *dbeta_part = scratch + amsu_bwd_partials_offset(B, T, C, Nh);
+    float *dlam_part = dbeta_part + (size_t)B * C;
+    const int smem = amsu_bwd_smem_floats(D) * (int)sizeof(float);
+    if (smem > 48 * 1024)
+        cuda_check(cudaFuncSetAttribute(amsu_recurrence_backward_kernel<D>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    amsu_recurrence_backward_kernel<D><<<B * Nh, D, smem, stream>>>(
+        dI, dk, dv, dq, Hrec, dbeta_part, dlam_part, ds, u, o, s, k, v, q, Hckpt, a_lambda,
+        a_beta, T, C, Nh, glia_nchunks(T), L);
+    cuda_check(cudaGetLastError());
+}
+
+extern "C" void amsu_recurrence_backward_cuda(float *dI, float *dk, float *dv, float *dq,
+                                              float *da_lambda, float *da_beta, float *scratch,
+                                              const float *ds, const float *u, const float *o,
+                                              const float *s, const float *k, const float *v,
+                                              const float *q, const float *Hckpt,
+                                              const float *a_lambda, const float *a_beta, int B,
+                                              int T, int C, int Nh, void *stream) {
+    if (amsu_check_shape("amsu_recurrence_backward_cuda", B, T, C, Nh, 1) != 0) exit(1);
+    cudaStream_t st = (cudaStream_t)stream;
+#define AMSU_BWD(D_)                                                                        \
+    amsu_backward_launch<D_>(dI, dk, dv, dq, scratch, ds, u, o, s, k, v, q, Hckpt, a_lambda, \
+                             a_beta, B, T, C, Nh, st)
+    switch (C / Nh) {
+    case 8: AMSU_BWD(8); break;
+    case 16: AMSU_BWD(16); break;
+    case 32: AMSU_BWD(32); break;
+    case 64: AMSU_BWD(64); break;
+    case 128: AMSU_BWD(128); break;
+    default: exit(1);  // unreachable: amsu_check_shape rejected it with a message
+    }
+#undef AMSU_BWD
+    const float *dbeta_part = scratch + amsu_bwd_partials_offset(B, T, C, Nh);
+    const float *dlam_part = dbeta_part + (size_t)B * C;
+    amsu_param_grads_kernel<<<ceil_div(C, PARAM_THREADS), PARAM_THREADS, 0, st>>>(
+        da_lambda, da_beta, dlam_part, dbeta_part, a_lambda, a_beta, B, C);
+    cuda_check(cudaGetLastError());
 }
 
 // ---- host-memory wrapper (tests) -------------------------------------------------
@@ -282,18 +710,21 @@ static void device_download(float *host, const float *dev, size_t n) {
 extern "C" int amsu_recurrence_forward_cuda_host(float *o, float *u, float *s, float *Hckpt,
                                                  const float *I, const float *k, const float *v,
                                                  const float *q, const float *a_lambda,
-                                                 const float *a_beta, int B, int T, int C,
-                                                 int Nh, int astro) {
-    if (amsu_check_shape("amsu_recurrence_forward_cuda_host", B, T, C, Nh, astro) != 0)
-        return -1;
-    const size_t n = (size_t)B * T * C;
+                                                 const float *a_beta, float *H_state,
+                                                 float *u_state, float *s_state, int B, int T,
+                                                 int C, int Nh, int astro) {
+    static const char *who = "amsu_recurrence_forward_cuda_host";
+    if (amsu_check_shape(who, B, T, C, Nh, astro) != 0) return -1;
+    if (amsu_check_state(who, u_state, s_state) != 0) return -1;
+    const size_t n = (size_t)B * T * C, nBC = (size_t)B * C;
     float *d_o = device_alloc_poisoned(n);
     float *d_u = device_alloc_poisoned(n);
     float *d_s = device_alloc_poisoned(n);
     float *d_I = device_upload(I, n);
     float *d_beta = device_upload(a_beta, C);
     float *d_k = nullptr, *d_v = nullptr, *d_q = nullptr, *d_lambda = nullptr, *d_H = nullptr;
-    size_t nH = 0;
+    float *d_Hst = nullptr, *d_ust = nullptr, *d_sst = nullptr;
+    size_t nH = 0, nHst = 0;
     if (astro) {
         const size_t D = (size_t)(C / Nh);
         d_k = device_upload(k, n);
@@ -304,15 +735,29 @@ extern "C" int amsu_recurrence_forward_cuda_host(float *o, float *u, float *s, f
             nH = (size_t)B * Nh * glia_nchunks(T) * D * D;
             d_H = device_alloc_poisoned(nH);
         }
+        if (H_state) {
+            nHst = (size_t)B * Nh * D * D;
+            d_Hst = device_upload(H_state, nHst);
+        }
     }
-    amsu_recurrence_forward_cuda(d_o, d_u, d_s, d_H, d_I, d_k, d_v, d_q, d_lambda, d_beta, B, T,
-                                 C, Nh, astro, nullptr);
+    if (u_state) {
+        d_ust = device_upload(u_state, nBC);
+        d_sst = device_upload(s_state, nBC);
+    }
+    amsu_recurrence_forward_cuda(d_o, d_u, d_s, d_H, d_I, d_k, d_v, d_q, d_lambda, d_beta, d_Hst,
+                                 d_ust, d_sst, B, T, C, Nh, astro, nullptr);
     cuda_check(cudaDeviceSynchronize());
     device_download(o, d_o, n);
     device_download(u, d_u, n);
     device_download(s, d_s, n);
     if (d_H) device_download(Hckpt, d_H, nH);
-    float *bufs[] = {d_o, d_u, d_s, d_I, d_beta, d_k, d_v, d_q, d_lambda, d_H};
+    if (d_Hst) device_download(H_state, d_Hst, nHst);
+    if (d_ust) {
+        device_download(u_state, d_ust, nBC);
+        device_download(s_state, d_sst, nBC);
+    }
+    float *bufs[] = {d_o, d_u,      d_s, d_I,   d_beta, d_k,   d_v,
+                     d_q, d_lambda, d_H, d_Hst, d_ust,  d_sst};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i]) cuda_check(cudaFree(bufs[i]));
     return 0;

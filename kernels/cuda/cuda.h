@@ -24,12 +24,84 @@ extern "C" {
 // tests use it to decide whether to skip.
 int cuda_device_count(void);
 
+// ---- device memory and streams (kernels/cuda/device.cu) ---------------------
+// Allocation failures are not programming errors: cuda_alloc returns NULL
+// and leaves a one-line description (bytes asked for, bytes free) for
+// cuda_last_error_message, so the caller can name what did not fit. Every
+// other failure ends the process through cuda_check (file:line).
+void *cuda_alloc(size_t bytes);
+const char *cuda_last_error_message(void);
+void cuda_free(void *p);
+void cuda_upload(void *dst, const void *host_src, size_t bytes);     // synchronous
+void cuda_download(void *host_dst, const void *src, size_t bytes);   // synchronous
+void cuda_copy(void *dst, const void *src, size_t bytes, void *stream);  // device to device
+void cuda_memset(void *p, int byte, size_t bytes, void *stream);
+void cuda_synchronize(void);
+// The device's name and memory, for messages: "NVIDIA H100 80GB HBM3, 79.2 GiB".
+void cuda_device_describe(char *buf, size_t len);
+
+// ---- matmuls (cuBLAS; kernels/cuda/device.cu) ---------------------------------
+// The CPU backend's contract (cpu.h), on device pointers, fp32:
+// out (M, N) = alpha · inp (M, K) @ W (N, K)ᵀ, plus out if `accumulate`.
+void matmul_forward_cuda(float *out, const float *inp, const float *W, int M, int K, int N,
+                         float alpha, int accumulate, void *stream);
+// dinp (M, K) = alpha · dout @ W (added if `accumulate`; skipped if NULL),
+// dW (N, K) += alpha · doutᵀ @ inp (skipped if NULL).
+void matmul_backward_cuda(float *dinp, float *dW, const float *dout, const float *inp,
+                          const float *W, int M, int K, int N, float alpha, int accumulate,
+                          void *stream);
+
+// ---- the other model ops (kernels/cuda/ops.cu) ---------------------------------
+// Same contracts as their CPU counterparts in cpu.h, on device pointers.
+// Parameter gradients are reduced in a fixed order through `scratch` (never
+// float atomics), so results do not change from run to run.
+void rmsnorm_forward_cuda(float *out, float *rstd, const float *x, const float *g, int N, int C,
+                          void *stream);
+// dx (N, C) += ∂L/∂x; dg (C) += ∂L/∂g. scratch: rmsnorm_backward_scratch_floats(N, C).
+size_t rmsnorm_backward_scratch_floats(int N, int C);
+void rmsnorm_backward_cuda(float *dx, float *dg, float *scratch, const float *dout,
+                           const float *x, const float *g, const float *rstd, int N, int C,
+                           void *stream);
+// LIF backward (cpu.h neuron_backward, no test mode): dcurrent (B, T, N)
+// overwritten; dm (B, T, N) overwritten unless NULL; da_beta (N) +=; o may
+// be NULL (≡ 0). scratch: B·N floats.
+void neuron_backward_cuda(float *dcurrent, float *dm, float *da_beta, float *scratch,
+                          const float *ds, const float *u, const float *o, const float *s,
+                          const float *a_beta, int B, int T, int N, void *stream);
+// x (M, C) = E[tokens[i]] for M device-resident token ids.
+void embedding_forward_cuda(float *x, const int *tokens, const float *E, int M, int C,
+                            void *stream);
+// The deterministic embedding backward. On the host, embedding_backward_plan
+// groups the M positions by token: order (M) lists positions sorted by
+// (token, position), starts (nuniq + 1) delimits each token's run in order,
+// uniq (nuniq) is the token of each run; returns nuniq. Then, on the device,
+// dE[uniq[u]] += dx[order[starts[u]]] + ... in that order (the CPU's order).
+int embedding_backward_plan(const int *tokens_host, int M, int *order, int *starts, int *uniq);
+void embedding_backward_cuda(float *dE, const float *dx, const int *order, const int *starts,
+                             const int *uniq, int nuniq, int C, void *stream);
+// Cross-entropy over the V logits of each of M rows: losses (M) = −log
+// softmax(row)[target] in nats, 0 where target < 0.
+void xent_forward_cuda(float *losses, const float *logits, const int *targets, int M, int V,
+                       void *stream);
+// In place: logits (M, V) becomes k · (softmax − onehot(target)); rows whose
+// target is < 0 become 0.
+void xent_backward_cuda(float *logits, const int *targets, float k, int M, int V, void *stream);
+// cpu.h adamw_update on device pointers.
+void adamw_update_cuda(float *p, const float *g, float *m, float *v, size_t n, float lr,
+                       float beta1, float beta2, float eps, float weight_decay, int step,
+                       void *stream);
+// Σ g² into *out (one device double), summed in a fixed order.
+// scratch: grad_norm_scratch_doubles() doubles.
+size_t grad_norm_scratch_doubles(void);
+void grad_norm_sq_cuda(double *out, double *scratch, const float *g, size_t n, void *stream);
+void scale_inplace_cuda(float *x, size_t n, float s, void *stream);
+
 // 1 if the fused AM-SU kernel supports head size D (8, 16, 32, 64, 128).
 int amsu_head_size_supported(int D);
 
 // The AM-SU recurrence of one layer for a whole batch of sequences, fused:
 // astrocyte calcium state H and modulation o, then the LIF membrane u and
-// spikes s, per SPEC.md, from zero state at t = 0 (training / prefill).
+// spikes s, per SPEC.md.
 //   o, u, s  (B, T, C)   outputs
 //   Hckpt    (B, Nh, nchunks(T), D, D) row-major [i][j]: H before the first
 //            step of each GLIA_CHUNK-step chunk (cpu.h); may be NULL
@@ -37,29 +109,56 @@ int amsu_head_size_supported(int D);
 //   k, v, q  (B, T, C)   scaled key, value, query (head h = channels h·D..h·D+D-1)
 //   a_lambda (Nh, D)     decay logits, λ = sigmoid(a_lambda)
 //   a_beta   (C)         membrane logits, β = sigmoid(a_beta)
+//   H_state  (B, Nh, D, D), u_state, s_state (B, C): the recurrent state of
+//            streaming inference (cpu.h AmsuState). NULL: every sequence
+//            starts from zero (training, prefill); non-NULL: read before
+//            step 1 and overwritten with the state after step T. H_state is
+//            ignored with astro == 0; u_state and s_state go together.
 // D = C / Nh. With astro == 0 (the FFN neuron and SPEC's ablation) o is
-// written as zeros and k, v, q, a_lambda, Hckpt and Nh are ignored (may be
-// NULL / any value). `stream` is a cudaStream_t (NULL: default stream); the
-// call is asynchronous with respect to the host. Invalid shapes (C % Nh != 0,
+// written as zeros, or not at all when NULL, and k, v, q, a_lambda, Hckpt,
+// H_state and Nh are ignored (may be NULL / any value). `stream` is a
+// cudaStream_t (NULL: default stream); the call is asynchronous with respect
+// to the host. Invalid shapes (C % Nh != 0,
 // unsupported D, non-positive sizes) print a message and exit(1), like any
 // other CUDA backend error; check amsu_head_size_supported() first when D
 // comes from user input.
 void amsu_recurrence_forward_cuda(float *o, float *u, float *s, float *Hckpt, const float *I,
                                   const float *k, const float *v, const float *q,
-                                  const float *a_lambda, const float *a_beta, int B, int T,
-                                  int C, int Nh, int astro, void *stream);
+                                  const float *a_lambda, const float *a_beta, float *H_state,
+                                  float *u_state, float *s_state, int B, int T, int C, int Nh,
+                                  int astro, void *stream);
+
+// The fused AM-SU backward (astro == 1; the ablation uses neuron_backward_cuda)
+// of a forward from zero state, per SPEC.md "Backward pass": given
+// ds (B, T, C) = ∂L/∂s and the forward's saved u, o, s, k, v, q, Hckpt,
+// writes dI (= ∂L/∂u_t), dk, dv, dq (B, T, C) and ADDS into da_lambda (Nh, D)
+// and da_beta (C), chained through their sigmoids. Neuron c = h·D + i and
+// row i of head h's H run in the same thread; the states inside a chunk are
+// recomputed from Hckpt. Per-sequence partials of da_lambda and da_beta are
+// summed in a fixed order: no float atomics, the same result on every run.
+// scratch: amsu_backward_scratch_floats(B, T, C, Nh) floats.
+size_t amsu_backward_scratch_floats(int B, int T, int C, int Nh);
+void amsu_recurrence_backward_cuda(float *dI, float *dk, float *dv, float *dq, float *da_lambda,
+                                   float *da_beta, float *scratch, const float *ds,
+                                   const float *u, const float *o, const float *s,
+                                   const float *k, const float *v, const float *q,
+                                   const float *Hckpt, const float *a_lambda,
+                                   const float *a_beta, int B, int T, int C, int Nh,
+                                   void *stream);
 
 // The same computation on HOST pointers, for tests: allocates device buffers,
 // fills the outputs on the device with NaN (so an unwritten entry cannot pass
 // a comparison), copies the inputs, runs on the default stream, synchronises,
-// copies o, u, s (and Hckpt when non-NULL) back and frees. Returns 0 on
+// copies o, u, s (and Hckpt when non-NULL) back and frees. H_state, u_state
+// and s_state are host copies of the streaming state, NULL or read and
+// overwritten as in amsu_recurrence_forward_cuda. Returns 0 on
 // success and -1, with a message on stderr, when the shape is invalid (this
 // check touches no device). CUDA errors still exit(1).
 int amsu_recurrence_forward_cuda_host(float *o, float *u, float *s, float *Hckpt,
                                       const float *I, const float *k, const float *v,
                                       const float *q, const float *a_lambda,
-                                      const float *a_beta, int B, int T, int C, int Nh,
-                                      int astro);
+                                      const float *a_beta, float *H_state, float *u_state,
+                                      float *s_state, int B, int T, int C, int Nh, int astro);
 
 
 // ---- NCCL (kernels/cuda/nccl.cu) ---------------------------------------------

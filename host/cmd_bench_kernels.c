@@ -1,0 +1,333 @@
+// cmd_bench_kernels.c: `glia bench kernels`, the kernel lab of the CUDA
+// backend: each kernel checked against the CPU reference, then timed, and
+// set against the two ceilings measured in the same run.
+//
+// Ceilings: the device-to-device copy bandwidth (bytes read + written over
+// time, a buffer far larger than L2) and the cuBLAS fp32 GEMM rate (the
+// matmuls glia runs today; no bf16 path exists yet). Each kernel reports
+// its median time over --reps timed batches (each batch launches the kernel
+// --inner times and synchronises once, so launch gaps are amortised the way
+// a training step amortises them), the bytes it must move and the FLOPs it
+// must do by the formulas below, and their fractions of the ceilings. The
+// inputs are random (never zeros) and larger than L2 at the default shape,
+// SPEC's `124m` layer (B 8, T 1024, C 768, Nh 12, D 64). Then a whole
+// training step of the `124m` model at that batch: tokens/s and model FLOPs
+// utilisation (6·params·tokens for the matmuls, plus the recurrence).
+// Correctness first: the AM-SU forward and backward are compared with the
+// CPU backend on the same inputs before they are timed; a mismatch fails
+// the benchmark (exit 1).
+#ifdef GLIA_HAVE_CUDA
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cli.h"
+#include "commands.h"
+#include "cpu/cpu.h"
+#include "cuda/cuda.h"
+#include "glia/util.h"
+#include "model.h"
+#include "model_cuda.h"
+#include "rng.h"
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int cmp_d(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+typedef void (*KernelFn)(void *ctx);
+
+// Median seconds of one call, over `reps` batches of `inner` calls.
+static double time_it(KernelFn f, void *ctx, int reps, int inner) {
+    f(ctx);  // warm-up: module load, handles, first-touch
+    cuda_synchronize();
+    double *t = xmalloc((size_t)reps * sizeof(double));
+    for (int r = 0; r < reps; r++) {
+        double t0 = now_s();
+        for (int i = 0; i < inner; i++) f(ctx);
+        cuda_synchronize();
+        t[r] = (now_s() - t0) / inner;
+    }
+    qsort(t, (size_t)reps, sizeof(double), cmp_d);
+    double med = t[reps / 2];
+    free(t);
+    return med;
+}
+
+static float *dev_random(size_t n, float std, float mean, Rng *rng, float **host_copy) {
+    float *h = xmalloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) h[i] = mean + std * (float)rng_gauss(rng);
+    float *d = cuda_alloc(n * sizeof(float));
+    if (!d) fatal("glia bench kernels: %s", cuda_last_error_message());
+    cuda_upload(d, h, n * sizeof(float));
+    if (host_copy) *host_copy = h;
+    else free(h);
+    return d;
+}
+
+static float *dev_zeros(size_t n) {
+    float *d = cuda_alloc(n * sizeof(float));
+    if (!d) fatal("glia bench kernels: %s", cuda_last_error_message());
+    cuda_memset(d, 0, n * sizeof(float), NULL);
+    return d;
+}
+
+static double rel(const float *a, const float *b, size_t n) {
+    double num = 0.0, den = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - b[i]), m = fabs((double)b[i]);
+        num = d > num ? d : num;
+        den = m > den ? m : den;
+    }
+    return den > 0 ? num / den : num;
+}
+
+// ---- the kernels under test ----------------------------------------------------------
+
+typedef struct {
+    int B, T, C, Nh;
+    float *I, *k, *v, *q, *a_lambda, *a_beta;  // device inputs
+    float *o, *u, *s, *Hckpt;                  // forward outputs
+    float *ds, *dI, *dk, *dv, *dq, *dlam, *dbeta, *scratch;  // backward
+    float *copy_src, *copy_dst;
+    size_t copy_n;
+    float *A, *Bm, *Cm;
+    int gemm_n;
+} Lab;
+
+static void k_copy(void *p) {
+    Lab *l = p;
+    cuda_copy(l->copy_dst, l->copy_src, l->copy_n * sizeof(float), NULL);
+}
+static void k_gemm(void *p) {
+    Lab *l = p;
+    matmul_forward_cuda(l->Cm, l->A, l->Bm, l->gemm_n, l->gemm_n, l->gemm_n, 1.0f, 0, NULL);
+}
+static void k_amsu_fwd(void *p) {
+    Lab *l = p;
+    amsu_recurrence_forward_cuda(l->o, l->u, l->s, l->Hckpt, l->I, l->k, l->v, l->q, l->a_lambda,
+                                 l->a_beta, NULL, NULL, NULL, l->B, l->T, l->C, l->Nh, 1, NULL);
+}
+static void k_amsu_bwd(void *p) {
+    Lab *l = p;
+    amsu_recurrence_backward_cuda(l->dI, l->dk, l->dv, l->dq, l->dlam, l->dbeta, l->scratch, l->ds,
+                                  l->u, l->o, l->s, l->k, l->v, l->q, l->Hckpt, l->a_lambda,
+                                  l->a_beta, l->B, l->T, l->C, l->Nh, NULL);
+}
+static void k_lif_fwd(void *p) {
+    Lab *l = p;
+    amsu_recurrence_forward_cuda(NULL, l->u, l->s, NULL, l->I, NULL, NULL, NULL, NULL, l->a_beta,
+                                 NULL, NULL, NULL, l->B, l->T, l->C, 1, 0, NULL);
+}
+static void k_rmsnorm_fwd(void *p) {
+    Lab *l = p;
+    rmsnorm_forward_cuda(l->o, l->dq, l->I, l->a_beta, l->B * l->T, l->C, NULL);
+}
+
+static void row(const char *name, double sec, double bytes, double flops, double bw, double rate) {
+    printf("%-22s %10.1f us %9.1f GB/s %6.1f%% of copy %10.2f TFLOP/s %6.1f%% of GEMM\n", name,
+           sec * 1e6, bytes / sec * 1e-9, 100.0 * bytes / sec / bw, flops / sec * 1e-12,
+           100.0 * flops / sec / rate);
+}
+
+// The AM-SU forward and backward against the CPU on the lab's inputs; 0 if within 1e-4.
+static int check_amsu(Lab *l, const float *hI, const float *hk, const float *hv, const float *hq,
+                      const float *hl, const float *hb, const float *hds) {
+    const size_t n = (size_t)l->B * l->T * l->C;
+    const int D = l->C / l->Nh;
+    const size_t nH = (size_t)l->B * l->Nh * glia_nchunks(l->T) * D * D;
+    float *o = xmalloc(n * 4), *u = xmalloc(n * 4), *s = xmalloc(n * 4), *H = xmalloc(nH * 4);
+    float *go = xmalloc(n * 4), *gu = xmalloc(n * 4);
+    astro_forward(o, H, hk, hv, hq, hl, NULL, l->B, l->T, l->C, l->Nh);
+    neuron_forward(u, s, hI, o, hb, NULL, NULL, l->B, l->T, l->C, NULL);
+    k_amsu_fwd(l);
+    cuda_download(go, l->o, n * 4);
+    cuda_download(gu, l->u, n * 4);
+    double eo = rel(go, o, n), eu = rel(gu, u, n);
+    // backward from the CPU's own saved activations, compared on dI and dq
+    float *dI = xmalloc(n * 4), *dm = xmalloc(n * 4), *dk = xmalloc(n * 4), *dv = xmalloc(n * 4);
+    float *dq = xmalloc(n * 4), *dl = xcalloc((size_t)l->C, 4), *db = xcalloc((size_t)l->C, 4);
+    neuron_backward(dI, dm, db, hds, u, o, s, hb, l->B, l->T, l->C, NULL);
+    astro_backward(dk, dv, dq, dl, dm, hk, hv, hq, hl, H, l->B, l->T, l->C, l->Nh);
+    cuda_upload(l->u, u, n * 4);
+    cuda_upload(l->o, o, n * 4);
+    cuda_upload(l->s, s, n * 4);
+    cuda_upload(l->Hckpt, H, nH * 4);
+    cuda_memset(l->dlam, 0, (size_t)l->C * 4, NULL);
+    cuda_memset(l->dbeta, 0, (size_t)l->C * 4, NULL);
+    k_amsu_bwd(l);
+    cuda_download(go, l->dI, n * 4);
+    cuda_download(gu, l->dq, n * 4);
+    double edI = rel(go, dI, n), edq = rel(gu, dq, n);
+    printf("check vs CPU: forward o %.1e u %.1e; backward dI %.1e dq %.1e (bound 1e-4)\n", eo, eu,
+           edI, edq);
+    float *bufs[] = {o, u, s, H, go, gu, dI, dm, dk, dv, dq, dl, db};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
+    return eo <= 1e-4 && eu <= 1e-4 && edI <= 1e-4 && edq <= 1e-4 ? 0 : -1;
+}
+
+// A whole training step of a named size: forward, backward, AdamW.
+static void bench_step(const char *size, int B, int T, int reps, double gemm_rate) {
+    ModelConfig cfg;
+    model_config_named(size, &cfg);
+    Model *m = model_new(&cfg);
+    model_init(m, 1);
+    char err[512];
+    if (model_to_cuda(m, 1, err, sizeof err)) fatal("glia bench kernels: %s", err);
+    model_alloc_acts(m, B, T);
+    int *tok = xmalloc((size_t)B * T * sizeof(int)), *tgt = xmalloc((size_t)B * T * sizeof(int));
+    Rng rng;
+    rng_init(&rng, 7);
+    for (int i = 0; i < B * T; i++) tok[i] = (int)(rng_u64(&rng) % (uint64_t)cfg.V);
+    for (int i = 0; i < B * T; i++) tgt[i] = (int)(rng_u64(&rng) % (uint64_t)cfg.V);
+    double *t = xmalloc((size_t)(reps + 1) * sizeof(double));
+    for (int r = 0; r <= reps; r++) {  // the first is the warm-up
+        double t0 = now_s();
+        model_zero_grad(m);
+        model_forward(m, tok, tgt, B, T, NULL);
+        model_backward(m, tok, 1.0f);
+        double norm = sqrt(model_cuda_grad_norm_sq(m));
+        if (norm > 1.0) model_cuda_scale_grads(m, (float)(1.0 / norm));
+        model_cuda_adamw(m, 1e-4f, 0.9f, 0.95f, 1e-8f, 0.1f, r + 1);
+        cuda_synchronize();
+        t[r] = now_s() - t0;
+    }
+    qsort(t + 1, (size_t)reps, sizeof(double), cmp_d);
+    double sec = t[1 + reps / 2], tokens = (double)B * T;
+    int D = cfg.C / cfg.Nh;
+    // matmuls 6·N per token (forward 2N, backward 4N) plus the recurrence:
+    // forward 5·Nh·D² per token and layer, backward about twice that again
+    double flops = 6.0 * (double)m->nparams * tokens +
+                   3.0 * 5.0 * cfg.Nh * (double)D * D * cfg.L * tokens;
+    printf("step %-6s B %d T %d: %8.1f ms  %10.0f tokens/s  %6.2f TFLOP/s  MFU %5.1f%% of fp32 GEMM, "
+           "%5.2f%% of 800 TFLOP/s bf16\n",
+           size, B, T, sec * 1e3, tokens / sec, flops / sec * 1e-12, 100.0 * flops / sec / gemm_rate,
+           100.0 * flops / sec / 800e12);
+    printf("headline: %s step %.0f tokens/s, %.1f%% of the fp32 GEMM rate\n", size, tokens / sec,
+           100.0 * flops / sec / gemm_rate);
+    free(t);
+    free(tok);
+    free(tgt);
+    model_free(m);
+}
+
+int bench_kernels(int argc, char **argv) {
+    CliFlag flags[] = {
+        {"--batch", "B", "sequences", "8"},
+        {"--seq", "T", "tokens per sequence", "1024"},
+        {"--width", "C", "layer width", "768"},
+        {"--heads", "NH", "astrocyte heads", "12"},
+        {"--reps", "N", "timed batches (the median is reported)", "20"},
+        {"--inner", "N", "calls per timed batch", "5"},
+        {"--step", "SIZE", "also time a whole training step of this named size ('none': skip)", "124m"},
+    };
+    int nf = sizeof flags / sizeof flags[0];
+    int rc = cli_parse("bench kernels",
+                       "The CUDA kernel lab: each kernel checked against the CPU, then timed against\n"
+                       "the copy bandwidth and the fp32 GEMM rate measured in the same run.",
+                       argc, argv, flags, nf);
+    if (rc) return rc == 1 ? 0 : 2;
+    long B, T, C, Nh, reps, inner;
+    if (cli_int("bench kernels", "--batch", cli_get(flags, nf, "--batch"), 1, 1 << 16, &B) ||
+        cli_int("bench kernels", "--seq", cli_get(flags, nf, "--seq"), 1, 1 << 20, &T) ||
+        cli_int("bench kernels", "--width", cli_get(flags, nf, "--width"), 1, 1 << 16, &C) ||
+        cli_int("bench kernels", "--heads", cli_get(flags, nf, "--heads"), 1, 1 << 16, &Nh) ||
+        cli_int("bench kernels", "--reps", cli_get(flags, nf, "--reps"), 1, 10000, &reps) ||
+        cli_int("bench kernels", "--inner", cli_get(flags, nf, "--inner"), 1, 10000, &inner))
+        return 2;
+    if (C % Nh || !amsu_head_size_supported((int)(C / Nh))) {
+        fprintf(stderr, "glia bench kernels: head size %ld (C %ld / Nh %ld) is not one the kernels run (8..128)\n",
+                C / (Nh ? Nh : 1), C, Nh);
+        return 2;
+    }
+    if (cuda_device_count() == 0) {
+        fprintf(stderr, "glia bench kernels: no CUDA device found\n");
+        return 2;
+    }
+    char dn[300];
+    cuda_device_describe(dn, sizeof dn);
+    printf("device: %s\nshape: B %ld T %ld C %ld Nh %ld (D %ld); median of %ld batches of %ld calls\n",
+           dn, B, T, C, Nh, C / Nh, reps, inner);
+
+    Lab l = {.B = (int)B, .T = (int)T, .C = (int)C, .Nh = (int)Nh};
+    Rng rng;
+    rng_init(&rng, 1);
+    // ceilings
+    l.copy_n = (size_t)1 << 28;  // 1 GiB of floats: far beyond L2
+    l.copy_src = dev_random(l.copy_n, 1.0f, 0.0f, &rng, NULL);
+    l.copy_dst = dev_zeros(l.copy_n);
+    double bw = 2.0 * l.copy_n * 4 / time_it(k_copy, &l, (int)reps, 1);
+    cuda_free(l.copy_src);
+    cuda_free(l.copy_dst);
+    l.gemm_n = 4096;
+    size_t gn = (size_t)l.gemm_n * l.gemm_n;
+    l.A = dev_random(gn, 1.0f, 0.0f, &rng, NULL);
+    l.Bm = dev_random(gn, 1.0f, 0.0f, &rng, NULL);
+    l.Cm = dev_zeros(gn);
+    double rate = 2.0 * gn * l.gemm_n / time_it(k_gemm, &l, (int)reps, 1);
+    cuda_free(l.A);
+    cuda_free(l.Bm);
+    cuda_free(l.Cm);
+    printf("ceilings: copy %.0f GB/s (read + write), fp32 GEMM (cuBLAS, 4096^3) %.1f TFLOP/s\n",
+           bw * 1e-9, rate * 1e-12);
+
+    // the AM-SU at the layer shape
+    const size_t n = (size_t)B * T * C, D = (size_t)(C / Nh);
+    const size_t nH = (size_t)B * Nh * glia_nchunks((int)T) * D * D;
+    float *hI, *hk, *hv, *hq, *hl, *hb, *hds;
+    l.I = dev_random(n, 1.0f, 0.0f, &rng, &hI);
+    l.k = dev_random(n, 1.0f, 0.0f, &rng, &hk);
+    l.v = dev_random(n, 1.0f, 0.0f, &rng, &hv);
+    l.q = dev_random(n, 1.0f, 0.0f, &rng, &hq);
+    l.a_lambda = dev_random((size_t)C, 1.0f, 2.0f, &rng, &hl);
+    l.a_beta = dev_random((size_t)C, 0.5f, 0.0f, &rng, &hb);
+    l.ds = dev_random(n, 1.0f, 0.0f, &rng, &hds);
+    l.o = dev_zeros(n), l.u = dev_zeros(n), l.s = dev_zeros(n), l.Hckpt = dev_zeros(nH);
+    l.dI = dev_zeros(n), l.dk = dev_zeros(n), l.dv = dev_zeros(n), l.dq = dev_zeros(n);
+    l.dlam = dev_zeros((size_t)C), l.dbeta = dev_zeros((size_t)C);
+    l.scratch = dev_zeros(amsu_backward_scratch_floats((int)B, (int)T, (int)C, (int)Nh));
+    int bad = check_amsu(&l, hI, hk, hv, hq, hl, hb, hds);
+    if (bad) printf("FAILED: the CUDA AM-SU does not match the CPU; not timing it\n");
+
+    printf("%-22s %13s %14s %15s %16s\n", "kernel", "time", "bandwidth", "", "compute");
+    double tok_flops = 5.0 * B * T * Nh * (double)D * D;
+    if (!bad) {
+        double f = time_it(k_amsu_fwd, &l, (int)reps, (int)inner);
+        row("amsu forward", f, 4.0 * (7.0 * n + nH), tok_flops, bw, rate);
+        double b = time_it(k_amsu_bwd, &l, (int)reps, (int)inner);
+        // reads ds u o s k v q (7n) and Hckpt; writes dI dk dv dq (4n)
+        row("amsu backward", b, 4.0 * (11.0 * n + nH), 2.0 * tok_flops, bw, rate);
+        printf("headline: amsu forward+backward %.1f us at B %ld T %ld C %ld (floor by bytes %.1f us)\n",
+               (f + b) * 1e6, B, T, C, 4.0 * (18.0 * n + 2.0 * nH) / bw * 1e6);
+    }
+    row("lif forward", time_it(k_lif_fwd, &l, (int)reps, (int)inner), 4.0 * 3.0 * n, 3.0 * n, bw, rate);
+    row("rmsnorm forward", time_it(k_rmsnorm_fwd, &l, (int)reps, (int)inner), 4.0 * 2.0 * n, 4.0 * n, bw,
+        rate);
+    float *bufs[] = {l.I, l.k, l.v, l.q, l.a_lambda, l.a_beta, l.ds, l.o, l.u, l.s, l.Hckpt,
+                     l.dI, l.dk, l.dv, l.dq, l.dlam, l.dbeta, l.scratch};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) cuda_free(bufs[i]);
+    float *hbufs[] = {hI, hk, hv, hq, hl, hb, hds};
+    for (size_t i = 0; i < sizeof hbufs / sizeof hbufs[0]; i++) free(hbufs[i]);
+
+    const char *size = cli_get(flags, nf, "--step");
+    if (strcmp(size, "none")) {
+        ModelConfig cfg;
+        if (model_config_named(size, &cfg)) {
+            fprintf(stderr, "glia bench kernels: --step: '%s' is not a named size\n", size);
+            return 2;
+        }
+        bench_step(size, (int)B, (int)T, reps < 5 ? (int)reps : 5, rate);
+    }
+    return bad ? 1 : 0;
+}
+
+#endif  // GLIA_HAVE_CUDA

@@ -1,0 +1,431 @@
+// model_cuda.c: the AstroSNN model on the CUDA backend: device buffers and
+// the order of the kernel calls, forward and backward.
+//
+// This is model.c's forward and backward with every op replaced by its
+// CUDA counterpart from kernels/cuda (cuda.h), which keeps the CPU's
+// contracts, so the two files read side by side. The differences:
+// - Buffers: one device allocation each for parameters, gradients, the two
+//   AdamW moments, activations and backward scratch, carved with the same
+//   offsets as on the host (a tensor's device address is the device base
+//   plus its host offset), so the parameter table serves both.
+// - The AM-SU recurrence runs fused (amsu.cu): astrocyte and neuron in one
+//   kernel forward, one kernel backward, instead of the CPU's two passes.
+// - Residual adds are folded into the output matmuls (a copy of x, then
+//   the GEMM accumulates into it), so no separate add kernel exists.
+// - The embedding backward is grouped by token on the host (the tokens are
+//   there anyway), so the device sums each token's rows in position order
+//   with no atomics: gradients are bit-identical from run to run.
+// - Only the per-row losses travel to the host, where they are summed in
+//   order as on the CPU.
+// Everything runs on the default stream, in order; the host waits only where
+// it needs a value (the loss, the gradient norm, logits for sampling).
+#ifdef GLIA_HAVE_CUDA
+
+#include "model_cuda.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda/cuda.h"
+#include "glia/util.h"
+
+typedef struct {
+    float *x_in, *z1, *rstd1;          // (B, T, C), (B, T, C), (B, T)
+    float *I, *k, *v, *q, *o, *u, *s;  // (B, T, C) each; k v q NULL when astro off
+    float *Hckpt;                      // (B, Nh, nchunks, D, D); NULL when astro off
+    float *x_mid, *z2, *rstd2;         // (B, T, C), (B, T, C), (B, T)
+    float *c, *w, *r;                  // (B, T, F) FFN current, membrane, spikes
+} DevLayerActs;
+
+struct CudaModel {
+    float *params, *grads, *mom1, *mom2;  // (nparams) each; grads and moments NULL unless training
+    int B, T;                             // activations allocated for
+    float *acts_mem;
+    DevLayerActs *acts;                   // (L)
+    float *x_out, *zf, *rstdf, *logits;   // (B, T, C), (B, T, C), (B, T), (B, T, V)
+    int *tokens, *targets;                // (B, T) device copies of the last batch
+    float *losses;                        // (B, T)
+    // backward scratch
+    float *grad_mem;
+    float *dx, *dz, *ds, *dI, *dk, *dv, *dq;  // (B, T, C) each
+    float *dc, *dr;                           // (B, T, F)
+    float *amsu_scratch, *rms_scratch, *lif_scratch;
+    int *emb_plan;                        // order (B·T), starts (B·T + 1), uniq (B·T)
+    double *norm;                         // (1 + grad_norm_scratch_doubles())
+    // host side
+    int *host_targets, *host_plan;        // (B, T), (3·B·T + 1)
+    float *host_losses;                   // (B, T)
+    float *host_logits;                   // (V) one row, for model_logits
+    int last_B, last_T, last_scored;
+};
+
+static void *dev_alloc_or_die(size_t bytes, const char *what) {
+    void *p = cuda_alloc(bytes);
+    if (!p) fatal("GPU out of memory for %s: %s; try a smaller --batch or --seq", what,
+                  cuda_last_error_message());
+    return p;
+}
+
+// Device address of parameter (or gradient) pointer p of the host buffer.
+static float *dev_of(const Model *m, float *dev_base, const float *host_ptr) {
+    return host_ptr ? dev_base + (host_ptr - m->params) : NULL;
+}
+
+int model_to_cuda(Model *m, int train, char *err, size_t err_len) {
+    if (m->cuda) return 0;
+    const ModelConfig *c = &m->cfg;
+    if (c->astro && !amsu_head_size_supported(c->C / c->Nh)) {
+        snprintf(err, err_len,
+                 "the CUDA backend runs head sizes 8, 16, 32, 64 and 128; this model's is %d "
+                 "(width %d / %d heads): use --device cpu",
+                 c->C / c->Nh, c->C, c->Nh);
+        return -1;
+    }
+    if (cuda_device_count() == 0) {
+        snprintf(err, err_len, "--device cuda: no CUDA device found");
+        return -1;
+    }
+    struct CudaModel *g = xcalloc(1, sizeof *g);
+    size_t bytes = m->nparams * sizeof(float);
+    float **bufs[] = {&g->params, &g->grads, &g->mom1, &g->mom2};
+    const char *names[] = {"parameters", "gradients", "AdamW moments", "AdamW moments"};
+    for (int i = 0; i < (train ? 4 : 1); i++) {
+        *bufs[i] = cuda_alloc(bytes);
+        if (!*bufs[i]) {
+            snprintf(err, err_len, "GPU out of memory for the %s (%.2f GiB): %s", names[i],
+                     bytes / 1073741824.0, cuda_last_error_message());
+            for (int j = 0; j < i; j++) cuda_free(*bufs[j]);
+            free(g);
+            return -1;
+        }
+    }
+    cuda_upload(g->params, m->params, bytes);
+    if (train) {
+        cuda_memset(g->grads, 0, bytes, NULL);
+        cuda_memset(g->mom1, 0, bytes, NULL);
+        cuda_memset(g->mom2, 0, bytes, NULL);
+    }
+    g->host_logits = xmalloc((size_t)c->V * sizeof(float));
+    // the host's activations and gradients are not used any more
+    free(m->grads), m->grads = NULL;
+    free(m->acts_mem), m->acts_mem = NULL;
+    free(m->acts), m->acts = NULL;
+    free(m->grad_mem), m->grad_mem = NULL;
+    m->cuda = g;
+    if (m->B > 0) model_cuda_alloc_acts(m, m->B, m->T);
+    return 0;
+}
+
+void model_cuda_download(Model *m, float *mom1, float *mom2) {
+    struct CudaModel *g = m->cuda;
+    size_t bytes = m->nparams * sizeof(float);
+    cuda_download(m->params, g->params, bytes);
+    if (mom1 && g->mom1) cuda_download(mom1, g->mom1, bytes);
+    if (mom2 && g->mom2) cuda_download(mom2, g->mom2, bytes);
+}
+
+void model_cuda_upload(Model *m, const float *mom1, const float *mom2) {
+    struct CudaModel *g = m->cuda;
+    size_t bytes = m->nparams * sizeof(float);
+    cuda_upload(g->params, m->params, bytes);
+    if (mom1 && g->mom1) cuda_upload(g->mom1, mom1, bytes);
+    if (mom2 && g->mom2) cuda_upload(g->mom2, mom2, bytes);
+}
+
+static void free_acts(struct CudaModel *g) {
+    cuda_free(g->acts_mem);
+    cuda_free(g->grad_mem);
+    cuda_free(g->tokens);
+    cuda_free(g->targets);
+    cuda_free(g->emb_plan);
+    free(g->acts);
+    free(g->host_targets);
+    free(g->host_plan);
+    free(g->host_losses);
+    g->acts_mem = g->grad_mem = NULL;
+    g->tokens = g->targets = g->emb_plan = NULL;
+    g->acts = NULL;
+    g->host_targets = g->host_plan = NULL;
+    g->host_losses = NULL;
+}
+
+void model_cuda_free(Model *m) {
+    struct CudaModel *g = m->cuda;
+    if (!g) return;
+    free_acts(g);
+    cuda_free(g->params);
+    cuda_free(g->grads);
+    cuda_free(g->mom1);
+    cuda_free(g->mom2);
+    cuda_free(g->norm);
+    free(g->host_logits);
+    free(g);
+    m->cuda = NULL;
+}
+
+void model_cuda_alloc_acts(Model *m, int B, int T) {
+    struct CudaModel *g = m->cuda;
+    if (g->acts_mem && g->B == B && g->T == T) return;
+    free_acts(g);
+    g->B = B, g->T = T;
+    const ModelConfig *c = &m->cfg;
+    const size_t bt = (size_t)B * T, btc = bt * c->C, btf = bt * c->F, btv = bt * c->V;
+    const size_t D = (size_t)(c->C / c->Nh);
+    const size_t nH = c->astro ? (size_t)B * c->Nh * glia_nchunks(T) * D * D : 0;
+    const size_t per_layer = (c->astro ? 11 : 8) * btc + 2 * bt + nH + 3 * btf;
+    const size_t total = c->L * per_layer + 2 * btc + 2 * bt + btv;
+    g->acts_mem = dev_alloc_or_die(total * sizeof(float), "the activations");
+    g->acts = xcalloc(c->L, sizeof(DevLayerActs));
+    float *p = g->acts_mem;
+#define TAKE(n) (p += (n), p - (n))
+    for (int l = 0; l < c->L; l++) {
+        DevLayerActs *a = &g->acts[l];
+        a->x_in = TAKE(btc), a->z1 = TAKE(btc), a->rstd1 = TAKE(bt);
+        a->I = TAKE(btc), a->o = TAKE(btc), a->u = TAKE(btc), a->s = TAKE(btc);
+        if (c->astro) a->k = TAKE(btc), a->v = TAKE(btc), a->q = TAKE(btc), a->Hckpt = TAKE(nH);
+        a->x_mid = TAKE(btc), a->z2 = TAKE(btc), a->rstd2 = TAKE(bt);
+        a->c = TAKE(btf), a->w = TAKE(btf), a->r = TAKE(btf);
+    }
+    g->x_out = TAKE(btc), g->zf = TAKE(btc), g->rstdf = TAKE(bt), g->losses = TAKE(bt);
+    g->logits = TAKE(btv);
+#undef TAKE
+    g->tokens = dev_alloc_or_die(bt * sizeof(int), "the token ids");
+    g->targets = dev_alloc_or_die(bt * sizeof(int), "the targets");
+    g->host_targets = xmalloc(bt * sizeof(int));
+    g->host_losses = xmalloc(bt * sizeof(float));
+    g->grad_mem = NULL;  // allocated by the first backward
+}
+
+// ---- gradients and the optimizer ------------------------------------------------------
+
+float *model_cuda_grads(Model *m) { return m->cuda->grads; }
+
+void model_cuda_zero_grad(Model *m) {
+    cuda_memset(m->cuda->grads, 0, m->nparams * sizeof(float), NULL);
+}
+
+double model_cuda_grad_norm_sq(Model *m) {
+    struct CudaModel *g = m->cuda;
+    if (!g->norm)
+        g->norm = dev_alloc_or_die((1 + grad_norm_scratch_doubles()) * sizeof(double),
+                                   "the gradient norm");
+    grad_norm_sq_cuda(g->norm, g->norm + 1, g->grads, m->nparams, NULL);
+    double sq;
+    cuda_download(&sq, g->norm, sizeof sq);
+    return sq;
+}
+
+void model_cuda_scale_grads(Model *m, float s) {
+    scale_inplace_cuda(m->cuda->grads, m->nparams, s, NULL);
+}
+
+void model_cuda_adamw(Model *m, float lr, float beta1, float beta2, float eps,
+                      float weight_decay, int step) {
+    struct CudaModel *g = m->cuda;
+    for (int i = 0; i < m->ntensors; i++) {
+        const ParamTensor *t = &m->tensors[i];
+        adamw_update_cuda(g->params + t->offset, g->grads + t->offset, g->mom1 + t->offset,
+                          g->mom2 + t->offset, t->numel, lr, beta1, beta2, eps,
+                          t->decay ? weight_decay : 0.0f, step, NULL);
+    }
+}
+
+// ---- forward ---------------------------------------------------------------------------
+
+double model_cuda_forward(Model *m, const int *tokens, const int *targets, int B, int T,
+                          ModelState *state) {
+    struct CudaModel *g = m->cuda;
+    const ModelConfig *c = &m->cfg;
+    if (B < 1 || T < 1 || B > g->B || T > g->T)
+        fatal("model_forward: batch %dx%d does not fit the activations allocated for %dx%d", B,
+              T, g->B, g->T);
+    if (state && state->B != B)
+        fatal("model_forward: state holds %d sequences, batch has %d", state->B, B);
+    const int C = c->C, F = c->F, V = c->V, Nh = c->Nh, M = B * T;
+    const size_t btc = (size_t)M * C;
+    const float kscale = 1.0f / sqrtf((float)(C / Nh));
+    g->last_B = B, g->last_T = T, g->last_scored = targets != NULL && !state;
+
+    cuda_upload(g->tokens, tokens, (size_t)M * sizeof(int));
+    embedding_forward_cuda(g->acts[0].x_in, g->tokens, dev_of(m, g->params, m->E), M, C, NULL);
+    for (int l = 0; l < c->L; l++) {
+        DevLayerActs *a = &g->acts[l];
+        const LayerParams *hp = &m->layers[l];
+#define P(field) dev_of(m, g->params, hp->field)
+        float *x_next = l + 1 < c->L ? g->acts[l + 1].x_in : g->x_out;
+        float *H_st = NULL, *u_st = NULL, *s_st = NULL, *w_st = NULL, *r_st = NULL;
+        if (state) {
+            const LayerState *ls = &state->layers[l];
+            H_st = ls->amsu.H ? state->dev + (ls->amsu.H - state->base) : NULL;
+            u_st = state->dev + (ls->amsu.u - state->base);
+            s_st = state->dev + (ls->amsu.s - state->base);
+            w_st = state->dev + (ls->w - state->base);
+            r_st = state->dev + (ls->r - state->base);
+        }
+        // token mixer: x_mid = x_in + W_O s, s = AM-SU(RMSNorm(x_in))
+        rmsnorm_forward_cuda(a->z1, a->rstd1, a->x_in, P(norm1), M, C, NULL);
+        matmul_forward_cuda(a->I, a->z1, P(W_I), M, C, C, 1.0f, 0, NULL);
+        if (c->astro) {
+            matmul_forward_cuda(a->k, a->z1, P(W_K), M, C, C, kscale, 0, NULL);
+            matmul_forward_cuda(a->v, a->z1, P(W_V), M, C, C, 1.0f, 0, NULL);
+            matmul_forward_cuda(a->q, a->z1, P(W_Q), M, C, C, 1.0f, 0, NULL);
+        }
+        amsu_recurrence_forward_cuda(a->o, a->u, a->s, state ? NULL : a->Hckpt, a->I, a->k, a->v,
+                                     a->q, P(a_lambda), P(a_beta), H_st, u_st, s_st, B, T, C, Nh,
+                                     c->astro, NULL);
+        cuda_copy(a->x_mid, a->x_in, btc * sizeof(float), NULL);
+        matmul_forward_cuda(a->x_mid, a->s, P(W_O), M, C, C, 1.0f, 1, NULL);
+        // channel mixer: x_next = x_mid + W_2 r, r = LIF(W_1 RMSNorm(x_mid))
+        rmsnorm_forward_cuda(a->z2, a->rstd2, a->x_mid, P(norm2), M, C, NULL);
+        matmul_forward_cuda(a->c, a->z2, P(W_1), M, C, F, 1.0f, 0, NULL);
+        amsu_recurrence_forward_cuda(NULL, a->w, a->r, NULL, a->c, NULL, NULL, NULL, NULL,
+                                     P(a_beta_ffn), NULL, w_st, r_st, B, T, F, 1, 0, NULL);
+        cuda_copy(x_next, a->x_mid, btc * sizeof(float), NULL);
+        matmul_forward_cuda(x_next, a->r, P(W_2), M, F, C, 1.0f, 1, NULL);
+#undef P
+    }
+    rmsnorm_forward_cuda(g->zf, g->rstdf, g->x_out, dev_of(m, g->params, m->norm_f), M, C, NULL);
+    matmul_forward_cuda(g->logits, g->zf, dev_of(m, g->params, m->E), M, C, V, 1.0f, 0, NULL);
+    if (!targets) return 0.0;
+
+    memcpy(g->host_targets, targets, (size_t)M * sizeof(int));
+    cuda_upload(g->targets, targets, (size_t)M * sizeof(int));
+    xent_forward_cuda(g->losses, g->logits, g->targets, M, V, NULL);
+    cuda_download(g->host_losses, g->losses, (size_t)M * sizeof(float));
+    double loss = 0.0;
+    int scored = 0;
+    for (int i = 0; i < M; i++) {  // in order, as on the CPU
+        if (targets[i] < 0) continue;
+        loss += g->host_losses[i];
+        scored++;
+    }
+    return scored ? loss / scored : 0.0;
+}
+
+const float *model_cuda_logits(Model *m, int b, int t) {
+    struct CudaModel *g = m->cuda;
+    const int V = m->cfg.V;
+    cuda_download(g->host_logits, g->logits + ((size_t)b * g->last_T + t) * V,
+                  (size_t)V * sizeof(float));
+    return g->host_logits;
+}
+
+// ---- backward --------------------------------------------------------------------------
+
+static void alloc_grad_scratch(Model *m) {
+    struct CudaModel *g = m->cuda;
+    const ModelConfig *c = &m->cfg;
+    const int B = g->B, T = g->T, C = c->C, F = c->F, M = B * T;
+    const size_t btc = (size_t)M * C, btf = (size_t)M * F;
+    const size_t amsu = c->astro ? amsu_backward_scratch_floats(B, T, C, c->Nh) : 0;
+    const size_t rms = rmsnorm_backward_scratch_floats(M, C);
+    const size_t lif = (size_t)B * (C > F ? C : F);
+    g->grad_mem = dev_alloc_or_die((7 * btc + 2 * btf + amsu + rms + lif) * sizeof(float),
+                                   "the backward pass");
+    float *p = g->grad_mem;
+#define TAKE(n) (p += (n), p - (n))
+    g->dx = TAKE(btc), g->dz = TAKE(btc), g->ds = TAKE(btc), g->dI = TAKE(btc);
+    g->dk = TAKE(btc), g->dv = TAKE(btc), g->dq = TAKE(btc);
+    g->dc = TAKE(btf), g->dr = TAKE(btf);
+    g->amsu_scratch = TAKE(amsu), g->rms_scratch = TAKE(rms), g->lif_scratch = TAKE(lif);
+#undef TAKE
+    g->emb_plan = dev_alloc_or_die((3 * (size_t)M + 1) * sizeof(int), "the embedding backward");
+    g->host_plan = xmalloc((3 * (size_t)M + 1) * sizeof(int));
+}
+
+void model_cuda_backward(Model *m, const int *tokens, float scale) {
+    struct CudaModel *g = m->cuda;
+    const ModelConfig *c = &m->cfg;
+    const int B = g->last_B, T = g->last_T, C = c->C, F = c->F, V = c->V, Nh = c->Nh;
+    const int M = B * T;
+    const float kscale = 1.0f / sqrtf((float)(C / Nh));
+    if (!g->grads) fatal("model_backward: the model was moved to the GPU without gradients");
+    if (!g->last_scored) fatal("model_backward: the last forward had no targets, or carried state");
+    if (!g->grad_mem) alloc_grad_scratch(m);
+    float *gp = g->grads, *pp = g->params;
+
+    // cross-entropy: dlogits = (softmax − onehot) · scale / scored, in place of the logits
+    int scored = 0;
+    for (int i = 0; i < M; i++) scored += g->host_targets[i] >= 0;
+    xent_backward_cuda(g->logits, g->targets, scored ? scale / (float)scored : 0.0f, M, V, NULL);
+    float *dlogits = g->logits;
+    g->last_scored = 0;  // the logits are gone
+    // logits = zf E[:V]ᵀ
+    matmul_backward_cuda(g->dz, dev_of(m, gp, m->E), dlogits, g->zf, dev_of(m, pp, m->E), M, C,
+                         V, 1.0f, 0, NULL);
+    cuda_memset(g->dx, 0, (size_t)M * C * sizeof(float), NULL);
+    rmsnorm_backward_cuda(g->dx, dev_of(m, gp, m->norm_f), g->rms_scratch, g->dz, g->x_out,
+                          dev_of(m, pp, m->norm_f), g->rstdf, M, C, NULL);
+
+    for (int l = c->L - 1; l >= 0; l--) {
+        DevLayerActs *a = &g->acts[l];
+        const LayerParams *hp = &m->layers[l];
+#define P(field) dev_of(m, pp, hp->field)
+#define G(field) dev_of(m, gp, hp->field)
+        // x_out = x_mid + r W_2ᵀ
+        matmul_backward_cuda(g->dr, G(W_2), g->dx, a->r, P(W_2), M, F, C, 1.0f, 0, NULL);
+        neuron_backward_cuda(g->dc, NULL, G(a_beta_ffn), g->lif_scratch, g->dr, a->w, NULL, a->r,
+                             P(a_beta_ffn), B, T, F, NULL);
+        matmul_backward_cuda(g->dz, G(W_1), g->dc, a->z2, P(W_1), M, C, F, 1.0f, 0, NULL);
+        rmsnorm_backward_cuda(g->dx, G(norm2), g->rms_scratch, g->dz, a->x_mid, P(norm2),
+                              a->rstd2, M, C, NULL);
+        // x_mid = x_in + s W_Oᵀ, s = AM-SU(z1)
+        matmul_backward_cuda(g->ds, G(W_O), g->dx, a->s, P(W_O), M, C, C, 1.0f, 0, NULL);
+        if (c->astro)
+            amsu_recurrence_backward_cuda(g->dI, g->dk, g->dv, g->dq, G(a_lambda), G(a_beta),
+                                          g->amsu_scratch, g->ds, a->u, a->o, a->s, a->k, a->v,
+                                          a->q, a->Hckpt, P(a_lambda), P(a_beta), B, T, C, Nh,
+                                          NULL);
+        else
+            neuron_backward_cuda(g->dI, NULL, G(a_beta), g->lif_scratch, g->ds, a->u, NULL, a->s,
+                                 P(a_beta), B, T, C, NULL);
+        matmul_backward_cuda(g->dz, G(W_I), g->dI, a->z1, P(W_I), M, C, C, 1.0f, 0, NULL);
+        if (c->astro) {
+            matmul_backward_cuda(g->dz, G(W_K), g->dk, a->z1, P(W_K), M, C, C, kscale, 1, NULL);
+            matmul_backward_cuda(g->dz, G(W_V), g->dv, a->z1, P(W_V), M, C, C, 1.0f, 1, NULL);
+            matmul_backward_cuda(g->dz, G(W_Q), g->dq, a->z1, P(W_Q), M, C, C, 1.0f, 1, NULL);
+        }
+        rmsnorm_backward_cuda(g->dx, G(norm1), g->rms_scratch, g->dz, a->x_in, P(norm1),
+                              a->rstd1, M, C, NULL);
+#undef P
+#undef G
+    }
+    // x = E[token]: each token's rows summed in position order (no atomics)
+    int *order = g->host_plan, *starts = order + M, *uniq = starts + M + 1;
+    int nuniq = embedding_backward_plan(tokens, M, order, starts, uniq);
+    int *d_order = g->emb_plan, *d_starts = d_order + M, *d_uniq = d_starts + M + 1;
+    cuda_upload(d_order, order, (size_t)M * sizeof(int));
+    cuda_upload(d_starts, starts, (size_t)(nuniq + 1) * sizeof(int));
+    cuda_upload(d_uniq, uniq, (size_t)nuniq * sizeof(int));
+    embedding_backward_cuda(dev_of(m, gp, m->E), g->dx, d_order, d_starts, d_uniq, nuniq, C,
+                            NULL);
+}
+
+// ---- recurrent state ------------------------------------------------------------------
+
+void model_cuda_state_new(const Model *m, ModelState *s) {
+    size_t bytes = (size_t)s->B * model_state_floats(&m->cfg) * sizeof(float);
+    s->dev = dev_alloc_or_die(bytes, "the recurrent state");
+    cuda_memset(s->dev, 0, bytes, NULL);
+}
+
+void model_cuda_state_free(ModelState *s) {
+    if (s->mem) cuda_free(s->dev);  // a slot view does not own the device copy
+    s->dev = NULL;
+}
+
+void model_cuda_state_reset_slot(ModelState *s, int b) {
+    for (int l = 0; l < s->L; l++) {
+        LayerState *ls = &s->layers[l];
+        if (ls->amsu.H)
+            cuda_memset(s->dev + (ls->amsu.H + b * s->H1 - s->base), 0, s->H1 * sizeof(float), NULL);
+        cuda_memset(s->dev + (ls->amsu.u + b * s->C - s->base), 0, s->C * sizeof(float), NULL);
+        cuda_memset(s->dev + (ls->amsu.s + b * s->C - s->base), 0, s->C * sizeof(float), NULL);
+        cuda_memset(s->dev + (ls->w + b * s->F - s->base), 0, s->F * sizeof(float), NULL);
+        cuda_memset(s->dev + (ls->r + b * s->F - s->base), 0, s->F * sizeof(float), NULL);
+    }
+}
+
+#endif  // GLIA_HAVE_CUDA

@@ -1,0 +1,367 @@
+// emu.cpp: the CPU emulator's runtime: grid execution, barriers, warp
+// exchange, memory and the API calls of cuda_runtime.h (see that header for
+// what is emulated and how).
+//
+// The threads of a block are fibers (ucontext) on the calling thread, run
+// round robin by a small scheduler: a fiber runs until it waits at a
+// barrier or returns; a waiting fiber is resumed once the last member of
+// its barrier (the block's, or its warp's) has arrived. Cooperative fibers
+// make a barrier a context switch instead of a futex round trip per thread,
+// which is what kept the first, thread-per-CUDA-thread version slow, and a
+// barrier some threads never reach is reported as a deadlock instead of
+// hanging.
+#include "cuda_runtime.h"
+
+#include <pthread.h>
+#include <time.h>
+#include <ucontext.h>
+
+#include <vector>
+
+namespace {
+
+// One CUDA thread of the block being run: a fiber with its own stack.
+struct Fiber {
+    ucontext_t ctx;
+    std::vector<unsigned char> stack;
+    uint3 idx;
+    int tid;
+    bool done;
+    struct Barrier *waiting;  // the barrier it waits at, or null
+    unsigned long wait_gen;
+};
+
+// A barrier of the fibers of a block (__syncthreads) or of a warp. Its
+// party count shrinks when a fiber returns from the kernel early, like an
+// exited thread on a GPU.
+struct Barrier {
+    int expected = 0, arrived = 0;
+    unsigned long gen = 0;
+    void reset(int n) { expected = n, arrived = 0, gen++; }
+    void release() { arrived = 0, gen++; }
+};
+
+struct Grid {
+    dim3 grid, block;
+    int nthreads, nwarps;
+    const std::function<void()> *body;
+    Barrier block_bar;             // __syncthreads
+    std::vector<Barrier> warps;    // __syncwarp and shuffles, one per warp
+    std::vector<double> exchange;  // (nwarps, 32)
+    std::vector<unsigned char> smem;
+    std::vector<Fiber> fibers;     // (nthreads)
+    ucontext_t sched;              // the scheduler's context
+    int running;                   // the fiber being run
+};
+
+Grid *cur;  // the grid being run (one at a time: launches are synchronous)
+
+const size_t kStack = 256 * 1024;
+
+void fiber_main(void) {
+    Grid *g = cur;
+    Fiber &f = g->fibers[g->running];
+    (*g->body)();
+    f.done = true;
+    // the thread has exited: it no longer takes part in its barriers
+    Barrier *bars[2] = {&g->block_bar, &g->warps[f.tid / 32]};
+    for (Barrier *b : bars) {
+        b->expected--;
+        if (b->arrived > 0 && b->arrived >= b->expected) b->release();
+    }
+    // returning resumes uc_link: the scheduler
+}
+
+// Waits at b: the last fiber to arrive releases the others and goes on.
+void barrier_wait(Barrier *b) {
+    Grid *g = cur;
+    if (++b->arrived >= b->expected) {
+        b->release();
+        return;
+    }
+    Fiber &f = g->fibers[g->running];
+    f.waiting = b;
+    f.wait_gen = b->gen;
+    swapcontext(&f.ctx, &g->sched);
+}
+
+// Runs every fiber of the current block to its end, round robin, resuming a
+// waiting fiber once its barrier has been released.
+void run_block(Grid *g) {
+    for (;;) {
+        int live = 0, progressed = 0;
+        for (int t = 0; t < g->nthreads; t++) {
+            Fiber &f = g->fibers[t];
+            if (f.done) continue;
+            live++;
+            if (f.waiting && f.waiting->gen == f.wait_gen) continue;  // still blocked
+            f.waiting = nullptr;
+            g->running = t;
+            threadIdx = f.idx;
+            swapcontext(&g->sched, &f.ctx);
+            progressed++;
+        }
+        if (!live) return;
+        if (!progressed) {
+            fprintf(stderr, "glia CUDA emulator: deadlock in block (%u, %u, %u): some threads wait at a "
+                            "barrier that the others never reach\n",
+                    blockIdx.x, blockIdx.y, blockIdx.z);
+            abort();
+        }
+    }
+}
+
+cudaError_t last_error = cudaSuccess;
+size_t mem_in_use = 0;
+pthread_mutex_t mem_mu = PTHREAD_MUTEX_INITIALIZER;
+
+double now_ms() {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+}
+
+size_t mem_cap() {
+    const char *e = getenv("GLIA_EMU_MEM_BYTES");
+    return e && *e ? (size_t)strtoull(e, nullptr, 10) : (size_t)64 << 30;
+}
+
+}  // namespace
+
+namespace glia_emu {
+
+void run_grid(dim3 grid, dim3 block, size_t smem, const std::function<void()> &body) {
+    long nthreads = (long)block.x * block.y * block.z;
+    if (nthreads < 1 || nthreads > 1024 || grid.x < 1 || grid.y < 1 || grid.z < 1 ||
+        grid.y > 65535 || grid.z > 65535 || smem > 227 * 1024) {
+        last_error = cudaErrorInvalidConfiguration;
+        return;
+    }
+    if (cur) {
+        fprintf(stderr, "glia CUDA emulator: a kernel launched another kernel\n");
+        abort();
+    }
+    Grid g;
+    g.grid = grid, g.block = block, g.body = &body;
+    g.nthreads = (int)nthreads;
+    g.nwarps = (int)((nthreads + 31) / 32);
+    g.warps = std::vector<Barrier>(g.nwarps);
+    g.exchange.assign((size_t)g.nwarps * 32, 0.0);
+    g.smem.assign(smem + 16, 0xFF);
+    g.fibers = std::vector<Fiber>(g.nthreads);
+    for (int t = 0; t < g.nthreads; t++) {
+        g.fibers[t].stack.resize(kStack);
+        g.fibers[t].tid = t;
+        g.fibers[t].idx = {(unsigned)t % block.x, (unsigned)t / block.x % block.y,
+                           (unsigned)t / (block.x * block.y)};
+    }
+    gridDim = grid, blockDim = block;
+    cur = &g;
+    const long nblocks = (long)grid.x * grid.y * grid.z;
+    for (long blk = 0; blk < nblocks; blk++) {
+        blockIdx = {(unsigned)(blk % grid.x), (unsigned)(blk / grid.x % grid.y),
+                    (unsigned)(blk / ((long)grid.x * grid.y))};
+        g.block_bar.reset(g.nthreads);
+        for (int i = 0; i < g.nwarps; i++) {
+            int n = g.nthreads - 32 * i;
+            g.warps[i].reset(n < 32 ? n : 32);
+        }
+        for (Fiber &f : g.fibers) {
+            f.done = false;
+            f.waiting = nullptr;
+            getcontext(&f.ctx);
+            f.ctx.uc_stack.ss_sp = f.stack.data();
+            f.ctx.uc_stack.ss_size = f.stack.size();
+            f.ctx.uc_link = &g.sched;
+            makecontext(&f.ctx, fiber_main, 0);
+        }
+        run_block(&g);
+    }
+    cur = nullptr;
+}
+
+void *dynamic_smem(void) {
+    uintptr_t p = (uintptr_t)cur->smem.data();
+    return (void *)((p + 15) & ~(uintptr_t)15);
+}
+
+double warp_exchange(double mine, int src) {
+    Grid *g = cur;
+    int tid = g->running, warp = tid / 32;
+    double *buf = g->exchange.data() + (size_t)warp * 32;
+    buf[tid % 32] = mine;
+    barrier_wait(&g->warps[warp]);
+    double got = buf[src];
+    barrier_wait(&g->warps[warp]);
+    return got;
+}
+
+}  // namespace glia_emu
+
+void __syncthreads(void) { barrier_wait(&cur->block_bar); }
+void __syncwarp(unsigned) { barrier_wait(&cur->warps[cur->running / 32]); }
+
+// ---- runtime API ------------------------------------------------------------------
+
+const char *cudaGetErrorString(cudaError_t e) {
+    switch (e) {
+    case cudaSuccess: return "no error";
+    case cudaErrorInvalidValue: return "invalid argument";
+    case cudaErrorMemoryAllocation: return "out of memory";
+    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+    case cudaErrorNoDevice: return "no CUDA-capable device is detected";
+    case cudaErrorInvalidDevice: return "invalid device ordinal";
+    }
+    return "unknown error";
+}
+
+const char *cudaGetErrorName(cudaError_t e) {
+    switch (e) {
+    case cudaSuccess: return "cudaSuccess";
+    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
+    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
+    case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
+    case cudaErrorNoDevice: return "cudaErrorNoDevice";
+    case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
+    }
+    return "cudaErrorUnknown";
+}
+
+static int emu_devices(void) {
+    const char *e = getenv("GLIA_EMU_DEVICES");
+    return e && *e ? atoi(e) : 1;
+}
+
+cudaError_t cudaGetDeviceCount(int *n) {
+    *n = emu_devices();
+    return *n > 0 ? cudaSuccess : cudaErrorNoDevice;
+}
+cudaError_t cudaSetDevice(int d) {
+    return d >= 0 && d < emu_devices() ? cudaSuccess : cudaErrorInvalidDevice;
+}
+cudaError_t cudaGetDevice(int *d) {
+    *d = 0;
+    return cudaSuccess;
+}
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int) {
+    memset(p, 0, sizeof *p);
+    snprintf(p->name, sizeof p->name, "glia CPU emulator");
+    p->totalGlobalMem = mem_cap();
+    p->sharedMemPerBlock = 48 * 1024;
+    p->sharedMemPerBlockOptin = 227 * 1024;
+    p->multiProcessorCount = 1;
+    p->l2CacheSize = 1 << 20;
+    p->major = 9, p->minor = 0;
+    p->maxThreadsPerBlock = 1024;
+    p->warpSize = 32;
+    return cudaSuccess;
+}
+cudaError_t cudaGetLastError(void) {
+    cudaError_t e = last_error;
+    last_error = cudaSuccess;
+    return e;
+}
+cudaError_t cudaPeekAtLastError(void) { return last_error; }
+
+// Each allocation carries its size in a 256-byte header, for the cap.
+cudaError_t cudaMalloc(void **p, size_t bytes) {
+    pthread_mutex_lock(&mem_mu);
+    bool fits = mem_in_use + bytes <= mem_cap();
+    if (fits) mem_in_use += bytes;
+    pthread_mutex_unlock(&mem_mu);
+    // exactly the bytes asked for after the header, so AddressSanitizer
+    // (GLIA_SANITIZE) catches a kernel reading or writing past the end
+    void *raw_v = nullptr;
+    if (fits && posix_memalign(&raw_v, 256, 256 + bytes) != 0) raw_v = nullptr;
+    unsigned char *raw = (unsigned char *)raw_v;
+    if (!raw) {
+        if (fits) {
+            pthread_mutex_lock(&mem_mu);
+            mem_in_use -= bytes;
+            pthread_mutex_unlock(&mem_mu);
+        }
+        *p = nullptr;
+        return cudaErrorMemoryAllocation;
+    }
+    memcpy(raw, &bytes, sizeof bytes);
+    memset(raw + 256, 0xFF, bytes);
+    *p = raw + 256;
+    return cudaSuccess;
+}
+cudaError_t cudaFree(void *p) {
+    if (!p) return cudaSuccess;
+    unsigned char *raw = (unsigned char *)p - 256;
+    size_t bytes;
+    memcpy(&bytes, raw, sizeof bytes);
+    pthread_mutex_lock(&mem_mu);
+    mem_in_use -= bytes;
+    pthread_mutex_unlock(&mem_mu);
+    free(raw);
+    return cudaSuccess;
+}
+cudaError_t cudaMallocHost(void **p, size_t bytes) {
+    *p = malloc(bytes ? bytes : 1);
+    return *p ? cudaSuccess : cudaErrorMemoryAllocation;
+}
+cudaError_t cudaFreeHost(void *p) {
+    free(p);
+    return cudaSuccess;
+}
+cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes) {
+    pthread_mutex_lock(&mem_mu);
+    *total_bytes = mem_cap();
+    *free_bytes = mem_cap() - mem_in_use;
+    pthread_mutex_unlock(&mem_mu);
+    return cudaSuccess;
+}
+cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, cudaMemcpyKind) {
+    if (bytes) memmove(dst, src, bytes);
+    return cudaSuccess;
+}
+cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpyKind k,
+                            cudaStream_t) {
+    return cudaMemcpy(dst, src, bytes, k);
+}
+cudaError_t cudaMemset(void *p, int value, size_t bytes) {
+    if (bytes) memset(p, value, bytes);
+    return cudaSuccess;
+}
+cudaError_t cudaMemsetAsync(void *p, int value, size_t bytes, cudaStream_t) {
+    return cudaMemset(p, value, bytes);
+}
+cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
+
+struct glia_emu_stream {
+    int unused;
+};
+struct glia_emu_event {
+    double ms;
+};
+cudaError_t cudaStreamCreate(cudaStream_t *s) {
+    *s = new glia_emu_stream();
+    return cudaSuccess;
+}
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned) { return cudaStreamCreate(s); }
+cudaError_t cudaStreamDestroy(cudaStream_t s) {
+    delete s;
+    return cudaSuccess;
+}
+cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t, unsigned) { return cudaSuccess; }
+cudaError_t cudaEventCreate(cudaEvent_t *e) {
+    *e = new glia_emu_event();
+    return cudaSuccess;
+}
+cudaError_t cudaEventDestroy(cudaEvent_t e) {
+    delete e;
+    return cudaSuccess;
+}
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t) {
+    e->ms = now_ms();
+    return cudaSuccess;
+}
+cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t a, cudaEvent_t b) {
+    *ms = (float)(b->ms - a->ms);
+    return cudaSuccess;
+}

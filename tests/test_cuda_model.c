@@ -1,0 +1,280 @@
+// test_cuda_model.c: the whole model on the CUDA backend (host/model_cuda.c)
+// against the CPU backend: loss, logits, every parameter's gradient, AdamW
+// steps, streaming generation, and the commands with --device cuda.
+//
+// Two copies of one randomly initialised model (test_model_randomise: spikes
+// in every layer), one moved to the GPU, see the same batches. Measures and
+// tolerances (normwise relative error, rel_err in testutil.h):
+// - loss: |Δ| / loss ≤ 1e-5; logits ≤ 1e-5;
+// - gradients, per tensor: ≤ 1e-4. Every op agrees to ~1e-6, but a gradient
+//   sums products along whole sequences and through L layers of spiking
+//   neurons, whose surrogate slopes amplify ulp-level differences in the
+//   membrane potential;
+// - parameters after 3 AdamW steps: ≤ 1e-5 (Adam normalises the update,
+//   so gradient differences shrink to lr-sized ones).
+// A spike that flips between backends (a potential within rounding of θ)
+// would exceed these bounds; the seeds here produce none, and the number
+// of spikes compared is asserted non-trivial.
+//
+// Built without CUDA every test skips; with CUDA but no device the parity
+// tests skip. In a GLIA_CUDA_EMU build they run on the CPU emulator.
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "model.h"
+#ifdef GLIA_HAVE_CUDA
+#include "cuda/cuda.h"
+#include "model_cuda.h"
+#endif
+#include "testutil.h"
+
+static void require_gpu(void) {
+#ifndef GLIA_HAVE_CUDA
+    cr_skip_test("glia built without CUDA");
+#else
+    if (cuda_device_count() == 0) cr_skip_test("no CUDA device found");
+#endif
+}
+
+#ifdef GLIA_HAVE_CUDA
+
+static ModelConfig config(int astro, int V) {
+    ModelConfig c;
+    model_config_named("tiny", &c);  // L 2, C 32, Nh 2 (D 16), F 128
+    c.astro = astro;
+    c.V = V;
+    c.Vp = model_pad_vocab(V);
+    return c;
+}
+
+// A CPU model and its twin on the GPU, same parameters, for B x T batches.
+static void make_pair(ModelConfig c, int B, int T, uint64_t seed, Model **cpu, Model **gpu) {
+    *cpu = model_new(&c);
+    test_model_randomise(*cpu, seed);
+    *gpu = model_new(&c);
+    memcpy((*gpu)->params, (*cpu)->params, (*cpu)->nparams * sizeof(float));
+    model_alloc_grads(*cpu);
+    model_alloc_acts(*cpu, B, T);
+    char err[512];
+    cr_assert_eq(model_to_cuda(*gpu, 1, err, sizeof err), 0, "model_to_cuda: %s", err);
+    model_alloc_acts(*gpu, B, T);
+}
+
+static void batch(int *tok, int *tgt, int n, int V, uint64_t seed) {
+    TestRng r;
+    rng_seed(&r, seed);
+    test_random_tokens(tok, n, V, &r);
+    test_random_tokens(tgt, n, V, &r);
+    tgt[1] = -1;  // an unscored position
+}
+
+static void check_forward_backward(ModelConfig c, int B, int T, uint64_t seed) {
+    Model *cpu, *gpu;
+    make_pair(c, B, T, seed, &cpu, &gpu);
+    int *tok = malloc(B * T * sizeof(int)), *tgt = malloc(B * T * sizeof(int));
+    batch(tok, tgt, B * T, c.V, seed + 1);
+
+    double l_cpu = model_forward(cpu, tok, tgt, B, T, NULL);
+    double l_gpu = model_forward(gpu, tok, tgt, B, T, NULL);
+    cr_log_info("astro %d V %d: loss cpu %.7f gpu %.7f", c.astro, c.V, l_cpu, l_gpu);
+    cr_assert(fabs(l_cpu - l_gpu) <= 1e-5 * l_cpu, "loss: cpu %.7f gpu %.7f", l_cpu, l_gpu);
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t += T / 3 + 1) {
+            float *row = malloc(c.V * sizeof(float));
+            memcpy(row, model_logits(gpu, b, t), c.V * sizeof(float));
+            double e = rel_err(row, model_logits(cpu, b, t), c.V);
+            cr_assert(e <= 1e-5, "logits b %d t %d: rel err %.2e", b, t, e);
+            free(row);
+        }
+    size_t spikes = 0, n = (size_t)B * T * c.C;
+    for (size_t i = 0; i < n; i++) spikes += cpu->acts[0].amsu.s[i] != 0.0f;
+    cr_assert(spikes > n / 50 && spikes < n, "degenerate spikes: %zu of %zu", spikes, n);
+
+    model_zero_grad(cpu);
+    model_zero_grad(gpu);
+    model_backward(cpu, tok, 0.5f);
+    model_backward(gpu, tok, 0.5f);
+    float *g = malloc(cpu->nparams * sizeof(float));
+    cuda_download(g, model_cuda_grads(gpu), cpu->nparams * sizeof(float));
+    double worst = 0.0;
+    for (int i = 0; i < cpu->ntensors; i++) {
+        const ParamTensor *t = &cpu->tensors[i];
+        double e = rel_err(g + t->offset, cpu->grads + t->offset, t->numel);
+        worst = e > worst ? e : worst;
+        cr_assert(e <= 1e-4, "gradient of %s: rel err %.2e", t->name, e);
+    }
+    cr_log_info("astro %d V %d: worst gradient rel err %.2e", c.astro, c.V, worst);
+    free(g);
+    free(tok);
+    free(tgt);
+    model_free(cpu);
+    model_free(gpu);
+}
+
+#endif
+
+Test(cuda_model, forward_backward_astro_on) {
+    require_gpu();
+#ifdef GLIA_HAVE_CUDA
+    check_forward_backward(config(1, 256), 2, 37, 11);
+#endif
+}
+
+Test(cuda_model, forward_backward_astro_off) {
+    require_gpu();
+#ifdef GLIA_HAVE_CUDA
+    check_forward_backward(config(0, 256), 3, 20, 12);
+#endif
+}
+
+Test(cuda_model, forward_backward_padded_vocab) {
+    require_gpu();
+#ifdef GLIA_HAVE_CUDA
+    check_forward_backward(config(1, 300), 1, 45, 13);  // V 300 padded to 320
+#endif
+}
+
+// Three AdamW steps with clipping, as train.c takes them on each backend.
+Test(cuda_model, adamw_steps_match) {
+    require_gpu();
+#ifdef GLIA_HAVE_CUDA
+    ModelConfig c = config(1, 256);
+    const int B = 2, T = 24;
+    Model *cpu, *gpu;
+    make_pair(c, B, T, 21, &cpu, &gpu);
+    size_t n = cpu->nparams;
+    float *m1 = calloc(n, sizeof(float)), *m2 = calloc(n, sizeof(float));
+    int tok[B * T], tgt[B * T];
+    for (int step = 1; step <= 3; step++) {
+        batch(tok, tgt, B * T, c.V, 100 + step);
+        model_zero_grad(cpu);
+        model_zero_grad(gpu);
+        model_forward(cpu, tok, tgt, B, T, NULL);
+        model_backward(cpu, tok, 1.0f);
+        model_forward(gpu, tok, tgt, B, T, NULL);
+        model_backward(gpu, tok, 1.0f);
+        double nc = sqrt(grad_norm_sq(cpu->grads, n)), ng = sqrt(model_cuda_grad_norm_sq(gpu));
+        cr_assert(fabs(nc - ng) <= 1e-4 * nc, "step %d: grad norm cpu %.6f gpu %.6f", step, nc, ng);
+        const double clip = 0.5;
+        if (nc > clip) scale_inplace(cpu->grads, n, (float)(clip / nc));
+        if (ng > clip) model_cuda_scale_grads(gpu, (float)(clip / ng));
+        for (int i = 0; i < cpu->ntensors; i++) {
+            const ParamTensor *t = &cpu->tensors[i];
+            adamw_update(cpu->params + t->offset, cpu->grads + t->offset, m1 + t->offset,
+                         m2 + t->offset, t->numel, 1e-2f, 0.9f, 0.95f, 1e-8f, t->decay ? 0.1f : 0.0f,
+                         step);
+        }
+        model_cuda_adamw(gpu, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, step);
+    }
+    float *g1 = malloc(n * sizeof(float)), *g2 = malloc(n * sizeof(float));
+    model_cuda_download(gpu, g1, g2);  // parameters into gpu->params, moments into g1, g2
+    double ep = rel_err(gpu->params, cpu->params, n), em = rel_err(g1, m1, n);
+    cr_log_info("after 3 steps: params rel err %.2e, first moment %.2e", ep, em);
+    cr_assert(ep <= 1e-5, "parameters after 3 steps: rel err %.2e", ep);
+    cr_assert(em <= 1e-4, "first moments after 3 steps: rel err %.2e", em);
+    free(g1);
+    free(g2);
+    free(m1);
+    free(m2);
+    model_free(cpu);
+    model_free(gpu);
+#endif
+}
+
+// Generation: a prompt, then single tokens, with the state carried on the
+// device, gives the CPU's logits at every step; a reset slot starts clean.
+Test(cuda_model, streaming_state) {
+    require_gpu();
+#ifdef GLIA_HAVE_CUDA
+    ModelConfig c = config(1, 256);
+    const int P = 19;
+    Model *cpu, *gpu;
+    make_pair(c, 1, P, 31, &cpu, &gpu);
+    ModelState *sc = model_state_new(cpu, 1), *sg = model_state_new(gpu, 1);
+    int prompt[P];
+    TestRng r;
+    rng_seed(&r, 32);
+    test_random_tokens(prompt, P, c.V, &r);
+    for (int round = 0; round < 2; round++) {  // the second round after a reset
+        model_forward(cpu, prompt, NULL, 1, P, sc);
+        model_forward(gpu, prompt, NULL, 1, P, sg);
+        for (int i = 0; i < 6; i++) {
+            float row[256];
+            memcpy(row, model_logits(gpu, 0, i ? 0 : P - 1), sizeof row);
+            double e = rel_err(row, model_logits(cpu, 0, i ? 0 : P - 1), c.V);
+            cr_assert(e <= 1e-5, "round %d token %d: logits rel err %.2e", round, i, e);
+            int tok = (prompt[i] * 7 + 3) % c.V;
+            model_forward(cpu, &tok, NULL, 1, 1, sc);
+            model_forward(gpu, &tok, NULL, 1, 1, sg);
+        }
+        model_state_reset(sc);
+        model_state_reset(sg);
+    }
+    model_state_free(sc);
+    model_state_free(sg);
+    model_free(cpu);
+    model_free(gpu);
+#endif
+}
+
+// A model that does not fit is a one-line error naming what did not fit.
+// Only the emulator lets a test choose the device's memory.
+Test(cuda_model, out_of_memory_is_an_error) {
+    require_gpu();
+#ifndef GLIA_CUDA_EMU
+    cr_skip_test("needs the CUDA emulator's memory cap (GLIA_EMU_MEM_BYTES)");
+#else
+    ModelConfig c = config(1, 256);
+    Model *m = model_new(&c);
+    setenv("GLIA_EMU_MEM_BYTES", "100000", 1);  // 100 kB: less than one copy of the parameters
+    char err[512] = "";
+    int rc = model_to_cuda(m, 1, err, sizeof err);
+    unsetenv("GLIA_EMU_MEM_BYTES");
+    cr_assert_neq(rc, 0);
+    cr_log_info("%s", err);
+    cr_assert(strstr(err, "GPU out of memory") && strstr(err, "GiB"), "message: %s", err);
+    model_free(m);
+#endif
+}
+
+// The commands: a short run on each backend from the same seed, then eval
+// and generate on the GPU. The two runs' losses agree step by step.
+Test(cuda_model, commands_with_device_cuda) {
+    require_gpu();
+#ifdef GLIA_HAVE_CUDA
+    char dir[] = "/tmp/glia_cuda_cmd_XXXXXX", out[16384];
+    cr_assert_not_null(mkdtemp(dir));
+    char corpus[300];
+    snprintf(corpus, sizeof corpus, "%s/words.txt", dir);
+    cr_assert_eq(write_word_corpus(corpus, 4000), 0);
+    const char *common = "train --size tiny --steps 6 --batch 4 --seq 32 --eval-every 3 "
+                         "--eval-batches 2 --sample-tokens 20 --threads 1 --quiet";
+    int rc = glia_run(out, sizeof out, "%s --data %s --out %s/cpu --device cpu", common, corpus, dir);
+    cr_assert_eq(rc, 0, "%s", out);
+    rc = glia_run(out, sizeof out, "%s --data %s --out %s/gpu --device cuda", common, corpus, dir);
+    cr_assert_eq(rc, 0, "%s", out);
+    cr_assert(strstr(out, "on the GPU"), "%s", out);
+    char a[300], b[300];
+    snprintf(a, sizeof a, "%s/cpu", dir);
+    snprintf(b, sizeof b, "%s/gpu", dir);
+    double la[16], lb[16];
+    int na = read_losses(a, la, 16), nb = read_losses(b, lb, 16);
+    cr_assert(na == 6 && nb == 6, "losses read: %d and %d", na, nb);
+    for (int i = 0; i < 6; i++)
+        cr_assert(fabs(la[i] - lb[i]) <= 1e-3 * la[i], "step %d: cpu %.6f gpu %.6f", i + 1, la[i], lb[i]);
+    rc = glia_run(out, sizeof out, "eval --ckpt %s/model.safetensors --data %s --out %s/ev --device cuda "
+                  "--batch 2 --seq 32 --batches 2", b, corpus, dir);
+    cr_assert_eq(rc, 0, "%s", out);
+    cr_assert(strstr(out, "val loss"), "%s", out);
+    rc = glia_run(out, sizeof out, "generate --ckpt %s/model.safetensors --prompt ab --tokens 10 --device cuda",
+                  b);
+    cr_assert_eq(rc, 0, "%s", out);
+    char cmd[700];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    cr_assert_eq(system(cmd), 0);
+#endif
+}

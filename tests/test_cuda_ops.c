@@ -1,0 +1,527 @@
+// test_cuda_ops.c: parity of the CUDA model ops (kernels/cuda/ops.cu) with
+// the CPU reference: rmsnorm_forward / rmsnorm_backward, neuron_backward,
+// adamw_update, grad_norm_sq, scale_inplace (kernels/cpu/), and the
+// embedding and cross-entropy of host/model.c (written inline here: x =
+// E[token]; dE[token] += dx in position order; loss = model_xent; dlogits =
+// (softmax − onehot) · k).
+//
+// Every case draws fresh seeded inputs at odd shapes. Outputs that an op
+// overwrites are filled with NaN bytes (0xFF) on the device first, so an
+// entry it forgot to write fails; outputs it adds into (dx, dg, da_beta, dE)
+// start from random values on both sides.
+//
+// Measures (testutil.h) and tolerances. The GPU contracts a·b + c into FMAs,
+// has its own expf / logf, and sums reductions in another order (trees of
+// warp shuffles instead of the CPU's left-to-right loops), so most results
+// agree to a few ulp per operation, not bitwise:
+// - rmsnorm out, rstd, dx, dg; neuron dcurrent, dm, da_beta; xent dlogits:
+//   normwise relative error (rel_err) <= 1e-5. The neuron's inputs u, o, s
+//   are given (from the CPU forward), so no spike can flip: its backward is a
+//   smooth function of them and only rounding differs.
+// - AdamW p, m, v: rel_err <= 1e-6: each entry goes through the same few
+//   fp32 operations, at most ~4 roundings apart (≈ 5e-7). lr = 0.3 cases
+//   make the update a visible part of p, so this also checks the update.
+// - xent loss: |gpu − cpu| <= 2e-5 nats per row. The CPU sums exp in double;
+//   the GPU in fp32, each of 512 threads over ≤ 99 entries (V = 50304) then a
+//   9-level tree, so the sum's relative error is ≤ (99 + 9)·2^-24 ≈ 6.4e-6,
+//   which is its absolute error in log(sum); the final log(sum) + max −
+//   logit[target], with terms ≤ 16 in these tests, adds ≤ 3 half-ulps of 16
+//   (≈ 2.9e-6); expf's ≤ 2 ulp add ≈ 2.4e-7. Total ≤ 1e-5; tolerance 2e-5.
+// - grad_norm_sq: relative <= 1e-10. Both sum exact double squares of fp32
+//   values in double, in different orders: ≤ n·2^-53 ≈ 3.3e-11 for n = 3e5.
+// - embedding forward and backward: rel_err <= 1e-6 (expected exactly 0: a
+//   copy, and the same fp32 additions in the same order as the CPU).
+// - scale_inplace: bitwise equal (one correctly rounded multiplication).
+// - determinism: rmsnorm_backward_cuda and grad_norm_sq_cuda run twice from
+//   the same inputs give bit-identical results.
+//
+// Built without CUDA, every test skips; with CUDA but no device, too.
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cpu/cpu.h"
+#include "model.h"
+#ifdef GLIA_HAVE_CUDA
+#include "cuda/cuda.h"
+#endif
+#include "testutil.h"
+
+#define TOL 1e-5
+#define ADAMW_TOL 1e-6
+#define XENT_LOSS_TOL 2e-5
+#define NORM_TOL 1e-10
+#define EXACT_TOL 1e-6
+
+static void require_gpu(void) {
+#ifndef GLIA_HAVE_CUDA
+    cr_skip_test("glia built without CUDA");
+#else
+    if (cuda_device_count() == 0) cr_skip_test("no CUDA device found");
+#endif
+}
+
+#ifdef GLIA_HAVE_CUDA
+
+// ---- helpers -----------------------------------------------------------------------------
+
+static void *xalloc(size_t bytes) {
+    void *p = malloc(bytes ? bytes : 1);
+    cr_assert_not_null(p);
+    return p;
+}
+
+static float *floats(size_t n) { return xalloc(n * sizeof(float)); }
+
+static void *dev(size_t bytes) {
+    void *p = cuda_alloc(bytes);
+    cr_assert_not_null(p, "cuda_alloc(%zu): %s", bytes, cuda_last_error_message());
+    return p;
+}
+
+static void *dev_up(const void *host, size_t bytes) {
+    void *p = dev(bytes);
+    cuda_upload(p, host, bytes);
+    return p;
+}
+
+// A device output whose every byte is 0xFF (every float a NaN) until written.
+static void *dev_poison(size_t bytes) {
+    void *p = dev(bytes);
+    cuda_memset(p, 0xFF, bytes, NULL);
+    return p;
+}
+
+static void down(void *host, const void *d, size_t bytes) {
+    cuda_synchronize();
+    cuda_download(host, d, bytes);
+}
+
+static void check_rel(const char *what, const char *name, const float *got, const float *ref,
+                      size_t n, double tol, double *worst) {
+    double e = rel_err(got, ref, n);
+    cr_log_info("%s %s: rel err %.2e", name, what, e);
+    if (worst && (e > *worst || isnan(e))) *worst = e;
+    cr_assert(e <= tol, "%s: %s rel err %.3e > %.0e", name, what, e, tol);
+}
+
+// ---- RMSNorm ---------------------------------------------------------------------------------
+
+// (N, C); N > 256: blocks of the backward take several rows. (The CUDA
+// emulator runs a thread per CUDA thread, so the sizes stay modest.)
+static const int RMS_SHAPES[][2] = {{1, 8},    {1, 768},  {37, 8},   {37, 48}, {37, 200},
+                                    {37, 768}, {130, 8},  {130, 48}, {130, 200}, {300, 48},
+                                    {530, 8}};
+
+static void rmsnorm_case(int N, int C, uint64_t seed, double *worst) {
+    char name[64];
+    snprintf(name, sizeof name, "rmsnorm N=%d C=%d", N, C);
+    const size_t nc = (size_t)N * C;
+    TestRng rng;
+    rng_seed(&rng, seed);
+    float *x = floats(nc), *g = floats(C), *dy = floats(nc), *dx0 = floats(nc), *dg0 = floats(C);
+    fill_normal(x, nc, 1.5f, &rng);
+    fill_normal(g, C, 0.2f, &rng);
+    for (int c = 0; c < C; c++) g[c] += 1.0f;
+    fill_normal(dy, nc, 1.0f, &rng);
+    fill_normal(dx0, nc, 0.5f, &rng);
+    fill_normal(dg0, C, 0.5f, &rng);
+
+    // CPU
+    float *out_ref = floats(nc), *rstd_ref = floats(N), *dx_ref = floats(nc), *dg_ref = floats(C);
+    rmsnorm_forward(out_ref, rstd_ref, x, g, N, C);
+    memcpy(dx_ref, dx0, nc * sizeof(float));
+    memcpy(dg_ref, dg0, C * sizeof(float));
+    rmsnorm_backward(dx_ref, dg_ref, dy, x, g, rstd_ref, N, C);
+
+    // GPU forward
+    float *d_x = dev_up(x, nc * 4), *d_g = dev_up(g, C * 4), *d_dy = dev_up(dy, nc * 4);
+    float *d_out = dev_poison(nc * 4), *d_rstd = dev_poison(N * 4);
+    rmsnorm_forward_cuda(d_out, d_rstd, d_x, d_g, N, C, NULL);
+    float *out = floats(nc), *rstd = floats(N);
+    down(out, d_out, nc * 4);
+    down(rstd, d_rstd, N * 4);
+    check_rel("out", name, out, out_ref, nc, TOL, worst);
+    check_rel("rstd", name, rstd, rstd_ref, N, TOL, worst);
+
+    // GPU backward, on the CPU's rstd so that only the backward is measured;
+    // twice from the same start for determinism
+    size_t ns = rmsnorm_backward_scratch_floats(N, C);
+    float *d_scratch = dev_poison(ns * 4);
+    float *d_rstd_ref = dev_up(rstd_ref, N * 4);
+    float *dx[2] = {floats(nc), floats(nc)}, *dg[2] = {floats(C), floats(C)};
+    for (int run = 0; run < 2; run++) {
+        float *d_dx = dev_up(dx0, nc * 4), *d_dg = dev_up(dg0, C * 4);
+        cuda_memset(d_scratch, 0xFF, ns * 4, NULL);
+        rmsnorm_backward_cuda(d_dx, d_dg, d_scratch, d_dy, d_x, d_g, d_rstd_ref, N, C, NULL);
+        down(dx[run], d_dx, nc * 4);
+        down(dg[run], d_dg, C * 4);
+        cuda_free(d_dx);
+        cuda_free(d_dg);
+    }
+    check_rel("dx", name, dx[0], dx_ref, nc, TOL, worst);
+    check_rel("dg", name, dg[0], dg_ref, C, TOL, worst);
+    cr_assert(memcmp(dx[0], dx[1], nc * 4) == 0, "%s: dx differs between two runs", name);
+    cr_assert(memcmp(dg[0], dg[1], C * 4) == 0, "%s: dg differs between two runs", name);
+
+    void *dbufs[] = {d_x, d_g, d_dy, d_out, d_rstd, d_scratch, d_rstd_ref};
+    for (size_t i = 0; i < sizeof dbufs / sizeof dbufs[0]; i++) cuda_free(dbufs[i]);
+    float *hbufs[] = {x, g, dy, dx0, dg0, out_ref, rstd_ref, dx_ref, dg_ref, out, rstd,
+                      dx[0], dx[1], dg[0], dg[1]};
+    for (size_t i = 0; i < sizeof hbufs / sizeof hbufs[0]; i++) free(hbufs[i]);
+}
+
+// ---- LIF neuron backward ----------------------------------------------------------------------
+
+static void neuron_case(int B, int T, int N, int with_o, int with_dm, uint64_t seed,
+                        double *worst) {
+    char name[96];
+    snprintf(name, sizeof name, "neuron B=%d T=%d N=%d o=%d dm=%d", B, T, N, with_o, with_dm);
+    const size_t n = (size_t)B * T * N;
+    TestRng rng;
+    rng_seed(&rng, seed);
+    float *cur = floats(n), *o = floats(n), *a_beta = floats(N), *ds = floats(n);
+    float *dbeta0 = floats(N);
+    fill_normal(cur, n, 1.0f, &rng);
+    fill_normal(o, n, 0.5f, &rng);
+    fill_normal(a_beta, N, 0.5f, &rng);
+    fill_normal(ds, n, 1.0f, &rng);
+    fill_normal(dbeta0, N, 0.5f, &rng);
+    const float *op = with_o ? o : NULL;
+
+    // consistent u, s: the CPU forward from the random currents
+    float *u = floats(n), *s = floats(n);
+    neuron_forward(u, s, cur, op, a_beta, NULL, NULL, B, T, N, NULL);
+    size_t fired = 0;
+    for (size_t i = 0; i < n; i++) fired += s[i] != 0.0f;
+
+    float *dc_ref = floats(n), *dm_ref = floats(n), *db_ref = floats(N);
+    memcpy(db_ref, dbeta0, N * sizeof(float));
+    neuron_backward(dc_ref, dm_ref, db_ref, ds, u, op, s, a_beta, B, T, N, NULL);
+
+    float *d_ds = dev_up(ds, n * 4), *d_u = dev_up(u, n * 4), *d_s = dev_up(s, n * 4);
+    float *d_o = with_o ? dev_up(o, n * 4) : NULL;
+    float *d_ab = dev_up(a_beta, N * 4), *d_db = dev_up(dbeta0, N * 4);
+    float *d_dc = dev_poison(n * 4), *d_dm = with_dm ? dev_poison(n * 4) : NULL;
+    float *d_scratch = dev_poison((size_t)B * N * 4);
+    neuron_backward_cuda(d_dc, d_dm, d_db, d_scratch, d_ds, d_u, d_o, d_s, d_ab, B, T, N, NULL);
+    float *dc = floats(n), *dm = floats(n), *db = floats(N);
+    down(dc, d_dc, n * 4);
+    down(db, d_db, N * 4);
+    cr_log_info("%s: %zu of %zu fired", name, fired, n);
+    check_rel("dcurrent", name, dc, dc_ref, n, TOL, worst);
+    check_rel("da_beta", name, db, db_ref, N, TOL, worst);
+    if (with_dm) {
+        down(dm, d_dm, n * 4);
+        check_rel("dm", name, dm, dm_ref, n, TOL, worst);
+    }
+    if (n >= 256)  // spikes must be real for the test to mean something
+        cr_assert(fired > 0 && fired < n, "%s: degenerate spikes (%zu of %zu)", name, fired, n);
+
+    void *dbufs[] = {d_ds, d_u, d_s, d_o, d_ab, d_db, d_dc, d_dm, d_scratch};
+    for (size_t i = 0; i < sizeof dbufs / sizeof dbufs[0]; i++) cuda_free(dbufs[i]);
+    float *hbufs[] = {cur, o, a_beta, ds, dbeta0, u, s, dc_ref, dm_ref, db_ref, dc, dm, db};
+    for (size_t i = 0; i < sizeof hbufs / sizeof hbufs[0]; i++) free(hbufs[i]);
+}
+
+// ---- embedding ---------------------------------------------------------------------------------
+
+static void embedding_case(int M, int C, int V, uint64_t seed, double *worst) {
+    char name[64];
+    snprintf(name, sizeof name, "embedding M=%d C=%d V=%d", M, C, V);
+    const size_t mc = (size_t)M * C, vc = (size_t)V * C;
+    TestRng rng;
+    rng_seed(&rng, seed);
+    int *tok = xalloc(M * sizeof(int));
+    for (int i = 0; i < M; i++) tok[i] = (int)(rng_uniform(&rng) * V) % V;
+    if (M > 2) tok[M - 1] = tok[0];  // at least one repeated token
+    float *E = floats(vc), *dx = floats(mc), *dE0 = floats(vc);
+    fill_normal(E, vc, 1.0f, &rng);
+    fill_normal(dx, mc, 1.0f, &rng);
+    fill_normal(dE0, vc, 1.0f, &rng);
+
+    // reference
+    float *x_ref = floats(mc), *dE_ref = floats(vc);
+    for (int i = 0; i < M; i++) memcpy(x_ref + (size_t)i * C, E + (size_t)tok[i] * C, C * 4);
+    memcpy(dE_ref, dE0, vc * 4);
+    for (int i = 0; i < M; i++)
+        for (int c = 0; c < C; c++) dE_ref[(size_t)tok[i] * C + c] += dx[(size_t)i * C + c];
+
+    // the plan: runs of one token, positions ascending, tokens ascending
+    int *order = xalloc(M * sizeof(int)), *starts = xalloc((M + 1) * sizeof(int));
+    int *uniq = xalloc(M * sizeof(int));
+    int nuniq = embedding_backward_plan(tok, M, order, starts, uniq);
+    cr_assert(nuniq >= 1 && nuniq <= M, "%s: nuniq %d", name, nuniq);
+    cr_assert_eq(starts[0], 0);
+    cr_assert_eq(starts[nuniq], M);
+    for (int u = 0; u < nuniq; u++) {
+        cr_assert(starts[u] < starts[u + 1], "%s: empty run %d", name, u);
+        if (u > 0) cr_assert(uniq[u - 1] < uniq[u], "%s: tokens not ascending", name);
+        for (int p = starts[u]; p < starts[u + 1]; p++) {
+            cr_assert_eq(tok[order[p]], uniq[u], "%s: position in the wrong run", name);
+            if (p > starts[u]) cr_assert(order[p - 1] < order[p], "%s: positions not ascending", name);
+        }
+    }
+
+    int *d_tok = dev_up(tok, M * sizeof(int));
+    float *d_E = dev_up(E, vc * 4), *d_x = dev_poison(mc * 4);
+    embedding_forward_cuda(d_x, d_tok, d_E, M, C, NULL);
+    float *x = floats(mc);
+    down(x, d_x, mc * 4);
+    check_rel("x", name, x, x_ref, mc, EXACT_TOL, worst);
+
+    int *d_order = dev_up(order, M * sizeof(int)), *d_starts = dev_up(starts, (nuniq + 1) * sizeof(int));
+    int *d_uniq = dev_up(uniq, nuniq * sizeof(int));
+    float *d_dx = dev_up(dx, mc * 4), *d_dE = dev_up(dE0, vc * 4);
+    embedding_backward_cuda(d_dE, d_dx, d_order, d_starts, d_uniq, nuniq, C, NULL);
+    float *dE = floats(vc);
+    down(dE, d_dE, vc * 4);
+    check_rel("dE", name, dE, dE_ref, vc, EXACT_TOL, worst);
+
+    void *dbufs[] = {d_tok, d_E, d_x, d_order, d_starts, d_uniq, d_dx, d_dE};
+    for (size_t i = 0; i < sizeof dbufs / sizeof dbufs[0]; i++) cuda_free(dbufs[i]);
+    void *hbufs[] = {tok, E, dx, dE0, x_ref, dE_ref, order, starts, uniq, x, dE};
+    for (size_t i = 0; i < sizeof hbufs / sizeof hbufs[0]; i++) free(hbufs[i]);
+}
+
+// ---- cross-entropy -----------------------------------------------------------------------------
+
+// logits ~ N(shift, std²); every fifth row (and row 1) is unscored (target −1).
+static void xent_case(int M, int V, float std, float shift, uint64_t seed, double *worst_loss,
+                      double *worst_grad) {
+    char name[96];
+    snprintf(name, sizeof name, "xent M=%d V=%d std=%g shift=%g", M, V, std, shift);
+    const size_t mv = (size_t)M * V;
+    TestRng rng;
+    rng_seed(&rng, seed);
+    float *lg = floats(mv);
+    fill_normal(lg, mv, std, &rng);
+    for (size_t i = 0; i < mv; i++) lg[i] += shift;
+    int *tgt = xalloc(M * sizeof(int));
+    int scored = 0;
+    for (int i = 0; i < M; i++) {
+        tgt[i] = (i % 5 == 4 || (i == 1 && M > 2)) ? -1 : (int)(rng_uniform(&rng) * V) % V;
+        scored += tgt[i] >= 0;
+    }
+    const float k = scored ? 0.7f / (float)scored : 0.0f;
+
+    // reference (host/model.c)
+    double *loss_ref = xalloc(M * sizeof(double));
+    float *dl_ref = floats(mv);
+    for (int i = 0; i < M; i++) {
+        const float *r = lg + (size_t)i * V;
+        float *d = dl_ref + (size_t)i * V;
+        if (tgt[i] < 0) {
+            loss_ref[i] = 0.0;
+            memset(d, 0, V * sizeof(float));
+            continue;
+        }
+        loss_ref[i] = model_xent(r, V, tgt[i]);
+        float mx = r[0];
+        for (int v = 1; v < V; v++) mx = r[v] > mx ? r[v] : mx;
+        double sum = 0.0;
+        for (int v = 0; v < V; v++) sum += exp((double)r[v] - mx);
+        float inv = (float)(1.0 / sum);
+        for (int v = 0; v < V; v++) d[v] = expf(r[v] - mx) * inv * k;
+        d[tgt[i]] -= k;
+    }
+
+    int *d_tgt = dev_up(tgt, M * sizeof(int));
+    float *d_lg = dev_up(lg, mv * 4), *d_loss = dev_poison(M * 4);
+    xent_forward_cuda(d_loss, d_lg, d_tgt, M, V, NULL);
+    float *loss = floats(M);
+    down(loss, d_loss, M * 4);
+    double worst = 0.0;
+    for (int i = 0; i < M; i++) {
+        double e = fabs((double)loss[i] - loss_ref[i]);
+        if (e > worst || isnan(e)) worst = e;
+        if (tgt[i] < 0) cr_assert(loss[i] == 0.0f, "%s: unscored row %d has loss %g", name, i, loss[i]);
+    }
+    cr_log_info("%s: loss abs err %.2e", name, worst);
+    if (worst > *worst_loss || isnan(worst)) *worst_loss = worst;
+    cr_assert(worst <= XENT_LOSS_TOL, "%s: loss abs err %.3e > %.0e", name, worst, XENT_LOSS_TOL);
+
+    xent_backward_cuda(d_lg, d_tgt, k, M, V, NULL);
+    float *dl = floats(mv);
+    down(dl, d_lg, mv * 4);
+    check_rel("dlogits", name, dl, dl_ref, mv, TOL, worst_grad);
+    for (int i = 0; i < M; i++)
+        if (tgt[i] < 0)
+            for (int v = 0; v < V; v++)
+                cr_assert(dl[(size_t)i * V + v] == 0.0f, "%s: unscored row %d not zeroed", name, i);
+
+    cuda_free(d_tgt);
+    cuda_free(d_lg);
+    cuda_free(d_loss);
+    void *hbufs[] = {lg, tgt, loss_ref, dl_ref, loss, dl};
+    for (size_t i = 0; i < sizeof hbufs / sizeof hbufs[0]; i++) free(hbufs[i]);
+}
+
+// ---- optimizer, gradient norm, scaling ------------------------------------------------------
+
+static void adamw_case(size_t n, float lr, float wd, int step, uint64_t seed, double *worst) {
+    char name[96];
+    snprintf(name, sizeof name, "adamw n=%zu lr=%g wd=%g step=%d", n, lr, wd, step);
+    TestRng rng;
+    rng_seed(&rng, seed);
+    float *p = floats(n), *g = floats(n), *m = floats(n), *v = floats(n);
+    fill_normal(p, n, 1.0f, &rng);
+    fill_normal(g, n, 0.1f, &rng);
+    fill_normal(m, n, 0.05f, &rng);
+    fill_normal(v, n, 0.05f, &rng);
+    for (size_t i = 0; i < n; i++) v[i] *= v[i];  // second moments are >= 0
+    if (step == 1) {                              // a first step starts from zero moments
+        memset(m, 0, n * 4);
+        memset(v, 0, n * 4);
+    }
+    float *d_p = dev_up(p, n * 4), *d_g = dev_up(g, n * 4), *d_m = dev_up(m, n * 4),
+          *d_v = dev_up(v, n * 4);
+    const float b1 = 0.9f, b2 = 0.95f, eps = 1e-8f;
+    adamw_update(p, g, m, v, n, lr, b1, b2, eps, wd, step);
+    adamw_update_cuda(d_p, d_g, d_m, d_v, n, lr, b1, b2, eps, wd, step, NULL);
+    float *p2 = floats(n), *m2 = floats(n), *v2 = floats(n);
+    down(p2, d_p, n * 4);
+    down(m2, d_m, n * 4);
+    down(v2, d_v, n * 4);
+    check_rel("p", name, p2, p, n, ADAMW_TOL, worst);
+    check_rel("m", name, m2, m, n, ADAMW_TOL, worst);
+    check_rel("v", name, v2, v, n, ADAMW_TOL, worst);
+    void *dbufs[] = {d_p, d_g, d_m, d_v};
+    for (size_t i = 0; i < 4; i++) cuda_free(dbufs[i]);
+    void *hbufs[] = {p, g, m, v, p2, m2, v2};
+    for (size_t i = 0; i < sizeof hbufs / sizeof hbufs[0]; i++) free(hbufs[i]);
+}
+
+static void norm_scale_case(size_t n, uint64_t seed, double *worst) {
+    char name[64];
+    snprintf(name, sizeof name, "grad_norm/scale n=%zu", n);
+    TestRng rng;
+    rng_seed(&rng, seed);
+    float *g = floats(n);
+    fill_normal(g, n, 0.3f, &rng);
+    float *d_g = dev_up(g, n * 4);
+
+    const double ref = grad_norm_sq(g, n);
+    const size_t ns = grad_norm_scratch_doubles();
+    double *d_out = dev(sizeof(double)), *d_scratch = dev(ns * sizeof(double));
+    double got[2];
+    for (int run = 0; run < 2; run++) {
+        cuda_memset(d_out, 0xFF, sizeof(double), NULL);
+        cuda_memset(d_scratch, 0xFF, ns * sizeof(double), NULL);
+        grad_norm_sq_cuda(d_out, d_scratch, d_g, n, NULL);
+        down(&got[run], d_out, sizeof(double));
+    }
+    const double e = ref != 0.0 ? fabs(got[0] - ref) / ref : fabs(got[0]);
+    cr_log_info("%s: norm² %.17g vs %.17g, rel err %.2e", name, got[0], ref, e);
+    if (e > *worst || isnan(e)) *worst = e;
+    cr_assert(e <= NORM_TOL, "%s: grad_norm_sq rel err %.3e > %.0e", name, e, NORM_TOL);
+    cr_assert(memcmp(&got[0], &got[1], sizeof(double)) == 0,
+              "%s: grad_norm_sq differs between two runs", name);
+
+    const float s = 0.37f;
+    scale_inplace(g, n, s);
+    scale_inplace_cuda(d_g, n, s, NULL);
+    float *g2 = floats(n);
+    down(g2, d_g, n * 4);
+    cr_assert(memcmp(g, g2, n * 4) == 0, "%s: scale_inplace differs from the CPU", name);
+
+    cuda_free(d_g);
+    cuda_free(d_out);
+    cuda_free(d_scratch);
+    free(g);
+    free(g2);
+}
+
+#endif  // GLIA_HAVE_CUDA
+
+Test(cuda_ops, rmsnorm) {
+    require_gpu();
+#ifdef GLIA_HAVE_CUDA
+    double worst = 0.0;
+    uint64_t seed = 100;
+    for (size_t i = 0; i < sizeof RMS_SHAPES / sizeof RMS_SHAPES[0]; i++)
+        rmsnorm_case(RMS_SHAPES[i][0], RMS_SHAPES[i][1], seed++, &worst);
+    cr_log_info("rmsnorm: worst rel err %.2e (tolerance %.0e)", worst, TOL);
+#endif
+}
+
+Test(cuda_ops, neuron_backward) {
+    require_gpu();
+#ifdef GLIA_HAVE_CUDA
+    static const int Bs[] = {1, 3}, Ts[] = {1, 7, 70}, Ns[] = {8, 200, 384};
+    double worst = 0.0;
+    uint64_t seed = 200;
+    for (size_t i = 0; i < 2; i++)
+        for (size_t j = 0; j < 3; j++)
+            for (size_t k = 0; k < 3; k++) {
+                // o and dm on and off, alternating over the shapes (and both on at B 3, T 70)
+                int with_o = (int)((j + k) % 2), with_dm = (int)((i + k) % 2);
+                if (Bs[i] == 3 && Ts[j] == 70) with_o = with_dm = 1;
+                neuron_case(Bs[i], Ts[j], Ns[k], with_o, with_dm, seed++, &worst);
+            }
+    neuron_case(2, 33, 200, 0, 0, seed++, &worst);
+    cr_log_info("neuron_backward: worst rel err %.2e (tolerance %.0e)", worst, TOL);
+#endif
+}
+
+Test(cuda_ops, embedding) {
+    require_gpu();
+#ifdef GLIA_HAVE_CUDA
+    static const int Ms[] = {1, 37, 130}, Cs[] = {8, 48, 200}, Vs[] = {5, 257};
+    double worst = 0.0;
+    uint64_t seed = 300;
+    for (size_t i = 0; i < 3; i++)
+        for (size_t j = 0; j < 3; j++)
+            for (size_t k = 0; k < 2; k++) embedding_case(Ms[i], Cs[j], Vs[k], seed++, &worst);
+    cr_log_info("embedding: worst rel err %.2e (tolerance %.0e)", worst, EXACT_TOL);
+#endif
+}
+
+Test(cuda_ops, xent) {
+    require_gpu();
+#ifdef GLIA_HAVE_CUDA
+    static const int shapes[][2] = {{1, 256},  {1, 257},  {1, 1000}, {37, 256},
+                                    {37, 257}, {37, 1000}, {130, 257}};  // (M, V)
+    double worst_loss = 0.0, worst_grad = 0.0;
+    uint64_t seed = 400;
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+        xent_case(shapes[i][0], shapes[i][1], 1.0f, 0.0f, seed++, &worst_loss, &worst_grad);
+        xent_case(shapes[i][0], shapes[i][1], 3.0f, 2.0f, seed++, &worst_loss, &worst_grad);
+    }
+    xent_case(3, 50304, 2.0f, 0.0f, seed++, &worst_loss, &worst_grad);  // the 124m vocabulary
+    xent_case(7, 777, 0.5f, 15.0f, seed++, &worst_loss, &worst_grad);   // large logits: cancellation
+    cr_log_info("xent: worst loss abs err %.2e (tolerance %.0e), worst dlogits rel err %.2e "
+                "(tolerance %.0e)",
+                worst_loss, XENT_LOSS_TOL, worst_grad, TOL);
+#endif
+}
+
+Test(cuda_ops, adamw) {
+    require_gpu();
+#ifdef GLIA_HAVE_CUDA
+    static const size_t ns[] = {1, 37, 1000};
+    double worst = 0.0;
+    uint64_t seed = 500;
+    for (size_t i = 0; i < sizeof ns / sizeof ns[0]; i++) {
+        adamw_case(ns[i], 1e-3f, 0.0f, 1, seed++, &worst);
+        adamw_case(ns[i], 0.3f, 0.1f, 7, seed++, &worst);
+    }
+    adamw_case(600001, 0.3f, 0.1f, 3, seed++, &worst);  // > 2048 blocks × 256: grid-stride
+    cr_log_info("adamw: worst rel err %.2e (tolerance %.0e)", worst, ADAMW_TOL);
+#endif
+}
+
+Test(cuda_ops, grad_norm_and_scale) {
+    require_gpu();
+#ifdef GLIA_HAVE_CUDA
+    // 300001 > 256 blocks × 256 threads × 4: the partial kernel's four-load loop and its tail
+    static const size_t ns[] = {1, 300001};
+    double worst = 0.0;
+    uint64_t seed = 600;
+    for (size_t i = 0; i < sizeof ns / sizeof ns[0]; i++) norm_scale_case(ns[i], seed++, &worst);
+    cr_log_info("grad_norm_sq: worst rel err %.2e (tolerance %.0e)", worst, NORM_TOL);
+#endif
+}
