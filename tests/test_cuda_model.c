@@ -1,6 +1,7 @@
 // test_cuda_model.c: the whole model on the CUDA backend (host/model_cuda.c)
 // against the CPU backend: loss, logits, every parameter's gradient, AdamW
-// steps, streaming generation, and the commands with --device cuda.
+// steps, streaming generation, the commands with --device cuda, and the
+// NCCL all-reduce with one rank.
 //
 // Two copies of one randomly initialised model (test_model_randomise: spikes
 // in every layer), one moved to the GPU, see the same batches. Measures and
@@ -28,6 +29,7 @@
 #include "model.h"
 #ifdef GLIA_HAVE_CUDA
 #include "cuda/cuda.h"
+#include "dist.h"
 #include "model_cuda.h"
 #endif
 #include "testutil.h"
@@ -276,5 +278,24 @@ Test(cuda_model, commands_with_device_cuda) {
     char cmd[700];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     cr_assert_eq(system(cmd), 0);
+#endif
+}
+
+// The NCCL path of data parallelism (kernels/cuda/nccl.cu) with one rank:
+// no MPI in a test process, so the communicator has world size 1.
+Test(cuda_model, nccl_allreduce_world1) {
+    require_gpu();
+#ifdef GLIA_HAVE_CUDA
+    float host[1000], back[1000];
+    for (int i = 0; i < 1000; i++) host[i] = (float)i * 0.25f - 7.0f;
+    dist_nccl_init(dist_self());  // no MPI in a test process: world 1
+    float *dev = cuda_alloc(sizeof host);
+    cr_assert_not_null(dev, "%s", cuda_last_error_message());
+    cuda_upload(dev, host, sizeof host);
+    dist_nccl_allreduce_sum(dev, 1000, NULL);
+    cuda_download(back, dev, sizeof back);
+    cuda_free(dev);
+    dist_nccl_free();
+    cr_expect_eq(memcmp(host, back, sizeof host), 0, "the sum over one rank is the input");
 #endif
 }

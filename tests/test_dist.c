@@ -1,6 +1,6 @@
 // test_dist.c: data-parallel training (host/dist.c, docs/DISTRIBUTED.md):
 // `mpirun -np 2 glia train` against one process, ZeRO-1, the batch split
-// check, a rank killed mid-run, resuming, and the NCCL all-reduce.
+// check, a rank killed mid-run and resuming (the NCCL all-reduce is in test_cuda_model.c).
 //
 // Every run is the tiny model, --batch 4 (the global batch), --seq 16,
 // --threads 1, 10 steps, launched through the shell as a user would, with
@@ -45,10 +45,6 @@
 
 #include "checkpoint.h"
 #include "testutil.h"
-#ifdef GLIA_HAVE_CUDA
-#include "cuda/cuda.h"
-#include "dist.h"
-#endif
 
 #define EARLY_STEPS 5      // steps before any spike flip (measured): rounding only
 #define EARLY_TOL 2e-6     // loss and grad_norm there: the 6 printed decimals
@@ -328,21 +324,3 @@ Test(dist, killed_rank_ends_the_job) {
     cr_expect_eq(find_rank(out, 0), 0, "rank 0 is gone too");
 }
 
-Test(dist, nccl_allreduce_world1) {
-#ifndef GLIA_HAVE_CUDA
-    cr_skip_test("glia built without CUDA");
-#else
-    if (cuda_device_count() == 0) cr_skip_test("no CUDA device found");
-    float host[1000], back[1000];
-    for (int i = 0; i < 1000; i++) host[i] = (float)i * 0.25f - 7.0f;
-    dist_nccl_init(dist_self());  // no MPI in a test process: world 1
-    float *dev = cuda_alloc(sizeof host);
-    cr_assert_not_null(dev, "%s", cuda_last_error_message());
-    cuda_upload(dev, host, sizeof host);
-    dist_nccl_allreduce_sum(dev, 1000, NULL);
-    cuda_download(back, dev, sizeof back);
-    cuda_free(dev);
-    dist_nccl_free();
-    cr_expect_eq(memcmp(host, back, sizeof host), 0, "the sum over one rank is the input");
-#endif
-}

@@ -12,14 +12,23 @@
 # set, else <build dir>/logs): configure.log, build.log, ctest.log,
 # ctest.xml (every test's whole output), bench.log.
 #
+# Two ways to get a build:
+# - prebuilt (the usual one: the GPU machine has no network and lacks glia's
+#   Debian libraries): tools/device_pack.sh, run beforehand on a machine
+#   with network and nvcc, leaves build-device/ (programs built for sm_90 and
+#   the .deb files of the libraries they load). Carry that directory along;
+#   this script unpacks the .debs into a private prefix (PREFIX, default
+#   /tmp/glia-deps), points LD_LIBRARY_PATH at it, links the path the build
+#   was made at to this checkout, and runs the prebuilt programs.
+# - from source, when build-device/ is absent:
 # Steps: check the tools and libraries (cmake, a C compiler, nvcc,
 # pkg-config with criterion, openblas, libcjson; if some are missing and
 # tools/setup.sh exists and apt-get is there, try it once); print the card;
 # configure a FRESH build dir (BUILD_DIR, default /tmp/glia_device_build) with
 # -DGLIA_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90; build with all cores; run
-# ctest (all tests, the GPU ones included); run every executable
-# tools/bench* and <build>/bench* (none is fine). A benchmark's headline lines
-# are its lines starting with "headline:", else its last 3 lines.
+# ctest (all tests, the GPU ones included); run the kernel lab
+# (`glia bench kernels`). A benchmark's headline lines are its lines
+# starting with "headline:", "ceilings:" or "check vs CPU", else its last 3.
 #
 # Exit status: 0 all good; 1 missing dependencies, configure/build failure,
 # a failing test, or GPU tests skipped although a GPU is present; 2 only a
@@ -92,7 +101,7 @@ summary() {
         echo "benchmarks:"
         printf '%s\n' "$BENCH_SUMMARY" | sed 's/^/  /'
     else
-        echo "benchmarks: none found (tools/bench*, $BUILD/bench*)"
+        echo "benchmarks: none ran"
     fi
     echo "logs:      $LOG_DIR"
     echo "time:      $(($(date +%s) - START)) s of $BUDGET s budget"
@@ -100,7 +109,18 @@ summary() {
     exit "$status"
 }
 
-rm -rf "$BUILD"
+PREBUILT=0
+if [ -f "$REPO/build-device/CMakeCache.txt" ]; then
+    PREBUILT=1
+    # the build's own paths (ctest files, fixture paths) must resolve here
+    SRC=$(sed -n 's/^CMAKE_HOME_DIRECTORY:INTERNAL=//p' "$REPO/build-device/CMakeCache.txt")
+    if [ -n "$SRC" ] && [ "$SRC" != "$REPO" ] && [ ! -e "$SRC" ]; then
+        mkdir -p "$(dirname "$SRC")" && ln -s "$REPO" "$SRC"
+    fi
+    BUILD=${SRC:-$REPO}/build-device
+else
+    rm -rf "$BUILD"
+fi
 mkdir -p "$BUILD" "$LOG_DIR"
 : >"$LOG_DIR/configure.log"
 : >"$LOG_DIR/build.log"
@@ -126,7 +146,23 @@ check_deps() {
 }
 
 say "dependencies"
-if ! check_deps; then
+if ((PREBUILT)); then
+    PREFIX=${PREFIX:-/tmp/glia-deps}
+    mkdir -p "$PREFIX"
+    n=0
+    for deb in "$REPO"/build-device/debs/*.deb; do
+        [ -f "$deb" ] && dpkg -x "$deb" "$PREFIX" && n=$((n + 1))
+    done
+    libdirs=$(find "$PREFIX" -name '*.so*' -printf '%h\n' 2>/dev/null | sort -u | paste -sd: -)
+    export LD_LIBRARY_PATH="${libdirs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    echo "prebuilt build-device: $n packages unpacked into $PREFIX"
+    missing=$(ldd "$BUILD/glia" "$BUILD"/test_cuda_* 2>&1 | grep 'not found' | sort -u)
+    if [ -n "$missing" ]; then
+        DEPS_MISSING=" $(printf '%s' "$missing" | awk '{print $1}' | sort -u | paste -sd' ' -)"
+    fi
+    CONFIGURE="prebuilt (tools/device_pack.sh)"
+    BUILD_STATUS="prebuilt"
+elif ! check_deps; then
     echo "missing:$DEPS_MISSING"
     if [ -f "$REPO/tools/setup.sh" ] && command -v apt-get >/dev/null 2>&1; then
         echo "trying tools/setup.sh (may fail without network)"
@@ -158,6 +194,7 @@ echo "card: $CARD"
 ((DEPS_OK)) || summary 1
 
 # ---- configure and build -----------------------------------------------------------
+if ((!PREBUILT)); then
 say "configure ($BUILD)"
 if run_step 120 "$LOG_DIR/configure.log" cmake -S "$REPO" -B "$BUILD" -DGLIA_CUDA=ON \
     -DCMAKE_CUDA_ARCHITECTURES=90 -DCMAKE_BUILD_TYPE=Release; then
@@ -174,6 +211,7 @@ else
     BUILD_STATUS="FAILED (see build.log)"
     summary 1
 fi
+fi
 
 # ---- tests ------------------------------------------------------------------------------
 say "ctest"
@@ -181,7 +219,10 @@ say "ctest"
 export CRITERION_VERBOSITY_LEVEL=1  # Criterion prints [SKIP] / [PASS] lines per case
 (
     cd "$BUILD" || exit 1
-    run_step 200 "$LOG_DIR/ctest.log" ctest --output-on-failure --timeout 150 \
+    # prebuilt: the GPU tests (the machine has no mpirun for the rest)
+    filter=()
+    ((PREBUILT)) && filter=(-R cuda)
+    run_step 200 "$LOG_DIR/ctest.log" ctest "${filter[@]}" --output-on-failure --timeout 150 \
         --test-output-size-passed 4000000 --test-output-size-failed 4000000 \
         --output-junit "$LOG_DIR/ctest.xml"
 )
@@ -207,37 +248,32 @@ if [ -f "$LOG_DIR/ctest.xml" ]; then
 fi
 
 # ---- benchmarks --------------------------------------------------------------------------
+# The kernel lab (glia bench kernels: each CUDA kernel checked against the
+# CPU, then timed against the copy bandwidth and the GEMM rate of the same
+# run, then a 124m training step). Headline lines start with "headline:".
 say "benchmarks"
 : >"$LOG_DIR/bench.log"
-shopt -s nullglob
-benches=()
-for f in "$REPO"/tools/bench* "$BUILD"/bench*; do
-    [ -f "$f" ] && [ -x "$f" ] && benches+=("$f")
-done
-shopt -u nullglob
-if ((${#benches[@]} == 0)); then
-    echo "no benchmark executables found"
-else
-    for f in "${benches[@]}"; do
-        name=$(basename "$f")
-        echo "---- $name" | tee -a "$LOG_DIR/bench.log"
-        tmp=$(mktemp)
-        (cd "$REPO" && export GLIA_BUILD_DIR="$BUILD" && run_step 120 "$tmp" "$f")
-        rc=$?
-        cat "$tmp" >>"$LOG_DIR/bench.log"
-        head_lines=$(grep -E '^headline:' "$tmp")
-        [ -n "$head_lines" ] || head_lines=$(grep -v '^\s*$' "$tmp" | tail -3)
-        rm -f "$tmp"
-        if ((rc == 0)); then
-            BENCH_SUMMARY+="$name: ok"$'\n'
-        else
-            BENCH_SUMMARY+="$name: FAILED (exit $rc)"$'\n'
-            BENCH_FAILED=1
-        fi
-        BENCH_SUMMARY+=$(printf '%s\n' "$head_lines" | sed 's/^/    /')$'\n'
-    done
-    BENCH_SUMMARY=${BENCH_SUMMARY%$'\n'}
-fi
+run_bench() {  # NAME CAP CMD...
+    local name=$1 cap=$2 tmp rc head_lines
+    shift 2
+    echo "---- $name" | tee -a "$LOG_DIR/bench.log"
+    tmp=$(mktemp)
+    (cd "$REPO" && run_step "$cap" "$tmp" "$@")
+    rc=$?
+    cat "$tmp" >>"$LOG_DIR/bench.log"
+    head_lines=$(grep -E '^(headline:|ceilings:|check vs CPU|FAILED)' "$tmp")
+    [ -n "$head_lines" ] || head_lines=$(grep -v '^\s*$' "$tmp" | tail -3)
+    rm -f "$tmp"
+    if ((rc == 0)); then
+        BENCH_SUMMARY+="$name: ok"$'\n'
+    else
+        BENCH_SUMMARY+="$name: FAILED (exit $rc)"$'\n'
+        BENCH_FAILED=1
+    fi
+    BENCH_SUMMARY+=$(printf '%s\n' "$head_lines" | sed 's/^/    /')$'\n'
+}
+run_bench "glia bench kernels" 240 "$BUILD/glia" bench kernels
+BENCH_SUMMARY=${BENCH_SUMMARY%$'\n'}
 
 if ((TESTS_FAILED || GPU_SKIPPED)); then summary 1; fi
 if ((BENCH_FAILED)); then summary 2; fi
