@@ -31,12 +31,11 @@
 #include "cuda/cuda.h"
 #include "glia/util.h"
 
-typedef struct {
-    float *x_in, *z1, *rstd1;          // (B, T, C), (B, T, C), (B, T)
-    float *I, *k, *v, *q, *o, *u, *s;  // (B, T, C) each; k v q NULL when astro off
-    float *Hckpt;                      // (B, Nh, nchunks, D, D); NULL when astro off
-    float *x_mid, *z2, *rstd2;         // (B, T, C), (B, T, C), (B, T)
-    float *c, *w, *r;                  // (B, T, F) FFN current, membrane, spikes
+typedef struct {  // model.h's LayerActs, on the device
+    float *x_in, *z1, *rstd1;   // (B, T, C), (B, T, C), (B, T)
+    AmsuActs amsu;              // I k v q o u s (B, T, C), Hckpt: cpu.h's layout
+    float *x_mid, *z2, *rstd2;  // (B, T, C), (B, T, C), (B, T)
+    float *c, *w, *r;           // (B, T, F) FFN current, membrane, spikes
 } DevLayerActs;
 
 struct CudaModel {
@@ -49,9 +48,9 @@ struct CudaModel {
     float *losses;                        // (B, T)
     // backward scratch
     float *grad_mem;
-    float *dx, *dz, *ds, *dI, *dk, *dv, *dq;  // (B, T, C) each
+    float *dx, *dz;                           // (B, T, C) each
     float *dc, *dr;                           // (B, T, F)
-    float *amsu_scratch, *rms_scratch, *lif_scratch;
+    float *amsu_scratch, *rms_scratch, *lif_scratch;  // amsu_backward_cuda's, ... , (B, F)
     int *emb_plan;                        // order (B·T), starts (B·T + 1), uniq (B·T)
     double *norm;                         // (1 + grad_norm_scratch_doubles())
     // host side
@@ -172,9 +171,8 @@ void model_cuda_alloc_acts(Model *m, int B, int T) {
     g->B = B, g->T = T;
     const ModelConfig *c = &m->cfg;
     const size_t bt = (size_t)B * T, btc = bt * c->C, btf = bt * c->F, btv = bt * c->V;
-    const size_t D = (size_t)(c->C / c->Nh);
-    const size_t nH = c->astro ? (size_t)B * c->Nh * glia_nchunks(T) * D * D : 0;
-    const size_t per_layer = (c->astro ? 11 : 8) * btc + 2 * bt + nH + 3 * btf;
+    const AmsuShape sh = {B, T, c->C, c->Nh, c->astro};
+    const size_t per_layer = 4 * btc + 2 * bt + amsu_acts_size(sh) + 3 * btf;
     const size_t total = c->L * per_layer + 2 * btc + 2 * bt + btv;
     g->acts_mem = dev_alloc_or_die(total * sizeof(float), "the activations");
     g->acts = xcalloc(c->L, sizeof(DevLayerActs));
@@ -183,8 +181,7 @@ void model_cuda_alloc_acts(Model *m, int B, int T) {
     for (int l = 0; l < c->L; l++) {
         DevLayerActs *a = &g->acts[l];
         a->x_in = TAKE(btc), a->z1 = TAKE(btc), a->rstd1 = TAKE(bt);
-        a->I = TAKE(btc), a->o = TAKE(btc), a->u = TAKE(btc), a->s = TAKE(btc);
-        if (c->astro) a->k = TAKE(btc), a->v = TAKE(btc), a->q = TAKE(btc), a->Hckpt = TAKE(nH);
+        amsu_acts_bind(&a->amsu, sh, TAKE(amsu_acts_size(sh)));
         a->x_mid = TAKE(btc), a->z2 = TAKE(btc), a->rstd2 = TAKE(bt);
         a->c = TAKE(btf), a->w = TAKE(btf), a->r = TAKE(btf);
     }
@@ -243,9 +240,9 @@ double model_cuda_forward(Model *m, const int *tokens, const int *targets, int B
               T, g->B, g->T);
     if (state && state->B != B)
         fatal("model_forward: state holds %d sequences, batch has %d", state->B, B);
-    const int C = c->C, F = c->F, V = c->V, Nh = c->Nh, M = B * T;
+    const int C = c->C, F = c->F, V = c->V, M = B * T;
     const size_t btc = (size_t)M * C;
-    const float kscale = 1.0f / sqrtf((float)(C / Nh));
+    const AmsuShape sh = {B, T, C, c->Nh, c->astro};
     g->last_B = B, g->last_T = T, g->last_scored = targets != NULL && !state;
 
     cuda_upload(g->tokens, tokens, (size_t)M * sizeof(int));
@@ -255,28 +252,21 @@ double model_cuda_forward(Model *m, const int *tokens, const int *targets, int B
         const LayerParams *hp = &m->layers[l];
 #define P(field) dev_of(m, g->params, hp->field)
         float *x_next = l + 1 < c->L ? g->acts[l + 1].x_in : g->x_out;
-        float *H_st = NULL, *u_st = NULL, *s_st = NULL, *w_st = NULL, *r_st = NULL;
-        if (state) {
+        AmsuState st = {0};
+        float *w_st = NULL, *r_st = NULL;
+        if (state) {  // the device copies of this layer's state
             const LayerState *ls = &state->layers[l];
-            H_st = ls->amsu.H ? state->dev + (ls->amsu.H - state->base) : NULL;
-            u_st = state->dev + (ls->amsu.u - state->base);
-            s_st = state->dev + (ls->amsu.s - state->base);
+            st.H = ls->amsu.H ? state->dev + (ls->amsu.H - state->base) : NULL;
+            st.u = state->dev + (ls->amsu.u - state->base);
+            st.s = state->dev + (ls->amsu.s - state->base);
             w_st = state->dev + (ls->w - state->base);
             r_st = state->dev + (ls->r - state->base);
         }
-        // token mixer: x_mid = x_in + W_O s, s = AM-SU(RMSNorm(x_in))
+        // token mixer: x_mid = x_in + AMSU(RMSNorm(x_in))
+        const AmsuWeights w = {P(W_I), P(W_K), P(W_V), P(W_Q), P(W_O), P(a_lambda), P(a_beta)};
         rmsnorm_forward_cuda(a->z1, a->rstd1, a->x_in, P(norm1), M, C, NULL);
-        matmul_forward_cuda(a->I, a->z1, P(W_I), M, C, C, 1.0f, 0, NULL);
-        if (c->astro) {
-            matmul_forward_cuda(a->k, a->z1, P(W_K), M, C, C, kscale, 0, NULL);
-            matmul_forward_cuda(a->v, a->z1, P(W_V), M, C, C, 1.0f, 0, NULL);
-            matmul_forward_cuda(a->q, a->z1, P(W_Q), M, C, C, 1.0f, 0, NULL);
-        }
-        amsu_recurrence_forward_cuda(a->o, a->u, a->s, state ? NULL : a->Hckpt, a->I, a->k, a->v,
-                                     a->q, P(a_lambda), P(a_beta), H_st, u_st, s_st, B, T, C, Nh,
-                                     c->astro, NULL);
         cuda_copy(a->x_mid, a->x_in, btc * sizeof(float), NULL);
-        matmul_forward_cuda(a->x_mid, a->s, P(W_O), M, C, C, 1.0f, 1, NULL);
+        amsu_forward_cuda(a->x_mid, &a->amsu, a->z1, &w, sh, state ? &st : NULL, 1, NULL);
         // channel mixer: x_next = x_mid + W_2 r, r = LIF(W_1 RMSNorm(x_mid))
         rmsnorm_forward_cuda(a->z2, a->rstd2, a->x_mid, P(norm2), M, C, NULL);
         matmul_forward_cuda(a->c, a->z2, P(W_1), M, C, F, 1.0f, 0, NULL);
@@ -319,15 +309,14 @@ static void alloc_grad_scratch(Model *m) {
     const ModelConfig *c = &m->cfg;
     const int B = g->B, T = g->T, C = c->C, F = c->F, M = B * T;
     const size_t btc = (size_t)M * C, btf = (size_t)M * F;
-    const size_t amsu = c->astro ? amsu_backward_scratch_floats(B, T, C, c->Nh) : 0;
+    const size_t amsu = amsu_scratch_floats_cuda((AmsuShape){B, T, C, c->Nh, c->astro});
     const size_t rms = rmsnorm_backward_scratch_floats(M, C);
-    const size_t lif = (size_t)B * (C > F ? C : F);
-    g->grad_mem = dev_alloc_or_die((7 * btc + 2 * btf + amsu + rms + lif) * sizeof(float),
+    const size_t lif = (size_t)B * F;
+    g->grad_mem = dev_alloc_or_die((2 * btc + 2 * btf + amsu + rms + lif) * sizeof(float),
                                    "the backward pass");
     float *p = g->grad_mem;
 #define TAKE(n) (p += (n), p - (n))
-    g->dx = TAKE(btc), g->dz = TAKE(btc), g->ds = TAKE(btc), g->dI = TAKE(btc);
-    g->dk = TAKE(btc), g->dv = TAKE(btc), g->dq = TAKE(btc);
+    g->dx = TAKE(btc), g->dz = TAKE(btc);
     g->dc = TAKE(btf), g->dr = TAKE(btf);
     g->amsu_scratch = TAKE(amsu), g->rms_scratch = TAKE(rms), g->lif_scratch = TAKE(lif);
 #undef TAKE
@@ -338,9 +327,8 @@ static void alloc_grad_scratch(Model *m) {
 void model_cuda_backward(Model *m, const int *tokens, float scale) {
     struct CudaModel *g = m->cuda;
     const ModelConfig *c = &m->cfg;
-    const int B = g->last_B, T = g->last_T, C = c->C, F = c->F, V = c->V, Nh = c->Nh;
-    const int M = B * T;
-    const float kscale = 1.0f / sqrtf((float)(C / Nh));
+    const int B = g->last_B, T = g->last_T, C = c->C, F = c->F, V = c->V, M = B * T;
+    const AmsuShape sh = {B, T, C, c->Nh, c->astro};
     if (!g->grads) fatal("model_backward: the model was moved to the GPU without gradients");
     if (!g->last_scored) fatal("model_backward: the last forward had no targets, or carried state");
     if (!g->grad_mem) alloc_grad_scratch(m);
@@ -371,22 +359,10 @@ void model_cuda_backward(Model *m, const int *tokens, float scale) {
         matmul_backward_cuda(g->dz, G(W_1), g->dc, a->z2, P(W_1), M, C, F, 1.0f, 0, NULL);
         rmsnorm_backward_cuda(g->dx, G(norm2), g->rms_scratch, g->dz, a->x_mid, P(norm2),
                               a->rstd2, M, C, NULL);
-        // x_mid = x_in + s W_Oᵀ, s = AM-SU(z1)
-        matmul_backward_cuda(g->ds, G(W_O), g->dx, a->s, P(W_O), M, C, C, 1.0f, 0, NULL);
-        if (c->astro)
-            amsu_recurrence_backward_cuda(g->dI, g->dk, g->dv, g->dq, G(a_lambda), G(a_beta),
-                                          g->amsu_scratch, g->ds, a->u, a->o, a->s, a->k, a->v,
-                                          a->q, a->Hckpt, P(a_lambda), P(a_beta), B, T, C, Nh,
-                                          NULL);
-        else
-            neuron_backward_cuda(g->dI, NULL, G(a_beta), g->lif_scratch, g->ds, a->u, NULL, a->s,
-                                 P(a_beta), B, T, C, NULL);
-        matmul_backward_cuda(g->dz, G(W_I), g->dI, a->z1, P(W_I), M, C, C, 1.0f, 0, NULL);
-        if (c->astro) {
-            matmul_backward_cuda(g->dz, G(W_K), g->dk, a->z1, P(W_K), M, C, C, kscale, 1, NULL);
-            matmul_backward_cuda(g->dz, G(W_V), g->dv, a->z1, P(W_V), M, C, C, 1.0f, 1, NULL);
-            matmul_backward_cuda(g->dz, G(W_Q), g->dq, a->z1, P(W_Q), M, C, C, 1.0f, 1, NULL);
-        }
+        // x_mid = x_in + AMSU(z1)
+        const AmsuWeights w = {P(W_I), P(W_K), P(W_V), P(W_Q), P(W_O), P(a_lambda), P(a_beta)};
+        AmsuGrads ag = {G(W_I), G(W_K), G(W_V), G(W_Q), G(W_O), G(a_lambda), G(a_beta)};
+        amsu_backward_cuda(g->dz, &ag, g->amsu_scratch, g->dx, a->z1, &a->amsu, &w, sh, NULL);
         rmsnorm_backward_cuda(g->dx, G(norm1), g->rms_scratch, g->dz, a->x_in, P(norm1),
                               a->rstd1, M, C, NULL);
 #undef P

@@ -13,6 +13,9 @@
 
 #include "glia/safetensors.h"
 #include "testutil.h"
+#ifdef GLIA_HAVE_CUDA
+#include "cuda/cuda.h"
+#endif
 
 static char tmpdir[256];
 static char output[8192];  // stdout + stderr of the last run
@@ -85,6 +88,27 @@ Test(cli_amsu, round_trip_astro_off) {
                       fixture_path("amsu_off.in.safetensors"), tmp("r.safetensors"));
     cr_assert_eq(st, 0, "glia amsu failed: %s", output);
     compare_with_reference(tmp("r.safetensors"), fixture_path("amsu_off.out.safetensors"));
+}
+
+// The same cases on the CUDA backend, against the same PyTorch references.
+Test(cli_amsu, round_trip_cuda) {
+#ifndef GLIA_HAVE_CUDA
+    cr_skip_test("glia built without CUDA");
+#else
+    if (cuda_device_count() == 0) cr_skip_test("no CUDA device found");
+    static const char *cases[][2] = {{"amsu_odd", "on"}, {"amsu_long", "on"}, {"amsu_off", "off"}};
+    for (int i = 0; i < 3; i++) {
+        char in[200], ref[200];
+        snprintf(in, sizeof in, "%s.in.safetensors", cases[i][0]);
+        snprintf(ref, sizeof ref, "%s.out.safetensors", cases[i][0]);
+        char inp[4200];
+        snprintf(inp, sizeof inp, "%s", fixture_path(in));
+        int st = run_glia("amsu --in '%s' --out '%s' --device cuda --astro %s", inp,
+                          tmp("r.safetensors"), cases[i][1]);
+        cr_assert_eq(st, 0, "%s: glia amsu --device cuda failed: %s", cases[i][0], output);
+        compare_with_reference(tmp("r.safetensors"), fixture_path(ref));
+    }
+#endif
 }
 
 Test(cli_amsu, usage_errors) {

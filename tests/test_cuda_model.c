@@ -244,7 +244,8 @@ Test(cuda_model, out_of_memory_is_an_error) {
 }
 
 // The commands: a short run on each backend from the same seed, then eval
-// and generate on the GPU. The two runs' losses agree step by step.
+// and generate on the GPU. The two runs' losses agree step by step; a GPU
+// run stopped and resumed ends byte-identical to the uninterrupted one.
 Test(cuda_model, commands_with_device_cuda) {
     require_gpu();
 #ifdef GLIA_HAVE_CUDA
@@ -268,10 +269,27 @@ Test(cuda_model, commands_with_device_cuda) {
     cr_assert(na == 6 && nb == 6, "losses read: %d and %d", na, nb);
     for (int i = 0; i < 6; i++)
         cr_assert(fabs(la[i] - lb[i]) <= 1e-3 * la[i], "step %d: cpu %.6f gpu %.6f", i + 1, la[i], lb[i]);
-    rc = glia_run(out, sizeof out, "eval --ckpt %s/model.safetensors --data %s --out %s/ev --device cuda "
-                  "--batch 2 --seq 32 --batches 2", b, corpus, dir);
+    // a GPU run stopped after step 3 and resumed ends byte-identical to the
+    // uninterrupted one: the moments travel through the checkpoint exactly
+    rc = glia_run(out, sizeof out, "%s --data %s --out %s/gpu2 --device cuda --stop-after 3", common,
+                  corpus, dir);
     cr_assert_eq(rc, 0, "%s", out);
-    cr_assert(strstr(out, "val loss"), "%s", out);
+    rc = glia_run(out, sizeof out, "%s --data %s --out %s/gpu2 --device cuda --resume", common, corpus,
+                  dir);
+    cr_assert_eq(rc, 0, "%s", out);
+    char cmp[900];
+    snprintf(cmp, sizeof cmp, "cmp -s %s/model.safetensors %s/gpu2/model.safetensors", b, dir);
+    cr_assert_eq(system(cmp), 0, "the resumed GPU run's model differs from the uninterrupted one");
+    // eval: the same loss on both backends
+    double loss[2];
+    for (int d = 0; d < 2; d++) {
+        rc = glia_run(out, sizeof out, "eval --ckpt %s/model.safetensors --data %s --out %s/ev --device %s "
+                      "--batch 2 --seq 32 --batches 2", b, corpus, dir, d ? "cuda" : "cpu");
+        cr_assert_eq(rc, 0, "%s", out);
+        const char *v = strstr(out, "val loss ");
+        cr_assert(v && sscanf(v, "val loss %lf", &loss[d]) == 1, "%s", out);
+    }
+    cr_assert(fabs(loss[0] - loss[1]) <= 1e-4 * loss[0], "eval: cpu %.6f cuda %.6f", loss[0], loss[1]);
     rc = glia_run(out, sizeof out, "generate --ckpt %s/model.safetensors --prompt ab --tokens 10 --device cuda",
                   b);
     cr_assert_eq(rc, 0, "%s", out);

@@ -682,6 +682,59 @@ extern "C" void amsu_recurrence_backward_cuda(float *dI, float *dk, float *dv, f
     cuda_check(cudaGetLastError());
 }
 
+// ---- the layer ------------------------------------------------------------------------
+// The AM-SU token mixer around the recurrence, as kernels/cpu/amsu.c builds it:
+// projections I, k, v, q of the normalised input (cuBLAS), the fused
+// recurrence, and y = W_O s; the backward in reverse. Same contracts as the
+// CPU's amsu_forward / amsu_backward (cpu.h), on device pointers.
+
+extern "C" size_t amsu_scratch_floats_cuda(AmsuShape sh) {
+    const size_t btc = (size_t)sh.B * sh.T * sh.C;
+    size_t rec = sh.astro ? amsu_backward_scratch_floats(sh.B, sh.T, sh.C, sh.Nh)
+                          : (size_t)sh.B * sh.C;  // neuron_backward_cuda's partials
+    return 5 * btc + rec;  // ds, dI, dk, dv, dq, then the recurrence's scratch
+}
+
+extern "C" void amsu_forward_cuda(float *y, AmsuActs *a, const float *z, const AmsuWeights *w,
+                                  AmsuShape sh, AmsuState *state, int accumulate, void *stream) {
+    const int M = sh.B * sh.T, C = sh.C;
+    matmul_forward_cuda(a->I, z, w->W_I, M, C, C, 1.0f, 0, stream);
+    if (sh.astro) {
+        const float kscale = 1.0f / sqrtf((float)(C / sh.Nh));
+        matmul_forward_cuda(a->k, z, w->W_K, M, C, C, kscale, 0, stream);
+        matmul_forward_cuda(a->v, z, w->W_V, M, C, C, 1.0f, 0, stream);
+        matmul_forward_cuda(a->q, z, w->W_Q, M, C, C, 1.0f, 0, stream);
+    }
+    amsu_recurrence_forward_cuda(a->o, a->u, a->s, state ? nullptr : a->Hckpt, a->I, a->k, a->v,
+                                 a->q, w->a_lambda, w->a_beta, state ? state->H : nullptr,
+                                 state ? state->u : nullptr, state ? state->s : nullptr, sh.B,
+                                 sh.T, C, sh.Nh, sh.astro, stream);
+    matmul_forward_cuda(y, a->s, w->W_O, M, C, C, 1.0f, accumulate, stream);
+}
+
+extern "C" void amsu_backward_cuda(float *dz, AmsuGrads *g, float *scratch, const float *dy,
+                                   const float *z, const AmsuActs *a, const AmsuWeights *w,
+                                   AmsuShape sh, void *stream) {
+    const int M = sh.B * sh.T, C = sh.C;
+    const size_t btc = (size_t)M * C;
+    float *ds = scratch, *dI = ds + btc, *dk = dI + btc, *dv = dk + btc, *dq = dv + btc;
+    float *rec = dq + btc;
+    matmul_backward_cuda(ds, g->dW_O, dy, a->s, w->W_O, M, C, C, 1.0f, 0, stream);  // y = s W_Oᵀ
+    if (sh.astro)
+        amsu_recurrence_backward_cuda(dI, dk, dv, dq, g->da_lambda, g->da_beta, rec, ds, a->u,
+                                      a->o, a->s, a->k, a->v, a->q, a->Hckpt, w->a_lambda,
+                                      w->a_beta, sh.B, sh.T, C, sh.Nh, stream);
+    else
+        neuron_backward_cuda(dI, nullptr, g->da_beta, rec, ds, a->u, nullptr, a->s, w->a_beta,
+                             sh.B, sh.T, C, stream);
+    matmul_backward_cuda(dz, g->dW_I, dI, z, w->W_I, M, C, C, 1.0f, 0, stream);
+    if (!sh.astro) return;
+    const float kscale = 1.0f / sqrtf((float)(C / sh.Nh));
+    matmul_backward_cuda(dz, g->dW_K, dk, z, w->W_K, M, C, C, kscale, 1, stream);
+    matmul_backward_cuda(dz, g->dW_V, dv, z, w->W_V, M, C, C, 1.0f, 1, stream);
+    matmul_backward_cuda(dz, g->dW_Q, dq, z, w->W_Q, M, C, C, 1.0f, 1, stream);
+}
+
 // ---- host-memory wrapper (tests) -------------------------------------------------
 
 static float *device_alloc(size_t n) {

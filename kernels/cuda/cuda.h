@@ -15,6 +15,8 @@
 
 #include <stddef.h>
 
+#include "cpu/cpu.h"  // AmsuShape, AmsuActs, AmsuWeights, AmsuGrads, AmsuState
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -160,6 +162,19 @@ int amsu_recurrence_forward_cuda_host(float *o, float *u, float *s, float *Hckpt
                                       const float *a_beta, float *H_state, float *u_state,
                                       float *s_state, int B, int T, int C, int Nh, int astro);
 
+
+// ---- the AM-SU token mixer, one layer (kernels/cuda/amsu.cu) -------------------
+// cpu.h's amsu_forward / amsu_backward on the GPU: the structs hold device
+// pointers (acts carved with amsu_acts_bind from device memory). The forward
+// writes y = W_O s, or adds it to y when `accumulate` (the residual stream);
+// state: NULL from zero (Hckpt written), else streaming (Hckpt not written).
+// The backward overwrites dz and adds into the parameter gradients.
+// scratch: amsu_scratch_floats_cuda(sh) floats.
+size_t amsu_scratch_floats_cuda(AmsuShape sh);
+void amsu_forward_cuda(float *y, AmsuActs *a, const float *z, const AmsuWeights *w,
+                       AmsuShape sh, AmsuState *state, int accumulate, void *stream);
+void amsu_backward_cuda(float *dz, AmsuGrads *g, float *scratch, const float *dy, const float *z,
+                        const AmsuActs *a, const AmsuWeights *w, AmsuShape sh, void *stream);
 
 // ---- NCCL (kernels/cuda/nccl.cu) ---------------------------------------------
 // The GPU side of data parallelism (host/dist.h): one NCCL communicator over
