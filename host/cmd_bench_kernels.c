@@ -3,16 +3,18 @@
 // set against the two ceilings measured in the same run.
 //
 // Ceilings: the device-to-device copy bandwidth (bytes read + written over
-// time, a buffer far larger than L2) and the cuBLAS fp32 GEMM rate (the
-// matmuls glia runs today; no bf16 path exists yet). Each kernel reports
+// time, a buffer far larger than L2) and the cuBLAS GEMM rates of the two
+// modes glia's matmuls run in, exact fp32 and TF32 (no bf16 path exists
+// yet). Each kernel reports
 // its median time over --reps timed batches (each batch launches the kernel
 // --inner times and synchronises once, so launch gaps are amortised the way
 // a training step amortises them), the bytes it must move and the FLOPs it
 // must do by the formulas below, and their fractions of the ceilings. The
 // inputs are random (never zeros) and larger than L2 at the default shape,
 // SPEC's `124m` layer (B 8, T 1024, C 768, Nh 12, D 64). Then a whole
-// training step of the `124m` model at that batch: tokens/s and model FLOPs
-// utilisation (6·params·tokens for the matmuls, plus the recurrence).
+// training step of the `124m` model at that batch, matmuls in TF32 (the
+// training default): tokens/s and model FLOPs utilisation (6·params·tokens
+// for the matmuls, plus the recurrence).
 // Correctness first: the AM-SU forward and backward are compared with the
 // CPU backend on the same inputs before they are timed; a mismatch fails
 // the benchmark (exit 1).
@@ -208,11 +210,11 @@ static void bench_step(const char *size, int B, int T, int reps, double gemm_rat
     // forward 5·Nh·D² per token and layer, backward about twice that again
     double flops = 6.0 * (double)m->nparams * tokens +
                    3.0 * 5.0 * cfg.Nh * (double)D * D * cfg.L * tokens;
-    printf("step %-6s B %d T %d: %8.1f ms  %10.0f tokens/s  %6.2f TFLOP/s  MFU %5.1f%% of fp32 GEMM, "
+    printf("step %-6s B %d T %d: %8.1f ms  %10.0f tokens/s  %6.2f TFLOP/s  MFU %5.1f%% of tf32 GEMM, "
            "%5.2f%% of 800 TFLOP/s bf16\n",
            size, B, T, sec * 1e3, tokens / sec, flops / sec * 1e-12, 100.0 * flops / sec / gemm_rate,
            100.0 * flops / sec / 800e12);
-    printf("headline: %s step %.0f tokens/s, %.1f%% of the fp32 GEMM rate\n", size, tokens / sec,
+    printf("headline: %s step %.0f tokens/s, MFU %.1f%% of the tf32 GEMM rate\n", size, tokens / sec,
            100.0 * flops / sec / gemm_rate);
     free(t);
     free(tok);
@@ -274,11 +276,15 @@ int bench_kernels(int argc, char **argv) {
     l.Bm = dev_random(gn, 1.0f, 0.0f, &rng, NULL);
     l.Cm = dev_zeros(gn);
     double rate = 2.0 * gn * l.gemm_n / time_it(k_gemm, &l, (int)reps, 1);
+    matmul_set_tf32(1);
+    double rate_tf32 = 2.0 * gn * l.gemm_n / time_it(k_gemm, &l, (int)reps, 1);
+    matmul_set_tf32(0);
     cuda_free(l.A);
     cuda_free(l.Bm);
     cuda_free(l.Cm);
-    printf("ceilings: copy %.0f GB/s (read + write), fp32 GEMM (cuBLAS, 4096^3) %.1f TFLOP/s\n",
-           bw * 1e-9, rate * 1e-12);
+    printf("ceilings: copy %.0f GB/s (read + write); cuBLAS GEMM 4096^3: fp32 %.1f TFLOP/s, "
+           "tf32 %.1f TFLOP/s\n",
+           bw * 1e-9, rate * 1e-12, rate_tf32 * 1e-12);
 
     // the AM-SU at the layer shape
     const size_t n = (size_t)B * T * C, D = (size_t)(C / Nh);
@@ -325,7 +331,8 @@ int bench_kernels(int argc, char **argv) {
             fprintf(stderr, "glia bench kernels: --step: '%s' is not a named size\n", size);
             return 2;
         }
-        bench_step(size, (int)B, (int)T, reps < 5 ? (int)reps : 5, rate);
+        matmul_set_tf32(1);
+        bench_step(size, (int)B, (int)T, reps < 5 ? (int)reps : 5, rate_tf32);
     }
     return bad ? 1 : 0;
 }

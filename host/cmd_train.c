@@ -58,6 +58,17 @@ static int pick_device(const char *cmd, const char *value, int *cuda) {
     return 0;
 }
 
+// --matmul fp32|tf32: the GPU's matmul mode (ignored on the CPU backend).
+static int pick_matmul(const char *cmd, const char *value) {
+    static const char *const modes[] = {"fp32", "tf32"};
+    int tf32;
+    if (cli_choice(cmd, "--matmul", value, modes, 2, &tf32)) return 2;
+#ifdef GLIA_HAVE_CUDA
+    matmul_set_tf32(tf32);
+#endif
+    return 0;
+}
+
 // Moves a loaded model to the GPU when `cuda`; 0, or 2 after a one-line error.
 static int model_on_device(const char *cmd, Model *m, int cuda) {
 #ifdef GLIA_HAVE_CUDA
@@ -168,6 +179,7 @@ static int train_parse(int argc, char **argv, TrainOptions *po) {
         {"--max-seconds", "S", "stop (and save) after S seconds; 0: no limit", "0"},
         {"--threads", "N", "CPU threads (default: all cores)", NULL},
         {"--device", "DEV", "cpu, cuda, or auto (cuda when a GPU is found)", "auto"},
+        {"--matmul", "MODE", "GPU matmuls: tf32 (tensor cores, ~1e-3 relative error) or fp32 (exact)", "tf32"},
         {"--quiet", NULL, "no per-step lines", NULL},
         {"--zero", "0|1", "ZeRO stage under mpirun: 1 shards the AdamW state across the ranks", "0"},
         {"--match-params", NULL, "with --astro off: the smallest width (a multiple of the heads) with at "
@@ -181,7 +193,9 @@ static int train_parse(int argc, char **argv, TrainOptions *po) {
     int rc = cli_parse("train", TRAIN_SUMMARY, argc, argv, flags, nf);
     if (rc) return rc == 1 ? 0 : 2;
     int cuda;
-    if (pick_device("train", GET("--device"), &cuda) || set_threads("train", GET("--threads"))) return 2;
+    if (pick_device("train", GET("--device"), &cuda) || pick_matmul("train", GET("--matmul")) ||
+        set_threads("train", GET("--threads")))
+        return 2;
 
     TrainOptions o = {0};
     o.cuda = cuda;
@@ -389,6 +403,7 @@ int cmd_eval(int argc, char **argv) {
         {"--batches", "N", "validation batches (the whole split if larger)", "20"},
         {"--threads", "N", "CPU threads", NULL},
         {"--device", "DEV", "cpu, cuda, or auto (cuda when a GPU is found)", "auto"},
+        {"--matmul", "MODE", "GPU matmuls: tf32 (tensor cores, ~1e-3 relative error) or fp32 (exact)", "tf32"},
         {"--seed", "S", "task: the seed of the scored sequences (train uses --seed, its validation seed + 1000003)",
          "999"},
         TASK_FLAGS,
@@ -399,7 +414,9 @@ int cmd_eval(int argc, char **argv) {
                        argc, argv, flags, nf);
     if (rc) return rc == 1 ? 0 : 2;
     int cuda;
-    if (pick_device("eval", GET("--device"), &cuda) || set_threads("eval", GET("--threads"))) return 2;
+    if (pick_device("eval", GET("--device"), &cuda) || pick_matmul("eval", GET("--matmul")) ||
+        set_threads("eval", GET("--threads")))
+        return 2;
     long B, T, nb;
     if (cli_int("eval", "--batch", GET("--batch"), 1, 1 << 20, &B) ||
         cli_int("eval", "--seq", GET("--seq"), 1, 1 << 20, &T) ||
@@ -473,6 +490,7 @@ int cmd_generate(int argc, char **argv) {
         {"--seed", "N", "sampling seed", "1"},
         {"--threads", "N", "CPU threads", NULL},
         {"--device", "DEV", "cpu, cuda, or auto (cuda when a GPU is found)", "auto"},
+        {"--matmul", "MODE", "GPU matmuls: tf32 (tensor cores, ~1e-3 relative error) or fp32 (exact)", "tf32"},
         {"--prompts", "FILE", "JSONL requests for offline batch generation (then --out)", NULL},
         {"--out", "FILE", "JSONL completions, in input order (with --prompts)", NULL},
         {"--batch", "N", "sequence slots decoded together (with --prompts)", "16"},
@@ -486,7 +504,9 @@ int cmd_generate(int argc, char **argv) {
                        argc, argv, flags, nf);
     if (rc) return rc == 1 ? 0 : 2;
     int cuda;
-    if (pick_device("generate", GET("--device"), &cuda) || set_threads("generate", GET("--threads"))) return 2;
+    if (pick_device("generate", GET("--device"), &cuda) || pick_matmul("generate", GET("--matmul")) ||
+        set_threads("generate", GET("--threads")))
+        return 2;
     long ntok, topk, seed;
     double temp, topp;
     if (cli_int("generate", "--tokens", GET("--tokens"), 1, 1L << 30, &ntok) ||

@@ -254,8 +254,9 @@ Test(cuda_model, commands_with_device_cuda) {
     char corpus[300];
     snprintf(corpus, sizeof corpus, "%s/words.txt", dir);
     cr_assert_eq(write_word_corpus(corpus, 4000), 0);
+    // exact fp32 matmuls on the GPU, for the step-by-step comparison
     const char *common = "train --size tiny --steps 6 --batch 4 --seq 32 --eval-every 3 "
-                         "--eval-batches 2 --sample-tokens 20 --threads 1 --quiet";
+                         "--eval-batches 2 --sample-tokens 20 --threads 1 --quiet --matmul fp32";
     int rc = glia_run(out, sizeof out, "%s --data %s --out %s/cpu --device cpu", common, corpus, dir);
     cr_assert_eq(rc, 0, "%s", out);
     rc = glia_run(out, sizeof out, "%s --data %s --out %s/gpu --device cuda", common, corpus, dir);
@@ -284,7 +285,7 @@ Test(cuda_model, commands_with_device_cuda) {
     double loss[2];
     for (int d = 0; d < 2; d++) {
         rc = glia_run(out, sizeof out, "eval --ckpt %s/model.safetensors --data %s --out %s/ev --device %s "
-                      "--batch 2 --seq 32 --batches 2", b, corpus, dir, d ? "cuda" : "cpu");
+                      "--batch 2 --seq 32 --batches 2 --matmul fp32", b, corpus, dir, d ? "cuda" : "cpu");
         cr_assert_eq(rc, 0, "%s", out);
         const char *v = strstr(out, "val loss ");
         cr_assert(v && sscanf(v, "val loss %lf", &loss[d]) == 1, "%s", out);

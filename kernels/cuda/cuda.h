@@ -43,7 +43,10 @@ void cuda_synchronize(void);
 void cuda_device_describe(char *buf, size_t len);
 
 // ---- matmuls (cuBLAS; kernels/cuda/device.cu) ---------------------------------
-// The CPU backend's contract (cpu.h), on device pointers, fp32:
+// 1: later matmuls may use TF32 tensor cores (about 1e-3 relative error);
+// 0 (the default): exact fp32 products.
+void matmul_set_tf32(int on);
+// The CPU backend's contract (cpu.h), on device pointers, fp32 storage:
 // out (M, N) = alpha · inp (M, K) @ W (N, K)ᵀ, plus out if `accumulate`.
 void matmul_forward_cuda(float *out, const float *inp, const float *W, int M, int K, int N,
                          float alpha, int accumulate, void *stream);

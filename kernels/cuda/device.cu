@@ -10,9 +10,12 @@
 // column-major, and a row-major (M, N) matrix is the column-major (N, M)
 // matrix with the same bytes, so out = inp @ Wᵀ (row-major) is
 // outᵀ = W · inpᵀ (column-major): one Sgemm with W transposed, no copies.
-// fp32 throughout, pedantic math mode (no TF32), so parity with the CPU
-// holds to fp32 rounding. One cuBLAS handle per process, created on first
-// use and bound to the stream of each call.
+// Operands and results are fp32. By default cuBLAS runs in pedantic math
+// mode (no TF32), so parity with the CPU holds to fp32 rounding;
+// matmul_set_tf32(1) lets it use the tensor cores' TF32 mode (fp32 storage,
+// 10-bit mantissa products, fp32 accumulation), several times the fp32 rate
+// at about 1e-3 relative error. One cuBLAS handle per process, created on
+// first use and bound to the stream of each call.
 #include "cuda/cuda.h"
 #include "cuda/cuda_common.h"
 
@@ -72,11 +75,17 @@ extern "C" void cuda_device_describe(char *buf, size_t len) {
 
 // ---- matmuls ------------------------------------------------------------------------
 
+static int use_tf32;
+
+extern "C" void matmul_set_tf32(int on) { use_tf32 = on != 0; }
+
 static cublasHandle_t handle(void *stream) {
     static cublasHandle_t h;
-    if (!h) {
-        cublas_check(cublasCreate(&h));
-        cublas_check(cublasSetMathMode(h, CUBLAS_PEDANTIC_MATH));
+    static int mode = -1;
+    if (!h) cublas_check(cublasCreate(&h));
+    if (mode != use_tf32) {
+        cublas_check(cublasSetMathMode(h, use_tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_PEDANTIC_MATH));
+        mode = use_tf32;
     }
     cublas_check(cublasSetStream(h, (cudaStream_t)stream));
     return h;
