@@ -13,9 +13,6 @@
 
 #include "glia/safetensors.h"
 #include "testutil.h"
-#ifdef GLIA_HAVE_CUDA
-#include "cuda/cuda.h"
-#endif
 
 static char tmpdir[256];
 static char output[8192];  // stdout + stderr of the last run
@@ -92,10 +89,8 @@ Test(cli_amsu, round_trip_astro_off) {
 
 // The same cases on the CUDA backend, against the same PyTorch references.
 Test(cli_amsu, round_trip_cuda) {
-#ifndef GLIA_HAVE_CUDA
-    cr_skip_test("glia built without CUDA");
-#else
-    if (cuda_device_count() == 0) cr_skip_test("no CUDA device found");
+    test_require_gpu();
+#ifdef GLIA_HAVE_CUDA
     static const char *cases[][2] = {{"amsu_odd", "on"}, {"amsu_long", "on"}, {"amsu_off", "off"}};
     for (int i = 0; i < 3; i++) {
         char in[200], ref[200];

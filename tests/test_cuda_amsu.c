@@ -49,19 +49,6 @@
 #define BWD_TOL 1e-5
 #define SPIKE_MARGIN 1e-4f
 
-static void require_cuda_build(void) {
-#ifndef GLIA_HAVE_CUDA
-    cr_skip_test("glia built without CUDA");
-#endif
-}
-
-static void require_gpu(void) {
-    require_cuda_build();
-#ifdef GLIA_HAVE_CUDA
-    if (cuda_device_count() == 0) cr_skip_test("no CUDA device found");
-#endif
-}
-
 #ifdef GLIA_HAVE_CUDA
 
 typedef struct {
@@ -523,35 +510,35 @@ static void check_bwd_deterministic(int B, int T, int Nh, int D, uint64_t seed) 
 #endif  // GLIA_HAVE_CUDA
 
 Test(cuda_amsu, head_size_8) {
-    require_gpu();
+    test_require_gpu();
 #ifdef GLIA_HAVE_CUDA
     check_head_size(8, 3);
 #endif
 }
 
 Test(cuda_amsu, head_size_16) {
-    require_gpu();
+    test_require_gpu();
 #ifdef GLIA_HAVE_CUDA
     check_head_size(16, 2);
 #endif
 }
 
 Test(cuda_amsu, head_size_32) {
-    require_gpu();
+    test_require_gpu();
 #ifdef GLIA_HAVE_CUDA
     check_head_size(32, 3);
 #endif
 }
 
 Test(cuda_amsu, head_size_64) {
-    require_gpu();
+    test_require_gpu();
 #ifdef GLIA_HAVE_CUDA
     check_head_size(64, 2);
 #endif
 }
 
 Test(cuda_amsu, head_size_128) {
-    require_gpu();
+    test_require_gpu();
 #ifdef GLIA_HAVE_CUDA
     check_head_size(128, 3);
 #endif
@@ -559,7 +546,7 @@ Test(cuda_amsu, head_size_128) {
 
 // Checkpoints not requested: the kernel must still produce o, u, s.
 Test(cuda_amsu, without_checkpoints) {
-    require_gpu();
+    test_require_gpu();
 #ifdef GLIA_HAVE_CUDA
     check_case((Case){.B = 2, .T = 70, .Nh = 3, .D = 32, .astro = 1, .ckpt = 0}, 31);
     check_case((Case){.B = 1, .T = 33, .Nh = 1, .D = 128, .astro = 1, .ckpt = 0}, 32);
@@ -569,7 +556,7 @@ Test(cuda_amsu, without_checkpoints) {
 // Astrocyte off (FFN neuron, ablation): o ≡ 0, the LIF neuron alone. C need
 // not be a multiple of the kernel's block of channels (Nh = 1, D = C here).
 Test(cuda_amsu, astro_off) {
-    require_gpu();
+    test_require_gpu();
 #ifdef GLIA_HAVE_CUDA
     static const int Cs[] = {8, 200, 384};
     for (size_t i = 0; i < sizeof Cs / sizeof Cs[0]; i++)
@@ -583,7 +570,7 @@ Test(cuda_amsu, astro_off) {
 // Streaming: a sequence run in two calls with the state carried over, from
 // a random state; split points inside and at chunk boundaries.
 Test(cuda_amsu, streaming_state) {
-    require_gpu();
+    test_require_gpu();
 #ifdef GLIA_HAVE_CUDA
     check_streaming(1, 1, 1, 1, 8, 1, 51);
     check_streaming(3, 7, 33, 3, 8, 1, 52);
@@ -597,35 +584,35 @@ Test(cuda_amsu, streaming_state) {
 }
 
 Test(cuda_amsu, backward_head_size_8) {
-    require_gpu();
+    test_require_gpu();
 #ifdef GLIA_HAVE_CUDA
     check_bwd_head_size(8, 3);
 #endif
 }
 
 Test(cuda_amsu, backward_head_size_16) {
-    require_gpu();
+    test_require_gpu();
 #ifdef GLIA_HAVE_CUDA
     check_bwd_head_size(16, 2);
 #endif
 }
 
 Test(cuda_amsu, backward_head_size_32) {
-    require_gpu();
+    test_require_gpu();
 #ifdef GLIA_HAVE_CUDA
     check_bwd_head_size(32, 3);
 #endif
 }
 
 Test(cuda_amsu, backward_head_size_64) {
-    require_gpu();
+    test_require_gpu();
 #ifdef GLIA_HAVE_CUDA
     check_bwd_head_size(64, 2);
 #endif
 }
 
 Test(cuda_amsu, backward_head_size_128) {
-    require_gpu();
+    test_require_gpu();
 #ifdef GLIA_HAVE_CUDA
     check_bwd_head_size(128, 3);
 #endif
@@ -633,7 +620,7 @@ Test(cuda_amsu, backward_head_size_128) {
 
 // No float atomics, fixed reduction orders: the same bits on every run.
 Test(cuda_amsu, backward_deterministic) {
-    require_gpu();
+    test_require_gpu();
 #ifdef GLIA_HAVE_CUDA
     check_bwd_deterministic(3, 70, 3, 32, 61);
     check_bwd_deterministic(2, 33, 2, 128, 62);
@@ -643,7 +630,7 @@ Test(cuda_amsu, backward_deterministic) {
 // Shapes the fused kernel cannot run are refused before any device work, so
 // this runs wherever CUDA is built, GPU or not.
 Test(cuda_amsu, rejects_invalid_shapes) {
-    require_cuda_build();
+    test_require_cuda_build();
 #ifdef GLIA_HAVE_CUDA
     float x[96] = {0}, out_o[96], out_u[96], out_s[96], st_u[96] = {0};
     // D = 24 (C 48, Nh 2): not a supported head size

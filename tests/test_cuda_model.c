@@ -34,14 +34,6 @@
 #endif
 #include "testutil.h"
 
-static void require_gpu(void) {
-#ifndef GLIA_HAVE_CUDA
-    cr_skip_test("glia built without CUDA");
-#else
-    if (cuda_device_count() == 0) cr_skip_test("no CUDA device found");
-#endif
-}
-
 #ifdef GLIA_HAVE_CUDA
 
 static ModelConfig config(int astro, int V) {
@@ -120,21 +112,21 @@ static void check_forward_backward(ModelConfig c, int B, int T, uint64_t seed) {
 #endif
 
 Test(cuda_model, forward_backward_astro_on) {
-    require_gpu();
+    test_require_gpu();
 #ifdef GLIA_HAVE_CUDA
     check_forward_backward(config(1, 256), 2, 37, 11);
 #endif
 }
 
 Test(cuda_model, forward_backward_astro_off) {
-    require_gpu();
+    test_require_gpu();
 #ifdef GLIA_HAVE_CUDA
     check_forward_backward(config(0, 256), 3, 20, 12);
 #endif
 }
 
 Test(cuda_model, forward_backward_padded_vocab) {
-    require_gpu();
+    test_require_gpu();
 #ifdef GLIA_HAVE_CUDA
     check_forward_backward(config(1, 300), 1, 45, 13);  // V 300 padded to 320
 #endif
@@ -142,7 +134,7 @@ Test(cuda_model, forward_backward_padded_vocab) {
 
 // Three AdamW steps with clipping, as train.c takes them on each backend.
 Test(cuda_model, adamw_steps_match) {
-    require_gpu();
+    test_require_gpu();
 #ifdef GLIA_HAVE_CUDA
     ModelConfig c = config(1, 256);
     const int B = 2, T = 24;
@@ -190,7 +182,7 @@ Test(cuda_model, adamw_steps_match) {
 // Generation: a prompt, then single tokens, with the state carried on the
 // device, gives the CPU's logits at every step; a reset slot starts clean.
 Test(cuda_model, streaming_state) {
-    require_gpu();
+    test_require_gpu();
 #ifdef GLIA_HAVE_CUDA
     ModelConfig c = config(1, 256);
     const int P = 19;
@@ -226,7 +218,7 @@ Test(cuda_model, streaming_state) {
 // A model that does not fit is a one-line error naming what did not fit.
 // Only the emulator lets a test choose the device's memory.
 Test(cuda_model, out_of_memory_is_an_error) {
-    require_gpu();
+    test_require_gpu();
 #ifndef GLIA_CUDA_EMU
     cr_skip_test("needs the CUDA emulator's memory cap (GLIA_EMU_MEM_BYTES)");
 #else
@@ -247,7 +239,7 @@ Test(cuda_model, out_of_memory_is_an_error) {
 // and generate on the GPU. The two runs' losses agree step by step; a GPU
 // run stopped and resumed ends byte-identical to the uninterrupted one.
 Test(cuda_model, commands_with_device_cuda) {
-    require_gpu();
+    test_require_gpu();
 #ifdef GLIA_HAVE_CUDA
     char dir[] = "/tmp/glia_cuda_cmd_XXXXXX", out[16384];
     cr_assert_not_null(mkdtemp(dir));
@@ -303,7 +295,7 @@ Test(cuda_model, commands_with_device_cuda) {
 // The NCCL path of data parallelism (kernels/cuda/nccl.cu) with one rank:
 // no MPI in a test process, so the communicator has world size 1.
 Test(cuda_model, nccl_allreduce_world1) {
-    require_gpu();
+    test_require_gpu();
 #ifdef GLIA_HAVE_CUDA
     float host[1000], back[1000];
     for (int i = 0; i < 1000; i++) host[i] = (float)i * 0.25f - 7.0f;

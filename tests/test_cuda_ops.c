@@ -56,14 +56,6 @@
 #define NORM_TOL 1e-10
 #define EXACT_TOL 1e-6
 
-static void require_gpu(void) {
-#ifndef GLIA_HAVE_CUDA
-    cr_skip_test("glia built without CUDA");
-#else
-    if (cuda_device_count() == 0) cr_skip_test("no CUDA device found");
-#endif
-}
-
 #ifdef GLIA_HAVE_CUDA
 
 // ---- helpers -----------------------------------------------------------------------------
@@ -438,7 +430,7 @@ static void norm_scale_case(size_t n, uint64_t seed, double *worst) {
 #endif  // GLIA_HAVE_CUDA
 
 Test(cuda_ops, rmsnorm) {
-    require_gpu();
+    test_require_gpu();
 #ifdef GLIA_HAVE_CUDA
     double worst = 0.0;
     uint64_t seed = 100;
@@ -449,7 +441,7 @@ Test(cuda_ops, rmsnorm) {
 }
 
 Test(cuda_ops, neuron_backward) {
-    require_gpu();
+    test_require_gpu();
 #ifdef GLIA_HAVE_CUDA
     static const int Bs[] = {1, 3}, Ts[] = {1, 7, 70}, Ns[] = {8, 200, 384};
     double worst = 0.0;
@@ -468,7 +460,7 @@ Test(cuda_ops, neuron_backward) {
 }
 
 Test(cuda_ops, embedding) {
-    require_gpu();
+    test_require_gpu();
 #ifdef GLIA_HAVE_CUDA
     static const int Ms[] = {1, 37, 130}, Cs[] = {8, 48, 200}, Vs[] = {5, 257};
     double worst = 0.0;
@@ -481,7 +473,7 @@ Test(cuda_ops, embedding) {
 }
 
 Test(cuda_ops, xent) {
-    require_gpu();
+    test_require_gpu();
 #ifdef GLIA_HAVE_CUDA
     static const int shapes[][2] = {{1, 256},  {1, 257},  {1, 1000}, {37, 256},
                                     {37, 257}, {37, 1000}, {130, 257}};  // (M, V)
@@ -500,7 +492,7 @@ Test(cuda_ops, xent) {
 }
 
 Test(cuda_ops, adamw) {
-    require_gpu();
+    test_require_gpu();
 #ifdef GLIA_HAVE_CUDA
     static const size_t ns[] = {1, 37, 1000};
     double worst = 0.0;
@@ -515,7 +507,7 @@ Test(cuda_ops, adamw) {
 }
 
 Test(cuda_ops, grad_norm_and_scale) {
-    require_gpu();
+    test_require_gpu();
 #ifdef GLIA_HAVE_CUDA
     // 300001 > 256 blocks × 256 threads × 4: the partial kernel's four-load loop and its tail
     static const size_t ns[] = {1, 300001};

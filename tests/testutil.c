@@ -1,6 +1,11 @@
 // testutil.c: see testutil.h.
 #include "testutil.h"
 
+#include <criterion/criterion.h>
+#ifdef GLIA_HAVE_CUDA
+#include "cuda/cuda.h"
+#endif
+
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -129,4 +134,17 @@ void test_model_randomise(Model *m, uint64_t seed) {
 
 void test_random_tokens(int *x, int n, int V, TestRng *r) {
     for (int i = 0; i < n; i++) x[i] = (int)(rng_uniform(r) * V) % V;
+}
+
+void test_require_cuda_build(void) {
+#ifndef GLIA_HAVE_CUDA
+    cr_skip_test("glia built without CUDA");
+#endif
+}
+
+void test_require_gpu(void) {
+    test_require_cuda_build();
+#ifdef GLIA_HAVE_CUDA
+    if (cuda_device_count() == 0) cr_skip_test("no CUDA device found");
+#endif
 }

@@ -44,6 +44,11 @@ void test_model_randomise(Model *m, uint64_t seed);
 // n token ids uniform in [0, V).
 void test_random_tokens(int *x, int n, int V, TestRng *r);
 
+// Skip the running Criterion test, with a one-line reason, unless glia was
+// built with CUDA (both) and a CUDA device is found (test_require_gpu).
+void test_require_cuda_build(void);
+void test_require_gpu(void);
+
 // Path of a committed fixture: GLIA_FIXTURES "/" name (static buffer).
 const char *fixture_path(const char *name);
 
