@@ -174,6 +174,8 @@ static int train_parse(int argc, char **argv, TrainOptions *po) {
         {"--keep", "K", "complete checkpoints kept in OUT/ckpt", "3"},
         {"--resume", NULL, "continue from the newest complete checkpoint in --out", NULL},
         {"--resume-from", "DIR", "continue from the newest complete checkpoint of run DIR", NULL},
+        {"--init", "FILE", "start from the parameters of a model file of the same size (fresh optimizer "
+                           "and schedule: fine-tuning, curricula)", NULL},
         {"--stop-after", "N", NULL, NULL},  // testing aid (docs/TRAINING.md): stop after step N as if killed
         {"--sample-tokens", "N", "tokens of text to sample at the end", "400"},
         {"--max-seconds", "S", "stop (and save) after S seconds; 0: no limit", "0"},
@@ -284,7 +286,12 @@ static int train_parse(int argc, char **argv, TrainOptions *po) {
         return 2;
     if (cli_int("train", "--zero", GET("--zero"), 0, 1, &v)) return 2;
     o.zero = (int)v;
+    o.init = GET("--init");
     const char *from = GET("--resume-from") ? GET("--resume-from") : GET("--resume") ? o.out : NULL;
+    if (from && o.init) {
+        fprintf(stderr, "glia train: --init starts a fresh run; it cannot be combined with --resume\n");
+        return 2;
+    }
     if (!from) {
         *po = o;
         return -1;

@@ -213,6 +213,27 @@ static int save_all(const TrainOptions *o, Model *m, float *mom1, float *mom2,
     return agree(rc, "cannot save the checkpoint of step %ld: %s", step, err);
 }
 
+// Parameters from the model file `path` (a fresh run's starting point: a
+// curriculum, fine-tuning); its configuration must be m's. 0, or -1 with a
+// one-line error.
+static int train_init_from(Model *m, const char *path, char *err, size_t err_len) {
+    char cerr[CKPT_ERR_LEN];
+    Model *src = ckpt_load_model(path, NULL, cerr);
+    if (!src) return snprintf(err, err_len, "--init: %.600s", cerr), -1;
+    const ModelConfig *a = &src->cfg, *b = &m->cfg;
+    int same = a->V == b->V && a->Vp == b->Vp && a->L == b->L && a->C == b->C && a->Nh == b->Nh &&
+               a->F == b->F && a->astro == b->astro;
+    if (same) memcpy(m->params, src->params, m->nparams * sizeof(float));
+    else
+        snprintf(err, err_len,
+                 "--init: %.300s is a model of L %d C %d heads %d FFN %d vocab %d astro %s, not the "
+                 "one asked for (L %d C %d heads %d FFN %d vocab %d astro %s): give the same size flags",
+                 path, a->L, a->C, a->Nh, a->F, a->V, a->astro ? "on" : "off", b->L, b->C, b->Nh, b->F,
+                 b->V, b->astro ? "on" : "off");
+    model_free(src);
+    return same ? 0 : -1;
+}
+
 int train_run(const TrainOptions *o) {
     char err[DATA_ERR_LEN > CKPT_ERR_LEN ? DATA_ERR_LEN : CKPT_ERR_LEN] = "", dir[4096] = "", path[4200];
     const Dist *ds = dist_self();
@@ -272,6 +293,7 @@ int train_run(const TrainOptions *o) {
         } else {
             m = model_new(&o->cfg);
             model_init(m, o->seed);
+            if (o->init && train_init_from(m, o->init, err, sizeof err)) rc = 2;
             train_shard_init(&sh, m->nparams, ds->rank, world, o->zero != 0);
             mom1 = xcalloc(sh.len, sizeof(float));
             mom2 = xcalloc(sh.len, sizeof(float));

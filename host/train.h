@@ -24,6 +24,7 @@ typedef struct {
     int quiet;           // no per-step lines
     int keep;            // complete checkpoints kept in out/ckpt (train_ckpt.h); 0: 3
     const char *resume;  // a checkpoint directory to continue from (train_ckpt_find), or NULL
+    const char *init;    // a model file whose parameters start a fresh run (same config), or NULL
     long stop_after;     // testing aid: stop after this step, saving, as if killed; 0: off
     int zero;            // ZeRO stage: 1 shards the AdamW moments across the ranks (dist.h); 0: off
     int world_size;      // filled by train_ckpt_find: the world size of the run that wrote it

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/wait.h>
 
+#include "checkpoint.h"
 #include "testutil.h"
 #include "train.h"
 
@@ -98,6 +99,43 @@ Test(train, same_seed_same_threads_bit_identical) {
     cr_assert_eq(train_run(&o), 0);
     read_losses(c, lb, 20);
     cr_expect_neq(la[14], lb[14]);
+}
+
+// --init: a fresh run starting from another run's parameters. With lr 0 the
+// parameters come out exactly as they went in; the first loss is the trained
+// model's, not a fresh one's; a model of another size is refused.
+Test(train, init_from_a_model_file) {
+    char a[300], b[300], c[300], path[400];
+    snprintf(a, sizeof a, "%s/a", dir);
+    snprintf(b, sizeof b, "%s/b", dir);
+    snprintf(c, sizeof c, "%s/c", dir);
+    TrainOptions o = tiny_options(a);
+    o.steps = 30;
+    cr_assert_eq(train_run(&o), 0);
+    snprintf(path, sizeof path, "%s/model.safetensors", a);
+    o = tiny_options(b);
+    o.steps = 2;
+    o.lr = 0.0;
+    o.init = path;
+    cr_assert_eq(train_run(&o), 0);
+    char err[CKPT_ERR_LEN], pb[400];
+    snprintf(pb, sizeof pb, "%s/model.safetensors", b);
+    Model *ma = ckpt_load_model(path, NULL, err), *mb = ckpt_load_model(pb, NULL, err);
+    cr_assert(ma && mb, "%s", err);
+    cr_expect_eq(memcmp(ma->params, mb->params, ma->nparams * sizeof(float)), 0,
+                 "lr 0 from --init must keep the parameters");
+    double la[40], lb[4];
+    cr_assert_eq(read_losses(a, la, 40), 30);
+    cr_assert_eq(read_losses(b, lb, 4), 2);
+    cr_expect(lb[0] < 0.5 * (la[0] + la[29]) + 0.1 * la[0], "first loss %.4f: not the trained model's (%.4f -> %.4f)",
+              lb[0], la[0], la[29]);
+    model_free(ma);
+    model_free(mb);
+    o = tiny_options(c);
+    o.cfg.C = 64;
+    o.cfg.F = 256;
+    o.init = path;
+    cr_assert_eq(train_run(&o), 2, "a model of another width must be refused");
 }
 
 // ---- the commands ------------------------------------------------------------------
