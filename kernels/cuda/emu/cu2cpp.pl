@@ -1,6 +1,6 @@
 #!/usr/bin/perl
 # cu2cpp.pl: turns a CUDA C++ source into plain C++ for glia's CPU emulator
-# of the CUDA backend (kernels/cuda/emu/README.md). Two rewrites, nothing else:
+# of the CUDA backend (docs/CUDA.md, "The emulator"). Two rewrites, nothing else:
 #   kernel<<<grid, block[, smem[, stream]]>>>(args)
 #       -> glia_emu::Launch(grid, block[, smem[, stream]]).of(kernel)(args)
 #   extern __shared__ [__align__(n)] T name[];

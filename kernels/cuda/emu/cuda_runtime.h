@@ -1,7 +1,7 @@
 // cuda_runtime.h (emulator): the part of the CUDA runtime glia's kernels use,
 // executed on the CPU, so the CUDA backend's code paths run and are checked
-// against the CPU reference on machines without a GPU (README.md beside
-// this file says what it does and does not prove).
+// against the CPU reference on machines without a GPU (docs/CUDA.md, "The
+// emulator", says what it does and does not prove).
 //
 // A launch runs the grid's blocks one after the other. Each block runs one
 // fiber per CUDA thread (emu.cpp), so __syncthreads is a real barrier and
