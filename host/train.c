@@ -39,6 +39,12 @@
 // model file, evaluations and the sample. With one process none of this
 // runs (each collective is the identity) and a run is bit for bit what it
 // was before.
+//
+// On the GPU (--device cuda, model_cuda.h) the loop is the same: forward and
+// backward dispatch through model.h; the all-reduce is NCCL's, and the norm,
+// clipping and AdamW run on the device, where the parameters and moments
+// live. They are copied to the host only to be saved (save_all), and from a
+// checkpoint to the device once when resuming.
 #include "train.h"
 
 #include <errno.h>
