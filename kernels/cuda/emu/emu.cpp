@@ -85,12 +85,27 @@ void barrier_wait(Barrier *b) {
     swapcontext(&f.ctx, &g->sched);
 }
 
+// GLIA_EMU_ORDER=reverse runs the fibers of each pass last to first. A
+// missing barrier shows up in one order or the other: with ascending order a
+// thread reading what a lower thread wrote without a barrier still sees it,
+// with descending order it does not. CI runs the kernel tests both ways.
+bool reverse_order() {
+    static int r = -1;
+    if (r < 0) {
+        const char *e = getenv("GLIA_EMU_ORDER");
+        r = e && !strcmp(e, "reverse");
+    }
+    return r == 1;
+}
+
 // Runs every fiber of the current block to its end, round robin, resuming a
 // waiting fiber once its barrier has been released.
 void run_block(Grid *g) {
+    const bool rev = reverse_order();
     for (;;) {
         int live = 0, progressed = 0;
-        for (int t = 0; t < g->nthreads; t++) {
+        for (int i = 0; i < g->nthreads; i++) {
+            const int t = rev ? g->nthreads - 1 - i : i;
             Fiber &f = g->fibers[t];
             if (f.done) continue;
             live++;
