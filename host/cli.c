@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -116,4 +117,18 @@ int cli_choice(const char *cmd, const char *flag, const char *s, const char *con
     for (int i = 0; i < n; i++) fprintf(stderr, "%s %s", i ? "," : "", choices[i]);
     fprintf(stderr, "\n");
     return 2;
+}
+
+int cli_require(const char *cmd, const CliFlag *flags, int nflags, ...) {
+    va_list ap;
+    va_start(ap, nflags);
+    const char *name;
+    int rc = 0;
+    while (!rc && (name = va_arg(ap, const char *)))
+        if (!cli_get(flags, nflags, name)) {
+            fprintf(stderr, "glia %s: %s is required (see glia %s --help)\n", cmd, name, cmd);
+            rc = 2;
+        }
+    va_end(ap);
+    return rc;
 }

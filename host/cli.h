@@ -24,6 +24,11 @@ int cli_index(const CliFlag *flags, int nflags, const char *name);
 // The flag's value, NULL when unset.
 const char *cli_get(const CliFlag *flags, int nflags, const char *name);
 
+// 0 when every flag named (a NULL-terminated list) was given; else prints
+// "glia CMD: --flag is required (see glia CMD --help)" for the first missing
+// one and returns 2.
+int cli_require(const char *cmd, const CliFlag *flags, int nflags, ...);
+
 // Value conversions: 0 on success; on failure print
 // "glia CMD: --flag: ..." and return 2.
 int cli_int(const char *cmd, const char *flag, const char *s, long lo, long hi, long *out);

@@ -108,12 +108,8 @@ int cmd_amsu(int argc, char **argv) {
     int nf = sizeof flags / sizeof flags[0];
     int rc = cli_parse("amsu", AMSU_SUMMARY, argc, argv, flags, nf);
     if (rc) return rc == 1 ? 0 : 2;
+    if (cli_require("amsu", flags, nf, "--in", "--out", NULL)) return 2;
     const char *in = cli_get(flags, nf, "--in"), *out = cli_get(flags, nf, "--out");
-    if (!in || !out) {
-        fprintf(stderr, "glia amsu: %s is required (see glia amsu --help)\n",
-                in ? "--out" : "--in");
-        return 2;
-    }
     static const char *const devices[] = {"cpu", "cuda"}, *const onoff[] = {"off", "on"};
     int device, astro;
     if (cli_choice("amsu", "--device", cli_get(flags, nf, "--device"), devices, 2, &device) ||

@@ -111,11 +111,8 @@ static int bench_generate(int argc, char **argv) {
         if (cli_int("bench", "--threads", cli_get(flags, nf, "--threads"), 1, 4096, &threads)) return 2;
         cpu_set_threads((int)threads);
     }
+    if (cli_require("bench generate", flags, nf, "--ckpt", NULL)) return 2;
     const char *ckpt = cli_get(flags, nf, "--ckpt");
-    if (!ckpt) {
-        fprintf(stderr, "glia bench generate: --ckpt is required\n");
-        return 2;
-    }
     char err[CKPT_ERR_LEN];
     Model *m = ckpt_load_model(ckpt, NULL, err);
     if (!m) {

@@ -112,12 +112,8 @@ int cmd_export(int argc, char **argv) {
     int nf = sizeof flags / sizeof flags[0];
     int rc = cli_parse("export", EXPORT_SUMMARY, argc, argv, flags, nf);
     if (rc) return rc == 1 ? 0 : 2;
+    if (cli_require("export", flags, nf, "--ckpt", "--out", NULL)) return 2;
     const char *ckpt = cli_get(flags, nf, "--ckpt"), *out = cli_get(flags, nf, "--out");
-    if (!ckpt || !out) {
-        fprintf(stderr, "glia export: %s is required (see glia export --help)\n",
-                ckpt ? "--out" : "--ckpt");
-        return 2;
-    }
     char err[CKPT_ERR_LEN];
     Model *m = ckpt_load_model(ckpt, NULL, err);
     if (!m) {
@@ -257,12 +253,8 @@ int cmd_import(int argc, char **argv) {
     int nf = sizeof flags / sizeof flags[0];
     int rc = cli_parse("import", IMPORT_SUMMARY, argc, argv, flags, nf);
     if (rc) return rc == 1 ? 0 : 2;
+    if (cli_require("import", flags, nf, "--in", "--out", NULL)) return 2;
     const char *in = cli_get(flags, nf, "--in"), *out = cli_get(flags, nf, "--out");
-    if (!in || !out) {
-        fprintf(stderr, "glia import: %s is required (see glia import --help)\n",
-                in ? "--out" : "--in");
-        return 2;
-    }
     size_t plen = strlen(in) + 32;
     char *cpath = xmalloc(plen), *spath = xmalloc(plen);
     snprintf(cpath, plen, "%s/config.json", in);

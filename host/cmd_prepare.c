@@ -73,12 +73,8 @@ int cmd_prepare(int argc, char **argv) {
     int nf = sizeof flags / sizeof flags[0];
     int rc = cli_parse("prepare", PREPARE_SUMMARY, argc, argv, flags, nf);
     if (rc) return rc == 1 ? 0 : 2;
+    if (cli_require("prepare", flags, nf, "--in", "--out", NULL)) return 2;
     const char *in = cli_get(flags, nf, "--in"), *out = cli_get(flags, nf, "--out");
-    if (!in || !out) {
-        fprintf(stderr, "glia prepare: %s is required (see glia prepare --help)\n",
-                in ? "--out" : "--in");
-        return 2;
-    }
     double val_frac;
     if (cli_float("prepare", "--val-frac", cli_get(flags, nf, "--val-frac"), 0.0, 1.0, &val_frac))
         return 2;

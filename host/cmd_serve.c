@@ -428,10 +428,7 @@ int cmd_serve(int argc, char **argv) {
         fprintf(stderr, "glia serve: --host: '%s' is not an IPv4 address\n", GET("--host"));
         return 2;
     }
-    if (!GET("--ckpt")) {
-        fprintf(stderr, "glia serve: --ckpt is required (see glia serve --help)\n");
-        return 2;
-    }
+    if (cli_require("serve", flags, nf, "--ckpt", NULL)) return 2;
     char err[CKPT_ERR_LEN];
     Model *m = ckpt_load_model(GET("--ckpt"), NULL, err);
     if (!m) {
