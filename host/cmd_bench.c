@@ -93,6 +93,8 @@ static int bench_generate(int argc, char **argv) {
         {"--contexts", "LIST", "context lengths for time per token", "100,1000,10000,100000"},
         {"--steps", "N", "decode steps timed per context (median)", "32"},
         {"--threads", "N", "CPU threads", NULL},
+        {"--device", "DEV", "cpu, cuda, or auto (cuda when a GPU is found)", "auto"},
+        {"--matmul", "MODE", "GPU matmuls: tf32, bf16 or fp32", "tf32"},
     };
     int nf = sizeof flags / sizeof flags[0];
     int rc = cli_parse("bench generate",
@@ -111,6 +113,10 @@ static int bench_generate(int argc, char **argv) {
         if (cli_int("bench", "--threads", cli_get(flags, nf, "--threads"), 1, 4096, &threads)) return 2;
         cpu_set_threads((int)threads);
     }
+    int cuda;
+    if (device_pick("bench generate", cli_get(flags, nf, "--device"), &cuda) ||
+        device_set_matmul("bench generate", cli_get(flags, nf, "--matmul")))
+        return 2;
     if (cli_require("bench generate", flags, nf, "--ckpt", NULL)) return 2;
     const char *ckpt = cli_get(flags, nf, "--ckpt");
     char err[CKPT_ERR_LEN];
@@ -124,11 +130,19 @@ static int bench_generate(int argc, char **argv) {
         model_free(m);
         return 2;
     }
+    if (device_move_model("bench generate", m, cuda)) {
+        model_free(m);
+        return 2;
+    }
     const ModelConfig *c = &m->cfg;
-    printf("model: L %d, C %d, heads %d, F %d, V %d\n\n", c->L, c->C, c->Nh, c->F, c->V);
+    printf("model: L %d, C %d, heads %d, F %d, V %d; device %s\n\n", c->L, c->C, c->Nh, c->F, c->V,
+           cuda ? "cuda" : "cpu");
     printf("| batch (slots) | tokens/s | ms per step |\n|---:|---:|---:|\n");
+    double best_tps = 0.0, last_t = 0.0;
+    long best_b = 0;
     for (int i = 0; i < nb; i++) {
         double tps = throughput(m, (int)batches[i], (int)ntok);
+        if (tps > best_tps) best_tps = tps, best_b = batches[i];
         printf("| %ld | %.0f | %.2f |\n", batches[i], tps, 1e3 * batches[i] / tps);
         fflush(stdout);
     }
@@ -140,10 +154,13 @@ static int bench_generate(int argc, char **argv) {
            "|---:|---:|---:|---:|\n", steps);
     for (int i = 0; i < nc; i++) {
         double t = time_per_token(m, pre, dec, contexts[i], (int)steps);
+        last_t = t;
         double kv = 2.0 * c->L * c->C * (double)contexts[i] * 4.0;
         printf("| %ld | %.3f | %.1f KiB | %.1f KiB |\n", contexts[i], t * 1e3, state_b / 1024, kv / 1024);
         fflush(stdout);
     }
+    printf("\nheadline: %s, %.0f tokens/s at %ld slots; %.3f ms per token at context %ld\n",
+           cuda ? "cuda" : "cpu", best_tps, best_b, last_t * 1e3, nc ? contexts[nc - 1] : 0L);
     model_free(pre);
     model_free(dec);
     model_free(m);

@@ -3,18 +3,22 @@
 // set against the two ceilings measured in the same run.
 //
 // Ceilings: the device-to-device copy bandwidth (bytes read + written over
-// time, a buffer far larger than L2) and the cuBLAS GEMM rates of the two
-// modes glia's matmuls run in, exact fp32 and TF32 (no bf16 path exists
-// yet). Each kernel reports
+// time, a buffer far larger than L2) and cuBLAS GEMM rates at 4096³: the
+// three modes glia's matmuls run in (fp32 storage computed as exact fp32,
+// TF32 or bf16; see device.cu) and, as the hardware's matmul limit, bf16
+// storage with fp32 accumulation. Each kernel reports
 // its median time over --reps timed batches (each batch launches the kernel
 // --inner times and synchronises once, so launch gaps are amortised the way
 // a training step amortises them), the bytes it must move and the FLOPs it
-// must do by the formulas below, and their fractions of the ceilings. The
+// must do by the formulas below, and their fractions of the copy bandwidth
+// and of the fp32 GEMM rate (the recurrences run on the fp32 cores, not the
+// tensor cores). The
 // inputs are random (never zeros) and larger than L2 at the default shape,
 // SPEC's `124m` layer (B 8, T 1024, C 768, Nh 12, D 64). Then a whole
-// training step of the `124m` model at that batch, matmuls in TF32 (the
-// training default): tokens/s and model FLOPs utilisation (6·params·tokens
-// for the matmuls, plus the recurrence).
+// training step of the `124m` model at that batch, with TF32 matmuls (the
+// training default) and with bf16 ones: tokens/s and model FLOPs
+// utilisation (6·params·tokens for the matmuls, plus the recurrence) over
+// the bf16-storage GEMM rate.
 // Correctness first: the AM-SU forward and backward are compared with the
 // CPU backend on the same inputs before they are timed; a mismatch fails
 // the benchmark (exit 1).
@@ -83,6 +87,22 @@ static float *dev_zeros(size_t n) {
     return d;
 }
 
+// A device copy of n fp32 values from `h` as bf16 bit patterns (round to
+// nearest even; the inputs are finite).
+static uint16_t *dev_bf16(const float *h, size_t n) {
+    uint16_t *b = xmalloc(n * sizeof(uint16_t));
+    for (size_t i = 0; i < n; i++) {
+        uint32_t x;
+        memcpy(&x, &h[i], 4);
+        b[i] = (uint16_t)((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
+    }
+    uint16_t *d = cuda_alloc(n * sizeof(uint16_t));
+    if (!d) fatal("glia bench kernels: %s", cuda_last_error_message());
+    cuda_upload(d, b, n * sizeof(uint16_t));
+    free(b);
+    return d;
+}
+
 static double rel(const float *a, const float *b, size_t n) {
     double num = 0.0, den = 0.0;
     for (size_t i = 0; i < n; i++) {
@@ -103,6 +123,7 @@ typedef struct {
     float *copy_src, *copy_dst;
     size_t copy_n;
     float *A, *Bm, *Cm;
+    uint16_t *A16, *B16;  // the same operands as bf16 bit patterns
     int gemm_n;
 } Lab;
 
@@ -113,6 +134,10 @@ static void k_copy(void *p) {
 static void k_gemm(void *p) {
     Lab *l = p;
     matmul_forward_cuda(l->Cm, l->A, l->Bm, l->gemm_n, l->gemm_n, l->gemm_n, 1.0f, 0, NULL);
+}
+static void k_gemm_bf16(void *p) {
+    Lab *l = p;
+    matmul_forward_bf16_cuda(l->Cm, l->A16, l->B16, l->gemm_n, l->gemm_n, l->gemm_n, NULL);
 }
 static void k_amsu_fwd(void *p) {
     Lab *l = p;
@@ -136,7 +161,7 @@ static void k_rmsnorm_fwd(void *p) {
 }
 
 static void row(const char *name, double sec, double bytes, double flops, double bw, double rate) {
-    printf("%-22s %10.1f us %9.1f GB/s %6.1f%% of copy %10.2f TFLOP/s %6.1f%% of GEMM\n", name,
+    printf("%-22s %10.1f us %9.1f GB/s %6.1f%% of copy %10.2f TFLOP/s %6.1f%% of fp32 GEMM\n", name,
            sec * 1e6, bytes / sec * 1e-9, 100.0 * bytes / sec / bw, flops / sec * 1e-12,
            100.0 * flops / sec / rate);
 }
@@ -178,13 +203,13 @@ static int check_amsu(Lab *l, const float *hI, const float *hk, const float *hv,
 }
 
 // A whole training step of a named size: forward, backward, AdamW.
-static void bench_step(const char *size, int B, int T, int reps, double gemm_rate) {
+static void bench_step(const char *size, int B, int T, int reps, const char *mode, double bf16_rate) {
     ModelConfig cfg;
     model_config_named(size, &cfg);
     Model *m = model_new(&cfg);
     model_init(m, 1);
     char err[512];
-    if (model_to_cuda(m, 1, err, sizeof err)) fatal("glia bench kernels: %s", err);
+    if (model_to_cuda(m, m->nparams, err, sizeof err)) fatal("glia bench kernels: %s", err);
     model_alloc_acts(m, B, T);
     int *tok = xmalloc((size_t)B * T * sizeof(int)), *tgt = xmalloc((size_t)B * T * sizeof(int));
     Rng rng;
@@ -210,12 +235,12 @@ static void bench_step(const char *size, int B, int T, int reps, double gemm_rat
     // forward 5·Nh·D² per token and layer, backward about twice that again
     double flops = 6.0 * (double)m->nparams * tokens +
                    3.0 * 5.0 * cfg.Nh * (double)D * D * cfg.L * tokens;
-    printf("step %-6s B %d T %d: %8.1f ms  %10.0f tokens/s  %6.2f TFLOP/s  MFU %5.1f%% of tf32 GEMM, "
-           "%5.2f%% of 800 TFLOP/s bf16\n",
-           size, B, T, sec * 1e3, tokens / sec, flops / sec * 1e-12, 100.0 * flops / sec / gemm_rate,
-           100.0 * flops / sec / 800e12);
-    printf("headline: %s step %.0f tokens/s, MFU %.1f%% of the tf32 GEMM rate\n", size, tokens / sec,
-           100.0 * flops / sec / gemm_rate);
+    printf("step %-6s %s B %d T %d: %8.1f ms  %10.0f tokens/s  %6.2f TFLOP/s  MFU %5.1f%% of the "
+           "bf16 GEMM rate\n",
+           size, mode, B, T, sec * 1e3, tokens / sec, flops / sec * 1e-12,
+           100.0 * flops / sec / bf16_rate);
+    printf("headline: %s step (%s matmuls) %.0f tokens/s, MFU %.1f%%\n", size, mode, tokens / sec,
+           100.0 * flops / sec / bf16_rate);
     free(t);
     free(tok);
     free(tgt);
@@ -235,7 +260,7 @@ int bench_kernels(int argc, char **argv) {
     int nf = sizeof flags / sizeof flags[0];
     int rc = cli_parse("bench kernels",
                        "The CUDA kernel lab: each kernel checked against the CPU, then timed against\n"
-                       "the copy bandwidth and the fp32 GEMM rate measured in the same run.",
+                       "the copy bandwidth and the cuBLAS GEMM rates measured in the same run.",
                        argc, argv, flags, nf);
     if (rc) return rc == 1 ? 0 : 2;
     long B, T, C, Nh, reps, inner;
@@ -275,16 +300,30 @@ int bench_kernels(int argc, char **argv) {
     l.A = dev_random(gn, 1.0f, 0.0f, &rng, NULL);
     l.Bm = dev_random(gn, 1.0f, 0.0f, &rng, NULL);
     l.Cm = dev_zeros(gn);
-    double rate = 2.0 * gn * l.gemm_n / time_it(k_gemm, &l, (int)reps, 1);
-    matmul_set_tf32(1);
-    double rate_tf32 = 2.0 * gn * l.gemm_n / time_it(k_gemm, &l, (int)reps, 1);
-    matmul_set_tf32(0);
+    const double gflop = 2.0 * gn * l.gemm_n;
+    double rate = gflop / time_it(k_gemm, &l, (int)reps, 1);
+    matmul_set_mode(MATMUL_TF32);
+    double rate_tf32 = gflop / time_it(k_gemm, &l, (int)reps, 1);
+    matmul_set_mode(MATMUL_BF16);
+    double rate_bf16 = gflop / time_it(k_gemm, &l, (int)reps, 1);
+    matmul_set_mode(MATMUL_FP32);
+    {
+        float *h = xmalloc(gn * sizeof(float));
+        cuda_download(h, l.A, gn * sizeof(float));
+        l.A16 = dev_bf16(h, gn);
+        cuda_download(h, l.Bm, gn * sizeof(float));
+        l.B16 = dev_bf16(h, gn);
+        free(h);
+    }
+    double rate_bf16s = gflop / time_it(k_gemm_bf16, &l, (int)reps, 1);
     cuda_free(l.A);
     cuda_free(l.Bm);
     cuda_free(l.Cm);
-    printf("ceilings: copy %.0f GB/s (read + write); cuBLAS GEMM 4096^3: fp32 %.1f TFLOP/s, "
-           "tf32 %.1f TFLOP/s\n",
-           bw * 1e-9, rate * 1e-12, rate_tf32 * 1e-12);
+    cuda_free(l.A16);
+    cuda_free(l.B16);
+    printf("ceilings: copy %.0f GB/s (read + write); cuBLAS GEMM 4096^3, fp32 storage: fp32 %.1f, "
+           "tf32 %.1f, bf16 %.1f TFLOP/s; bf16 storage: %.1f TFLOP/s\n",
+           bw * 1e-9, rate * 1e-12, rate_tf32 * 1e-12, rate_bf16 * 1e-12, rate_bf16s * 1e-12);
 
     // the AM-SU at the layer shape
     const size_t n = (size_t)B * T * C, D = (size_t)(C / Nh);
@@ -331,8 +370,11 @@ int bench_kernels(int argc, char **argv) {
             fprintf(stderr, "glia bench kernels: --step: '%s' is not a named size\n", size);
             return 2;
         }
-        matmul_set_tf32(1);
-        bench_step(size, (int)B, (int)T, reps < 5 ? (int)reps : 5, rate_tf32);
+        matmul_set_mode(MATMUL_TF32);
+        bench_step(size, (int)B, (int)T, reps < 5 ? (int)reps : 5, "tf32", rate_bf16s);
+        matmul_set_mode(MATMUL_BF16);
+        bench_step(size, (int)B, (int)T, reps < 5 ? (int)reps : 5, "bf16", rate_bf16s);
+        matmul_set_mode(MATMUL_FP32);
     }
     return bad ? 1 : 0;
 }

@@ -404,6 +404,8 @@ int cmd_serve(int argc, char **argv) {
         {"--max-prompt", "N", "longest prompt in bytes (then 413)", "4096"},
         {"--max-tokens", "N", "largest max_tokens a request may ask for", "256"},
         {"--threads", "N", "CPU threads", NULL},
+        {"--device", "DEV", "cpu, cuda, or auto (cuda when a GPU is found)", "auto"},
+        {"--matmul", "MODE", "GPU matmuls: tf32 or bf16 (tensor cores, fp32 accumulation) or fp32 (exact)", "tf32"},
     };
     int nf = sizeof flags / sizeof flags[0];
     int rc = cli_parse("serve",
@@ -419,6 +421,9 @@ int cmd_serve(int argc, char **argv) {
         cli_int("serve", "--max-prompt", GET("--max-prompt"), 1, 1 << 24, &max_prompt) ||
         cli_int("serve", "--max-tokens", GET("--max-tokens"), 1, 1 << 24, &max_tokens))
         return 2;
+    int cuda;
+    if (device_pick("serve", GET("--device"), &cuda) || device_set_matmul("serve", GET("--matmul")))
+        return 2;
     if (GET("--threads")) {
         if (cli_int("serve", "--threads", GET("--threads"), 1, 4096, &threads)) return 2;
         cpu_set_threads((int)threads);
@@ -433,6 +438,10 @@ int cmd_serve(int argc, char **argv) {
     Model *m = ckpt_load_model(GET("--ckpt"), NULL, err);
     if (!m) {
         fprintf(stderr, "glia serve: %s\n", err);
+        return 2;
+    }
+    if (device_move_model("serve", m, cuda)) {
+        model_free(m);
         return 2;
     }
     Server sv = {.slots = (int)slots, .max_prompt = (int)max_prompt, .max_tokens = (int)max_tokens,

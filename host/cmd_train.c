@@ -30,59 +30,6 @@
 
 #define GET(name) cli_get(flags, nf, name)
 
-// --device: cpu, cuda, or auto (CUDA when glia was built with it and a
-// device is found; never the CPU emulator of a GLIA_CUDA_EMU test build).
-// Sets *cuda; returns 0, or 2 after a one-line error.
-static int pick_device(const char *cmd, const char *value, int *cuda) {
-    static const char *const devices[] = {"cpu", "auto", "cuda"};
-    int d;
-    *cuda = 0;
-    if (cli_choice(cmd, "--device", value, devices, 3, &d)) return 2;
-#ifdef GLIA_HAVE_CUDA
-    int found = cuda_device_count() > 0;
-#ifdef GLIA_CUDA_EMU
-    if (d == 1) found = 0;
-#endif
-    if (d == 2 && !found) {
-        fprintf(stderr, "glia %s: --device cuda: no CUDA device found; use --device cpu or auto\n", cmd);
-        return 2;
-    }
-    *cuda = d != 0 && found;
-#else
-    if (d == 2) {
-        fprintf(stderr, "glia %s: --device cuda: this glia was built without CUDA (no nvcc at build "
-                "time); use --device cpu or auto\n", cmd);
-        return 2;
-    }
-#endif
-    return 0;
-}
-
-// --matmul fp32|tf32: the GPU's matmul mode (ignored on the CPU backend).
-static int pick_matmul(const char *cmd, const char *value) {
-    static const char *const modes[] = {"fp32", "tf32"};
-    int tf32;
-    if (cli_choice(cmd, "--matmul", value, modes, 2, &tf32)) return 2;
-#ifdef GLIA_HAVE_CUDA
-    matmul_set_tf32(tf32);
-#endif
-    return 0;
-}
-
-// Moves a loaded model to the GPU when `cuda`; 0, or 2 after a one-line error.
-static int model_on_device(const char *cmd, Model *m, int cuda) {
-#ifdef GLIA_HAVE_CUDA
-    char err[512];
-    if (cuda && model_to_cuda(m, 0, err, sizeof err)) {
-        fprintf(stderr, "glia %s: %s\n", cmd, err);
-        return 2;
-    }
-#else
-    (void)cmd, (void)m, (void)cuda;
-#endif
-    return 0;
-}
-
 static int set_threads(const char *cmd, const char *value) {
     if (!value) return 0;
     long n;
@@ -181,7 +128,7 @@ static int train_parse(int argc, char **argv, TrainOptions *po) {
         {"--max-seconds", "S", "stop (and save) after S seconds; 0: no limit", "0"},
         {"--threads", "N", "CPU threads (default: all cores)", NULL},
         {"--device", "DEV", "cpu, cuda, or auto (cuda when a GPU is found)", "auto"},
-        {"--matmul", "MODE", "GPU matmuls: tf32 (tensor cores, ~1e-3 relative error) or fp32 (exact)", "tf32"},
+        {"--matmul", "MODE", "GPU matmuls: tf32 or bf16 (tensor cores, fp32 accumulation) or fp32 (exact)", "tf32"},
         {"--quiet", NULL, "no per-step lines", NULL},
         {"--zero", "0|1", "ZeRO stage under mpirun: 1 shards the AdamW state across the ranks", "0"},
         {"--match-params", NULL, "with --astro off: the smallest width (a multiple of the heads) with at "
@@ -195,7 +142,7 @@ static int train_parse(int argc, char **argv, TrainOptions *po) {
     int rc = cli_parse("train", TRAIN_SUMMARY, argc, argv, flags, nf);
     if (rc) return rc == 1 ? 0 : 2;
     int cuda;
-    if (pick_device("train", GET("--device"), &cuda) || pick_matmul("train", GET("--matmul")) ||
+    if (device_pick("train", GET("--device"), &cuda) || device_set_matmul("train", GET("--matmul")) ||
         set_threads("train", GET("--threads")))
         return 2;
 
@@ -410,7 +357,7 @@ int cmd_eval(int argc, char **argv) {
         {"--batches", "N", "validation batches (the whole split if larger)", "20"},
         {"--threads", "N", "CPU threads", NULL},
         {"--device", "DEV", "cpu, cuda, or auto (cuda when a GPU is found)", "auto"},
-        {"--matmul", "MODE", "GPU matmuls: tf32 (tensor cores, ~1e-3 relative error) or fp32 (exact)", "tf32"},
+        {"--matmul", "MODE", "GPU matmuls: tf32 or bf16 (tensor cores, fp32 accumulation) or fp32 (exact)", "tf32"},
         {"--seed", "S", "task: the seed of the scored sequences (train uses --seed, its validation seed + 1000003)",
          "999"},
         TASK_FLAGS,
@@ -421,7 +368,7 @@ int cmd_eval(int argc, char **argv) {
                        argc, argv, flags, nf);
     if (rc) return rc == 1 ? 0 : 2;
     int cuda;
-    if (pick_device("eval", GET("--device"), &cuda) || pick_matmul("eval", GET("--matmul")) ||
+    if (device_pick("eval", GET("--device"), &cuda) || device_set_matmul("eval", GET("--matmul")) ||
         set_threads("eval", GET("--threads")))
         return 2;
     long B, T, nb;
@@ -434,7 +381,7 @@ int cmd_eval(int argc, char **argv) {
     if (task_flags("eval", flags, nf, &task) || cli_int("eval", "--seed", GET("--seed"), 0, 1L << 62, &seed)) return 2;
     Model *m = load_or_fail("eval", GET("--ckpt"));
     if (!m) return 2;
-    if (model_on_device("eval", m, cuda)) {
+    if (device_move_model("eval", m, cuda)) {
         model_free(m);
         return 2;
     }
@@ -497,7 +444,7 @@ int cmd_generate(int argc, char **argv) {
         {"--seed", "N", "sampling seed", "1"},
         {"--threads", "N", "CPU threads", NULL},
         {"--device", "DEV", "cpu, cuda, or auto (cuda when a GPU is found)", "auto"},
-        {"--matmul", "MODE", "GPU matmuls: tf32 (tensor cores, ~1e-3 relative error) or fp32 (exact)", "tf32"},
+        {"--matmul", "MODE", "GPU matmuls: tf32 or bf16 (tensor cores, fp32 accumulation) or fp32 (exact)", "tf32"},
         {"--prompts", "FILE", "JSONL requests for offline batch generation (then --out)", NULL},
         {"--out", "FILE", "JSONL completions, in input order (with --prompts)", NULL},
         {"--batch", "N", "sequence slots decoded together (with --prompts)", "16"},
@@ -511,7 +458,7 @@ int cmd_generate(int argc, char **argv) {
                        argc, argv, flags, nf);
     if (rc) return rc == 1 ? 0 : 2;
     int cuda;
-    if (pick_device("generate", GET("--device"), &cuda) || pick_matmul("generate", GET("--matmul")) ||
+    if (device_pick("generate", GET("--device"), &cuda) || device_set_matmul("generate", GET("--matmul")) ||
         set_threads("generate", GET("--threads")))
         return 2;
     long ntok, topk, seed;
@@ -531,13 +478,12 @@ int cmd_generate(int argc, char **argv) {
         if (cli_int("generate", "--batch", GET("--batch"), 1, 4096, &batch) ||
             cli_int("generate", "--max-prompt", GET("--max-prompt"), 1, 1 << 24, &maxp))
             return 2;
-        if (cuda && !strcmp(GET("--device"), "cuda")) {
-            fprintf(stderr, "glia generate: --prompts (the batched engine) runs on the CPU backend only in "
-                    "this version; use --device cpu or auto\n");
-            return 2;
-        }
         Model *bm = load_or_fail("generate", GET("--ckpt"));
         if (!bm) return 2;
+        if (device_move_model("generate", bm, cuda)) {
+            model_free(bm);
+            return 2;
+        }
         OfflineOptions oo = {.batch = (int)batch, .max_prompt = (int)maxp, .max_tokens = (int)ntok,
                              .temperature = (float)temp, .top_k = (int)topk, .top_p = (float)topp,
                              .seed = (uint64_t)seed, .quiet = 0};
@@ -553,7 +499,7 @@ int cmd_generate(int argc, char **argv) {
     }
     Model *m = load_or_fail("generate", GET("--ckpt"));
     if (!m) return 2;
-    if (model_on_device("generate", m, cuda)) {
+    if (device_move_model("generate", m, cuda)) {
         model_free(m);
         return 2;
     }

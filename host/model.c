@@ -514,6 +514,9 @@ Model *model_share(const Model *m) {
     v->tensors = m->tensors, v->ntensors = m->ntensors, v->nparams = m->nparams;
     v->params = m->params, v->layers = m->layers, v->E = m->E, v->norm_f = m->norm_f;
     v->shared = 1;
+#ifdef GLIA_HAVE_CUDA
+    if (ON_CUDA(m)) model_cuda_share(m, v);  // the view runs on the GPU too, on m's parameters
+#endif
     return v;
 }
 

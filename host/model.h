@@ -159,7 +159,8 @@ size_t model_state_floats(const ModelConfig *cfg);
 // A second Model on the same parameters (not copied: `m` must outlive it)
 // with its own activations, for running two batch shapes side by side
 // without reallocating (the serving engine's prefill and decode). No
-// gradients; model_free frees only what it owns.
+// gradients; model_free frees only what it owns. A view of a model on the
+// GPU runs on the GPU, on the same device parameters.
 Model *model_share(const Model *m);
 
 // Cross-entropy over V logits for one target, in nats.

@@ -29,6 +29,7 @@
 #include <string.h>
 
 #include "cuda/cuda.h"
+#include "dist.h"
 #include "glia/util.h"
 
 typedef struct {  // model.h's LayerActs, on the device
@@ -39,7 +40,17 @@ typedef struct {  // model.h's LayerActs, on the device
 } DevLayerActs;
 
 struct CudaModel {
-    float *params, *grads, *mom1, *mom2;  // (nparams) each; grads and moments NULL unless training
+    float *params, *grads;                // (nparams) each; grads NULL unless training
+    float *mom1, *mom2;                   // (mom_len) each: all parameters, or a ZeRO-1 slice
+    size_t mom_len;
+    // ZeRO-1 (model_cuda_zero1_init): this rank's slice [z_offset, z_offset + mom_len)
+    // of the parameters padded to z_padded floats
+    size_t z_offset, z_padded;
+    float *gpad, *ppad, *gshard;          // (z_padded), (z_padded), (mom_len)
+    // the gradient all-reduce overlapped with the backward (model_cuda_overlap_allreduce)
+    int overlap;
+    void *comm;                           // NCCL's stream
+    void **ev;                            // (L + 2): after each layer, after the embedding, comm done
     int B, T;                             // activations allocated for
     float *acts_mem;
     DevLayerActs *acts;                   // (L)
@@ -58,6 +69,7 @@ struct CudaModel {
     float *host_losses;                   // (B, T)
     float *host_logits;                   // (V) one row, for model_logits
     int last_B, last_T, last_scored;
+    int shared;                           // 1: params belong to another Model (model_share)
 };
 
 static void *dev_alloc_or_die(size_t bytes, const char *what) {
@@ -72,7 +84,7 @@ static float *dev_of(const Model *m, float *dev_base, const float *host_ptr) {
     return host_ptr ? dev_base + (host_ptr - m->params) : NULL;
 }
 
-int model_to_cuda(Model *m, int train, char *err, size_t err_len) {
+int model_to_cuda(Model *m, size_t moments, char *err, size_t err_len) {
     if (m->cuda) return 0;
     const ModelConfig *c = &m->cfg;
     if (c->astro && !amsu_head_size_supported(c->C / c->Nh)) {
@@ -87,24 +99,25 @@ int model_to_cuda(Model *m, int train, char *err, size_t err_len) {
         return -1;
     }
     struct CudaModel *g = xcalloc(1, sizeof *g);
-    size_t bytes = m->nparams * sizeof(float);
+    const size_t bytes = m->nparams * sizeof(float), mbytes = moments * sizeof(float);
     float **bufs[] = {&g->params, &g->grads, &g->mom1, &g->mom2};
     const char *names[] = {"parameters", "gradients", "AdamW moments", "AdamW moments"};
-    for (int i = 0; i < (train ? 4 : 1); i++) {
-        *bufs[i] = cuda_alloc(bytes);
+    for (int i = 0; i < (moments ? 4 : 1); i++) {
+        *bufs[i] = cuda_alloc(i < 2 ? bytes : mbytes);
         if (!*bufs[i]) {
             snprintf(err, err_len, "GPU out of memory for the %s (%.2f GiB): %s", names[i],
-                     bytes / 1073741824.0, cuda_last_error_message());
+                     (i < 2 ? bytes : mbytes) / 1073741824.0, cuda_last_error_message());
             for (int j = 0; j < i; j++) cuda_free(*bufs[j]);
             free(g);
             return -1;
         }
     }
     cuda_upload(g->params, m->params, bytes);
-    if (train) {
+    g->mom_len = moments;
+    if (moments) {
         cuda_memset(g->grads, 0, bytes, NULL);
-        cuda_memset(g->mom1, 0, bytes, NULL);
-        cuda_memset(g->mom2, 0, bytes, NULL);
+        cuda_memset(g->mom1, 0, mbytes, NULL);
+        cuda_memset(g->mom2, 0, mbytes, NULL);
     }
     g->host_logits = xmalloc((size_t)c->V * sizeof(float));
     // the host's activations and gradients are not used any more
@@ -119,18 +132,18 @@ int model_to_cuda(Model *m, int train, char *err, size_t err_len) {
 
 void model_cuda_download(Model *m, float *mom1, float *mom2) {
     struct CudaModel *g = m->cuda;
-    size_t bytes = m->nparams * sizeof(float);
-    cuda_download(m->params, g->params, bytes);
-    if (mom1 && g->mom1) cuda_download(mom1, g->mom1, bytes);
-    if (mom2 && g->mom2) cuda_download(mom2, g->mom2, bytes);
+    const size_t mbytes = g->mom_len * sizeof(float);
+    cuda_download(m->params, g->params, m->nparams * sizeof(float));
+    if (mom1 && g->mom1) cuda_download(mom1, g->mom1, mbytes);
+    if (mom2 && g->mom2) cuda_download(mom2, g->mom2, mbytes);
 }
 
 void model_cuda_upload(Model *m, const float *mom1, const float *mom2) {
     struct CudaModel *g = m->cuda;
-    size_t bytes = m->nparams * sizeof(float);
-    cuda_upload(g->params, m->params, bytes);
-    if (mom1 && g->mom1) cuda_upload(g->mom1, mom1, bytes);
-    if (mom2 && g->mom2) cuda_upload(g->mom2, mom2, bytes);
+    const size_t mbytes = g->mom_len * sizeof(float);
+    cuda_upload(g->params, m->params, m->nparams * sizeof(float));
+    if (mom1 && g->mom1) cuda_upload(g->mom1, mom1, mbytes);
+    if (mom2 && g->mom2) cuda_upload(g->mom2, mom2, mbytes);
 }
 
 static void free_acts(struct CudaModel *g) {
@@ -154,14 +167,29 @@ void model_cuda_free(Model *m) {
     struct CudaModel *g = m->cuda;
     if (!g) return;
     free_acts(g);
-    cuda_free(g->params);
+    if (!g->shared) cuda_free(g->params);
     cuda_free(g->grads);
     cuda_free(g->mom1);
     cuda_free(g->mom2);
+    cuda_free(g->gpad);
+    cuda_free(g->ppad);
+    cuda_free(g->gshard);
+    if (g->ev)
+        for (int i = 0; i < m->cfg.L + 2; i++) cuda_event_free(g->ev[i]);
+    free(g->ev);
+    cuda_stream_free(g->comm);
     cuda_free(g->norm);
     free(g->host_logits);
     free(g);
     m->cuda = NULL;
+}
+
+void model_cuda_share(const Model *m, Model *view) {
+    struct CudaModel *g = xcalloc(1, sizeof *g);
+    g->params = m->cuda->params;
+    g->shared = 1;
+    g->host_logits = xmalloc((size_t)m->cfg.V * sizeof(float));
+    view->cuda = g;
 }
 
 void model_cuda_alloc_acts(Model *m, int B, int T) {
@@ -221,12 +249,65 @@ void model_cuda_scale_grads(Model *m, float s) {
 void model_cuda_adamw(Model *m, float lr, float beta1, float beta2, float eps,
                       float weight_decay, int step) {
     struct CudaModel *g = m->cuda;
+    if (g->mom_len != m->nparams) fatal("model_cuda_adamw: the moments are a ZeRO-1 slice");
     for (int i = 0; i < m->ntensors; i++) {
         const ParamTensor *t = &m->tensors[i];
         adamw_update_cuda(g->params + t->offset, g->grads + t->offset, g->mom1 + t->offset,
                           g->mom2 + t->offset, t->numel, lr, beta1, beta2, eps,
                           t->decay ? weight_decay : 0.0f, step, NULL);
     }
+}
+
+// ---- ZeRO-1 ------------------------------------------------------------------------------
+// train.c's CPU ZeRO-1 step, on device buffers with NCCL: reduce-scatter the
+// gradient (padded with zeros to z_padded), the global norm from each rank's
+// slice (sum of squares all-reduced over MPI, a scalar), clip, AdamW on each
+// tensor's part of the slice, then all-gather the updated slices.
+
+int model_cuda_zero1_init(Model *m, size_t offset, size_t padded, char *err, size_t err_len) {
+    struct CudaModel *g = m->cuda;
+    g->z_offset = offset, g->z_padded = padded;
+    float **bufs[] = {&g->gpad, &g->ppad, &g->gshard};
+    const size_t n[] = {padded, padded, g->mom_len};
+    for (int i = 0; i < 3; i++) {
+        *bufs[i] = cuda_alloc(n[i] * sizeof(float));
+        if (!*bufs[i]) {
+            snprintf(err, err_len, "GPU out of memory for the ZeRO-1 buffers (%.2f GiB): %s",
+                     n[i] * 4 / 1073741824.0, cuda_last_error_message());
+            return -1;
+        }
+        cuda_memset(*bufs[i], 0, n[i] * sizeof(float), NULL);  // the padding stays 0
+    }
+    return 0;
+}
+
+double model_cuda_zero1_step(Model *m, float lr, float beta1, float beta2, float eps,
+                             float weight_decay, float clip, int step) {
+    struct CudaModel *g = m->cuda;
+    const size_t lo = g->z_offset, len = g->mom_len, hi = lo + len, n = m->nparams;
+    cuda_copy(g->gpad, g->grads, n * sizeof(float), NULL);
+    dist_nccl_reduce_scatter(g->gpad, g->gshard, len, NULL);
+    if (!g->norm)
+        g->norm = dev_alloc_or_die((1 + grad_norm_scratch_doubles()) * sizeof(double),
+                                   "the gradient norm");
+    grad_norm_sq_cuda(g->norm, g->norm + 1, g->gshard, len, NULL);
+    double sq;
+    cuda_download(&sq, g->norm, sizeof sq);
+    dist_allreduce_sum_double(&sq, 1);
+    const double norm = sqrt(sq);
+    if (clip > 0 && norm > clip) scale_inplace_cuda(g->gshard, len, (float)(clip / norm), NULL);
+    for (int i = 0; i < m->ntensors; i++) {  // each tensor's part inside the slice
+        const ParamTensor *t = &m->tensors[i];
+        size_t a = t->offset > lo ? t->offset : lo;
+        size_t b = t->offset + t->numel < hi ? t->offset + t->numel : hi;
+        if (a >= b) continue;
+        adamw_update_cuda(g->params + a, g->gshard + (a - lo), g->mom1 + (a - lo), g->mom2 + (a - lo),
+                          b - a, lr, beta1, beta2, eps, t->decay ? weight_decay : 0.0f, step, NULL);
+    }
+    if (lo < n) cuda_copy(g->ppad + lo, g->params + lo, ((hi < n ? hi : n) - lo) * sizeof(float), NULL);
+    dist_nccl_allgather(g->ppad, len, NULL);
+    cuda_copy(g->params, g->ppad, n * sizeof(float), NULL);
+    return norm;
 }
 
 // ---- forward ---------------------------------------------------------------------------
@@ -304,6 +385,33 @@ const float *model_cuda_logits(Model *m, int b, int t) {
 
 // ---- backward --------------------------------------------------------------------------
 
+// Data parallelism without ZeRO: the gradient all-reduce, overlapped with
+// the backward. The parameter table is E, then each layer's tensors in
+// turn, then norm_f (model.c), and the backward finishes them in the
+// opposite order: norm_f with the head, layer L-1 ... 0 one by one, and E
+// (tied: head and embedding) last. So as soon as layer l's backward is
+// issued, its contiguous range (layer L-1's with norm_f) is handed to NCCL
+// on its own stream, which waits for an event recorded after that layer on
+// the default stream and then reduces while the next layers compute; E
+// goes last, and the default stream waits for NCCL's last reduction before
+// anything reads the gradients. All ranks issue the same reductions in the
+// same order, as NCCL requires.
+void model_cuda_overlap_allreduce(Model *m, int on) {
+    struct CudaModel *g = m->cuda;
+    g->overlap = on;
+    if (!on || g->comm) return;
+    g->comm = cuda_stream_new();
+    g->ev = xcalloc((size_t)m->cfg.L + 2, sizeof(void *));
+    for (int i = 0; i < m->cfg.L + 2; i++) g->ev[i] = cuda_event_new();
+}
+
+// Hands grads [lo, hi) to NCCL once the default stream has passed `ev`.
+static void reduce_after(struct CudaModel *g, void *ev, size_t lo, size_t hi) {
+    cuda_event_record(ev, NULL);
+    cuda_stream_wait(g->comm, ev);
+    dist_nccl_allreduce_sum(g->grads + lo, hi - lo, g->comm);
+}
+
 static void alloc_grad_scratch(Model *m) {
     struct CudaModel *g = m->cuda;
     const ModelConfig *c = &m->cfg;
@@ -367,6 +475,11 @@ void model_cuda_backward(Model *m, const int *tokens, float scale) {
                               a->rstd1, M, C, NULL);
 #undef P
 #undef G
+        if (g->overlap) {  // this layer's gradients are final: from its first tensor to the next layer's
+            size_t lo = (size_t)(hp->norm1 - m->params);
+            size_t hi = l + 1 < c->L ? (size_t)(m->layers[l + 1].norm1 - m->params) : m->nparams;
+            reduce_after(g, g->ev[l], lo, hi);  // the last layer's range ends with norm_f
+        }
     }
     // x = E[token]: each token's rows summed in position order (no atomics)
     int *order = g->host_plan, *starts = order + M, *uniq = starts + M + 1;
@@ -377,6 +490,12 @@ void model_cuda_backward(Model *m, const int *tokens, float scale) {
     cuda_upload(d_uniq, uniq, (size_t)nuniq * sizeof(int));
     embedding_backward_cuda(dev_of(m, gp, m->E), g->dx, d_order, d_starts, d_uniq, nuniq, C,
                             NULL);
+    if (g->overlap) {
+        reduce_after(g, g->ev[c->L], (size_t)(m->E - m->params),
+                     (size_t)(m->E - m->params) + (size_t)c->Vp * C);
+        cuda_event_record(g->ev[c->L + 1], g->comm);
+        cuda_stream_wait(NULL, g->ev[c->L + 1]);  // nothing reads the gradients before NCCL is done
+    }
 }
 
 // ---- recurrent state ------------------------------------------------------------------

@@ -20,13 +20,14 @@
 #include "model.h"
 
 // Moves m to the GPU: allocates its device parameters (copied from
-// m->params) and, when `train`, gradients and AdamW moments (zero). Any
+// m->params) and, when `moments` > 0 (training), gradients and two AdamW
+// moments of `moments` floats each (zero): nparams, or a ZeRO-1 slice. Any
 // activations and gradients m had on the host are freed. Returns 0, or -1
 // with a one-line message in err when the device memory does not suffice.
-int model_to_cuda(Model *m, int train, char *err, size_t err_len);
+int model_to_cuda(Model *m, size_t moments, char *err, size_t err_len);
 
 // Copies the device parameters into m->params, and the device moments into
-// mom1 and mom2 (nparams floats each) when they are non-NULL.
+// mom1 and mom2 (`moments` floats each) when they are non-NULL.
 void model_cuda_download(Model *m, float *mom1, float *mom2);
 // The reverse: m->params and (when non-NULL) the moments to the device.
 void model_cuda_upload(Model *m, const float *mom1, const float *mom2);
@@ -38,10 +39,26 @@ void model_cuda_scale_grads(Model *m, float s);
 // One AdamW step over every tensor (decay on matrices only), as train.c does on the CPU.
 void model_cuda_adamw(Model *m, float lr, float beta1, float beta2, float eps,
                       float weight_decay, int step);
+// ZeRO-1 on the GPU (train.c): the moments given to model_to_cuda are this
+// rank's slice [offset, offset + moments) of the parameters padded to
+// `padded` floats (train_ckpt.h's TrainShard). zero1_init allocates the
+// padded buffers (0, or -1 with a message); zero1_step replaces the
+// all-reduce, clip and AdamW of a step: reduce-scatter, global norm (an MPI
+// scalar all-reduce), clip, AdamW on the slice, all-gather. Returns the
+// global gradient norm before clipping.
+int model_cuda_zero1_init(Model *m, size_t offset, size_t padded, char *err, size_t err_len);
+double model_cuda_zero1_step(Model *m, float lr, float beta1, float beta2, float eps,
+                             float weight_decay, float clip, int step);
+// With `on`, the next backwards also all-reduce the gradients over the
+// ranks (NCCL, dist_nccl_init first), layer by layer as each is finished,
+// overlapped with the rest of the backward; off (the default), the
+// backward only computes.
+void model_cuda_overlap_allreduce(Model *m, int on);
 // The device gradient buffer (nparams floats), for the NCCL all-reduce.
 float *model_cuda_grads(Model *m);
 
 // model.h dispatches these when m->cuda is set.
+void model_cuda_share(const Model *m, Model *view);  // view reads m's device parameters
 void model_cuda_free(Model *m);
 void model_cuda_alloc_acts(Model *m, int B, int T);
 void model_cuda_zero_grad(Model *m);

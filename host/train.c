@@ -41,10 +41,13 @@
 // was before.
 //
 // On the GPU (--device cuda, model_cuda.h) the loop is the same: forward and
-// backward dispatch through model.h; the all-reduce is NCCL's, and the norm,
+// backward dispatch through model.h; the all-reduce is NCCL's, issued layer
+// by layer inside the last micro-batch's backward so it overlaps the
+// layers still to come (model_cuda_overlap_allreduce), and the norm,
 // clipping and AdamW run on the device, where the parameters and moments
 // live. They are copied to the host only to be saved (save_all), and from a
-// checkpoint to the device once when resuming.
+// checkpoint to the device once when resuming. ZeRO-1 on the GPU is the same
+// algorithm with NCCL's reduce-scatter and all-gather (model_cuda.h).
 #include "train.h"
 
 #include <errno.h>
@@ -308,15 +311,10 @@ int train_run(const TrainOptions *o) {
     if ((rc = agree(rc, "%s", err))) goto done;
 #ifdef GLIA_HAVE_CUDA
     if (o->cuda) {
-        if (sh.zero) {
-            snprintf(err, sizeof err, "--zero 1 runs on the CPU backend only in this version; "
-                     "drop it or use --device cpu");
-            rc = 2;
-        } else {
-            if (world > 1) dist_nccl_init(ds);  // selects this rank's GPU first
-            rc = model_to_cuda(m, 1, err, sizeof err) ? 2 : 0;
-            if (!rc) model_cuda_upload(m, mom1, mom2);  // zero, or the checkpoint's
-        }
+        if (world > 1) dist_nccl_init(ds);  // selects this rank's GPU first
+        rc = model_to_cuda(m, sh.len, err, sizeof err) ? 2 : 0;  // moments: all, or this rank's slice
+        if (!rc && sh.zero) rc = model_cuda_zero1_init(m, sh.offset, sh.padded, err, sizeof err) ? 2 : 0;
+        if (!rc) model_cuda_upload(m, mom1, mom2);  // zero, or the checkpoint's
         if ((rc = agree(rc, "%s", err))) goto done;
     }
 #endif
@@ -326,7 +324,7 @@ int train_run(const TrainOptions *o) {
     model_alloc_acts(m, B, T);
     in = xmalloc((size_t)B * T * sizeof(int));
     tg = xmalloc((size_t)B * T * sizeof(int));
-    if (sh.zero) {
+    if (sh.zero && !m->cuda) {  // the CPU ZeRO-1 buffers (the GPU keeps its own)
         gpad = xcalloc(sh.padded, sizeof(float));
         ppad = xcalloc(sh.padded, sizeof(float));
         gshard = xcalloc(sh.len, sizeof(float));
@@ -392,6 +390,10 @@ int train_run(const TrainOptions *o) {
             else
                 dataset_sample(&train, o->seed, mb, first, B, T, in, tg);
             red[0] += model_forward(m, in, tg, B, T, NULL) / o->accum;
+#ifdef GLIA_HAVE_CUDA
+            // on the GPU without ZeRO the last micro-batch's backward all-reduces as it goes
+            if (m->cuda && world > 1 && !sh.zero) model_cuda_overlap_allreduce(m, micro == o->accum - 1);
+#endif
             model_backward(m, in, gscale);
         }
         red[1] = stop_requested || (o->max_seconds > 0 && now_s() - t_start >= o->max_seconds);
@@ -399,8 +401,10 @@ int train_run(const TrainOptions *o) {
         double loss = red[0] / world;
         double lr = train_lr(o->lr, o->min_lr_frac, o->warmup, o->steps, step), norm;
 #ifdef GLIA_HAVE_CUDA
-        if (m->cuda) {  // the same step on the GPU (ZeRO-1 was refused above)
-            if (world > 1) dist_nccl_allreduce_sum(model_cuda_grads(m), m->nparams, NULL);
+        if (m->cuda && sh.zero) {  // the ZeRO-1 step below, on the GPU
+            norm = model_cuda_zero1_step(m, (float)lr, 0.9f, 0.95f, 1e-8f, (float)o->weight_decay,
+                                         (float)o->clip, (int)step);
+        } else if (m->cuda) {  // the same step on the GPU (the backward all-reduced the gradients)
             norm = sqrt(model_cuda_grad_norm_sq(m));
             if (o->clip > 0 && norm > o->clip) model_cuda_scale_grads(m, (float)(o->clip / norm));
             model_cuda_adamw(m, (float)lr, 0.9f, 0.95f, 1e-8f, (float)o->weight_decay, (int)step);

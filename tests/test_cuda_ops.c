@@ -32,6 +32,15 @@
 // - embedding forward and backward: rel_err <= 1e-6 (expected exactly 0: a
 //   copy, and the same fp32 additions in the same order as the CPU).
 // - scale_inplace: bitwise equal (one correctly rounded multiplication).
+// - matmuls (device.cu) in each mode, forward and both halves of the
+//   backward, against a double-precision product: every entry within
+//   (2.01·u + (K + 2)·2^-24) · S, S = Σ|alpha·a·b| + |beta·c|, where u is
+//   the operands' rounding unit: 0 for fp32, 2^-10 for TF32 and 2^-7 for
+//   bf16 (truncation, the worst a tensor core's conversion can do; round to
+//   nearest halves it). Each product of two rounded operands is off by at
+//   most (2u + u²)·|a·b|, and fp32 accumulation of K terms by (K + 2)·2^-24·S.
+//   bf16 mode must also show bf16-sized error somewhere (worst normalised
+//   error above 2^-12): a mode that silently ran in fp32 would fail.
 // - determinism: rmsnorm_backward_cuda and grad_norm_sq_cuda run twice from
 //   the same inputs give bit-identical results.
 //
@@ -98,6 +107,102 @@ static void check_rel(const char *what, const char *name, const float *got, cons
     cr_log_info("%s %s: rel err %.2e", name, what, e);
     if (worst && (e > *worst || isnan(e))) *worst = e;
     cr_assert(e <= tol, "%s: %s rel err %.3e > %.0e", name, what, e, tol);
+}
+
+// ---- matmuls --------------------------------------------------------------------------------
+
+// Worst |got − ref| / S over entries, ref and S in double from the host
+// copies; out (M, N) = alpha · a (M, K) @ b (N, K)ᵀ + beta · c.
+static double gemm_worst(const float *got, const float *a, const float *b, const float *c,
+                         float alpha, float beta, int M, int K, int N, int keep_c_stride) {
+    double worst = 0.0;
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) {
+            double ref = 0.0, S = 0.0;
+            for (int k = 0; k < K; k++) {
+                double p = (double)alpha * a[(size_t)i * K + k] * b[(size_t)j * K + k];
+                ref += p;
+                S += fabs(p);
+            }
+            if (c) {
+                double cv = (double)beta * c[(size_t)i * keep_c_stride + j];
+                ref += cv;
+                S += fabs(cv);
+            }
+            double e = fabs(got[(size_t)i * N + j] - ref) / (S > 0 ? S : 1.0);
+            if (!(e <= worst)) worst = e;  // NaN sticks
+        }
+    return worst;
+}
+
+static void transpose(float *dst, const float *src, int rows, int cols) {
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++) dst[(size_t)c * rows + r] = src[(size_t)r * cols + c];
+}
+
+// One shape in one mode: matmul_forward_cuda (plain and accumulating) and
+// matmul_backward_cuda (dinp accumulating, dW adding). Returns the worst
+// normalised error over all four; asserts each against the mode's bound.
+static double matmul_case(int mode, int M, int K, int N, uint64_t seed) {
+    static const double unit[] = {0.0, 0x1p-10, 0x1p-7};
+    static const char *const names[] = {"fp32", "tf32", "bf16"};
+    TestRng rng;
+    rng_seed(&rng, seed);
+    float *x = floats((size_t)M * K), *w = floats((size_t)N * K), *y0 = floats((size_t)M * N);
+    float *dy = floats((size_t)M * N), *dx0 = floats((size_t)M * K), *dw0 = floats((size_t)N * K);
+    fill_normal(x, (size_t)M * K, 1.0f, &rng);
+    fill_normal(w, (size_t)N * K, 0.3f, &rng);
+    fill_normal(y0, (size_t)M * N, 1.0f, &rng);
+    fill_normal(dy, (size_t)M * N, 1.0f, &rng);
+    fill_normal(dx0, (size_t)M * K, 1.0f, &rng);
+    fill_normal(dw0, (size_t)N * K, 1.0f, &rng);
+    const float alpha = 0.75f;
+    float *d_x = dev_up(x, (size_t)M * K * 4), *d_w = dev_up(w, (size_t)N * K * 4);
+    float *d_y = dev_poison((size_t)M * N * 4), *d_dy = dev_up(dy, (size_t)M * N * 4);
+    float *d_dx = dev_up(dx0, (size_t)M * K * 4), *d_dw = dev_up(dw0, (size_t)N * K * 4);
+    float *got = floats((size_t)(M > N ? M : N) * (K > N ? K : N));
+
+    matmul_set_mode(mode);
+    const double bound_fwd = 2.01 * unit[mode] + (K + 2) * 0x1p-24;
+    double worst = 0.0, e;
+    // forward into a poisoned output, then accumulating onto y0
+    matmul_forward_cuda(d_y, d_x, d_w, M, K, N, alpha, 0, NULL);
+    down(got, d_y, (size_t)M * N * 4);
+    e = gemm_worst(got, x, w, NULL, alpha, 0.0f, M, K, N, 0);
+    cr_assert(e <= bound_fwd, "%s matmul forward M %d K %d N %d: %.3e > %.3e", names[mode], M, K, N, e,
+              bound_fwd);
+    worst = e > worst ? e : worst;
+    cuda_upload(d_y, y0, (size_t)M * N * 4);
+    matmul_forward_cuda(d_y, d_x, d_w, M, K, N, alpha, 1, NULL);
+    down(got, d_y, (size_t)M * N * 4);
+    e = gemm_worst(got, x, w, y0, alpha, 1.0f, M, K, N, N);
+    cr_assert(e <= bound_fwd, "%s matmul forward (accumulate): %.3e > %.3e", names[mode], e, bound_fwd);
+    worst = e > worst ? e : worst;
+
+    // backward: dx (M, K) = dx0 + alpha · dy @ w, i.e. dy (M, N) @ (wᵀ) (K, N)ᵀ;
+    // dw (N, K) = dw0 + alpha · dyᵀ @ x, i.e. dyᵀ (N, M) @ (xᵀ) (K, M)ᵀ
+    matmul_backward_cuda(d_dx, d_dw, d_dy, d_x, d_w, M, K, N, alpha, 1, NULL);
+    float *wt = floats((size_t)N * K), *xt = floats((size_t)M * K), *dyt = floats((size_t)M * N);
+    transpose(wt, w, N, K);
+    transpose(xt, x, M, K);
+    transpose(dyt, dy, M, N);
+    const double bound_dx = 2.01 * unit[mode] + (N + 2) * 0x1p-24;
+    const double bound_dw = 2.01 * unit[mode] + (M + 2) * 0x1p-24;
+    down(got, d_dx, (size_t)M * K * 4);
+    e = gemm_worst(got, dy, wt, dx0, alpha, 1.0f, M, N, K, K);
+    cr_assert(e <= bound_dx, "%s matmul backward dinp: %.3e > %.3e", names[mode], e, bound_dx);
+    worst = e > worst ? e : worst;
+    down(got, d_dw, (size_t)N * K * 4);
+    e = gemm_worst(got, dyt, xt, dw0, alpha, 1.0f, N, M, K, K);
+    cr_assert(e <= bound_dw, "%s matmul backward dW: %.3e > %.3e", names[mode], e, bound_dw);
+    worst = e > worst ? e : worst;
+    matmul_set_mode(MATMUL_FP32);
+
+    float *hb[] = {x, w, y0, dy, dx0, dw0, got, wt, xt, dyt};
+    for (size_t i = 0; i < sizeof hb / sizeof hb[0]; i++) free(hb[i]);
+    float *db[] = {d_x, d_w, d_y, d_dy, d_dx, d_dw};
+    for (size_t i = 0; i < sizeof db / sizeof db[0]; i++) cuda_free(db[i]);
+    return worst;
 }
 
 // ---- RMSNorm ---------------------------------------------------------------------------------
@@ -437,6 +542,24 @@ Test(cuda_ops, rmsnorm) {
     for (size_t i = 0; i < sizeof RMS_SHAPES / sizeof RMS_SHAPES[0]; i++)
         rmsnorm_case(RMS_SHAPES[i][0], RMS_SHAPES[i][1], seed++, &worst);
     cr_log_info("rmsnorm: worst rel err %.2e (tolerance %.0e)", worst, TOL);
+#endif
+}
+
+Test(cuda_ops, matmul_modes) {
+    test_require_gpu();
+#ifdef GLIA_HAVE_CUDA
+    static const int shapes[][3] = {{1, 1, 1}, {7, 33, 5}, {64, 48, 96}, {256, 256, 256}};
+    for (int mode = MATMUL_FP32; mode <= MATMUL_BF16; mode++) {
+        double worst = 0.0;
+        for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+            double e = matmul_case(mode, shapes[i][0], shapes[i][1], shapes[i][2], 900 + i);
+            worst = e > worst ? e : worst;
+        }
+        cr_log_info("matmul mode %d: worst normalised error %.2e", mode, worst);
+        if (mode == MATMUL_BF16)
+            cr_assert(worst > 0x1p-12, "bf16 mode shows no bf16 rounding (worst %.2e): it ran in fp32",
+                      worst);
+    }
 #endif
 }
 

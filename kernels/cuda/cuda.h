@@ -14,6 +14,7 @@
 #define GLIA_CUDA_API_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "cpu/cpu.h"  // AmsuShape, AmsuActs, AmsuWeights, AmsuGrads, AmsuState
 
@@ -39,13 +40,27 @@ void cuda_download(void *host_dst, const void *src, size_t bytes);   // synchron
 void cuda_copy(void *dst, const void *src, size_t bytes, void *stream);  // device to device
 void cuda_memset(void *p, int byte, size_t bytes, void *stream);
 void cuda_synchronize(void);
+// Streams and events, to overlap communication with compute: a stream that
+// does not synchronise with the default stream (NULL, where the model's
+// kernels run); an event recorded on one stream that another waits for.
+void *cuda_stream_new(void);
+void cuda_stream_free(void *stream);
+void *cuda_event_new(void);
+void cuda_event_free(void *event);
+void cuda_event_record(void *event, void *stream);
+void cuda_stream_wait(void *stream, void *event);
 // The device's name and memory, for messages: "NVIDIA H100 80GB HBM3, 79.2 GiB".
 void cuda_device_describe(char *buf, size_t len);
 
 // ---- matmuls (cuBLAS; kernels/cuda/device.cu) ---------------------------------
-// 1: later matmuls may use TF32 tensor cores (about 1e-3 relative error);
-// 0 (the default): exact fp32 products.
-void matmul_set_tf32(int on);
+// The compute mode of later matmuls (storage stays fp32 in every mode):
+// MATMUL_FP32 (the default): exact fp32 products, parity with the CPU;
+// MATMUL_TF32: tensor cores, operands rounded to a 10-bit mantissa;
+// MATMUL_BF16: tensor cores, operands rounded to bf16 (7-bit mantissa).
+// Both reduced modes accumulate in fp32. Tolerances: docs/CUDA.md.
+enum { MATMUL_FP32 = 0, MATMUL_TF32 = 1, MATMUL_BF16 = 2 };
+void matmul_set_mode(int mode);
+int matmul_get_mode(void);
 // The CPU backend's contract (cpu.h), on device pointers, fp32 storage:
 // out (M, N) = alpha · inp (M, K) @ W (N, K)ᵀ, plus out if `accumulate`.
 void matmul_forward_cuda(float *out, const float *inp, const float *W, int M, int K, int N,
@@ -55,6 +70,10 @@ void matmul_forward_cuda(float *out, const float *inp, const float *W, int M, in
 void matmul_backward_cuda(float *dinp, float *dW, const float *dout, const float *inp,
                           const float *W, int M, int K, int N, float alpha, int accumulate,
                           void *stream);
+// The kernel lab's bf16 ceiling: out (M, N) = inp (M, K) @ W (N, K)ᵀ with
+// both operands stored as bf16 bit patterns, fp32 accumulation and output.
+void matmul_forward_bf16_cuda(float *out, const uint16_t *inp, const uint16_t *W, int M, int K,
+                              int N, void *stream);
 
 // ---- the other model ops (kernels/cuda/ops.cu) ---------------------------------
 // Same contracts as their CPU counterparts in cpu.h, on device pointers.
@@ -191,6 +210,11 @@ void amsu_backward_cuda(float *dz, AmsuGrads *g, float *scratch, const float *dy
 struct Dist;
 void dist_nccl_init(const struct Dist *d);
 void dist_nccl_allreduce_sum(float *device_buf, size_t n, void *stream);
+// ZeRO-1 (dist.h's dist_reduce_scatter / dist_allgather on device buffers):
+// recv (n) = this rank's block of the sum of every rank's send (world · n);
+// buf (world · n): every rank's block `rank` gathered into all blocks.
+void dist_nccl_reduce_scatter(const float *send, float *recv, size_t n, void *stream);
+void dist_nccl_allgather(float *buf, size_t n, void *stream);
 void dist_nccl_free(void);
 
 #ifdef __cplusplus

@@ -9,13 +9,18 @@
 // Matmuls keep the CPU backend's row-major contract (cpu.h). cuBLAS is
 // column-major, and a row-major (M, N) matrix is the column-major (N, M)
 // matrix with the same bytes, so out = inp @ Wᵀ (row-major) is
-// outᵀ = W · inpᵀ (column-major): one Sgemm with W transposed, no copies.
-// Operands and results are fp32. By default cuBLAS runs in pedantic math
-// mode (no TF32), so parity with the CPU holds to fp32 rounding;
-// matmul_set_tf32(1) lets it use the tensor cores' TF32 mode (fp32 storage,
-// 10-bit mantissa products, fp32 accumulation), several times the fp32 rate
-// at about 1e-3 relative error. One cuBLAS handle per process, created on
-// first use and bound to the stream of each call.
+// outᵀ = W · inpᵀ (column-major): one GEMM with W transposed, no copies.
+// Operands and results are fp32 in memory; the mode (matmul_set_mode) only
+// picks cuBLAS's compute type for cublasGemmEx, so one call site serves all
+// three: exact fp32 (CUBLAS_COMPUTE_32F_PEDANTIC, parity with the CPU to
+// fp32 rounding), TF32 tensor cores (FAST_TF32: operands rounded to a 10-bit
+// mantissa, fp32 accumulation) and bf16 tensor cores (FAST_16BF: operands
+// rounded to bf16's 7-bit mantissa inside cuBLAS, fp32 accumulation). Doing
+// the bf16 down-conversion in the library keeps fp32 master weights and
+// activations without a cast kernel or a second copy of every operand; the
+// price is that operands are read at 4 bytes, which only matters for GEMMs
+// that are bandwidth-bound. One cuBLAS handle per process, created on first
+// use and bound to the stream of each call.
 #include "cuda/cuda.h"
 #include "cuda/cuda_common.h"
 
@@ -65,6 +70,36 @@ extern "C" void cuda_memset(void *p, int byte, size_t bytes, void *stream) {
 
 extern "C" void cuda_synchronize(void) { cuda_check(cudaDeviceSynchronize()); }
 
+// A stream that does not synchronise with the legacy default stream (where
+// every kernel of the model runs), so work on it can overlap with them.
+extern "C" void *cuda_stream_new(void) {
+    cudaStream_t s;
+    cuda_check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    return s;
+}
+
+extern "C" void cuda_stream_free(void *stream) {
+    if (stream) cuda_check(cudaStreamDestroy((cudaStream_t)stream));
+}
+
+extern "C" void *cuda_event_new(void) {
+    cudaEvent_t e;
+    cuda_check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    return e;
+}
+
+extern "C" void cuda_event_free(void *event) {
+    if (event) cuda_check(cudaEventDestroy((cudaEvent_t)event));
+}
+
+extern "C" void cuda_event_record(void *event, void *stream) {
+    cuda_check(cudaEventRecord((cudaEvent_t)event, (cudaStream_t)stream));
+}
+
+extern "C" void cuda_stream_wait(void *stream, void *event) {
+    cuda_check(cudaStreamWaitEvent((cudaStream_t)stream, (cudaEvent_t)event, 0));
+}
+
 extern "C" void cuda_device_describe(char *buf, size_t len) {
     int dev = 0;
     cuda_check(cudaGetDevice(&dev));
@@ -75,42 +110,54 @@ extern "C" void cuda_device_describe(char *buf, size_t len) {
 
 // ---- matmuls ------------------------------------------------------------------------
 
-static int use_tf32;
+static int matmul_mode = MATMUL_FP32;
 
-extern "C" void matmul_set_tf32(int on) { use_tf32 = on != 0; }
+extern "C" void matmul_set_mode(int mode) { matmul_mode = mode; }
+extern "C" int matmul_get_mode(void) { return matmul_mode; }
 
 static cublasHandle_t handle(void *stream) {
     static cublasHandle_t h;
-    static int mode = -1;
     if (!h) cublas_check(cublasCreate(&h));
-    if (mode != use_tf32) {
-        cublas_check(cublasSetMathMode(h, use_tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_PEDANTIC_MATH));
-        mode = use_tf32;
-    }
     cublas_check(cublasSetStream(h, (cudaStream_t)stream));
     return h;
 }
 
+// C (m, n) = alpha op(A) op(B) + beta C, column-major, fp32 storage, in the
+// compute type of the current mode.
+static void gemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                 float alpha, const float *A, int lda, const float *B, int ldb, float beta,
+                 float *C, int ldc) {
+    cublasComputeType_t ct = matmul_mode == MATMUL_BF16   ? CUBLAS_COMPUTE_32F_FAST_16BF
+                             : matmul_mode == MATMUL_TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32
+                                                          : CUBLAS_COMPUTE_32F_PEDANTIC;
+    cublas_check(cublasGemmEx(h, ta, tb, m, n, k, &alpha, A, CUDA_R_32F, lda, B, CUDA_R_32F, ldb,
+                              &beta, C, CUDA_R_32F, ldc, ct, CUBLAS_GEMM_DEFAULT));
+}
+
 extern "C" void matmul_forward_cuda(float *out, const float *inp, const float *W, int M, int K,
                                     int N, float alpha, int accumulate, void *stream) {
-    const float beta = accumulate ? 1.0f : 0.0f;
     // column-major: outᵀ (N, M) = W (N, K as Wᵀ of the stored (K, N)) · inpᵀ (K, M)
-    cublas_check(cublasSgemm(handle(stream), CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &alpha, W, K,
-                             inp, K, &beta, out, N));
+    gemm(handle(stream), CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, alpha, W, K, inp, K,
+         accumulate ? 1.0f : 0.0f, out, N);
 }
 
 extern "C" void matmul_backward_cuda(float *dinp, float *dW, const float *dout, const float *inp,
                                      const float *W, int M, int K, int N, float alpha,
                                      int accumulate, void *stream) {
     cublasHandle_t h = handle(stream);
-    if (dinp) {  // dinp (M, K) = alpha · dout (M, N) @ W (N, K); column-major dinpᵀ = Wᵀ · doutᵀ
-        const float beta = accumulate ? 1.0f : 0.0f;
-        cublas_check(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, K, M, N, &alpha, W, K, dout, N,
-                                 &beta, dinp, K));
-    }
-    if (dW) {  // dW (N, K) += alpha · doutᵀ (N, M) @ inp (M, K); column-major dWᵀ = inpᵀ · dout
-        const float one = 1.0f;
-        cublas_check(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_T, K, N, M, &alpha, inp, K, dout, N,
-                                 &one, dW, K));
-    }
+    if (dinp)  // dinp (M, K) = alpha · dout (M, N) @ W (N, K); column-major dinpᵀ = Wᵀ · doutᵀ
+        gemm(h, CUBLAS_OP_N, CUBLAS_OP_N, K, M, N, alpha, W, K, dout, N, accumulate ? 1.0f : 0.0f,
+             dinp, K);
+    if (dW)  // dW (N, K) += alpha · doutᵀ (N, M) @ inp (M, K); column-major dWᵀ = inpᵀ · dout
+        gemm(h, CUBLAS_OP_N, CUBLAS_OP_T, K, N, M, alpha, inp, K, dout, N, 1.0f, dW, K);
+}
+
+// The kernel lab's ceiling: the same product with operands stored as bf16
+// (2 bytes each), the layout a bf16-storage model would feed cuBLAS.
+extern "C" void matmul_forward_bf16_cuda(float *out, const uint16_t *inp, const uint16_t *W, int M,
+                                         int K, int N, void *stream) {
+    const float one = 1.0f, zero = 0.0f;
+    cublas_check(cublasGemmEx(handle(stream), CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, W,
+                              CUDA_R_16BF, K, inp, CUDA_R_16BF, K, &zero, out, CUDA_R_32F, N,
+                              CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }

@@ -16,6 +16,7 @@
 #include <time.h>
 #include <ucontext.h>
 
+#include <memory>
 #include <vector>
 
 namespace {
@@ -23,7 +24,7 @@ namespace {
 // One CUDA thread of the block being run: a fiber with its own stack.
 struct Fiber {
     ucontext_t ctx;
-    std::vector<unsigned char> stack;
+    unsigned char *stack;  // kStack bytes of the pool
     uint3 idx;
     int tid;
     bool done;
@@ -56,7 +57,22 @@ struct Grid {
 
 Grid *cur;  // the grid being run (one at a time: launches are synchronous)
 
-const size_t kStack = 256 * 1024;
+// A fiber's stack. Small matters: under ASan every swapcontext clears the
+// shadow of the whole stack being entered (kStack / 8 bytes), which was
+// most of the emulator's time at 256 KiB. The kernels' threads use a few
+// KiB; the lowest kCanary bytes are checked after each block, so a kernel
+// that outgrows its stack is reported instead of corrupting memory.
+const size_t kStack = 48 * 1024, kCanary = 256;
+
+// Fiber stacks, kept from launch to launch instead of allocated (and
+// zeroed) per launch. Launches run one at a time, so one pool.
+std::vector<std::unique_ptr<unsigned char[]>> stack_pool;
+
+unsigned char *pool_stack(int i) {
+    while ((int)stack_pool.size() <= i)
+        stack_pool.emplace_back(new unsigned char[kStack]);  // left uninitialised
+    return stack_pool[i].get();
+}
 
 void fiber_main(void) {
     Grid *g = cur;
@@ -165,7 +181,7 @@ void run_grid(dim3 grid, dim3 block, size_t smem, const std::function<void()> &b
     g.smem.assign(smem + 16, 0xFF);
     g.fibers = std::vector<Fiber>(g.nthreads);
     for (int t = 0; t < g.nthreads; t++) {
-        g.fibers[t].stack.resize(kStack);
+        g.fibers[t].stack = pool_stack(t);
         g.fibers[t].tid = t;
         g.fibers[t].idx = {(unsigned)t % block.x, (unsigned)t / block.x % block.y,
                            (unsigned)t / (block.x * block.y)};
@@ -182,15 +198,24 @@ void run_grid(dim3 grid, dim3 block, size_t smem, const std::function<void()> &b
             g.warps[i].reset(n < 32 ? n : 32);
         }
         for (Fiber &f : g.fibers) {
+            memset(f.stack, 0xA5, kCanary);
             f.done = false;
             f.waiting = nullptr;
             getcontext(&f.ctx);
-            f.ctx.uc_stack.ss_sp = f.stack.data();
-            f.ctx.uc_stack.ss_size = f.stack.size();
+            f.ctx.uc_stack.ss_sp = f.stack;
+            f.ctx.uc_stack.ss_size = kStack;
             f.ctx.uc_link = &g.sched;
             makecontext(&f.ctx, fiber_main, 0);
         }
         run_block(&g);
+        for (Fiber &f : g.fibers)
+            for (size_t i = 0; i < kCanary; i++)
+                if (f.stack[i] != 0xA5) {
+                    fprintf(stderr, "glia CUDA emulator: thread %d of block (%u, %u, %u) overflowed "
+                                    "its %zu KiB stack\n",
+                            f.tid, blockIdx.x, blockIdx.y, blockIdx.z, kStack / 1024);
+                    abort();
+                }
     }
     cur = nullptr;
 }
@@ -367,6 +392,7 @@ cudaError_t cudaEventCreate(cudaEvent_t *e) {
     *e = new glia_emu_event();
     return cudaSuccess;
 }
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned) { return cudaEventCreate(e); }
 cudaError_t cudaEventDestroy(cudaEvent_t e) {
     delete e;
     return cudaSuccess;

@@ -1,5 +1,12 @@
-// libs.cpp: the emulator's cuBLAS (through CBLAS) and single-rank NCCL.
+// libs.cpp: the emulator's cuBLAS (through CBLAS) and NCCL (through MPI).
 #include <cblas.h>
+#define OMPI_SKIP_MPICXX 1  // the C API only: no C++ bindings to link
+#define MPICH_SKIP_MPICXX 1
+#include <mpi.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <vector>
 
 #include "cublas_v2.h"
 #include "nccl.h"
@@ -39,14 +46,66 @@ cublasStatus_t cublasSgemm(cublasHandle_t h, cublasOperation_t ta, cublasOperati
     return CUBLAS_STATUS_SUCCESS;
 }
 
+// fp32 x rounded to nearest even at `keep` mantissa bits (of 23); finite x.
+static float round_mantissa(float x, int keep) {
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    const int drop = 23 - keep;
+    u = (u + ((1u << (drop - 1)) - 1u) + ((u >> drop) & 1u)) & ~((1u << drop) - 1u);
+    memcpy(&x, &u, 4);
+    return x;
+}
+
+// The elements an operand of `rows` x `cols` (column-major, leading
+// dimension ld) spans, expanded to fp32 and rounded to `keep` bits (23: none).
+static std::vector<float> operand(const void *p, cudaDataType t, int rows, int cols, int ld,
+                                  int keep) {
+    size_t n = cols ? (size_t)(cols - 1) * ld + rows : 0;
+    std::vector<float> v(n);
+    for (size_t i = 0; i < n; i++) {
+        float x;
+        if (t == CUDA_R_16BF) {
+            uint32_t u = (uint32_t)((const uint16_t *)p)[i] << 16;
+            memcpy(&x, &u, 4);
+        } else {
+            x = ((const float *)p)[i];
+        }
+        v[i] = keep < 23 ? round_mantissa(x, keep) : x;
+    }
+    return v;
+}
+
+cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m,
+                            int n, int k, const void *alpha, const void *A, cudaDataType Atype,
+                            int lda, const void *B, cudaDataType Btype, int ldb, const void *beta,
+                            void *C, cudaDataType Ctype, int ldc, cublasComputeType_t compute,
+                            cublasGemmAlgo_t) {
+    if (!h) return CUBLAS_STATUS_NOT_INITIALIZED;
+    if (Ctype != CUDA_R_32F || Atype != Btype) return CUBLAS_STATUS_NOT_SUPPORTED;
+    if (Atype == CUDA_R_16BF && compute != CUBLAS_COMPUTE_32F) return CUBLAS_STATUS_NOT_SUPPORTED;
+    if (m < 0 || n < 0 || k < 0 || ldc < (m > 1 ? m : 1)) return CUBLAS_STATUS_INVALID_VALUE;
+    if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
+    const int keep = compute == CUBLAS_COMPUTE_32F_FAST_16BF   ? 7
+                     : compute == CUBLAS_COMPUTE_32F_FAST_TF32 ? 10
+                                                               : 23;
+    std::vector<float> a = ta == CUBLAS_OP_T ? operand(A, Atype, k, m, lda, keep)
+                                             : operand(A, Atype, m, k, lda, keep);
+    std::vector<float> b = tb == CUBLAS_OP_T ? operand(B, Btype, n, k, ldb, keep)
+                                             : operand(B, Btype, k, n, ldb, keep);
+    cblas_sgemm(CblasColMajor, ta == CUBLAS_OP_T ? CblasTrans : CblasNoTrans,
+                tb == CUBLAS_OP_T ? CblasTrans : CblasNoTrans, m, n, k, *(const float *)alpha,
+                a.data(), lda, b.data(), ldb, *(const float *)beta, (float *)C, ldc);
+    return CUBLAS_STATUS_SUCCESS;
+}
+
 struct glia_emu_nccl {
-    int unused;
+    int nranks, rank;
 };
 const char *ncclGetErrorString(ncclResult_t r) {
     switch (r) {
     case ncclSuccess: return "no error";
     case ncclInvalidArgument: return "invalid argument";
-    case ncclInvalidUsage: return "invalid usage (the CUDA emulator's NCCL has one rank)";
+    case ncclInvalidUsage: return "invalid usage (the emulator's NCCL needs MPI for several ranks)";
     }
     return "unknown error";
 }
@@ -55,17 +114,54 @@ ncclResult_t ncclGetUniqueId(ncclUniqueId *id) {
     return ncclSuccess;
 }
 ncclResult_t ncclCommInitRank(ncclComm_t *comm, int nranks, ncclUniqueId, int rank) {
-    if (nranks != 1 || rank != 0) return ncclInvalidUsage;
-    *comm = new glia_emu_nccl();
+    int inited = 0, size = 1;
+    if (nranks > 1) {
+        MPI_Initialized(&inited);
+        if (!inited) return ncclInvalidUsage;
+        MPI_Comm_size(MPI_COMM_WORLD, &size);
+    }
+    if (nranks < 1 || rank < 0 || rank >= nranks || size != nranks) return ncclInvalidUsage;
+    *comm = new glia_emu_nccl{nranks, rank};
     return ncclSuccess;
 }
 ncclResult_t ncclCommDestroy(ncclComm_t comm) {
     delete comm;
     return ncclSuccess;
 }
+static bool usable(ncclComm_t comm, ncclDataType_t type, ncclRedOp_t op) {
+    return comm && type == ncclFloat && op == ncclSum;
+}
 ncclResult_t ncclAllReduce(const void *send, void *recv, size_t count, ncclDataType_t type,
                            ncclRedOp_t op, ncclComm_t comm, cudaStream_t) {
-    if (!comm || type != ncclFloat || op != ncclSum) return ncclInvalidArgument;
-    if (send != recv) memmove(recv, send, count * sizeof(float));  // the sum over one rank
-    return ncclSuccess;
+    if (!usable(comm, type, op)) return ncclInvalidArgument;
+    if (comm->nranks == 1) {
+        if (send != recv) memmove(recv, send, count * sizeof(float));
+        return ncclSuccess;
+    }
+    int rc = MPI_Allreduce(send == recv ? MPI_IN_PLACE : send, recv, (int)count, MPI_FLOAT, MPI_SUM,
+                           MPI_COMM_WORLD);
+    return rc == MPI_SUCCESS ? ncclSuccess : ncclInvalidUsage;
+}
+ncclResult_t ncclReduceScatter(const void *send, void *recv, size_t recvcount, ncclDataType_t type,
+                               ncclRedOp_t op, ncclComm_t comm, cudaStream_t) {
+    if (!usable(comm, type, op)) return ncclInvalidArgument;
+    if (comm->nranks == 1) {
+        memmove(recv, send, recvcount * sizeof(float));
+        return ncclSuccess;
+    }
+    int rc = MPI_Reduce_scatter_block(send, recv, (int)recvcount, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+    return rc == MPI_SUCCESS ? ncclSuccess : ncclInvalidUsage;
+}
+ncclResult_t ncclAllGather(const void *send, void *recv, size_t sendcount, ncclDataType_t type,
+                           ncclComm_t comm, cudaStream_t) {
+    if (!usable(comm, type, ncclSum)) return ncclInvalidArgument;
+    if (comm->nranks == 1) {
+        memmove(recv, send, sendcount * sizeof(float));
+        return ncclSuccess;
+    }
+    // NCCL allows send to be recv's own block (in place); MPI spells that MPI_IN_PLACE
+    const bool in_place = (const float *)send == (const float *)recv + (size_t)comm->rank * sendcount;
+    int rc = MPI_Allgather(in_place ? MPI_IN_PLACE : send, (int)sendcount, MPI_FLOAT, recv,
+                           (int)sendcount, MPI_FLOAT, MPI_COMM_WORLD);
+    return rc == MPI_SUCCESS ? ncclSuccess : ncclInvalidUsage;
 }
