@@ -1,5 +1,5 @@
 #!/bin/sh
-# bench_dist.sh: weak scaling of data-parallel training on the CPU backend.
+# bench_dist.sh: weak scaling of data-parallel training, CPU or GPU.
 #
 # The same per-rank batch on 1 and 2 ranks (N=1 with --batch B, N=2 with
 # --batch 2B, one thread per rank), so with perfect scaling the step time is
@@ -9,12 +9,26 @@
 # over the steps after the first 3 (warm-up).
 #
 #   tools/bench_dist.sh [GLIA_BIN] [STEPS]     (default build/glia, 30 steps)
+#   DEVICE=cuda tools/bench_dist.sh ...        on two GPUs (one rank each)
 #
 # Needs mpirun (OpenMPI) and two free cores: on a 2-core machine the two
-# ranks share the machine with everything else, so expect noise.
+# ranks share the machine with everything else, so expect noise. With
+# DEVICE=cuda the configurations are SPEC's sizes at GPU batches (CONFIGS
+# overrides: "size B T; ..."), and the difference of the step times is the
+# part of the NCCL all-reduce the backward does not hide.
 set -eu
 GLIA=${1:-build/glia}
 STEPS=${2:-30}
+DEVICE=${DEVICE:-cpu}
+if [ "$DEVICE" = cuda ]; then
+    CONFIGS=${CONFIGS:-"small 16 1024; 124m 8 1024"}
+    BIND="--bind-to none"
+    THREADS=""
+else
+    CONFIGS=${CONFIGS:-"tiny 8 64; small 4 64"}
+    BIND="--bind-to core"
+    THREADS="--threads 1"
+fi
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/glia_bench_dist.XXXXXX")
 trap 'rm -rf "$TMP"' EXIT
@@ -35,15 +49,16 @@ print("%.1f" % statistics.median(ms))' "$1/metrics.jsonl"
 
 run() {  # size np batch seq -> median ms
     out="$TMP/run_$1_$2"
-    flags="train --size $1 --data $TMP/shards --batch $3 --seq $4 --steps $STEPS --threads 1 --quiet \
---eval-every 0 --sample-tokens 0 --ckpt-every 0 --out $out"
+    flags="train --size $1 --data $TMP/shards --batch $3 --seq $4 --steps $STEPS $THREADS --quiet \
+--eval-every 0 --sample-tokens 0 --ckpt-every 0 --device $DEVICE --out $out"
     if [ "$2" = 1 ]; then "$GLIA" $flags > /dev/null
-    else mpirun --allow-run-as-root --oversubscribe --bind-to core -np "$2" "$GLIA" $flags > /dev/null; fi
+    else mpirun --allow-run-as-root --oversubscribe $BIND -np "$2" "$GLIA" $flags > /dev/null; fi
     median_ms "$out"
 }
 
 printf '%-6s %-10s %12s %12s %12s %14s\n' size "per-rank B" "N=1 ms" "N=2 ms" "efficiency" "allreduce ms"
-for cfg in "tiny 8 64" "small 4 64"; do
+echo "$CONFIGS" | tr ';' '\n' | while read -r cfg; do
+    [ -n "$cfg" ] || continue
     set -- $cfg
     one=$(run "$1" 1 "$2" "$3")
     two=$(run "$1" 2 $(($2 * 2)) "$3")
