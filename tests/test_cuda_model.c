@@ -246,17 +246,23 @@ Test(cuda_model, out_of_memory_is_an_error) {
 #endif
 }
 
+#ifdef GLIA_HAVE_CUDA
+// Makes the directory `dir` (a mkdtemp template) holding a word corpus of `words` words.
+static void temp_corpus(char *dir, char *corpus, size_t len, int words) {
+    cr_assert_not_null(mkdtemp(dir));
+    snprintf(corpus, len, "%s/corpus.txt", dir);
+    cr_assert_eq(write_word_corpus(corpus, words), 0);
+}
+#endif
+
 // The commands: a short run on each backend from the same seed, then eval
 // and generate on the GPU. The two runs' losses agree step by step; a GPU
 // run stopped and resumed ends byte-identical to the uninterrupted one.
 Test(cuda_model, commands_with_device_cuda) {
     test_require_gpu();
 #ifdef GLIA_HAVE_CUDA
-    char dir[] = "/tmp/glia_cuda_cmd_XXXXXX", out[16384];
-    cr_assert_not_null(mkdtemp(dir));
-    char corpus[300];
-    snprintf(corpus, sizeof corpus, "%s/words.txt", dir);
-    cr_assert_eq(write_word_corpus(corpus, 4000), 0);
+    char dir[] = "/tmp/glia_cuda_cmd_XXXXXX", out[16384], corpus[300];
+    temp_corpus(dir, corpus, sizeof corpus, 4000);
     // exact fp32 matmuls on the GPU, for the step-by-step comparison
     const char *common = "train --size tiny --steps 6 --batch 4 --seq 32 --eval-every 3 "
                          "--eval-batches 2 --sample-tokens 20 --threads 1 --quiet --matmul fp32";
@@ -336,11 +342,8 @@ Test(cuda_model, commands_with_device_cuda) {
 Test(cuda_model, tf32_and_bf16_training) {
     test_require_gpu();
 #ifdef GLIA_HAVE_CUDA
-    char dir[] = "/tmp/glia_cuda_mp_XXXXXX", out[16384];
-    cr_assert_not_null(mkdtemp(dir));
-    char corpus[300];
-    snprintf(corpus, sizeof corpus, "%s/corpus.txt", dir);
-    cr_assert_eq(write_word_corpus(corpus, 12000), 0);
+    char dir[] = "/tmp/glia_cuda_mp_XXXXXX", out[16384], corpus[300];
+    temp_corpus(dir, corpus, sizeof corpus, 12000);
     const char *common = "train --size tiny --steps 20 --batch 8 --seq 16 --lr 1e-2 --warmup 5 --seed 3 "
                          "--eval-every 0 --ckpt-every 0 --sample-tokens 0 --threads 1 --quiet";
     static const char *const runs[][2] = {{"cpu", "fp32"}, {"cuda", "tf32"}, {"cuda", "bf16"}};

@@ -181,6 +181,14 @@ static void expect_close(const char *a, const char *b, double param_tol, double 
     }
 }
 
+// Runs a and b end with bit-identical parameters.
+static void expect_identical(const char *a, const char *b, const char *what) {
+    Model *ma = load(a), *mb = load(b);
+    cr_expect_eq(memcmp(ma->params, mb->params, ma->nparams * sizeof(float)), 0, "%s", what);
+    model_free(ma);
+    model_free(mb);
+}
+
 static int count(const char *text, const char *what) {
     int n = 0;
     for (const char *p = text; (p = strstr(p, what)); p += strlen(what)) n++;
@@ -227,11 +235,7 @@ Test(dist, resume_needs_the_same_world_size) {
     train("full", 2, "");
     cr_assert_eq(run(2, FLAGS " --out '%s/part' --stop-after 5", dir), 0, "%s", err_text);
     cr_assert_eq(run(2, FLAGS " --out '%s/part' --resume", dir), 0, "%s", err_text);
-    Model *a = load("full"), *b = load("part");
-    cr_expect_eq(memcmp(a->params, b->params, a->nparams * sizeof(float)), 0,
-                 "an np 2 run resumed with np 2 continues bit for bit");
-    model_free(a);
-    model_free(b);
+    expect_identical("full", "part", "an np 2 run resumed with np 2 continues bit for bit");
     cr_assert_eq(run(2, FLAGS " --out '%s/partz' --stop-after 5 --zero 1", dir), 0, "%s", err_text);
     int st = run(2, FLAGS " --out '%s/partz' --resume --zero 0", dir);
     cr_expect_eq(st, 2, "--zero differs from the checkpoint's: %s", err_text);
@@ -356,10 +360,6 @@ Test(dist, cuda_two_ranks_and_zero1, .timeout = 900) {
     cr_assert_eq(run(2, FLAGS " --out '%s/gzp' --stop-after 5 --device cuda --matmul fp32 --zero 1", dir), 0,
                  "%s", err_text);
     cr_assert_eq(run(2, FLAGS " --out '%s/gzp' --resume --device cuda --matmul fp32", dir), 0, "%s", err_text);
-    Model *a = load("gz"), *b = load("gzp");
-    cr_expect_eq(memcmp(a->params, b->params, a->nparams * sizeof(float)), 0,
-                 "a GPU ZeRO-1 run resumed continues bit for bit");
-    model_free(a);
-    model_free(b);
+    expect_identical("gz", "gzp", "a GPU ZeRO-1 run resumed continues bit for bit");
 #endif
 }
