@@ -5,7 +5,9 @@
 // paths and methods, an over-long prompt, and a burst of concurrent clients.
 // The server is killed in the suite's .fini, which runs even when a test
 // fails. Skips (with the reason) when curl is missing or the glia binary
-// has no serve command.
+// has no serve command. GLIA_TEST_DEVICE=cuda (ctest's test_serve_cuda)
+// serves from the GPU with exact fp32 matmuls, against the same CPU engine
+// texts; it skips without a GPU.
 #include <cjson/cJSON.h>
 #include <criterion/criterion.h>
 #include <signal.h>
@@ -18,6 +20,9 @@
 #include "checkpoint.h"
 #include "engine.h"
 #include "model.h"
+#ifdef GLIA_HAVE_CUDA
+#include "cuda/cuda.h"
+#endif
 
 static char dir[256], ckpt[300];
 static pid_t server = -1;
@@ -38,6 +43,15 @@ static void start(void) {
         skip_reason = "curl is not installed";
         return;
     }
+    const char *device = getenv("GLIA_TEST_DEVICE") ? getenv("GLIA_TEST_DEVICE") : "cpu";
+    if (!strcmp(device, "cuda")) {
+#ifdef GLIA_HAVE_CUDA
+        if (cuda_device_count() == 0) skip_reason = "no CUDA device found";
+#else
+        skip_reason = "glia was built without CUDA";
+#endif
+        if (skip_reason) return;
+    }
     snprintf(dir, sizeof dir, "%s/glia_serve_XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
     cr_assert(mkdtemp(dir));
     snprintf(ckpt, sizeof ckpt, "%s/model.safetensors", dir);
@@ -54,7 +68,8 @@ static void start(void) {
         close(fd[0]);
         close(fd[1]);
         execl(GLIA_BIN, GLIA_BIN, "serve", "--ckpt", ckpt, "--port", "0", "--slots", "4", "--queue", "32",
-              "--max-prompt", "64", "--max-tokens", "32", (char *)NULL);
+              "--max-prompt", "64", "--max-tokens", "32", "--device", device, "--matmul", "fp32",
+              (char *)NULL);
         _exit(127);
     }
     close(fd[1]);
