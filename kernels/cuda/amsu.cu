@@ -736,28 +736,22 @@ extern "C" void amsu_backward_cuda(float *dz, AmsuGrads *g, float *scratch, cons
 }
 
 // ---- host-memory wrapper (tests) -------------------------------------------------
+// Built on device.cu's C API (cuda_alloc, cuda_upload, ...), like any caller.
 
-static float *device_alloc(size_t n) {
-    float *p = nullptr;
-    cuda_check(cudaMalloc((void **)&p, n * sizeof(float)));
+static float *device_alloc_poisoned(size_t n) {  // every float a NaN until written
+    float *p = (float *)cuda_alloc(n * sizeof(float));
+    if (!p) {
+        fprintf(stderr, "amsu_recurrence_forward_cuda_host: %s\n", cuda_last_error_message());
+        exit(1);
+    }
+    cuda_memset(p, 0xFF, n * sizeof(float), nullptr);
     return p;
 }
 
 static float *device_upload(const float *host, size_t n) {
-    float *p = device_alloc(n);
-    cuda_check(cudaMemcpy(p, host, n * sizeof(float), cudaMemcpyHostToDevice));
+    float *p = device_alloc_poisoned(n);
+    cuda_upload(p, host, n * sizeof(float));
     return p;
-}
-
-// An output buffer filled with 0xFF bytes: every float is a NaN until written.
-static float *device_alloc_poisoned(size_t n) {
-    float *p = device_alloc(n);
-    cuda_check(cudaMemset(p, 0xFF, n * sizeof(float)));
-    return p;
-}
-
-static void device_download(float *host, const float *dev, size_t n) {
-    cuda_check(cudaMemcpy(host, dev, n * sizeof(float), cudaMemcpyDeviceToHost));
 }
 
 extern "C" int amsu_recurrence_forward_cuda_host(float *o, float *u, float *s, float *Hckpt,
@@ -799,20 +793,20 @@ extern "C" int amsu_recurrence_forward_cuda_host(float *o, float *u, float *s, f
     }
     amsu_recurrence_forward_cuda(d_o, d_u, d_s, d_H, d_I, d_k, d_v, d_q, d_lambda, d_beta, d_Hst,
                                  d_ust, d_sst, B, T, C, Nh, astro, nullptr);
-    cuda_check(cudaDeviceSynchronize());
-    device_download(o, d_o, n);
-    device_download(u, d_u, n);
-    device_download(s, d_s, n);
-    if (d_H) device_download(Hckpt, d_H, nH);
-    if (d_Hst) device_download(H_state, d_Hst, nHst);
+    cuda_synchronize();
+    const size_t f = sizeof(float);
+    cuda_download(o, d_o, n * f);
+    cuda_download(u, d_u, n * f);
+    cuda_download(s, d_s, n * f);
+    if (d_H) cuda_download(Hckpt, d_H, nH * f);
+    if (d_Hst) cuda_download(H_state, d_Hst, nHst * f);
     if (d_ust) {
-        device_download(u_state, d_ust, nBC);
-        device_download(s_state, d_sst, nBC);
+        cuda_download(u_state, d_ust, nBC * f);
+        cuda_download(s_state, d_sst, nBC * f);
     }
     float *bufs[] = {d_o, d_u,      d_s, d_I,   d_beta, d_k,   d_v,
                      d_q, d_lambda, d_H, d_Hst, d_ust,  d_sst};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
-        if (bufs[i]) cuda_check(cudaFree(bufs[i]));
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) cuda_free(bufs[i]);
     return 0;
 }
 
