@@ -268,6 +268,20 @@ double model_xent(const float *logits, int V, int target) {
     return log(sum) + mx - logits[target];
 }
 
+void model_xent_backward(float *dlogits, const float *logits, int V, int target, float k) {
+    if (target < 0) {
+        memset(dlogits, 0, V * sizeof(float));
+        return;
+    }
+    float mx = logits[0];
+    for (int v = 1; v < V; v++) mx = logits[v] > mx ? logits[v] : mx;
+    double sum = 0.0;
+    for (int v = 0; v < V; v++) sum += exp((double)logits[v] - mx);
+    float inv = (float)(1.0 / sum);
+    for (int v = 0; v < V; v++) dlogits[v] = expf(logits[v] - mx) * inv * k;
+    dlogits[target] -= k;
+}
+
 // The test mode's neuron settings for neuron `which` (0 AM-SU, 1 FFN) of layer l.
 static const NeuronTestMode *test_for(Model *m, int l, int which, NeuronTestMode *buf) {
     if (!m->test_mode) return NULL;
@@ -386,21 +400,8 @@ void model_backward(Model *m, const int *tokens, float scale) {
     for (int i = 0; i < M; i++) scored += m->targets[i] >= 0;
     float k = scored ? scale / (float)scored : 0.0f;
 #pragma omp parallel for schedule(static)
-    for (int i = 0; i < M; i++) {
-        const float *lg = m->logits + (size_t)i * V;
-        float *dl = dlogits + (size_t)i * V;
-        if (m->targets[i] < 0) {
-            memset(dl, 0, V * sizeof(float));
-            continue;
-        }
-        float mx = lg[0];
-        for (int v = 1; v < V; v++) mx = lg[v] > mx ? lg[v] : mx;
-        double sum = 0.0;
-        for (int v = 0; v < V; v++) sum += exp((double)lg[v] - mx);
-        float inv = (float)(1.0 / sum);
-        for (int v = 0; v < V; v++) dl[v] = expf(lg[v] - mx) * inv * k;
-        dl[m->targets[i]] -= k;
-    }
+    for (int i = 0; i < M; i++)
+        model_xent_backward(dlogits + (size_t)i * V, m->logits + (size_t)i * V, V, m->targets[i], k);
     // logits = zf E[:V]ᵀ
     matmul_backward(dz, m->gE, dlogits, m->zf, m->E, M, C, V, 1.0f, 0);
     memset(dx, 0, btc * sizeof(float));

@@ -165,5 +165,8 @@ Model *model_share(const Model *m);
 
 // Cross-entropy over V logits for one target, in nats.
 double model_xent(const float *logits, int V, int target);
+// Its gradient times k: dlogits = (softmax(logits) − onehot(target)) · k;
+// all zeros when target < 0 (an unscored position).
+void model_xent_backward(float *dlogits, const float *logits, int V, int target, float k);
 
 #endif

@@ -44,9 +44,9 @@ struct CudaModel {
     float *mom1, *mom2;                   // (mom_len) each: all parameters, or a ZeRO-1 slice
     size_t mom_len;
     // ZeRO-1 (model_cuda_zero1_init): this rank's slice [z_offset, z_offset + mom_len)
-    // of the parameters padded to z_padded floats
-    size_t z_offset, z_padded;
-    float *gpad, *ppad, *gshard;          // (z_padded), (z_padded), (mom_len)
+    // of the parameters; params and grads are then padded (with zeros) to a multiple of
+    // the world size, so NCCL reduce-scatters and all-gathers them in place
+    size_t z_offset;
     // the gradient all-reduce overlapped with the backward (model_cuda_overlap_allreduce)
     int overlap;
     void *comm;                           // NCCL's stream
@@ -171,9 +171,6 @@ void model_cuda_free(Model *m) {
     cuda_free(g->grads);
     cuda_free(g->mom1);
     cuda_free(g->mom2);
-    cuda_free(g->gpad);
-    cuda_free(g->ppad);
-    cuda_free(g->gshard);
     if (g->ev)
         for (int i = 0; i < m->cfg.L + 2; i++) cuda_event_free(g->ev[i]);
     free(g->ev);
@@ -259,54 +256,64 @@ void model_cuda_adamw(Model *m, float lr, float beta1, float beta2, float eps,
 }
 
 // ---- ZeRO-1 ------------------------------------------------------------------------------
-// train.c's CPU ZeRO-1 step, on device buffers with NCCL: reduce-scatter the
-// gradient (padded with zeros to z_padded), the global norm from each rank's
-// slice (sum of squares all-reduced over MPI, a scalar), clip, AdamW on each
-// tensor's part of the slice, then all-gather the updated slices.
+// train.c's CPU ZeRO-1 step on the device, in place: the gradient buffer,
+// padded with zeros, is reduce-scattered into its own block `rank` (NCCL's
+// in-place form), so this rank's summed slice is grads[lo, hi); the global
+// norm is the sum of every slice's Σg² (one double all-reduced over MPI);
+// clip, AdamW on each tensor's part of the slice, then the padded
+// parameters are all-gathered in place. Device memory: parameters and
+// gradients (padded) plus 2/N of the moments, against 4 buffers without
+// ZeRO.
+
+// Replaces *buf (n floats) with a zero-padded copy of `padded` floats.
+static int pad_buffer(float **buf, size_t n, size_t padded, const char *what, char *err,
+                      size_t err_len) {
+    float *p = cuda_alloc(padded * sizeof(float));
+    if (!p) {
+        snprintf(err, err_len, "GPU out of memory for the padded %s (%.2f GiB): %s; try a smaller model",
+                 what, padded * 4 / 1073741824.0, cuda_last_error_message());
+        return -1;
+    }
+    cuda_memset(p + n, 0, (padded - n) * sizeof(float), NULL);
+    cuda_copy(p, *buf, n * sizeof(float), NULL);
+    cuda_free(*buf);
+    *buf = p;
+    return 0;
+}
 
 int model_cuda_zero1_init(Model *m, size_t offset, size_t padded, char *err, size_t err_len) {
     struct CudaModel *g = m->cuda;
-    g->z_offset = offset, g->z_padded = padded;
-    float **bufs[] = {&g->gpad, &g->ppad, &g->gshard};
-    const size_t n[] = {padded, padded, g->mom_len};
-    for (int i = 0; i < 3; i++) {
-        *bufs[i] = cuda_alloc(n[i] * sizeof(float));
-        if (!*bufs[i]) {
-            snprintf(err, err_len, "GPU out of memory for the ZeRO-1 buffers (%.2f GiB): %s",
-                     n[i] * 4 / 1073741824.0, cuda_last_error_message());
-            return -1;
-        }
-        cuda_memset(*bufs[i], 0, n[i] * sizeof(float), NULL);  // the padding stays 0
-    }
-    return 0;
+    g->z_offset = offset;
+    return pad_buffer(&g->params, m->nparams, padded, "parameters", err, err_len) ||
+                   pad_buffer(&g->grads, m->nparams, padded, "gradients", err, err_len)
+               ? -1
+               : 0;
 }
 
 double model_cuda_zero1_step(Model *m, float lr, float beta1, float beta2, float eps,
                              float weight_decay, float clip, int step) {
     struct CudaModel *g = m->cuda;
-    const size_t lo = g->z_offset, len = g->mom_len, hi = lo + len, n = m->nparams;
-    cuda_copy(g->gpad, g->grads, n * sizeof(float), NULL);
-    dist_nccl_reduce_scatter(g->gpad, g->gshard, len, NULL);
+    const size_t lo = g->z_offset, len = g->mom_len, hi = lo + len;
+    float *slice = g->grads + lo;
+    dist_nccl_reduce_scatter(g->grads, len, NULL);
     if (!g->norm)
         g->norm = dev_alloc_or_die((1 + grad_norm_scratch_doubles()) * sizeof(double),
                                    "the gradient norm");
-    grad_norm_sq_cuda(g->norm, g->norm + 1, g->gshard, len, NULL);
+    grad_norm_sq_cuda(g->norm, g->norm + 1, slice, len, NULL);
     double sq;
     cuda_download(&sq, g->norm, sizeof sq);
     dist_allreduce_sum_double(&sq, 1);
     const double norm = sqrt(sq);
-    if (clip > 0 && norm > clip) scale_inplace_cuda(g->gshard, len, (float)(clip / norm), NULL);
+    if (clip > 0 && norm > clip) scale_inplace_cuda(slice, len, (float)(clip / norm), NULL);
     for (int i = 0; i < m->ntensors; i++) {  // each tensor's part inside the slice
         const ParamTensor *t = &m->tensors[i];
         size_t a = t->offset > lo ? t->offset : lo;
         size_t b = t->offset + t->numel < hi ? t->offset + t->numel : hi;
         if (a >= b) continue;
-        adamw_update_cuda(g->params + a, g->gshard + (a - lo), g->mom1 + (a - lo), g->mom2 + (a - lo),
-                          b - a, lr, beta1, beta2, eps, t->decay ? weight_decay : 0.0f, step, NULL);
+        adamw_update_cuda(g->params + a, g->grads + a, g->mom1 + (a - lo), g->mom2 + (a - lo), b - a,
+                          lr, beta1, beta2, eps, t->decay ? weight_decay : 0.0f, step, NULL);
     }
-    if (lo < n) cuda_copy(g->ppad + lo, g->params + lo, ((hi < n ? hi : n) - lo) * sizeof(float), NULL);
-    dist_nccl_allgather(g->ppad, len, NULL);
-    cuda_copy(g->params, g->ppad, n * sizeof(float), NULL);
+    dist_nccl_allgather(g->params, len, NULL);
     return norm;
 }
 

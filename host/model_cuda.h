@@ -41,11 +41,12 @@ void model_cuda_adamw(Model *m, float lr, float beta1, float beta2, float eps,
                       float weight_decay, int step);
 // ZeRO-1 on the GPU (train.c): the moments given to model_to_cuda are this
 // rank's slice [offset, offset + moments) of the parameters padded to
-// `padded` floats (train_ckpt.h's TrainShard). zero1_init allocates the
-// padded buffers (0, or -1 with a message); zero1_step replaces the
-// all-reduce, clip and AdamW of a step: reduce-scatter, global norm (an MPI
-// scalar all-reduce), clip, AdamW on the slice, all-gather. Returns the
-// global gradient norm before clipping.
+// `padded` floats (train_ckpt.h's TrainShard). zero1_init pads the device
+// parameters and gradients to that size (0, or -1 with a message);
+// zero1_step replaces the all-reduce, clip and AdamW of a step:
+// reduce-scatter, global norm (an MPI scalar all-reduce), clip, AdamW on the
+// slice, all-gather, all in place. Returns the global gradient norm before
+// clipping. Needs dist_nccl_init, also with one rank.
 int model_cuda_zero1_init(Model *m, size_t offset, size_t padded, char *err, size_t err_len);
 double model_cuda_zero1_step(Model *m, float lr, float beta1, float beta2, float eps,
                              float weight_decay, float clip, int step);
@@ -54,7 +55,7 @@ double model_cuda_zero1_step(Model *m, float lr, float beta1, float beta2, float
 // overlapped with the rest of the backward; off (the default), the
 // backward only computes.
 void model_cuda_overlap_allreduce(Model *m, int on);
-// The device gradient buffer (nparams floats), for the NCCL all-reduce.
+// The device gradient buffer (nparams floats).
 float *model_cuda_grads(Model *m);
 
 // model.h dispatches these when m->cuda is set.

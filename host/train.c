@@ -311,7 +311,7 @@ int train_run(const TrainOptions *o) {
     if ((rc = agree(rc, "%s", err))) goto done;
 #ifdef GLIA_HAVE_CUDA
     if (o->cuda) {
-        if (world > 1) dist_nccl_init(ds);  // selects this rank's GPU first
+        if (world > 1 || sh.zero) dist_nccl_init(ds);  // selects this rank's GPU first
         rc = model_to_cuda(m, sh.len, err, sizeof err) ? 2 : 0;  // moments: all, or this rank's slice
         if (!rc && sh.zero) rc = model_cuda_zero1_init(m, sh.offset, sh.padded, err, sizeof err) ? 2 : 0;
         if (!rc) model_cuda_upload(m, mom1, mom2);  // zero, or the checkpoint's

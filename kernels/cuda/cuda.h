@@ -210,10 +210,11 @@ void amsu_backward_cuda(float *dz, AmsuGrads *g, float *scratch, const float *dy
 struct Dist;
 void dist_nccl_init(const struct Dist *d);
 void dist_nccl_allreduce_sum(float *device_buf, size_t n, void *stream);
-// ZeRO-1 (dist.h's dist_reduce_scatter / dist_allgather on device buffers):
-// recv (n) = this rank's block of the sum of every rank's send (world · n);
-// buf (world · n): every rank's block `rank` gathered into all blocks.
-void dist_nccl_reduce_scatter(const float *send, float *recv, size_t n, void *stream);
+// ZeRO-1, in place on a device buffer of world · n floats (NCCL's in-place
+// forms): reduce_scatter leaves in block `rank` that block of the sum over
+// the ranks (the other blocks are left as they were); allgather copies every
+// rank's block `rank` into all ranks' buffers.
+void dist_nccl_reduce_scatter(float *buf, size_t n, void *stream);
 void dist_nccl_allgather(float *buf, size_t n, void *stream);
 void dist_nccl_free(void);
 

@@ -26,7 +26,7 @@ static void nccl_check_impl(ncclResult_t r, const char *file, int line) {
 #define nccl_check(call) nccl_check_impl((call), __FILE__, __LINE__)
 
 static ncclComm_t comm;
-static int comm_ready, d_rank;
+static int comm_ready;
 
 void dist_nccl_init(const Dist *d) {
     if (comm_ready) return;
@@ -37,7 +37,6 @@ void dist_nccl_init(const Dist *d) {
     if (d->rank == 0) nccl_check(ncclGetUniqueId(&id));
     dist_bcast_bytes(&id, sizeof id);  // the identity without MPI
     nccl_check(ncclCommInitRank(&comm, d->world, id, d->rank));
-    d_rank = d->rank;
     comm_ready = 1;
 }
 
@@ -53,14 +52,15 @@ void dist_nccl_allreduce_sum(float *device_buf, size_t n, void *stream) {
     nccl_check(ncclAllReduce(device_buf, device_buf, n, ncclFloat, ncclSum, comm, (cudaStream_t)stream));
 }
 
-void dist_nccl_reduce_scatter(const float *send, float *recv, size_t n, void *stream) {
+void dist_nccl_reduce_scatter(float *buf, size_t n, void *stream) {
     require_comm("dist_nccl_reduce_scatter");
-    nccl_check(ncclReduceScatter(send, recv, n, ncclFloat, ncclSum, comm, (cudaStream_t)stream));
+    float *mine = buf + (size_t)dist_self()->rank * n;  // in place: the result lands in this rank's block
+    nccl_check(ncclReduceScatter(buf, mine, n, ncclFloat, ncclSum, comm, (cudaStream_t)stream));
 }
 
 void dist_nccl_allgather(float *buf, size_t n, void *stream) {
     require_comm("dist_nccl_allgather");
-    const float *mine = buf + (size_t)d_rank * n;  // in place: this rank's block is the source
+    const float *mine = buf + (size_t)dist_self()->rank * n;  // in place: this rank's block is the source
     nccl_check(ncclAllGather(mine, buf, n, ncclFloat, comm, (cudaStream_t)stream));
 }
 

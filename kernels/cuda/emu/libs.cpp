@@ -149,7 +149,12 @@ ncclResult_t ncclReduceScatter(const void *send, void *recv, size_t recvcount, n
         memmove(recv, send, recvcount * sizeof(float));
         return ncclSuccess;
     }
-    int rc = MPI_Reduce_scatter_block(send, recv, (int)recvcount, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+    // through a copy, so that in place (recv = send + rank · recvcount) only
+    // this rank's block is written, as with NCCL
+    std::vector<float> mine(recvcount);
+    int rc = MPI_Reduce_scatter_block(send, mine.data(), (int)recvcount, MPI_FLOAT, MPI_SUM,
+                                      MPI_COMM_WORLD);
+    memcpy(recv, mine.data(), recvcount * sizeof(float));
     return rc == MPI_SUCCESS ? ncclSuccess : ncclInvalidUsage;
 }
 ncclResult_t ncclAllGather(const void *send, void *recv, size_t sendcount, ncclDataType_t type,
