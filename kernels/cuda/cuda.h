@@ -60,7 +60,6 @@ void cuda_device_describe(char *buf, size_t len);
 // Both reduced modes accumulate in fp32. Tolerances: docs/CUDA.md.
 enum { MATMUL_FP32 = 0, MATMUL_TF32 = 1, MATMUL_BF16 = 2 };
 void matmul_set_mode(int mode);
-int matmul_get_mode(void);
 // The CPU backend's contract (cpu.h), on device pointers, fp32 storage:
 // out (M, N) = alpha · inp (M, K) @ W (N, K)ᵀ, plus out if `accumulate`.
 void matmul_forward_cuda(float *out, const float *inp, const float *W, int M, int K, int N,

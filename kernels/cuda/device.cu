@@ -113,7 +113,6 @@ extern "C" void cuda_device_describe(char *buf, size_t len) {
 static int matmul_mode = MATMUL_FP32;
 
 extern "C" void matmul_set_mode(int mode) { matmul_mode = mode; }
-extern "C" int matmul_get_mode(void) { return matmul_mode; }
 
 static cublasHandle_t handle(void *stream) {
     static cublasHandle_t h;
