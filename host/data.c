@@ -384,9 +384,9 @@ size_t dataset_windows(const Dataset *d, int T) {
     return w;
 }
 
-int dataset_window(const Dataset *d, size_t index, int n, int T, int *inputs, int *targets) {
-    if (n <= 0 || index > SIZE_MAX / (size_t)n) return 0;
-    size_t span = (size_t)T + 1, w = index * (size_t)n;
+int dataset_window(const Dataset *d, size_t first, int n, int T, int *inputs, int *targets) {
+    if (n <= 0) return 0;
+    size_t span = (size_t)T + 1, w = first;
     int k = 0;
     // Find the shard holding window w and its index inside that shard.
     while (k < d->nshards && w >= d->shards[k].ntok / span) w -= d->shards[k++].ntok / span;

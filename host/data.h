@@ -54,10 +54,10 @@ void dataset_close(Dataset *d);
 // tokens (dataset_check_seq reports otherwise).
 void dataset_sample(const Dataset *d, uint64_t seed, uint64_t step, int first, int n, int T,
                     int *inputs, int *targets);
-// Validation batch: the consecutive, non-overlapping windows
-// [index·n, (index + 1)·n) of length T + 1 read through the dataset in order;
+// Validation windows: the consecutive, non-overlapping windows
+// [first, first + n) of length T + 1 read through the dataset in order;
 // returns the number of windows filled (fewer at the end of the data).
-int dataset_window(const Dataset *d, size_t index, int n, int T, int *inputs, int *targets);
+int dataset_window(const Dataset *d, size_t first, int n, int T, int *inputs, int *targets);
 // Number of whole windows of T + 1 tokens dataset_window can return.
 size_t dataset_windows(const Dataset *d, int T);
 // 0 when every shard holds more than T tokens; else an error naming the shard.

@@ -92,19 +92,20 @@ double train_lr(double lr, double min_frac, long warmup, long steps, long s) {
 }
 
 double train_eval(Model *m, const Dataset *val, int B, int T, long batches, long *windows) {
+    const Dist *ds = dist_self();
     int *in = xmalloc((size_t)B * T * sizeof(int)), *tg = xmalloc((size_t)B * T * sizeof(int));
-    double total = 0.0;
-    long n = 0;
-    for (long i = 0; i < batches; i++) {
-        int got = dataset_window(val, (size_t)i, B, T, in, tg);
-        if (got <= 0) break;
-        total += model_forward(m, in, tg, got, T, NULL) * got;
-        n += got;
+    const size_t nw = dataset_windows(val, T), G = (size_t)B * ds->world;
+    double sum[2] = {0.0, 0.0};  // this rank's summed loss and window count
+    for (long i = 0; i < batches && (size_t)i * G < nw; i++) {
+        size_t first = (size_t)i * G + (size_t)ds->rank * B;
+        int got = first < nw ? dataset_window(val, first, B, T, in, tg) : 0;
+        if (got > 0) sum[0] += model_forward(m, in, tg, got, T, NULL) * got, sum[1] += got;
     }
     free(in);
     free(tg);
-    if (windows) *windows = n;
-    return n ? total / n : NAN;
+    dist_allreduce_sum_double(sum, 2);
+    if (windows) *windows = (long)sum[1];
+    return sum[1] > 0 ? sum[0] / sum[1] : NAN;
 }
 
 static int is_dir(const char *p) {
@@ -465,12 +466,12 @@ int train_run(const TrainOptions *o) {
             printf("step %5ld/%ld | val loss %.4f | val acc %.4f (%ld answers; chance %.4f)\n", step, o->steps, vl,
                    acc, n, task_chance(o->task));
             fprintf(metrics, "{\"step\": %ld, \"val_loss\": %.6f, \"val_acc\": %.6f}\n", step, vl, acc);
-        } else if (root && o->eval_every > 0 && (step % o->eval_every == 0 || last)) {
-            long nw;
-            double vl = train_eval(m, &val, B * world, T, o->eval_batches, &nw);
-            printf("step %5ld/%ld | val loss %.4f | %.4f bits/token (%ld windows)\n", step, o->steps,
+        } else if (!o->task && o->eval_every > 0 && (step % o->eval_every == 0 || last)) {
+            long nw;  // every rank scores its share of the windows (train_eval)
+            double vl = train_eval(m, &val, B, T, o->eval_batches, &nw);
+            if (root) printf("step %5ld/%ld | val loss %.4f | %.4f bits/token (%ld windows)\n", step, o->steps,
                    vl, vl / 0.69314718055994530942, nw);
-            fprintf(metrics, "{\"step\": %ld, \"val_loss\": %.6f, \"val_bits_per_token\": %.6f}\n",
+            if (root) fprintf(metrics, "{\"step\": %ld, \"val_loss\": %.6f, \"val_bits_per_token\": %.6f}\n",
                     step, vl, vl / 0.69314718055994530942);
         }
         if (root) {

@@ -41,8 +41,12 @@ double train_lr(double lr, double min_frac, long warmup, long steps, long s);
 // The seed of a task run's validation sequences: a stream disjoint from training's.
 #define TASK_VAL_SEED_OFFSET 1000003
 
-// Mean cross-entropy (nats per token) over the first `batches` batches of B
-// consecutive validation windows of T tokens; *windows gets the count used.
+// Mean cross-entropy (nats per token) over the first `batches` batches of
+// B·world consecutive validation windows of T tokens; *windows gets the count
+// used. Under data parallelism B is the per-rank batch (what m's activations
+// hold) and every rank must call it: rank r scores windows [r·B, (r+1)·B) of
+// each batch and the sums are all-reduced, so every world size scores the
+// same windows (equal to rounding).
 double train_eval(Model *m, const Dataset *val, int B, int T, long batches, long *windows);
 
 // Resolves --data: a shard directory as is; a text file is prepared into

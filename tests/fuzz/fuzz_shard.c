@@ -24,7 +24,7 @@ static void read_dataset(const Dataset *d) {
         if (dataset_check_seq(d, T, err) != 0) continue;
         size_t nw = dataset_windows(d, T);
         for (size_t w = 0; w < 3 && w * MAX_B < nw + MAX_B; w++) {
-            int got = dataset_window(d, w, MAX_B, T, inputs, targets);
+            int got = dataset_window(d, w * MAX_B, MAX_B, T, inputs, targets);
             if (got < 0 || got > MAX_B) abort();
             for (int k = 0; k < got * T; k++)
                 if (inputs[k] < 0 || inputs[k] > d->max_token || targets[k] < 0 ||
