@@ -15,12 +15,8 @@
 
 #include "cli.h"
 #include "commands.h"
-#include "cpu/cpu.h"
 #include "glia/safetensors.h"
 #include "glia/util.h"
-#ifdef GLIA_HAVE_CUDA
-#include "cuda/cuda.h"
-#endif
 
 static const char *AMSU_SUMMARY =
     "Runs one AM-SU token mixer (SPEC.md) forward and backward on the tensors of a\n"
@@ -51,23 +47,23 @@ static const float *amsu_tensor(const StFile *f, const char *name, int ndim,
     return t->data;
 }
 
-#ifdef GLIA_HAVE_CUDA
-// The same layer on the GPU: inputs up, amsu_forward_cuda / amsu_backward_cuda,
-// results down into the host buffers the CPU path fills (acts, y, dz, g).
-// 0, or -1 with a message when the device memory does not suffice.
-static int amsu_on_gpu(float *y, AmsuActs *acts, float *dz, AmsuGrads *g, const float *z,
-                       const float *dy, const AmsuWeights *wt, AmsuShape sh) {
+// The layer on backend `be`: inputs up, forward and backward, results down
+// into the host buffers acts (s, u, o), y, dz and g (one block of 5·C² + 2·C
+// floats, in AmsuGrads order). 0, or -1 with a message when the backend's
+// memory does not suffice.
+static int amsu_run(const Backend *be, float *y, AmsuActs *acts, float *dz, AmsuGrads *g, const float *z,
+                    const float *dy, const AmsuWeights *wt, AmsuShape sh) {
     const size_t n = (size_t)sh.B * sh.T * sh.C, ncc = (size_t)sh.C * sh.C, C = sh.C;
-    const size_t nacts = amsu_acts_size(sh), nscr = amsu_scratch_floats_cuda(sh);
+    const size_t nacts = amsu_acts_size(sh), nscr = be->amsu_scratch(sh);
     const size_t total = 4 * n + 10 * ncc + 4 * C + nacts + nscr;
-    float *d = cuda_alloc(total * sizeof(float));
+    float *d = be->alloc(total * sizeof(float));
     if (!d) {
-        fprintf(stderr, "glia amsu: GPU out of memory: %s\n", cuda_last_error_message());
+        fprintf(stderr, "glia amsu: %s out of memory: %s\n", be->name, be->last_error());
         return -1;
     }
     float *p = d;
 #define TAKE(k) (p += (k), p - (k))
-    float *dz_d = TAKE(n), *dy_d = TAKE(n), *y_d = TAKE(n), *ddz = TAKE(n);
+    float *z_d = TAKE(n), *dy_d = TAKE(n), *y_d = TAKE(n), *dz_d = TAKE(n);
     AmsuWeights w = {TAKE(ncc), TAKE(ncc), TAKE(ncc), TAKE(ncc), TAKE(ncc), TAKE(C), TAKE(C)};
     float *gp = TAKE(5 * ncc + 2 * C);
     AmsuActs a;
@@ -78,31 +74,29 @@ static int amsu_on_gpu(float *y, AmsuActs *acts, float *dz, AmsuGrads *g, const 
     float *dev_w[7] = {(float *)w.W_I, (float *)w.W_K, (float *)w.W_V, (float *)w.W_Q,
                        (float *)w.W_O, (float *)w.a_lambda, (float *)w.a_beta};
     for (int i = 0; i < 7; i++)
-        if (host_w[i]) cuda_upload(dev_w[i], host_w[i], (i < 5 ? ncc : C) * sizeof(float));
+        if (host_w[i]) be->upload(dev_w[i], host_w[i], (i < 5 ? ncc : C) * sizeof(float));
     if (!sh.astro) w.W_K = w.W_V = w.W_Q = w.a_lambda = NULL;
-    cuda_upload(dz_d, z, n * sizeof(float));
-    cuda_upload(dy_d, dy, n * sizeof(float));
-    cuda_memset(gp, 0, (5 * ncc + 2 * C) * sizeof(float), NULL);
-    AmsuGrads gd = {gp, gp + ncc, gp + 2 * ncc, gp + 3 * ncc, gp + 4 * ncc, gp + 5 * ncc,
-                    gp + 5 * ncc + C};
-    amsu_forward_cuda(y_d, &a, dz_d, &w, sh, NULL, 0, NULL);
-    amsu_backward_cuda(ddz, &gd, scratch, dy_d, dz_d, &a, &w, sh, NULL);
-    cuda_download(y, y_d, n * sizeof(float));
-    cuda_download(acts->s, a.s, n * sizeof(float));
-    cuda_download(acts->u, a.u, n * sizeof(float));
-    cuda_download(acts->o, a.o, n * sizeof(float));
-    cuda_download(dz, ddz, n * sizeof(float));
-    cuda_download(g->dW_I, gp, (5 * ncc + 2 * C) * sizeof(float));  // g's layout is gd's
-    cuda_free(d);
+    be->upload(z_d, z, n * sizeof(float));
+    be->upload(dy_d, dy, n * sizeof(float));
+    be->zero(gp, (5 * ncc + 2 * C) * sizeof(float));
+    AmsuGrads gd = {gp, gp + ncc, gp + 2 * ncc, gp + 3 * ncc, gp + 4 * ncc, gp + 5 * ncc, gp + 5 * ncc + C};
+    be->amsu_forward(y_d, &a, z_d, &w, sh, NULL, 0, NULL);
+    be->amsu_backward(dz_d, &gd, scratch, dy_d, z_d, &a, &w, sh, NULL);
+    be->download(y, y_d, n * sizeof(float));
+    be->download(acts->s, a.s, n * sizeof(float));
+    be->download(acts->u, a.u, n * sizeof(float));
+    be->download(acts->o, a.o, n * sizeof(float));
+    be->download(dz, dz_d, n * sizeof(float));
+    be->download(g->dW_I, gp, (5 * ncc + 2 * C) * sizeof(float));  // g's layout is gd's
+    be->free(d);
     return 0;
 }
-#endif
 
 int cmd_amsu(int argc, char **argv) {
     CliFlag flags[] = {
         {"--in", "FILE", "input case (safetensors)", NULL},
         {"--out", "FILE", "where to write the result (safetensors)", NULL},
-        {"--device", "DEV", "backend: cpu or cuda", "cpu"},
+        {"--device", "DEV", "backend: cpu, cuda or auto", "cpu"},
         {"--astro", "on|off", "astrocyte modulation, off = SPEC's ablation", "on"},
     };
     int nf = sizeof flags / sizeof flags[0];
@@ -110,22 +104,12 @@ int cmd_amsu(int argc, char **argv) {
     if (rc) return rc == 1 ? 0 : 2;
     if (cli_require("amsu", flags, nf, "--in", "--out", NULL)) return 2;
     const char *in = cli_get(flags, nf, "--in"), *out = cli_get(flags, nf, "--out");
-    static const char *const devices[] = {"cpu", "cuda"}, *const onoff[] = {"off", "on"};
-    int device, astro;
-    if (cli_choice("amsu", "--device", cli_get(flags, nf, "--device"), devices, 2, &device) ||
+    static const char *const onoff[] = {"off", "on"};
+    int astro;
+    const Backend *be;
+    if (device_pick("amsu", cli_get(flags, nf, "--device"), NULL, &be) ||
         cli_choice("amsu", "--astro", cli_get(flags, nf, "--astro"), onoff, 2, &astro))
         return 2;
-#ifdef GLIA_HAVE_CUDA
-    if (device == 1 && cuda_device_count() == 0) {
-        fprintf(stderr, "glia amsu: --device cuda: no CUDA device found\n");
-        return 2;
-    }
-#else
-    if (device == 1) {
-        fprintf(stderr, "glia amsu: --device cuda: this glia was built without CUDA\n");
-        return 2;
-    }
-#endif
 
     char err[ST_ERR_LEN];
     StFile *f = st_load(in, err);
@@ -184,29 +168,18 @@ int cmd_amsu(int argc, char **argv) {
 
     AmsuShape sh = {(int)B, (int)T, (int)C, (int)Nh, astro};
     size_t n = (size_t)B * T * C, ncc = (size_t)C * C;
-    size_t nacts = amsu_acts_size(sh), nscr = amsu_scratch_size(sh);
-    size_t total = nacts + nscr + 2 * n + 5 * ncc + 2 * (size_t)C;
-    mem = xcalloc(total, sizeof(float));
+    size_t nacts = amsu_acts_size(sh);
+    mem = xcalloc(nacts + 2 * n + 5 * ncc + 2 * (size_t)C, sizeof(float));
     AmsuActs acts;
     amsu_acts_bind(&acts, sh, mem);
-    float *scratch = mem + nacts, *y = scratch + nscr, *dz = y + n, *gp = dz + n;
+    float *y = mem + nacts, *dz = y + n, *gp = dz + n;
     AmsuGrads g = {gp, gp + ncc, gp + 2 * ncc, gp + 3 * ncc, gp + 4 * ncc,
                    gp + 5 * ncc, gp + 5 * ncc + C};
-
-#ifdef GLIA_HAVE_CUDA
-    if (device == 1) {
-        if (astro && !amsu_head_size_supported((int)(C / Nh))) {
-            fprintf(stderr, "glia amsu: --device cuda runs head sizes 8, 16, 32, 64, 128; this case's is %lld\n",
-                    (long long)(C / Nh));
-            goto done;
-        }
-        if (amsu_on_gpu(y, &acts, dz, &g, z, dy, &wt, sh)) goto done;
-    } else
-#endif
-    {
-        amsu_forward(y, &acts, z, &wt, sh, NULL, NULL);
-        amsu_backward(dz, &g, scratch, dy, z, &acts, &wt, sh, NULL);
+    if (astro && !be->amsu_head_ok((int)(C / Nh))) {
+        fprintf(stderr, "glia amsu: --device %s does not run head size %lld\n", be->name, (long long)(C / Nh));
+        goto done;
     }
+    if (amsu_run(be, y, &acts, dz, &g, z, dy, &wt, sh)) goto done;
 
     w = st_writer_new();
     st_writer_add(w, "y", 3, btc, y);

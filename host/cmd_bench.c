@@ -113,9 +113,8 @@ static int bench_generate(int argc, char **argv) {
         if (cli_int("bench", "--threads", cli_get(flags, nf, "--threads"), 1, 4096, &threads)) return 2;
         cpu_set_threads((int)threads);
     }
-    int cuda;
-    if (device_pick("bench generate", cli_get(flags, nf, "--device"), &cuda) ||
-        device_set_matmul("bench generate", cli_get(flags, nf, "--matmul")))
+    const Backend *be;
+    if (device_pick("bench generate", cli_get(flags, nf, "--device"), cli_get(flags, nf, "--matmul"), &be))
         return 2;
     if (cli_require("bench generate", flags, nf, "--ckpt", NULL)) return 2;
     const char *ckpt = cli_get(flags, nf, "--ckpt");
@@ -130,13 +129,13 @@ static int bench_generate(int argc, char **argv) {
         model_free(m);
         return 2;
     }
-    if (device_move_model("bench generate", m, cuda)) {
+    if (device_move_model("bench generate", m, be)) {
         model_free(m);
         return 2;
     }
     const ModelConfig *c = &m->cfg;
     printf("model: L %d, C %d, heads %d, F %d, V %d; device %s\n\n", c->L, c->C, c->Nh, c->F, c->V,
-           cuda ? "cuda" : "cpu");
+           be->name);
     printf("| batch (slots) | tokens/s | ms per step |\n|---:|---:|---:|\n");
     double best_tps = 0.0, last_t = 0.0;
     long best_b = 0;
@@ -160,7 +159,7 @@ static int bench_generate(int argc, char **argv) {
         fflush(stdout);
     }
     printf("\nheadline: %s, %.0f tokens/s at %ld slots; %.3f ms per token at context %ld\n",
-           cuda ? "cuda" : "cpu", best_tps, best_b, last_t * 1e3, nc ? contexts[nc - 1] : 0L);
+           be->name, best_tps, best_b, last_t * 1e3, nc ? contexts[nc - 1] : 0L);
     model_free(pre);
     model_free(dec);
     model_free(m);

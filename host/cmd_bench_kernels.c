@@ -36,7 +36,6 @@
 #include "cuda/cuda.h"
 #include "glia/util.h"
 #include "model.h"
-#include "model_cuda.h"
 #include "rng.h"
 
 static double now_s(void) {
@@ -209,7 +208,9 @@ static void bench_step(const char *size, int B, int T, int reps, const char *mod
     Model *m = model_new(&cfg);
     model_init(m, 1);
     char err[512];
-    if (model_to_cuda(m, m->nparams, err, sizeof err)) fatal("glia bench kernels: %s", err);
+    if (model_to_backend(m, backend_cuda(), err, sizeof err) ||
+        model_alloc_train(m, 0, 1, 0, 0, m->nparams, m->nparams, err, sizeof err))
+        fatal("glia bench kernels: %s", err);
     model_alloc_acts(m, B, T);
     int *tok = xmalloc((size_t)B * T * sizeof(int)), *tgt = xmalloc((size_t)B * T * sizeof(int));
     Rng rng;
@@ -222,9 +223,7 @@ static void bench_step(const char *size, int B, int T, int reps, const char *mod
         model_zero_grad(m);
         model_forward(m, tok, tgt, B, T, NULL);
         model_backward(m, tok, 1.0f);
-        double norm = sqrt(model_cuda_grad_norm_sq(m));
-        if (norm > 1.0) model_cuda_scale_grads(m, (float)(1.0 / norm));
-        model_cuda_adamw(m, 1e-4f, 0.9f, 0.95f, 1e-8f, 0.1f, r + 1);
+        model_step(m, 1e-4f, 0.1f, 1.0f, r + 1);
         cuda_synchronize();
         t[r] = now_s() - t0;
     }

@@ -1,66 +1,56 @@
-// cmd_device.c: the --device and --matmul flags every model command shares
-// (train, eval, generate, serve), and moving a loaded model to the chosen
-// backend. One place, so each command says the same thing about a missing
-// GPU or a glia built without CUDA.
+// cmd_device.c: the one place where glia chooses a backend. The --device and
+// --matmul flags every model command shares (train, eval, generate, serve,
+// bench generate, amsu) become a `const Backend *` here, and nothing after
+// this file asks which device it is: the model and the commands call the
+// backend table (common/backend.h). Builds without CUDA have the CPU only.
 #include <stdio.h>
 
 #include "cli.h"
 #include "commands.h"
-#ifdef GLIA_HAVE_CUDA
-#include "cuda/cuda.h"
-#include "model_cuda.h"
-#endif
 
-// --device: cpu, cuda, or auto (CUDA when glia was built with it and a
-// device is found; never the CPU emulator of a GLIA_CUDA_EMU test build).
-// Sets *cuda; returns 0, or 2 after a one-line error.
-int device_pick(const char *cmd, const char *value, int *cuda) {
-    static const char *const devices[] = {"cpu", "auto", "cuda"};
-    int d;
-    *cuda = 0;
-    if (cli_choice(cmd, "--device", value, devices, 3, &d)) return 2;
+// The CUDA backend when this glia has one and a device is found, else NULL;
+// *built says whether this glia was built with CUDA at all. The emulator of a
+// test build (GLIA_CUDA_EMU) is a device only when asked for by name.
+static const Backend *cuda_backend(int by_name, int *built) {
 #ifdef GLIA_HAVE_CUDA
-    int found = cuda_device_count() > 0;
+    *built = 1;
 #ifdef GLIA_CUDA_EMU
-    if (d == 1) found = 0;
+    if (!by_name) return NULL;
 #endif
-    if (d == 2 && !found) {
-        fprintf(stderr, "glia %s: --device cuda: no CUDA device found; use --device cpu or auto\n", cmd);
-        return 2;
-    }
-    *cuda = d != 0 && found;
+    (void)by_name;
+    return backend_cuda();
 #else
-    if (d == 2) {
-        fprintf(stderr, "glia %s: --device cuda: this glia was built without CUDA (no nvcc at build "
-                "time); use --device cpu or auto\n", cmd);
+    (void)by_name;
+    *built = 0;
+    return NULL;
+#endif
+}
+
+int device_pick(const char *cmd, const char *device, const char *matmul, const Backend **be) {
+    static const char *const devices[] = {"cpu", "auto", "cuda"}, *const modes[] = {"fp32", "tf32", "bf16"};
+    int d, mode = 0, built;
+    *be = backend_cpu();
+    if (cli_choice(cmd, "--device", device, devices, 3, &d)) return 2;
+    if (matmul && cli_choice(cmd, "--matmul", matmul, modes, 3, &mode)) return 2;
+    if (d == 0) return 0;
+    const Backend *gpu = cuda_backend(d == 2, &built);
+    if (d == 2 && !gpu) {
+        if (built) fprintf(stderr, "glia %s: --device cuda: no CUDA device found; use --device cpu or auto\n", cmd);
+        else
+            fprintf(stderr, "glia %s: --device cuda: this glia was built without CUDA (no nvcc at build time); use "
+                            "--device cpu or auto\n", cmd);
         return 2;
     }
-#endif
+    if (gpu) *be = gpu;
+    (*be)->set_matmul(mode);
     return 0;
 }
 
-// --matmul fp32|tf32|bf16: the GPU's matmul mode (ignored on the CPU
-// backend); the indices are kernels/cuda/cuda.h's MATMUL_* values.
-int device_set_matmul(const char *cmd, const char *value) {
-    static const char *const modes[] = {"fp32", "tf32", "bf16"};
-    int mode;
-    if (cli_choice(cmd, "--matmul", value, modes, 3, &mode)) return 2;
-#ifdef GLIA_HAVE_CUDA
-    matmul_set_mode(mode);
-#endif
-    return 0;
-}
-
-// Moves a loaded model to the GPU when `cuda`; 0, or 2 after a one-line error.
-int device_move_model(const char *cmd, Model *m, int cuda) {
-#ifdef GLIA_HAVE_CUDA
+int device_move_model(const char *cmd, Model *m, const Backend *be) {
     char err[512];
-    if (cuda && model_to_cuda(m, 0, err, sizeof err)) {
+    if (model_to_backend(m, be, err, sizeof err)) {
         fprintf(stderr, "glia %s: %s\n", cmd, err);
         return 2;
     }
-#else
-    (void)cmd, (void)m, (void)cuda;
-#endif
     return 0;
 }

@@ -421,8 +421,8 @@ int cmd_serve(int argc, char **argv) {
         cli_int("serve", "--max-prompt", GET("--max-prompt"), 1, 1 << 24, &max_prompt) ||
         cli_int("serve", "--max-tokens", GET("--max-tokens"), 1, 1 << 24, &max_tokens))
         return 2;
-    int cuda;
-    if (device_pick("serve", GET("--device"), &cuda) || device_set_matmul("serve", GET("--matmul")))
+    const Backend *be;
+    if (device_pick("serve", GET("--device"), GET("--matmul"), &be))
         return 2;
     if (GET("--threads")) {
         if (cli_int("serve", "--threads", GET("--threads"), 1, 4096, &threads)) return 2;
@@ -440,7 +440,7 @@ int cmd_serve(int argc, char **argv) {
         fprintf(stderr, "glia serve: %s\n", err);
         return 2;
     }
-    if (device_move_model("serve", m, cuda)) {
+    if (device_move_model("serve", m, be)) {
         model_free(m);
         return 2;
     }

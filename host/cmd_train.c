@@ -18,15 +18,12 @@
 #include "engine.h"
 #include "cli.h"
 #include "commands.h"
-#include "dist.h"
+#include "cpu/cpu.h"  // the CPU's threads and cross-entropy
+#include "common/dist.h"
 #include "glia/util.h"
 #include "sample.h"
 #include "train.h"
 #include "train_ckpt.h"
-#ifdef GLIA_HAVE_CUDA
-#include "cuda/cuda.h"
-#include "model_cuda.h"
-#endif
 
 #define GET(name) cli_get(flags, nf, name)
 
@@ -141,13 +138,13 @@ static int train_parse(int argc, char **argv, TrainOptions *po) {
     for (int i = 0; i < nf; i++) defaults[i] = flags[i].value;
     int rc = cli_parse("train", TRAIN_SUMMARY, argc, argv, flags, nf);
     if (rc) return rc == 1 ? 0 : 2;
-    int cuda;
-    if (device_pick("train", GET("--device"), &cuda) || device_set_matmul("train", GET("--matmul")) ||
+    const Backend *be;
+    if (device_pick("train", GET("--device"), GET("--matmul"), &be) ||
         set_threads("train", GET("--threads")))
         return 2;
 
     TrainOptions o = {0};
-    o.cuda = cuda;
+    o.backend = be;
     if (model_config_named(GET("--size"), &o.cfg)) {
         fprintf(stderr, "glia train: --size: '%s' is not one of tiny, small, 124m, 1.5b\n", GET("--size"));
         return 2;
@@ -367,8 +364,8 @@ int cmd_eval(int argc, char **argv) {
                        "with --task, its accuracy and loss on the answers of a synthetic task (tasks.h).",
                        argc, argv, flags, nf);
     if (rc) return rc == 1 ? 0 : 2;
-    int cuda;
-    if (device_pick("eval", GET("--device"), &cuda) || device_set_matmul("eval", GET("--matmul")) ||
+    const Backend *be;
+    if (device_pick("eval", GET("--device"), GET("--matmul"), &be) ||
         set_threads("eval", GET("--threads")))
         return 2;
     long B, T, nb;
@@ -381,7 +378,7 @@ int cmd_eval(int argc, char **argv) {
     if (task_flags("eval", flags, nf, &task) || cli_int("eval", "--seed", GET("--seed"), 0, 1L << 62, &seed)) return 2;
     Model *m = load_or_fail("eval", GET("--ckpt"));
     if (!m) return 2;
-    if (device_move_model("eval", m, cuda)) {
+    if (device_move_model("eval", m, be)) {
         model_free(m);
         return 2;
     }
@@ -457,8 +454,8 @@ int cmd_generate(int argc, char **argv) {
                        "cache grows: the cost per token is the same at any length).",
                        argc, argv, flags, nf);
     if (rc) return rc == 1 ? 0 : 2;
-    int cuda;
-    if (device_pick("generate", GET("--device"), &cuda) || device_set_matmul("generate", GET("--matmul")) ||
+    const Backend *be;
+    if (device_pick("generate", GET("--device"), GET("--matmul"), &be) ||
         set_threads("generate", GET("--threads")))
         return 2;
     long ntok, topk, seed;
@@ -480,7 +477,7 @@ int cmd_generate(int argc, char **argv) {
             return 2;
         Model *bm = load_or_fail("generate", GET("--ckpt"));
         if (!bm) return 2;
-        if (device_move_model("generate", bm, cuda)) {
+        if (device_move_model("generate", bm, be)) {
             model_free(bm);
             return 2;
         }
@@ -499,7 +496,7 @@ int cmd_generate(int argc, char **argv) {
     }
     Model *m = load_or_fail("generate", GET("--ckpt"));
     if (!m) return 2;
-    if (device_move_model("generate", m, cuda)) {
+    if (device_move_model("generate", m, be)) {
         model_free(m);
         return 2;
     }

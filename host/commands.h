@@ -19,12 +19,11 @@ int bench_kernels(int argc, char **argv);  // cmd_bench_kernels.c, CUDA builds o
 
 // Shared by the model commands (cmd_device.c); each returns 0, or 2 after a
 // one-line error naming `cmd`.
-// --device cpu|auto|cuda: sets *cuda (auto: CUDA when built with it and a
-// device is found, never the CPU emulator of a GLIA_CUDA_EMU test build).
-int device_pick(const char *cmd, const char *value, int *cuda);
-// --matmul fp32|tf32|bf16: the GPU's matmul mode (ignored on the CPU).
-int device_set_matmul(const char *cmd, const char *value);
-// Moves a loaded model to the GPU when `cuda` (for inference: no gradients).
-int device_move_model(const char *cmd, Model *m, int cuda);
+// --device cpu|auto|cuda and --matmul fp32|tf32|bf16 (NULL: fp32) become
+// the backend (auto: CUDA when built with it and a device is found) with its
+// matmul mode set. 0, or 2 after a one-line error. host/cmd_device.c.
+int device_pick(const char *cmd, const char *device, const char *matmul, const Backend **be);
+// Moves a loaded model to backend `be` (inference: no gradients); 0, or 2 after a one-line error.
+int device_move_model(const char *cmd, Model *m, const Backend *be);
 
 #endif

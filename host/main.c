@@ -7,7 +7,7 @@
 
 #include "commands.h"
 #include "cpu/cpu.h"
-#include "dist.h"
+#include "common/dist.h"
 
 // OpenBLAS picks its kernels when it loads, from the CPU it recognises or
 // OPENBLAS_CORETYPE. Where it fell back to its generic SSE3 kernels on a CPU

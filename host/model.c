@@ -1,12 +1,15 @@
-// model.c: the AstroSNN language model on the CPU backend: parameters,
-// initialisation, forward, backward.
+// model.c: the AstroSNN language model, written once for every backend:
+// parameters, initialisation, forward, backward, the optimizer step and the
+// recurrent state, as calls into the backend table (common/backend.h).
 //
-// The model is a straight line of ops from kernels/cpu (the same ops the
-// tests check one by one), so this file is mostly bookkeeping: where each
-// tensor lives, and the order of the calls. Forward per layer:
+// Forward per layer (the residual adds are folded into the output matmuls:
+// x_mid starts as a copy of x_in and the AM-SU's W_O product accumulates
+// into it, and likewise x_next with W_2):
 //   z1 = RMSNorm(x_in; norm1);  x_mid = x_in + AMSU(z1)
 //   z2 = RMSNorm(x_mid; norm2); c = z2 W_1ᵀ; r = LIF(c); x_out = x_mid + r W_2ᵀ
-// and the backward walks it in reverse with one residual gradient dx.
+// and the backward walks it in reverse with one residual gradient dx. Only
+// the per-position losses travel to the host, where they are summed in
+// order, so the loss does not depend on the backend's threads.
 #include "model.h"
 
 #include <math.h>
@@ -14,14 +17,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/dist.h"
 #include "glia/util.h"
 #include "rng.h"
-#ifdef GLIA_HAVE_CUDA
-#include "model_cuda.h"
-#define ON_CUDA(m) ((m)->cuda != NULL)
-#else
-#define ON_CUDA(m) 0
-#endif
 
 // ---- configuration -------------------------------------------------------------
 
@@ -84,6 +82,7 @@ const ParamTensor *model_find(const Model *m, const char *name) {
     return NULL;
 }
 
+
 // Points the layer views at buffer `base` (parameters or gradients).
 static void bind_views(const Model *m, float *base, LayerParams *layers, float **E, float **nf) {
     char name[64];
@@ -115,6 +114,7 @@ static void bind_views(const Model *m, float *base, LayerParams *layers, float *
 Model *model_new(const ModelConfig *cfg) {
     Model *m = xcalloc(1, sizeof(Model));
     m->cfg = *cfg;
+    m->be = backend_cpu();
     int L = cfg->L, C = cfg->C, F = cfg->F, Nh = cfg->Nh;
     m->tensors = xcalloc((size_t)2 + 12 * L, sizeof(ParamTensor));
     char name[64];
@@ -142,27 +142,151 @@ Model *model_new(const ModelConfig *cfg) {
 #undef ADD
     }
     add_tensor(m, "norm_f", 1, C, 0, 0);
-    m->params = xcalloc(m->nparams, sizeof(float));
+    m->padded = m->nparams;
+    m->params = m->live = xcalloc(m->nparams, sizeof(float));
     m->layers = xcalloc(L, sizeof(LayerParams));
     m->glayers = xcalloc(L, sizeof(LayerParams));
-    bind_views(m, m->params, m->layers, &m->E, &m->norm_f);
+    bind_views(m, m->live, m->layers, &m->E, &m->norm_f);
     return m;
 }
 
-void model_alloc_grads(Model *m) {
-    if (m->grads || ON_CUDA(m)) return;  // on the GPU: model_to_cuda allocated them
-    m->grads = xcalloc(m->nparams, sizeof(float));
-    bind_views(m, m->grads, m->glayers, &m->gE, &m->gnorm_f);
+// Backend memory, or NULL with a message naming what did not fit.
+static void *be_alloc(const Backend *be, size_t bytes, const char *what, char *err, size_t err_len) {
+    void *p = be->alloc(bytes);
+    if (!p && err)
+        snprintf(err, err_len, "%s out of memory for the %s (%.2f GiB): %s", be->name, what, bytes / 1073741824.0,
+                 be->last_error());
+    return p;
 }
 
-void model_zero_grad(Model *m) {
-#ifdef GLIA_HAVE_CUDA
-    if (ON_CUDA(m)) {
-        model_cuda_zero_grad(m);
+// Backend memory for the activations of a forward or a backward: not having
+// it is not recoverable there, so it ends the process naming what to change.
+static void *be_alloc_or_die(const Backend *be, size_t bytes, const char *what) {
+    char err[300];
+    void *p = be_alloc(be, bytes, what, err, sizeof err);
+    if (!p) fatal("%s; try a smaller --batch or --seq", err);
+    return p;
+}
+
+static void free_acts(Model *m);
+
+int model_to_backend(Model *m, const Backend *be, char *err, size_t err_len) {
+    if (be == m->be) return 0;
+    const ModelConfig *c = &m->cfg;
+    if (m->shared || m->grads) fatal("model_to_backend: move a model before sharing it or training it");
+    if (c->astro && !be->amsu_head_ok(c->C / c->Nh)) {
+        snprintf(err, err_len, "the %s backend does not run head size %d (width %d / %d heads): use --device cpu",
+                 be->name, c->C / c->Nh, c->C, c->Nh);
+        return -1;
+    }
+    float *live = be->host_memory ? m->params : be_alloc(be, m->nparams * sizeof(float), "parameters", err, err_len);
+    if (!live) return -1;
+    int B = m->B, T = m->T;
+    free_acts(m);
+    if (!m->be->host_memory) m->be->free(m->live);
+    m->be = be;
+    m->live = live;
+    if (live != m->params) be->upload(live, m->params, m->nparams * sizeof(float));
+    bind_views(m, m->live, m->layers, &m->E, &m->norm_f);
+    if (B > 0) model_alloc_acts(m, B, T);
+    return 0;
+}
+
+void model_upload_params(Model *m) {
+    if (m->live != m->params) m->be->upload(m->live, m->params, m->nparams * sizeof(float));
+}
+
+void model_sync_host(Model *m) {
+    if (m->live != m->params) m->be->download(m->params, m->live, m->nparams * sizeof(float));
+}
+
+// Replaces *buf (n floats of backend memory) with a copy padded with zeros to `padded` floats.
+static int pad_buffer(const Backend *be, float **buf, size_t n, size_t padded, const char *what, char *err,
+                      size_t err_len) {
+    float *p = be_alloc(be, padded * sizeof(float), what, err, err_len);
+    if (!p) return -1;
+    be->copy(p, *buf, n * sizeof(float));
+    be->zero(p + n, (padded - n) * sizeof(float));
+    be->free(*buf);
+    *buf = p;
+    return 0;
+}
+
+int model_alloc_train(Model *m, int rank, int world, int zero, size_t mom_off, size_t mom_len, size_t padded,
+                      char *err, size_t err_len) {
+    const Backend *be = m->be;
+    if (m->grads) fatal("model_alloc_train: called twice");
+    if (padded < m->nparams || mom_off + mom_len > padded) fatal("model_alloc_train: a slice outside the parameters");
+    m->rank = rank, m->world = world, m->zero = zero;
+    m->mom_off = mom_off, m->mom_len = mom_len, m->padded = padded;
+    if (padded > m->nparams) {  // ZeRO-1: the collectives work in place on padded buffers
+        if (pad_buffer(be, &m->live, m->nparams, padded, "padded parameters", err, err_len)) return -1;
+        if (be->host_memory) m->params = m->live;
+        bind_views(m, m->live, m->layers, &m->E, &m->norm_f);
+    }
+    const size_t gbytes = padded * sizeof(float), mbytes = (mom_len ? mom_len : 1) * sizeof(float);
+    if (!(m->grads = be_alloc(be, gbytes, "gradients", err, err_len)) ||
+        !(m->mom1 = be_alloc(be, mbytes, "AdamW moments", err, err_len)) ||
+        !(m->mom2 = be_alloc(be, mbytes, "AdamW moments", err, err_len)))
+        return -1;
+    be->zero(m->grads, gbytes);
+    be->zero(m->mom1, mbytes);
+    be->zero(m->mom2, mbytes);
+    bind_views(m, m->grads, m->glayers, &m->gE, &m->gnorm_f);
+    if (world > 1 || zero) be->comm_init(rank, world, dist_self()->local_rank);
+    return 0;
+}
+
+void model_set_moments(Model *m, const float *mom1, const float *mom2) {
+    m->be->upload(m->mom1, mom1, m->mom_len * sizeof(float));
+    m->be->upload(m->mom2, mom2, m->mom_len * sizeof(float));
+}
+
+void model_moments_host(Model *m, const float **mom1, const float **mom2) {
+    if (m->be->host_memory) {
+        *mom1 = m->mom1, *mom2 = m->mom2;
         return;
     }
-#endif
-    memset(m->grads, 0, m->nparams * sizeof(float));
+    if (!m->host_mom1) {
+        m->host_mom1 = xmalloc((m->mom_len ? m->mom_len : 1) * sizeof(float));
+        m->host_mom2 = xmalloc((m->mom_len ? m->mom_len : 1) * sizeof(float));
+    }
+    m->be->download(m->host_mom1, m->mom1, m->mom_len * sizeof(float));
+    m->be->download(m->host_mom2, m->mom2, m->mom_len * sizeof(float));
+    *mom1 = m->host_mom1, *mom2 = m->host_mom2;
+}
+
+void model_zero_grad(Model *m) { m->be->zero(m->grads, m->padded * sizeof(float)); }
+
+void model_set_reduce(Model *m, int on) { m->reduce = on && m->world > 1 && !m->zero; }
+
+double model_step(Model *m, float lr, float weight_decay, float clip, int step) {
+    const Backend *be = m->be;
+    const size_t lo = m->mom_off, hi = m->mom_off + m->mom_len;
+    double sq;
+    if (m->zero) {  // this rank's summed slice lands in grads[lo, hi)
+        be->reduce_scatter(m->grads, m->mom_len);
+        sq = be->grad_norm_sq(m->grads + lo, m->mom_len);
+        dist_allreduce_sum_double(&sq, 1);
+    } else {
+        if (m->world > 1 && !m->reduced) {
+            be->allreduce_begin(m->grads, m->nparams);
+            be->allreduce_wait();
+        }
+        sq = be->grad_norm_sq(m->grads, m->nparams);
+    }
+    m->reduced = 0;
+    const double norm = sqrt(sq);
+    if (clip > 0 && norm > clip) be->scale(m->grads + lo, m->mom_len, (float)(clip / norm));
+    for (int i = 0; i < m->ntensors; i++) {  // each tensor's part inside the slice
+        const ParamTensor *t = &m->tensors[i];
+        size_t a = t->offset > lo ? t->offset : lo, b = t->offset + t->numel < hi ? t->offset + t->numel : hi;
+        if (a >= b) continue;
+        be->adamw(m->live + a, m->grads + a, m->mom1 + (a - lo), m->mom2 + (a - lo), b - a, lr, 0.9f, 0.95f, 1e-8f,
+                  t->decay ? weight_decay : 0.0f, step);
+    }
+    if (m->zero) be->allgather(m->live, m->mom_len);
+    return norm;
 }
 
 void model_init(Model *m, uint64_t seed) {
@@ -199,92 +323,87 @@ void model_init(Model *m, uint64_t seed) {
     }
 }
 
+
 // ---- activations -------------------------------------------------------------------
 
 static AmsuShape amsu_shape(const Model *m, int B, int T) {
     return (AmsuShape){B, T, m->cfg.C, m->cfg.Nh, m->cfg.astro};
 }
 
-void model_alloc_acts(Model *m, int B, int T) {
-#ifdef GLIA_HAVE_CUDA
-    if (ON_CUDA(m)) {
-        m->B = B, m->T = T;
-        model_cuda_alloc_acts(m, B, T);
-        return;
-    }
-#endif
-    if (m->acts_mem && m->B == B && m->T == T) return;
-    free(m->acts_mem);
-    free(m->grad_mem);
-    free(m->targets);
-    free(m->test_keep);
+static void free_acts(Model *m) {
+    const Backend *be = m->be;
+    if (m->acts_mem) be->free(m->acts_mem);
+    if (m->grad_mem) be->free(m->grad_mem);
+    if (m->tokens) be->free(m->tokens);
+    if (m->emb_scratch) be->free(m->emb_scratch);
     free(m->acts);
+    free(m->host_targets);
+    free(m->host_losses);
+    free(m->host_row);
+    free(m->test_keep);
+    m->acts_mem = m->grad_mem = NULL;
+    m->tokens = m->targets = m->emb_scratch = NULL;
+    m->acts = NULL;
+    m->host_targets = NULL;
+    m->host_losses = m->host_row = m->test_keep = NULL;
+    m->B = m->T = 0;
+}
+
+void model_alloc_acts(Model *m, int B, int T) {
+    if (m->acts_mem && m->B == B && m->T == T) return;
+    free_acts(m);
     m->B = B, m->T = T;
     const ModelConfig *c = &m->cfg;
+    const Backend *be = m->be;
     size_t bt = (size_t)B * T, btc = bt * c->C, btf = bt * c->F, btv = bt * c->V;
     AmsuShape sh = amsu_shape(m, B, T);
     size_t per_layer = 4 * btc + 2 * bt + amsu_acts_size(sh) + 3 * btf;
-    size_t total = c->L * per_layer + 3 * btc + bt + btv;
-    m->acts_mem = xmalloc(total * sizeof(float));
+    size_t total = c->L * per_layer + 2 * btc + 2 * bt + btv;
+    m->acts_mem = be_alloc_or_die(be, total * sizeof(float), "activations");
     m->acts = xcalloc(c->L, sizeof(LayerActs));
     float *p = m->acts_mem;
 #define TAKE(n) (p += (n), p - (n))
     for (int l = 0; l < c->L; l++) {
         LayerActs *a = &m->acts[l];
-        a->x_in = TAKE(btc);
-        a->z1 = TAKE(btc);
-        a->rstd1 = TAKE(bt);
+        a->x_in = TAKE(btc), a->z1 = TAKE(btc), a->rstd1 = TAKE(bt);
         amsu_acts_bind(&a->amsu, sh, TAKE(amsu_acts_size(sh)));
-        a->x_mid = TAKE(btc);
-        a->z2 = TAKE(btc);
-        a->rstd2 = TAKE(bt);
-        a->c = TAKE(btf);
-        a->w = TAKE(btf);
-        a->r = TAKE(btf);
+        a->x_mid = TAKE(btc), a->z2 = TAKE(btc), a->rstd2 = TAKE(bt);
+        a->c = TAKE(btf), a->w = TAKE(btf), a->r = TAKE(btf);
     }
-    m->x_out = TAKE(btc);
-    m->zf = TAKE(btc);
-    m->rstdf = TAKE(bt);
+    m->x_out = TAKE(btc), m->zf = TAKE(btc), m->rstdf = TAKE(bt), m->losses = TAKE(bt);
     m->logits = TAKE(btv);
-    m->tmp = TAKE(btc);
 #undef TAKE
-    m->grad_mem = NULL;  // allocated by the first backward
-    m->targets = xmalloc(bt * sizeof(int));
-    m->test_keep = NULL;
+    m->tokens = be_alloc_or_die(be, 2 * bt * sizeof(int), "token ids");
+    m->targets = m->tokens + bt;
+    m->host_targets = xmalloc(bt * sizeof(int));
+    m->host_losses = xmalloc(bt * sizeof(float));
+    m->host_row = be->host_memory ? NULL : xmalloc((size_t)c->V * sizeof(float));
 }
 
-// ---- forward -------------------------------------------------------------------------
-
-static void add_into(float *out, const float *a, const float *b, size_t n) {
-#pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+// The backward's scratch, sized for the allocated batch (any smaller one fits too).
+static void alloc_grad_scratch(Model *m) {
+    const Backend *be = m->be;
+    const ModelConfig *c = &m->cfg;
+    const int B = m->B, T = m->T, C = c->C, F = c->F, M = B * T;
+    const size_t btc = (size_t)M * C, btf = (size_t)M * F;
+    const size_t amsu = be->amsu_scratch(amsu_shape(m, B, T)), rms = be->rmsnorm_scratch(M, C);
+    const size_t lif = be->neuron_scratch(B, F);
+    m->grad_mem = be_alloc_or_die(be, (2 * btc + 2 * btf + amsu + rms + lif) * sizeof(float), "backward pass");
+    float *p = m->grad_mem;
+#define TAKE(n) (p += (n), p - (n))
+    m->dx = TAKE(btc), m->dz = TAKE(btc), m->dc = TAKE(btf), m->dr = TAKE(btf);
+    m->amsu_scratch = TAKE(amsu), m->rms_scratch = TAKE(rms), m->lif_scratch = TAKE(lif);
+#undef TAKE
+    size_t emb = be->embedding_scratch(M);
+    m->emb_scratch = be_alloc_or_die(be, (emb ? emb : 1) * sizeof(int), "embedding backward");
 }
 
-double model_xent(const float *logits, int V, int target) {
-    float mx = logits[0];
-    for (int i = 1; i < V; i++) mx = logits[i] > mx ? logits[i] : mx;
-    double sum = 0.0;
-    for (int i = 0; i < V; i++) sum += exp((double)logits[i] - mx);
-    return log(sum) + mx - logits[target];
-}
-
-void model_xent_backward(float *dlogits, const float *logits, int V, int target, float k) {
-    if (target < 0) {
-        memset(dlogits, 0, V * sizeof(float));
-        return;
-    }
-    float mx = logits[0];
-    for (int v = 1; v < V; v++) mx = logits[v] > mx ? logits[v] : mx;
-    double sum = 0.0;
-    for (int v = 0; v < V; v++) sum += exp((double)logits[v] - mx);
-    float inv = (float)(1.0 / sum);
-    for (int v = 0; v < V; v++) dlogits[v] = expf(logits[v] - mx) * inv * k;
-    dlogits[target] -= k;
-}
+// ---- test mode (gradient checks) --------------------------------------------------------
 
 // The test mode's neuron settings for neuron `which` (0 AM-SU, 1 FFN) of layer l.
 static const NeuronTestMode *test_for(Model *m, int l, int which, NeuronTestMode *buf) {
     if (!m->test_mode) return NULL;
+    if (!m->be->host_memory) fatal("the gradient-check test mode runs on host-memory backends only");
     const ModelConfig *c = &m->cfg;
     size_t stride = (size_t)m->B * m->T * (c->C > c->F ? c->C : c->F);
     buf->smooth = 1;
@@ -307,127 +426,130 @@ static void test_record(Model *m, int l, int which, const float *s, int B, int T
             }
 }
 
+// ---- forward -------------------------------------------------------------------------
+
 static AmsuWeights amsu_weights(const LayerParams *p) {
     return (AmsuWeights){p->W_I, p->W_K, p->W_V, p->W_Q, p->W_O, p->a_lambda, p->a_beta};
 }
 
-double model_forward(Model *m, const int *tokens, const int *targets, int B, int T,
-                     ModelState *state) {
-#ifdef GLIA_HAVE_CUDA
-    if (ON_CUDA(m)) return model_cuda_forward(m, tokens, targets, B, T, state);
-#endif
+double model_forward(Model *m, const int *tokens, const int *targets, int B, int T, ModelState *state) {
     const ModelConfig *c = &m->cfg;
+    const Backend *be = m->be;
     if (B < 1 || T < 1 || B > m->B || T > m->T)
-        fatal("model_forward: batch %dx%d does not fit the activations allocated for %dx%d", B,
-              T, m->B, m->T);
+        fatal("model_forward: batch %dx%d does not fit the activations allocated for %dx%d", B, T, m->B, m->T);
     if (state && state->B != B) fatal("model_forward: state holds %d sequences, batch has %d", state->B, B);
-    int C = c->C, F = c->F, M = B * T;
-    size_t btc = (size_t)M * C;
-    AmsuShape sh = amsu_shape(m, B, T);
+    if (state && state->be != be) fatal("model_forward: the state is on another backend than the model");
+    const int C = c->C, F = c->F, V = c->V, M = B * T;
+    const size_t btc = (size_t)M * C;
+    const AmsuShape sh = amsu_shape(m, B, T);
     NeuronTestMode tb;
     m->last_B = B, m->last_T = T, m->last_scored = targets != NULL && !state;
 
-    float *x = m->acts[0].x_in;
-    for (int i = 0; i < M; i++) memcpy(x + (size_t)i * C, m->E + (size_t)tokens[i] * C, C * sizeof(float));
+    be->upload(m->tokens, tokens, (size_t)M * sizeof(int));
+    be->embedding_forward(m->acts[0].x_in, m->tokens, m->E, M, C);
     for (int l = 0; l < c->L; l++) {
         LayerActs *a = &m->acts[l];
         const LayerParams *p = &m->layers[l];
-        AmsuWeights w = amsu_weights(p);
+        const AmsuWeights w = amsu_weights(p);
+        LayerState *ls = state ? &state->layers[l] : NULL;
         float *x_next = l + 1 < c->L ? m->acts[l + 1].x_in : m->x_out;
-        // token mixer
-        rmsnorm_forward(a->z1, a->rstd1, a->x_in, p->norm1, M, C);
-        amsu_forward(m->tmp, &a->amsu, a->z1, &w, sh, state ? &state->layers[l].amsu : NULL,
-                     test_for(m, l, 0, &tb));
+        // token mixer: x_mid = x_in + AMSU(RMSNorm(x_in))
+        be->rmsnorm_forward(a->z1, a->rstd1, a->x_in, p->norm1, M, C);
+        be->copy(a->x_mid, a->x_in, btc * sizeof(float));
+        be->amsu_forward(a->x_mid, &a->amsu, a->z1, &w, sh, ls ? &ls->amsu : NULL, 1, test_for(m, l, 0, &tb));
         test_record(m, l, 0, a->amsu.s, B, T, C);
-        add_into(a->x_mid, a->x_in, m->tmp, btc);
-        // channel mixer
-        rmsnorm_forward(a->z2, a->rstd2, a->x_mid, p->norm2, M, C);
-        matmul_forward(a->c, a->z2, p->W_1, M, C, F, 1.0f, 0);
-        neuron_forward(a->w, a->r, a->c, NULL, p->a_beta_ffn,
-                       state ? state->layers[l].w : NULL, state ? state->layers[l].r : NULL, B, T, F, test_for(m, l, 1, &tb));
+        // channel mixer: x_next = x_mid + r W_2ᵀ, r = LIF(RMSNorm(x_mid) W_1ᵀ)
+        be->rmsnorm_forward(a->z2, a->rstd2, a->x_mid, p->norm2, M, C);
+        be->matmul_forward(a->c, a->z2, p->W_1, M, C, F, 1.0f, 0);
+        be->neuron_forward(a->w, a->r, a->c, NULL, p->a_beta_ffn, ls ? ls->w : NULL, ls ? ls->r : NULL, B, T, F,
+                           test_for(m, l, 1, &tb));
         test_record(m, l, 1, a->r, B, T, F);
-        matmul_forward(m->tmp, a->r, p->W_2, M, F, C, 1.0f, 0);
-        add_into(x_next, a->x_mid, m->tmp, btc);
+        be->copy(x_next, a->x_mid, btc * sizeof(float));
+        be->matmul_forward(x_next, a->r, p->W_2, M, F, C, 1.0f, 1);
     }
-    rmsnorm_forward(m->zf, m->rstdf, m->x_out, m->norm_f, M, C);
-    matmul_forward(m->logits, m->zf, m->E, M, C, c->V, 1.0f, 0);  // tied head, real rows only
+    be->rmsnorm_forward(m->zf, m->rstdf, m->x_out, m->norm_f, M, C);
+    be->matmul_forward(m->logits, m->zf, m->E, M, C, V, 1.0f, 0);  // tied head, real rows only
     if (!targets) return 0.0;
 
-    memcpy(m->targets, targets, (size_t)M * sizeof(int));
+    memcpy(m->host_targets, targets, (size_t)M * sizeof(int));
+    be->upload(m->targets, targets, (size_t)M * sizeof(int));
+    be->xent_forward(m->losses, m->logits, m->targets, M, V);
+    be->download(m->host_losses, m->losses, (size_t)M * sizeof(float));
     double loss = 0.0;
     int scored = 0;
     for (int i = 0; i < M; i++) {  // in order: the loss does not depend on threads
         if (targets[i] < 0) continue;
-        loss += model_xent(m->logits + (size_t)i * c->V, c->V, targets[i]);
+        loss += m->host_losses[i];
         scored++;
     }
     return scored ? loss / scored : 0.0;
 }
 
 const float *model_logits(const Model *m, int b, int t) {
-#ifdef GLIA_HAVE_CUDA
-    if (ON_CUDA(m)) return model_cuda_logits((Model *)m, b, t);
-#endif
-    return m->logits + ((size_t)b * m->last_T + t) * m->cfg.V;
+    const float *row = m->logits + ((size_t)b * m->last_T + t) * m->cfg.V;
+    if (m->be->host_memory) return row;
+    m->be->download(m->host_row, row, (size_t)m->cfg.V * sizeof(float));
+    return m->host_row;
 }
 
 // ---- backward ------------------------------------------------------------------------
+// With m->reduce (data parallelism without ZeRO), each finished range of
+// gradients goes to the backend's all-reduce as soon as the backward has
+// issued it. The parameter table is E, then each layer's tensors in turn,
+// then norm_f, and the backward finishes them in the opposite order: layer
+// L-1 together with norm_f (the head), then each layer, then E (tied: head
+// and embedding) last. Every rank begins the same reductions in the same
+// order, as NCCL requires; where the backend overlaps them (CUDA) they run
+// while the next layers compute.
 
 void model_backward(Model *m, const int *tokens, float scale) {
-#ifdef GLIA_HAVE_CUDA
-    if (ON_CUDA(m)) {
-        model_cuda_backward(m, tokens, scale);
-        return;
-    }
-#endif
     const ModelConfig *c = &m->cfg;
-    int B = m->last_B, T = m->last_T, C = c->C, F = c->F, V = c->V, M = B * T;
-    size_t btc = (size_t)M * C, btf = (size_t)M * F;
-    AmsuShape sh = amsu_shape(m, B, T);
-    if (!m->grads) fatal("model_backward: gradients not allocated");
-    if (!m->last_scored) fatal("model_backward: the last forward had no targets, or carried state");
-    if (!m->grad_mem) {  // sized for the allocated batch, so any smaller one fits too
-        AmsuShape full = amsu_shape(m, m->B, m->T);
-        size_t mbt = (size_t)m->B * m->T;
-        m->grad_mem = xmalloc((mbt * (2 * C + 2 * F + V) + amsu_scratch_size(full)) * sizeof(float));
-    }
-    float *dx = m->grad_mem, *dz = dx + btc, *scratch = dz + btc;
-    float *dc = scratch + amsu_scratch_size(sh), *dr = dc + btf, *dlogits = dr + btf;
+    const Backend *be = m->be;
+    const int B = m->last_B, T = m->last_T, C = c->C, F = c->F, V = c->V, M = B * T;
+    const AmsuShape sh = amsu_shape(m, B, T);
     NeuronTestMode tb;
+    if (!m->grads) fatal("model_backward: no training state (model_alloc_train)");
+    if (!m->last_scored) fatal("model_backward: the last forward had no targets, or carried state");
+    if (!m->grad_mem) alloc_grad_scratch(m);
 
-    // cross-entropy: dlogits = (softmax − onehot) · scale / scored
+    // cross-entropy: dlogits = (softmax − onehot) · scale / scored, in place of the logits
     int scored = 0;
-    for (int i = 0; i < M; i++) scored += m->targets[i] >= 0;
-    float k = scored ? scale / (float)scored : 0.0f;
-#pragma omp parallel for schedule(static)
-    for (int i = 0; i < M; i++)
-        model_xent_backward(dlogits + (size_t)i * V, m->logits + (size_t)i * V, V, m->targets[i], k);
+    for (int i = 0; i < M; i++) scored += m->host_targets[i] >= 0;
+    be->xent_backward(m->logits, m->targets, scored ? scale / (float)scored : 0.0f, M, V);
+    m->last_scored = 0;  // the logits are gone
+    float *dlogits = m->logits, *dx = m->dx, *dz = m->dz;
     // logits = zf E[:V]ᵀ
-    matmul_backward(dz, m->gE, dlogits, m->zf, m->E, M, C, V, 1.0f, 0);
-    memset(dx, 0, btc * sizeof(float));
-    rmsnorm_backward(dx, m->gnorm_f, dz, m->x_out, m->norm_f, m->rstdf, M, C);
+    be->matmul_backward(dz, m->gE, dlogits, m->zf, m->E, M, C, V, 1.0f, 0);
+    be->zero(dx, (size_t)M * C * sizeof(float));
+    be->rmsnorm_backward(dx, m->gnorm_f, m->rms_scratch, dz, m->x_out, m->norm_f, m->rstdf, M, C);
 
     for (int l = c->L - 1; l >= 0; l--) {
         LayerActs *a = &m->acts[l];
         const LayerParams *p = &m->layers[l];
         LayerParams *g = &m->glayers[l];
         // x_out = x_mid + r W_2ᵀ
-        matmul_backward(dr, g->W_2, dx, a->r, p->W_2, M, F, C, 1.0f, 0);
-        neuron_backward(dc, NULL, g->a_beta_ffn, dr, a->w, NULL, a->r, p->a_beta_ffn, B, T, F,
-                        test_for(m, l, 1, &tb));
-        matmul_backward(dz, g->W_1, dc, a->z2, p->W_1, M, C, F, 1.0f, 0);
-        rmsnorm_backward(dx, g->norm2, dz, a->x_mid, p->norm2, a->rstd2, M, C);
+        be->matmul_backward(m->dr, g->W_2, dx, a->r, p->W_2, M, F, C, 1.0f, 0);
+        be->neuron_backward(m->dc, NULL, g->a_beta_ffn, m->lif_scratch, m->dr, a->w, NULL, a->r, p->a_beta_ffn, B,
+                            T, F, test_for(m, l, 1, &tb));
+        be->matmul_backward(dz, g->W_1, m->dc, a->z2, p->W_1, M, C, F, 1.0f, 0);
+        be->rmsnorm_backward(dx, g->norm2, m->rms_scratch, dz, a->x_mid, p->norm2, a->rstd2, M, C);
         // x_mid = x_in + AMSU(z1)
-        AmsuWeights w = amsu_weights(p);
+        const AmsuWeights w = amsu_weights(p);
         AmsuGrads ag = {g->W_I, g->W_K, g->W_V, g->W_Q, g->W_O, g->a_lambda, g->a_beta};
-        amsu_backward(dz, &ag, scratch, dx, a->z1, &a->amsu, &w, sh, test_for(m, l, 0, &tb));
-        rmsnorm_backward(dx, g->norm1, dz, a->x_in, p->norm1, a->rstd1, M, C);
+        be->amsu_backward(dz, &ag, m->amsu_scratch, dx, a->z1, &a->amsu, &w, sh, test_for(m, l, 0, &tb));
+        be->rmsnorm_backward(dx, g->norm1, m->rms_scratch, dz, a->x_in, p->norm1, a->rstd1, M, C);
+        if (m->reduce) {  // this layer's gradients are final: from its first tensor to the next layer's
+            size_t lo = (size_t)(g->norm1 - m->grads);
+            size_t hi = l + 1 < c->L ? (size_t)(m->glayers[l + 1].norm1 - m->grads) : m->nparams;
+            be->allreduce_begin(m->grads + lo, hi - lo);  // the last layer's range ends with norm_f
+        }
     }
-    // x = E[token]: in token order, so the sums do not depend on threads
-    for (int i = 0; i < M; i++) {
-        float *ge = m->gE + (size_t)tokens[i] * C;
-        const float *d = dx + (size_t)i * C;
-        for (int j = 0; j < C; j++) ge[j] += d[j];
+    // x = E[token]: each token's rows summed in position order
+    be->embedding_backward(m->gE, dx, tokens, m->emb_scratch, M, C);
+    if (m->reduce) {
+        be->allreduce_begin(m->gE, (size_t)c->Vp * C);
+        be->allreduce_wait();  // nothing reads the gradients before every reduction is done
+        m->reduced = 1;
     }
 }
 
@@ -441,15 +563,14 @@ size_t model_state_floats(const ModelConfig *c) {
 // Layout of mem: per layer H (B, Nh, D, D), u (B, C), s (B, C), w (B, F), r (B, F).
 ModelState *model_state_new(const Model *m, int B) {
     const ModelConfig *c = &m->cfg;
-    size_t D = (size_t)(c->C / c->Nh);
+    size_t D = (size_t)(c->C / c->Nh), bytes = (size_t)B * model_state_floats(c) * sizeof(float);
     ModelState *s = xcalloc(1, sizeof(ModelState));
+    s->be = m->be;
     s->B = B, s->L = c->L;
     s->H1 = c->astro ? (size_t)c->Nh * D * D : 0, s->C = (size_t)c->C, s->F = (size_t)c->F;
     s->layers = xcalloc(c->L, sizeof(LayerState));
-    s->mem = s->base = xcalloc((size_t)B * model_state_floats(c), sizeof(float));
-#ifdef GLIA_HAVE_CUDA
-    if (ON_CUDA(m)) model_cuda_state_new(m, s);  // the state lives on the device
-#endif
+    s->mem = be_alloc_or_die(s->be, bytes ? bytes : 1, "recurrent state");
+    s->be->zero(s->mem, bytes);
     float *p = s->mem;
     for (int l = 0; l < c->L; l++) {
         LayerState *ls = &s->layers[l];
@@ -482,16 +603,14 @@ ModelState *model_state_slot(const ModelState *all, int b) {
 }
 
 void model_state_reset_slot(ModelState *s, int b) {
-#ifdef GLIA_HAVE_CUDA
-    if (s->dev) model_cuda_state_reset_slot(s, b);
-#endif
+    const Backend *be = s->be;
     for (int l = 0; l < s->L; l++) {
         LayerState *ls = &s->layers[l];
-        if (ls->amsu.H) memset(ls->amsu.H + b * s->H1, 0, s->H1 * sizeof(float));
-        memset(ls->amsu.u + b * s->C, 0, s->C * sizeof(float));
-        memset(ls->amsu.s + b * s->C, 0, s->C * sizeof(float));
-        memset(ls->w + b * s->F, 0, s->F * sizeof(float));
-        memset(ls->r + b * s->F, 0, s->F * sizeof(float));
+        if (ls->amsu.H) be->zero(ls->amsu.H + b * s->H1, s->H1 * sizeof(float));
+        be->zero(ls->amsu.u + b * s->C, s->C * sizeof(float));
+        be->zero(ls->amsu.s + b * s->C, s->C * sizeof(float));
+        be->zero(ls->w + b * s->F, s->F * sizeof(float));
+        be->zero(ls->r + b * s->F, s->F * sizeof(float));
     }
 }
 
@@ -501,42 +620,36 @@ void model_state_reset(ModelState *s) {
 
 void model_state_free(ModelState *s) {
     if (!s) return;
-#ifdef GLIA_HAVE_CUDA
-    if (s->dev) model_cuda_state_free(s);
-#endif
+    if (s->mem) s->be->free(s->mem);
     free(s->layers);
-    free(s->mem);
     free(s);
 }
 
 Model *model_share(const Model *m) {
     Model *v = xcalloc(1, sizeof(Model));
     v->cfg = m->cfg;
-    v->tensors = m->tensors, v->ntensors = m->ntensors, v->nparams = m->nparams;
-    v->params = m->params, v->layers = m->layers, v->E = m->E, v->norm_f = m->norm_f;
+    v->be = m->be;
+    v->tensors = m->tensors, v->ntensors = m->ntensors, v->nparams = m->nparams, v->padded = m->padded;
+    v->params = m->params, v->live = m->live, v->layers = m->layers, v->E = m->E, v->norm_f = m->norm_f;
     v->shared = 1;
-#ifdef GLIA_HAVE_CUDA
-    if (ON_CUDA(m)) model_cuda_share(m, v);  // the view runs on the GPU too, on m's parameters
-#endif
     return v;
 }
 
 void model_free(Model *m) {
     if (!m) return;
-#ifdef GLIA_HAVE_CUDA
-    model_cuda_free(m);
-#endif
+    const Backend *be = m->be;
+    free_acts(m);
     if (!m->shared) {
+        if (m->live != m->params) be->free(m->live);
         free(m->tensors);
         free(m->params);
         free(m->layers);
     }
-    free(m->grads);
+    if (m->grads) be->free(m->grads);
+    if (m->mom1) be->free(m->mom1);
+    if (m->mom2) be->free(m->mom2);
+    free(m->host_mom1);
+    free(m->host_mom2);
     free(m->glayers);
-    free(m->acts_mem);
-    free(m->acts);
-    free(m->grad_mem);
-    free(m->targets);
-    free(m->test_keep);
     free(m);
 }

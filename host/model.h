@@ -6,16 +6,21 @@
 // Like llm.c, all parameters live in one contiguous buffer (and so do their
 // gradients and the AdamW moments), described by a table of named tensors;
 // the names are the checkpoint's tensor names. Activations for one (B, T)
-// live in a second buffer carved at model_alloc_acts. The functions below
-// run on the CPU backend, or on the CUDA backend once model_to_cuda
-// (model_cuda.h) has moved the model to the GPU.
+// live in a second buffer carved at model_alloc_acts.
+//
+// The model is written once, against the backend table (common/backend.h):
+// it runs wherever model_to_backend put it (the CPU from model_new). Every
+// buffer the computation touches (parameters, gradients, moments,
+// activations, recurrent state) is in the backend's memory, at the same
+// offsets on every backend; `params` is the host copy that checkpoints read
+// and write, and is the live buffer itself on host-memory backends.
 #ifndef GLIA_MODEL_H
 #define GLIA_MODEL_H
 
 #include <stddef.h>
 #include <stdint.h>
 
-#include "cpu/cpu.h"
+#include "common/backend.h"
 
 #define MODEL_VERSION 1  // SPEC.md model_version
 
@@ -76,30 +81,39 @@ typedef struct {      // one layer's recurrent state for B sequences
     float *w, *r;     // (B, F) FFN membrane and spikes
 } LayerState;
 
-// Recurrent state of B sequences (generation). Every tensor is batch-major,
-// so sequence b of a state is itself a B = 1 state at fixed offsets: a slot
-// view (model_state_slot) points into it without copying, and the serving
-// engine prefills one slot of its pool through such a view.
+// Recurrent state of B sequences (generation), in the model's backend
+// memory. Every tensor is batch-major, so sequence b of a state is itself a
+// B = 1 state at fixed offsets: a slot view (model_state_slot) points into it
+// without copying, and the serving engine prefills one slot of its pool
+// through such a view.
 typedef struct {
     LayerState *layers;  // (L)
-    float *mem;          // owned storage; NULL for a slot view
-    float *base;         // the owner's mem (a slot view's too): device offsets are taken from it
-    float *dev;          // CUDA: the device copy of the owner's mem (the state itself), else NULL
+    float *mem;          // owned storage (backend memory); NULL for a slot view
+    const Backend *be;
     int B, L;
     size_t H1, C, F;     // floats per sequence of H (0 when astro off), of u and s, of w and r
 } ModelState;
 
 typedef struct {
     ModelConfig cfg;
+    const Backend *be;     // where it computes: the CPU from model_new, until model_to_backend
     ParamTensor *tensors;  // (ntensors)
     int ntensors;
     size_t nparams;
-    float *params;         // (nparams)
-    float *grads;          // (nparams), allocated by model_alloc_grads
-    LayerParams *layers, *glayers;  // (L) views into params and grads
-    float *E, *norm_f, *gE, *gnorm_f;  // E (Vp, C), norm_f (C)
+    float *params;         // (nparams) host copy (checkpoints); the live buffer on host-memory backends
+    float *live;           // (padded) the parameters the backend computes with (backend memory)
+    LayerParams *layers, *glayers;  // (L) views into live and grads
+    float *E, *norm_f, *gE, *gnorm_f;  // E (Vp, C), norm_f (C), in live and grads
 
-    // activations, allocated for B sequences of T tokens
+    // training (model_alloc_train), backend memory
+    float *grads;          // (padded)
+    float *mom1, *mom2;    // (mom_len) AdamW moments: all parameters, or this rank's ZeRO-1 slice
+    size_t mom_off, mom_len, padded;  // the slice [mom_off, mom_off + mom_len) of `padded` floats
+    int rank, world, zero;
+    int reduce, reduced;   // model_set_reduce; whether the last backward all-reduced
+    float *host_mom1, *host_mom2;  // host copies for checkpoints (device backends)
+
+    // activations (backend memory), allocated for B sequences of T tokens
     int B, T;
     int last_B, last_T, last_scored;  // the last forward's batch; whether it can be backpropagated
     float *acts_mem;
@@ -107,25 +121,61 @@ typedef struct {
     float *x_out;     // (B, T, C) residual stream after the last layer
     float *zf;        // (B, T, C)
     float *rstdf;     // (B, T)
-    float *logits;    // (B, T, V); after a backward: the probabilities
-    float *tmp;       // (B, T, C) residual writes
-    float *grad_mem;  // backward scratch: dx, dz (B,T,C), amsu scratch, dc, dr (B,T,F), dlogits
-    int *targets;     // (B, T) copy of the last targets (-1: position not scored)
+    float *logits;    // (B, T, V); a backward overwrites them with their gradient
+    float *losses;    // (B, T) per-position cross-entropy
+    int *tokens, *targets;  // (B, T) the last batch, in backend memory
+    // backward scratch: dx, dz (B,T,C), dc, dr (B,T,F), the ops' scratch
+    float *grad_mem, *dx, *dz, *dc, *dr, *amsu_scratch, *rms_scratch, *lif_scratch;
+    int *emb_scratch;
+    // host side
+    int *host_targets;   // (B, T) the last targets (-1: position not scored)
+    float *host_losses;  // (B, T)
+    float *host_row;     // (V) one logits row (model_logits on device backends)
 
-    // test mode (gradient checks only): 0 off, 1 smooth spikes recording the
-    // reset factors, 2 smooth spikes with the recorded reset factors held
+    // test mode (gradient checks only, host-memory backends): 0 off, 1 smooth
+    // spikes recording the reset factors, 2 smooth spikes with the recorded
+    // reset factors held
     int test_mode;
     float *test_keep;  // (L, 2, B, T, max(C, F))
-    int shared;        // 1: tensors, params and layers belong to another Model (model_share)
-    struct CudaModel *cuda;  // non-NULL: the model runs on the GPU (model_cuda.h)
+    int shared;        // 1: tensors, params and live belong to another Model (model_share)
 } Model;
 
-// A model with parameters allocated (zero) for cfg.
+// A model with parameters allocated (zero) for cfg, on the CPU backend.
 Model *model_new(const ModelConfig *cfg);
+// Moves m to backend `be`: its parameters are copied there from m->params
+// and any activations are dropped (model_alloc_acts again). Call before
+// model_alloc_train. 0, or -1 with a one-line message in err (the backend
+// does not run this model's head size, or its memory does not hold it).
+int model_to_backend(Model *m, const Backend *be, char *err, size_t err_len);
+// After m->params changed on the host: the backend's copy follows.
+void model_upload_params(Model *m);
+// Before reading m->params on the host: it gets the backend's parameters.
+void model_sync_host(Model *m);
 void model_free(Model *m);
 // Seeded initialisation of SPEC.md ("Initialisation").
 void model_init(Model *m, uint64_t seed);
-void model_alloc_grads(Model *m);
+// Training state for rank `rank` of `world`: gradients, and AdamW moments
+// (zero) for the slice [mom_off, mom_off + mom_len) of the parameters padded
+// to `padded` floats; without ZeRO-1 the slice is all of them (0, nparams,
+// nparams). Sets up the backend's collectives when world > 1 or zero. 0, or
+// -1 with a message when the memory does not suffice.
+int model_alloc_train(Model *m, int rank, int world, int zero, size_t mom_off, size_t mom_len, size_t padded,
+                      char *err, size_t err_len);
+// The moments, from or to host arrays of mom_len floats (checkpoints).
+// model_moments_host's pointers are valid until the next call.
+void model_set_moments(Model *m, const float *mom1, const float *mom2);
+void model_moments_host(Model *m, const float **mom1, const float **mom2);
+// With `on`, the next backwards also all-reduce the gradients over the ranks
+// layer by layer as each is finished (overlapped with the rest where the
+// backend can); the default is off (model_step then reduces).
+void model_set_reduce(Model *m, int on);
+// One optimizer step on the gradients of the backwards since the last
+// model_zero_grad: all-reduce them over the ranks (unless the backward did),
+// or with ZeRO-1 reduce-scatter them; clip to global norm `clip` (0: no
+// clipping); AdamW (β 0.9, 0.95, ε 1e-8; weight decay on matrices only)
+// with learning rate lr on this rank's parameters; with ZeRO-1 all-gather
+// them. Returns the global gradient norm before clipping.
+double model_step(Model *m, float lr, float weight_decay, float clip, int step);
 // (Re)allocate activations for B sequences of T tokens.
 void model_alloc_acts(Model *m, int B, int T);
 const ParamTensor *model_find(const Model *m, const char *name);
@@ -138,11 +188,12 @@ double model_forward(Model *m, const int *tokens, const int *targets, int B, int
                      ModelState *state);
 // Backward of the last forward (which had targets and no state): parameter
 // gradients are ADDED into m->grads, with the loss scaled by `scale`
-// (1 / micro-batches for accumulation).
+// (1 / micro-batches for accumulation). Needs model_alloc_train.
 void model_backward(Model *m, const int *tokens, float scale);
 void model_zero_grad(Model *m);
 
-// Logits row of sequence b at position t of the last forward, (V).
+// Logits row of sequence b at position t of the last forward, (V), on the
+// host (valid until the next call).
 const float *model_logits(const Model *m, int b, int t);
 
 ModelState *model_state_new(const Model *m, int B);
@@ -159,14 +210,9 @@ size_t model_state_floats(const ModelConfig *cfg);
 // A second Model on the same parameters (not copied: `m` must outlive it)
 // with its own activations, for running two batch shapes side by side
 // without reallocating (the serving engine's prefill and decode). No
-// gradients; model_free frees only what it owns. A view of a model on the
-// GPU runs on the GPU, on the same device parameters.
+// gradients; model_free frees only what it owns. The view runs on m's
+// backend, on the same parameters.
 Model *model_share(const Model *m);
 
-// Cross-entropy over V logits for one target, in nats.
-double model_xent(const float *logits, int V, int target);
-// Its gradient times k: dlogits = (softmax(logits) − onehot(target)) · k;
-// all zeros when target < 0 (an unscored position).
-void model_xent_backward(float *dlogits, const float *logits, int V, int target, float k);
 
 #endif

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cpu/cpu.h"  // xent_row
 #include "glia/util.h"
 #include "rng.h"
 
@@ -154,7 +155,7 @@ void task_eval(Model *m, const TaskSpec *s, uint64_t seed, int B, long nseq, dou
                 for (int v = 1; v < V; v++)
                     if (l[v] > l[best]) best = v;
                 right += best == y;
-                xent += model_xent(l, V, y);
+                xent += xent_row(l, V, y);
                 scored++;
             }
     }

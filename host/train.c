@@ -40,14 +40,15 @@
 // runs (each collective is the identity) and a run is bit for bit what it
 // was before.
 //
-// On the GPU (--device cuda, model_cuda.h) the loop is the same: forward and
-// backward dispatch through model.h; the all-reduce is NCCL's, issued layer
-// by layer inside the last micro-batch's backward so it overlaps the
-// layers still to come (model_cuda_overlap_allreduce), and the norm,
-// clipping and AdamW run on the device, where the parameters and moments
-// live. They are copied to the host only to be saved (save_all), and from a
-// checkpoint to the device once when resuming. ZeRO-1 on the GPU is the same
-// algorithm with NCCL's reduce-scatter and all-gather (model_cuda.h).
+// The loop does not know where the model runs: the device was chosen once
+// (TrainOptions.backend, host/cmd_device.c) and the model computes there
+// (model.h over common/backend.h), including the optimizer step
+// (model_step: the gradient all-reduce, or ZeRO-1's reduce-scatter and
+// all-gather, the clip and AdamW). With several ranks and no ZeRO the last
+// micro-batch's backward all-reduces each layer's gradients as soon as they
+// are final (model_set_reduce), overlapped with the rest of the backward
+// where the backend can (NCCL on its own stream). Parameters and moments
+// come to the host only to be saved (save_all).
 #include "train.h"
 
 #include <errno.h>
@@ -63,14 +64,10 @@
 #include <unistd.h>
 
 #include "checkpoint.h"
-#include "dist.h"
+#include "common/dist.h"
 #include "glia/util.h"
 #include "sample.h"
 #include "train_ckpt.h"
-#ifdef GLIA_HAVE_CUDA
-#include "cuda/cuda.h"
-#include "model_cuda.h"
-#endif
 
 static volatile sig_atomic_t stop_requested;
 static void on_sigint(int sig) {
@@ -205,12 +202,11 @@ static int agree(int rc, const char *fmt, ...) {
 
 // Saves the checkpoint of `step` from every rank (train_ckpt.h), then rank 0
 // saves the run's model file. 0, or the agreed non-zero status.
-static int save_all(const TrainOptions *o, Model *m, float *mom1, float *mom2,
-                    const TrainShard *sh, long step, const char *model_path) {
+static int save_all(const TrainOptions *o, Model *m, const TrainShard *sh, long step, const char *model_path) {
     char err[CKPT_ERR_LEN] = "", d[4200] = "";
-#ifdef GLIA_HAVE_CUDA
-    if (m->cuda) model_cuda_download(m, mom1, mom2);  // the GPU holds the live copies
-#endif
+    const float *mom1, *mom2;
+    model_sync_host(m);  // the backend holds the live copies
+    model_moments_host(m, &mom1, &mom2);
     int root = dist_is_root(), rc = 0;
     if (root) rc = train_ckpt_begin(o->out, step, d, sizeof d, err) ? 1 : 0;
     if (agree(rc, "cannot save the checkpoint of step %ld: %s", step, err)) return 1;
@@ -286,7 +282,7 @@ int train_run(const TrainOptions *o) {
     void (*old_handler)(int) = SIG_DFL;
     int handler_set = 0;
     Model *m = NULL;
-    float *mom1 = NULL, *mom2 = NULL, *gpad = NULL, *gshard = NULL, *ppad = NULL;
+    float *mom1 = NULL, *mom2 = NULL;  // a checkpoint's moments, until the model has them
     int *in = NULL, *tg = NULL;
     FILE *metrics = NULL;
     long start = 0;  // the step the checkpoint we resume from ended
@@ -305,31 +301,23 @@ int train_run(const TrainOptions *o) {
             model_init(m, o->seed);
             if (o->init && train_init_from(m, o->init, err, sizeof err)) rc = 2;
             train_shard_init(&sh, m->nparams, ds->rank, world, o->zero != 0);
-            mom1 = xcalloc(sh.len, sizeof(float));
-            mom2 = xcalloc(sh.len, sizeof(float));
         }
     }
     if ((rc = agree(rc, "%s", err))) goto done;
-#ifdef GLIA_HAVE_CUDA
-    if (o->cuda) {
-        if (world > 1 || sh.zero) dist_nccl_init(ds);  // selects this rank's GPU first
-        rc = model_to_cuda(m, sh.len, err, sizeof err) ? 2 : 0;  // moments: all, or this rank's slice
-        if (!rc && sh.zero) rc = model_cuda_zero1_init(m, sh.offset, sh.padded, err, sizeof err) ? 2 : 0;
-        if (!rc) model_cuda_upload(m, mom1, mom2);  // zero, or the checkpoint's
-        if ((rc = agree(rc, "%s", err))) goto done;
-    }
-#endif
-    model_alloc_grads(m);
+    // the model moves to its device and gets gradients and (its slice of) the moments there
+    rc = model_to_backend(m, o->backend ? o->backend : backend_cpu(), err, sizeof err) ||
+                 model_alloc_train(m, ds->rank, world, sh.zero, sh.offset, sh.len, sh.padded, err, sizeof err)
+             ? 2 : 0;
+    if ((rc = agree(rc, "%s", err))) goto done;
+    if (mom1) model_set_moments(m, mom1, mom2);  // the checkpoint's (else zero)
+    free(mom1);
+    free(mom2);
+    mom1 = mom2 = NULL;
     const int B = o->batch / world, T = o->seq;  // this rank's sequences
     const int first = ds->rank * B;
     model_alloc_acts(m, B, T);
     in = xmalloc((size_t)B * T * sizeof(int));
     tg = xmalloc((size_t)B * T * sizeof(int));
-    if (sh.zero && !m->cuda) {  // the CPU ZeRO-1 buffers (the GPU keeps its own)
-        gpad = xcalloc(sh.padded, sizeof(float));
-        ppad = xcalloc(sh.padded, sizeof(float));
-        gshard = xcalloc(sh.len, sizeof(float));
-    }
 
     if (root) {
         snprintf(path, sizeof path, "%s/metrics.jsonl", o->out);
@@ -352,13 +340,11 @@ int train_run(const TrainOptions *o) {
         else
             printf("glia train: data %s (%zu train, %zu val tokens), batch %d x %d x %d, %ld steps, %d threads\n",
                    dir, train.total, val.total, o->batch, T, o->accum, o->steps, omp_get_max_threads());
-#ifdef GLIA_HAVE_CUDA
-        if (m->cuda) {
+        if (!m->be->host_memory) {
             char dn[300];
-            cuda_device_describe(dn, sizeof dn);
-            printf("glia train: on the GPU: %s\n", dn);
+            m->be->describe(dn, sizeof dn);
+            printf("glia train: on %s: %s\n", m->be->name, dn);
         }
-#endif
         if (world > 1)
             printf("glia train: %d ranks (MPI), %d sequences each, %s\n", world, B,
                    sh.zero ? "ZeRO-1: AdamW state sharded" : "gradients all-reduced");
@@ -391,56 +377,14 @@ int train_run(const TrainOptions *o) {
             else
                 dataset_sample(&train, o->seed, mb, first, B, T, in, tg);
             red[0] += model_forward(m, in, tg, B, T, NULL) / o->accum;
-#ifdef GLIA_HAVE_CUDA
-            // on the GPU without ZeRO the last micro-batch's backward all-reduces as it goes
-            if (m->cuda && world > 1 && !sh.zero) model_cuda_overlap_allreduce(m, micro == o->accum - 1);
-#endif
+            model_set_reduce(m, micro == o->accum - 1);  // the last backward all-reduces as it goes
             model_backward(m, in, gscale);
         }
         red[1] = stop_requested || (o->max_seconds > 0 && now_s() - t_start >= o->max_seconds);
         dist_allreduce_sum_double(red, 2);
         double loss = red[0] / world;
-        double lr = train_lr(o->lr, o->min_lr_frac, o->warmup, o->steps, step), norm;
-#ifdef GLIA_HAVE_CUDA
-        if (m->cuda && sh.zero) {  // the ZeRO-1 step below, on the GPU
-            norm = model_cuda_zero1_step(m, (float)lr, 0.9f, 0.95f, 1e-8f, (float)o->weight_decay,
-                                         (float)o->clip, (int)step);
-        } else if (m->cuda) {  // the same step on the GPU (the backward all-reduced the gradients)
-            norm = sqrt(model_cuda_grad_norm_sq(m));
-            if (o->clip > 0 && norm > o->clip) model_cuda_scale_grads(m, (float)(o->clip / norm));
-            model_cuda_adamw(m, (float)lr, 0.9f, 0.95f, 1e-8f, (float)o->weight_decay, (int)step);
-        } else
-#endif
-        if (!sh.zero) {
-            dist_allreduce_sum(m->grads, m->nparams);
-            norm = sqrt(grad_norm_sq(m->grads, m->nparams));
-            if (o->clip > 0 && norm > o->clip) scale_inplace(m->grads, m->nparams, (float)(o->clip / norm));
-            for (int i = 0; i < m->ntensors; i++) {
-                const ParamTensor *t = &m->tensors[i];
-                adamw_update(m->params + t->offset, m->grads + t->offset, mom1 + t->offset,
-                             mom2 + t->offset, t->numel, (float)lr, 0.9f, 0.95f, 1e-8f,
-                             t->decay ? (float)o->weight_decay : 0.0f, (int)step);
-            }
-        } else {  // ZeRO-1: this rank's slice [lo, hi) of the padded parameter vector
-            const size_t lo = sh.offset, hi = sh.offset + sh.len;
-            memcpy(gpad, m->grads, m->nparams * sizeof(float));  // the padding stays 0
-            dist_reduce_scatter(gpad, gshard, sh.len);
-            double sq = grad_norm_sq(gshard, sh.len);
-            dist_allreduce_sum_double(&sq, 1);
-            norm = sqrt(sq);
-            if (o->clip > 0 && norm > o->clip) scale_inplace(gshard, sh.len, (float)(o->clip / norm));
-            for (int i = 0; i < m->ntensors; i++) {  // each tensor's part inside the slice
-                const ParamTensor *t = &m->tensors[i];
-                size_t a = t->offset > lo ? t->offset : lo, b = t->offset + t->numel < hi ? t->offset + t->numel : hi;
-                if (a >= b) continue;
-                adamw_update(m->params + a, gshard + (a - lo), mom1 + (a - lo), mom2 + (a - lo), b - a,
-                             (float)lr, 0.9f, 0.95f, 1e-8f, t->decay ? (float)o->weight_decay : 0.0f, (int)step);
-            }
-            if (lo < m->nparams)
-                memcpy(ppad + lo, m->params + lo, ((hi < m->nparams ? hi : m->nparams) - lo) * sizeof(float));
-            dist_allgather(ppad, sh.len);
-            memcpy(m->params, ppad, m->nparams * sizeof(float));
-        }
+        double lr = train_lr(o->lr, o->min_lr_frac, o->warmup, o->steps, step);
+        double norm = model_step(m, (float)lr, (float)o->weight_decay, (float)o->clip, (int)step);
         double ms = (now_s() - t0) * 1e3, tok_s = (double)o->batch * T * o->accum / (ms * 1e-3);
         if (!isfinite(loss)) {  // the same on every rank: the loss was all-reduced
             if (root)
@@ -480,7 +424,7 @@ int train_run(const TrainOptions *o) {
         }
         stopped_early = !last && step == o->stop_after;
         if ((o->ckpt_every > 0 && step % o->ckpt_every == 0) || last || stopped_early) {
-            if ((rc = save_all(o, m, mom1, mom2, &sh, step, path))) goto done;
+            if ((rc = save_all(o, m, &sh, step, path))) goto done;
         }
         if (last || stopped_early) break;
     }
@@ -523,9 +467,6 @@ done:
     free(tg);
     free(mom1);
     free(mom2);
-    free(gpad);
-    free(gshard);
-    free(ppad);
     model_free(m);
     dataset_close(&train);
     dataset_close(&val);

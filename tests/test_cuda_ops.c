@@ -2,7 +2,7 @@
 // the CPU reference: rmsnorm_forward / rmsnorm_backward, neuron_backward,
 // adamw_update, grad_norm_sq, scale_inplace (kernels/cpu/), the embedding
 // of host/model.c (written inline here: x = E[token]; dE[token] += dx in
-// position order) and its cross-entropy (model_xent, model_xent_backward).
+// position order) and its cross-entropy (xent_row, xent_row_backward).
 //
 // Every case draws fresh seeded inputs at odd shapes. Outputs that an op
 // overwrites are filled with NaN bytes (0xFF) on the device first, so an
@@ -409,8 +409,8 @@ static void xent_case(int M, int V, float std, float shift, uint64_t seed, doubl
     float *dl_ref = floats(mv);
     for (int i = 0; i < M; i++) {
         const float *r = lg + (size_t)i * V;
-        loss_ref[i] = tgt[i] < 0 ? 0.0 : model_xent(r, V, tgt[i]);
-        model_xent_backward(dl_ref + (size_t)i * V, r, V, tgt[i], k);
+        loss_ref[i] = tgt[i] < 0 ? 0.0 : xent_row(r, V, tgt[i]);
+        xent_row_backward(dl_ref + (size_t)i * V, r, V, tgt[i], k);
     }
 
     int *d_tgt = dev_up(tgt, M * sizeof(int));

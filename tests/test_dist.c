@@ -377,7 +377,7 @@ Test(dist, killed_rank_ends_the_job) {
 // ---- on the GPU -----------------------------------------------------------------------
 // `--device cuda` under mpirun: NCCL all-reduces the gradients, or, with
 // --zero 1, reduce-scatters them and all-gathers the updated slices
-// (model_cuda.h); each rank's checkpoint holds its slice of the moments,
+// (model.c model_step); each rank's checkpoint holds its slice of the moments,
 // downloaded from the device. The same checks and tolerances as the CPU
 // runs above (exact fp32 matmuls), plus a GPU ZeRO-1 run stopped and resumed
 // ending byte-identical to the uninterrupted one. NCCL puts one rank on

@@ -22,7 +22,7 @@
 static void check_model_grads(ModelConfig cfg, int B, int T, uint64_t seed) {
     Model *m = model_new(&cfg);
     test_model_randomise(m, seed);
-    model_alloc_grads(m);
+    test_alloc_train(m);
     model_alloc_acts(m, B, T);
     TestRng r;
     rng_seed(&r, seed + 1);

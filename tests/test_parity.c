@@ -75,7 +75,7 @@ static void check_amsu_case(const char *name, int astro) {
     float *scratch = mem + amsu_acts_size(sh), *y = scratch + amsu_scratch_size(sh);
     float *dz = y + n, *gp = dz + n;
     AmsuGrads g = {gp, gp + cc, gp + 2 * cc, gp + 3 * cc, gp + 4 * cc, gp + 5 * cc, gp + 5 * cc + C};
-    amsu_forward(y, &acts, tensor(in, "z", 0), &w, sh, NULL, NULL);
+    amsu_forward(y, &acts, tensor(in, "z", 0), &w, sh, NULL, 0, NULL);
     amsu_backward(dz, &g, scratch, tensor(in, "dy", 0), tensor(in, "z", 0), &acts, &w, sh, NULL);
 
     expect_spikes(ref, "s", acts.s, n);
@@ -166,7 +166,7 @@ static void check_model_case(const char *name) {
     int *tok = malloc(B * T * sizeof(int)), *tgt = malloc(B * T * sizeof(int));
     const float *ft = tensor(in, "tokens", 0), *fg = tensor(in, "targets", 0);
     for (int i = 0; i < B * T; i++) tok[i] = (int)ft[i], tgt[i] = (int)fg[i];
-    model_alloc_grads(m);
+    test_alloc_train(m);
     model_alloc_acts(m, B, T);
     model_zero_grad(m);
     float loss = (float)model_forward(m, tok, tgt, B, T, NULL);

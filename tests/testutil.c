@@ -148,3 +148,8 @@ void test_require_gpu(void) {
     if (cuda_device_count() == 0) cr_skip_test("no CUDA device found");
 #endif
 }
+
+void test_alloc_train(Model *m) {
+    char err[300];
+    cr_assert_eq(model_alloc_train(m, 0, 1, 0, 0, m->nparams, m->nparams, err, sizeof err), 0, "%s", err);
+}

@@ -28,6 +28,9 @@ size_t spike_mismatches(const float *a, const float *b, size_t n);
 // how many (at most max), or -1 when the file cannot be read.
 int read_losses(const char *dir, double *loss, int max);
 
+// Training state for one process (model_alloc_train over all parameters); asserts.
+void test_alloc_train(Model *m);
+
 // A small text with structure to learn: `words` words drawn from eight by a
 // fixed generator, nine to a line. 0, or -1 if the file cannot be written.
 int write_word_corpus(const char *path, int words);

@@ -221,7 +221,7 @@ export CRITERION_VERBOSITY_LEVEL=1  # Criterion prints [SKIP] / [PASS] lines per
     cd "$BUILD" || exit 1
     # prebuilt: the GPU tests (the machine has no mpirun for the rest)
     filter=()
-    ((PREBUILT)) && filter=(-R 'cuda|cli_amsu')
+    ((PREBUILT)) && filter=(-R 'cuda|cli_amsu|backend_ops')
     run_step 200 "$LOG_DIR/ctest.log" ctest "${filter[@]}" --output-on-failure --timeout 150 \
         --test-output-size-passed 4000000 --test-output-size-failed 4000000 \
         --output-junit "$LOG_DIR/ctest.xml"

@@ -12,7 +12,9 @@
 // where; it is replaced by MPI_ERRORS_RETURN so that mpi_check can print the
 // call site and MPI's message, then MPI_Abort the job (exit status 1).
 // Counts above INT_MAX are sent in chunks, since MPI counts are int.
-#include "dist.h"
+#include "common/dist.h"
+
+#include "common/check.h"
 
 #include <limits.h>
 #include <mpi.h>
@@ -22,17 +24,19 @@
 
 static Dist self = {0, 1, 0, 0};
 
-static void mpi_check_impl(int rc, const char *call, const char *file, int line) {
-    if (rc == MPI_SUCCESS) return;
-    char msg[MPI_MAX_ERROR_STRING];
+// MPI's message for an error code (a static buffer: the caller ends the job).
+static const char *mpi_message(int rc) {
+    static char msg[MPI_MAX_ERROR_STRING];
     int len = 0;
     if (MPI_Error_string(rc, msg, &len) != MPI_SUCCESS) snprintf(msg, sizeof msg, "error %d", rc);
-    fprintf(stderr, "[MPI ERROR] rank %d at %s:%d: %s: %s\n", self.rank, file, line, call, msg);
-    fflush(stderr);
-    MPI_Abort(MPI_COMM_WORLD, 1);
-    exit(1);  // MPI_Abort does not return; in case it does
+    return msg;
 }
-#define mpi_check(call) mpi_check_impl((call), #call, __FILE__, __LINE__)
+#define mpi_check(call) GLIA_CHECK("MPI", int, MPI_SUCCESS, mpi_message, call)
+
+void glia_check_fail(const char *lib, const char *call, const char *message, const char *file, int line) {
+    fprintf(stderr, "[%s ERROR] rank %d at %s:%d: %s: %s\n", lib, self.rank, file, line, call, message);
+    dist_abort(1);
+}
 
 static int env_int(const char *name, int dflt) {
     const char *s = getenv(name);
@@ -90,18 +94,16 @@ int dist_allreduce_max_int(int v) {
     return v;
 }
 
-void dist_reduce_scatter(const float *sendbuf, float *recvbuf, size_t n) {
-    if (!self.active) {
-        memmove(recvbuf, sendbuf, n * sizeof(float));
-        return;
-    }
+void dist_reduce_scatter(float *buf, size_t n) {
+    if (!self.active) return;
     if (n > (size_t)INT_MAX) {  // one block per rank must fit an int count
         fprintf(stderr, "glia: dist_reduce_scatter: %zu floats per rank is more than MPI's int counts hold\n", n);
         dist_abort(1);
     }
-    mpi_check(MPI_Reduce_scatter_block(sendbuf, recvbuf, (int)n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD));
+    // MPI's in-place form leaves the sum of block `rank` at the front; NCCL's, in block `rank`
+    mpi_check(MPI_Reduce_scatter_block(MPI_IN_PLACE, buf, (int)n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD));
+    memmove(buf + (size_t)self.rank * n, buf, n * sizeof(float));
 }
-
 void dist_allgather(float *buf, size_t n) {
     if (!self.active) return;
     if (n > (size_t)INT_MAX) {

@@ -43,8 +43,8 @@ void dist_allreduce_sum(float *x, size_t n);
 void dist_allreduce_sum_double(double *x, size_t n);
 // The largest of each rank's v (agreement on an error code or a stop flag).
 int dist_allreduce_max_int(int v);
-// sendbuf holds world·n floats; recvbuf gets this rank's n-float block of their sum.
-void dist_reduce_scatter(const float *sendbuf, float *recvbuf, size_t n);
+// In place: buf holds world·n floats; block `rank` gets that block's sum over the ranks.
+void dist_reduce_scatter(float *buf, size_t n);
 // buf holds world·n floats; block `rank` is this rank's; on return every block is filled.
 void dist_allgather(float *buf, size_t n);
 // Broadcasts n bytes from rank 0.

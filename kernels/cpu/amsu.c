@@ -104,10 +104,10 @@ void astro_backward(float *dk, float *dv, float *dq, float *da_lambda, const flo
                     // result is still the same on every run)
 #pragma omp simd reduction(+ : sq, sk, sl)
                     for (int j = 0; j < D; j++) {
-                        Gi[j] = qt[i] * dot[j] + lambda[i] * Gi[j];
+                        Gi[j] = step_calcium_grad(lambda[i], Gi[j], qt[i], dot[j]);
                         sq += Hti[j] * dot[j];
                         sk += Gi[j] * vt[j];
-                        sl += Gi[j] * (Hpi[j] - kt[i] * vt[j]);
+                        sl += step_lambda_grad(Gi[j], Hpi[j], kt[i], vt[j]);
                         dvt[j] += Gi[j] * gk;
                     }
                     dqt[i] = sq;
@@ -124,42 +124,19 @@ void astro_backward(float *dk, float *dv, float *dq, float *da_lambda, const flo
     for (int c = 0; c < C; c++) {
         float total = 0.0f, lam = step_sigmoid(a_lambda[c]);
         for (int b = 0; b < B; b++) total += dlam_part[(size_t)b * C + c];
-        da_lambda[c] += total * lam * (1.0f - lam);  // chain through λ = sigmoid(a_λ)
+        da_lambda[c] += step_sigmoid_grad(total, lam);  // chain through λ = sigmoid(a_λ)
     }
     free(dlam_part);
 }
 
 // ---- the layer ------------------------------------------------------------------
 
-size_t amsu_acts_size(AmsuShape sh) {
-    size_t btc = (size_t)sh.B * sh.T * sh.C;
-    if (!sh.astro) return 4 * btc;  // I, o, u, s
-    size_t D = sh.C / sh.Nh;
-    return 7 * btc + (size_t)sh.B * sh.Nh * glia_nchunks(sh.T) * D * D;
-}
-
-void amsu_acts_bind(AmsuActs *a, AmsuShape sh, float *mem) {
-    size_t btc = (size_t)sh.B * sh.T * sh.C;
-    a->I = mem;
-    a->o = mem + btc;
-    a->u = mem + 2 * btc;
-    a->s = mem + 3 * btc;
-    if (sh.astro) {
-        a->k = mem + 4 * btc;
-        a->v = mem + 5 * btc;
-        a->q = mem + 6 * btc;
-        a->Hckpt = mem + 7 * btc;
-    } else {
-        a->k = a->v = a->q = a->Hckpt = NULL;
-    }
-}
-
 size_t amsu_scratch_size(AmsuShape sh) {
     return 6 * (size_t)sh.B * sh.T * sh.C;  // ds, dI, dm, dk, dv, dq
 }
 
 void amsu_forward(float *y, AmsuActs *a, const float *z, const AmsuWeights *w, AmsuShape sh,
-                  AmsuState *state, const NeuronTestMode *test) {
+                  AmsuState *state, int accumulate, const NeuronTestMode *test) {
     int M = sh.B * sh.T, C = sh.C;
     matmul_forward(a->I, z, w->W_I, M, C, C, 1.0f, 0);
     if (sh.astro) {
@@ -174,7 +151,7 @@ void amsu_forward(float *y, AmsuActs *a, const float *z, const AmsuWeights *w, A
     }
     neuron_forward(a->u, a->s, a->I, sh.astro ? a->o : NULL, w->a_beta, state ? state->u : NULL,
                    state ? state->s : NULL, sh.B, sh.T, C, test);
-    matmul_forward(y, a->s, w->W_O, M, C, C, 1.0f, 0);
+    matmul_forward(y, a->s, w->W_O, M, C, C, 1.0f, accumulate);
 }
 
 void amsu_backward(float *dz, AmsuGrads *g, float *scratch, const float *dy, const float *z,

@@ -19,23 +19,7 @@
 
 #include <stddef.h>
 
-// Astrocyte state is checkpointed every GLIA_CHUNK timesteps in the forward;
-// the backward recomputes the states inside a chunk from its checkpoint.
-#define GLIA_CHUNK 32
-
-static inline int glia_nchunks(int T) { return (T + GLIA_CHUNK - 1) / GLIA_CHUNK; }
-
-// ---- test mode -------------------------------------------------------------
-// Only for finite-difference gradient checks (NULL everywhere else). With
-// `smooth`, spikes are Θ̃(m) (whose derivative is exactly the surrogate)
-// instead of Θ(m); with `keep` non-NULL the reset factors (1 − s_{t-1}) are
-// read from it instead of being computed from the spikes. Together they make
-// the forward a smooth function whose exact gradient is what the backward
-// computes.
-typedef struct {
-    int smooth;
-    const float *keep;  // (B, T, N): the factor applied to u_{t-1} at step t
-} NeuronTestMode;
+#include "common/types.h"  // AmsuShape, AmsuActs, NeuronTestMode, ...
 
 // ---- matmul (CBLAS) --------------------------------------------------------
 // Threads for both OpenMP loops and OpenBLAS.
@@ -88,6 +72,16 @@ void astro_backward(float *dk, float *dv, float *dq, float *da_lambda, const flo
                     const float *k, const float *v, const float *q, const float *a_lambda,
                     const float *Hckpt, int B, int T, int C, int Nh);
 
+// ---- cross-entropy (xent.c) ---------------------------------------------------------
+// −log softmax(logits)[target] in nats, over V logits.
+double xent_row(const float *logits, int V, int target);
+// dlogits (V) = (softmax(logits) − onehot(target)) · k; all zeros when target < 0.
+// dlogits may be logits (in place).
+void xent_row_backward(float *dlogits, const float *logits, int V, int target, float k);
+// Over M rows: losses (M) (0 where target < 0); the backward in place on logits (M, V).
+void xent_forward(float *losses, const float *logits, const int *targets, int M, int V);
+void xent_backward(float *logits, const int *targets, float k, int M, int V);
+
 // ---- optimizer -------------------------------------------------------------------
 // One AdamW step (decoupled weight decay, bias correction; step counts from 1)
 // on n parameters p with gradients g and moments m, v.
@@ -97,46 +91,15 @@ void adamw_update(float *p, const float *g, float *m, float *v, size_t n, float 
 double grad_norm_sq(const float *g, size_t n);
 void scale_inplace(float *x, size_t n, float s);
 
-// ---- the AM-SU token mixer (one layer) ---------------------------------------
-typedef struct {
-    int B, T, C, Nh;  // D = C / Nh
-    int astro;        // 0: SPEC's ablation, o ≡ 0 and no W_K, W_V, W_Q, a_lambda
-} AmsuShape;
-
-typedef struct {
-    const float *W_I, *W_K, *W_V, *W_Q, *W_O;  // (C, C) each
-    const float *a_lambda;                      // (Nh, D)
-    const float *a_beta;                        // (C)
-} AmsuWeights;
-
-typedef struct {
-    float *dW_I, *dW_K, *dW_V, *dW_Q, *dW_O;  // (C, C) each
-    float *da_lambda;                          // (Nh, D)
-    float *da_beta;                            // (C)
-} AmsuGrads;
-
-typedef struct {   // what the forward keeps for the backward
-    float *I, *k, *v, *q;  // (B, T, C) synaptic current, scaled key, value, query
-    float *o, *u, *s;      // (B, T, C) astrocyte output, membrane, spikes
-    float *Hckpt;          // (B, Nh, nchunks(T), D, D) astrocyte checkpoints
-} AmsuActs;
-
-typedef struct {   // recurrent state carried across calls (streaming inference)
-    float *H;     // (B, Nh, D, D) astrocyte calcium
-    float *u, *s; // (B, C) membrane and last spikes
-} AmsuState;
-
-// Floats needed for the activations of one layer, and carving them from `mem`.
-size_t amsu_acts_size(AmsuShape sh);
-void amsu_acts_bind(AmsuActs *a, AmsuShape sh, float *mem);
 // Floats of scratch the backward needs.
 size_t amsu_scratch_size(AmsuShape sh);
 
-// z (B, T, C) is the already-normalised layer input; y (B, T, C) = W_O s.
+// z (B, T, C) is the already-normalised layer input; y (B, T, C) = W_O s, or
+// y += W_O s with `accumulate` (the residual stream).
 // state: NULL to start from zero (training), else read before step 1 and
 // written after step T. acts->Hckpt may be NULL when no backward follows.
 void amsu_forward(float *y, AmsuActs *acts, const float *z, const AmsuWeights *w, AmsuShape sh,
-                  AmsuState *state, const NeuronTestMode *test);
+                  AmsuState *state, int accumulate, const NeuronTestMode *test);
 // dz (B, T, C) overwritten; parameter gradients added into g.
 void amsu_backward(float *dz, AmsuGrads *g, float *scratch, const float *dy, const float *z,
                    const AmsuActs *acts, const AmsuWeights *w, AmsuShape sh,

@@ -79,14 +79,14 @@ void neuron_backward(float *dcurrent, float *dm, float *da_beta, const float *ds
             size_t prev = row - N;  // row of step t-1 (only read when t > 0)
             for (int c = 0; c < nc; c++) {
                 float m = step_potential(u[row + c], o ? o[row + c] : 0.0f);
-                float dmt = ds[row + c] * step_surrogate(m);
+                float dmt = step_spike_grad(ds[row + c], m);
                 float du = step_membrane_grad(dmt, beta[c], keep_next[c], du_next[c]);
                 float keep = 1.0f, u_prev = 0.0f;
                 if (t > 0) {
-                    keep = (test && test->keep) ? test->keep[row + c] : 1.0f - s[prev + c];
+                    keep = (test && test->keep) ? test->keep[row + c] : step_keep(s[prev + c]);
                     u_prev = u[prev + c];
                 }
-                dbeta[c] += du * u_prev * keep;
+                dbeta[c] += step_beta_grad(du, u_prev, keep);
                 dcurrent[row + c] = du;
                 if (dm) dm[row + c] = dmt;
                 du_next[c] = du;
@@ -98,7 +98,7 @@ void neuron_backward(float *dcurrent, float *dm, float *da_beta, const float *ds
     for (int c = 0; c < N; c++) {
         float total = 0.0f, beta = step_sigmoid(a_beta[c]);
         for (int b = 0; b < B; b++) total += dbeta_part[(size_t)b * N + c];
-        da_beta[c] += total * beta * (1.0f - beta);  // chain through β = sigmoid(a_β)
+        da_beta[c] += step_sigmoid_grad(total, beta);  // chain through β = sigmoid(a_β)
     }
     free(dbeta_part);
 }

@@ -139,7 +139,7 @@
 // only B·Nh blocks and a barrier-separated chain per step: latency-bound,
 // to be measured.
 #include "common/step.h"
-#include "cpu/cpu.h"  // GLIA_CHUNK, glia_nchunks: the checkpoint convention
+#include "common/types.h"  // GLIA_CHUNK, glia_nchunks: the checkpoint convention
 #include "cuda/cuda.h"
 #include "cuda/cuda_common.h"
 
@@ -452,10 +452,10 @@ amsu_recurrence_backward_kernel(float *__restrict__ dI,              // (B, T, C
             }
             // Neuron c (lif.c neuron_backward): keep_t = 1 − s_{t−1}, and
             // u_{−1} = 0, keep_0 = 1 (zero start).
-            const float dmt = ds_t * step_surrogate(step_potential(ut, ot));
+            const float dmt = step_spike_grad(ds_t, step_potential(ut, ot));
             const float du = step_membrane_grad(dmt, beta, keep_next, du_next);
-            const float keep = t > 0 ? 1.0f - s_prev : 1.0f;
-            dbeta += du * u_prev * keep;
+            const float keep = t > 0 ? step_keep(s_prev) : 1.0f;
+            dbeta += step_beta_grad(du, u_prev, keep);
             dI[off] = du;
             du_next = du;
             keep_next = keep;
@@ -481,11 +481,11 @@ amsu_recurrence_backward_kernel(float *__restrict__ dI,              // (B, T, C
                     if constexpr (kHReg) hcur = Hrow[j];
                     else hcur = hc[(size_t)j * D];
                     const float hprev = hp[(size_t)j * D];
-                    const float g = qi * dj[e] + lam * G[j];
+                    const float g = step_calcium_grad(lam, G[j], qi, dj[e]);
                     G[j] = g;
                     sq += hcur * dj[e];
                     sk += g * vj[e];
-                    sl += g * (hprev - ki * vj[e]);
+                    sl += step_lambda_grad(g, hprev, ki, vj[e]);
                     red_i[j] = g * gk;
                     if constexpr (kHReg) Hrow[j] = hprev;  // H_t of step t − 1
                 }
@@ -523,8 +523,8 @@ __global__ void amsu_param_grads_kernel(float *__restrict__ da_lambda,        //
         tb += dbeta_part[(size_t)b * C + c];
     }
     const float lam = step_sigmoid(a_lambda[c]), beta = step_sigmoid(a_beta[c]);
-    da_lambda[c] += tl * lam * (1.0f - lam);  // chain through λ = sigmoid(a_λ)
-    da_beta[c] += tb * beta * (1.0f - beta);  // chain through β = sigmoid(a_β)
+    da_lambda[c] += step_sigmoid_grad(tl, lam);  // chain through λ = sigmoid(a_λ)
+    da_beta[c] += step_sigmoid_grad(tb, beta);   // chain through β = sigmoid(a_β)
 }
 
 // ---- launchers ----------------------------------------------------------------------

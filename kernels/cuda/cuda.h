@@ -16,7 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "cpu/cpu.h"  // AmsuShape, AmsuActs, AmsuWeights, AmsuGrads, AmsuState
+#include "common/types.h"  // AmsuShape, AmsuActs, AmsuWeights, AmsuGrads, AmsuState
 
 #ifdef __cplusplus
 extern "C" {
@@ -197,25 +197,25 @@ void amsu_forward_cuda(float *y, AmsuActs *a, const float *z, const AmsuWeights 
 void amsu_backward_cuda(float *dz, AmsuGrads *g, float *scratch, const float *dy, const float *z,
                         const AmsuActs *a, const AmsuWeights *w, AmsuShape sh, void *stream);
 
-// ---- NCCL (kernels/cuda/nccl.cu) ---------------------------------------------
-// The GPU side of data parallelism (host/dist.h): one NCCL communicator over
-// the ranks of the MPI job (world 1 without MPI), each rank on the GPU of its
-// local rank. dist_nccl_init selects that device and creates the
-// communicator (rank 0 makes the ncclUniqueId and broadcasts it over MPI);
-// dist_nccl_allreduce_sum sums n floats of a DEVICE buffer in place over all
-// ranks on `stream` (asynchronous); dist_nccl_free destroys the
-// communicator. NCCL errors print file:line and NCCL's message and end the
-// job (nccl_check), like every CUDA error.
-struct Dist;
-void dist_nccl_init(const struct Dist *d);
-void dist_nccl_allreduce_sum(float *device_buf, size_t n, void *stream);
-// ZeRO-1, in place on a device buffer of world · n floats (NCCL's in-place
-// forms): reduce_scatter leaves in block `rank` that block of the sum over
-// the ranks (the other blocks are left as they were); allgather copies every
-// rank's block `rank` into all ranks' buffers.
-void dist_nccl_reduce_scatter(float *buf, size_t n, void *stream);
-void dist_nccl_allgather(float *buf, size_t n, void *stream);
-void dist_nccl_free(void);
+// ---- collectives (kernels/cuda/nccl.cu) ------------------------------------------
+// The GPU side of data parallelism: one NCCL communicator over the ranks of
+// the job (world 1 without MPI), each rank on the GPU of its local rank.
+// cuda_comm_init selects that device and creates the communicator (rank 0
+// makes the ncclUniqueId and broadcasts it over MPI). All buffers are DEVICE
+// buffers, reduced in place:
+// - cuda_allreduce_begin sums n floats over the ranks on NCCL's own stream,
+//   after the work issued so far on the default stream, and returns at once
+//   (overlap); cuda_allreduce_wait makes the default stream wait for every
+//   reduction begun.
+// - cuda_reduce_scatter (world · n floats) leaves in block `rank` that block
+//   of the sum; cuda_allgather copies every rank's block `rank` to all ranks.
+//   Both on the default stream.
+void cuda_comm_init(int rank, int world, int local_rank);
+void cuda_allreduce_begin(float *buf, size_t n);
+void cuda_allreduce_wait(void);
+void cuda_reduce_scatter(float *buf, size_t n);
+void cuda_allgather(float *buf, size_t n);
+void cuda_comm_free(void);
 
 #ifdef __cplusplus
 }

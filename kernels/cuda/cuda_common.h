@@ -4,7 +4,7 @@
 // error that cannot be recovered from in the middle of a forward or backward
 // pass, so every call is wrapped in cuda_check / cublas_check, which print
 // the call site (file:line) and the library's own error string, and end the
-// process. A kernel launch is checked right after it with
+// job (common/check.h). A kernel launch is checked right after it with
 // cuda_check(cudaGetLastError()); errors raised while a kernel runs surface
 // at the next synchronising call, which is checked too.
 //
@@ -19,23 +19,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-static inline void cuda_check_impl(cudaError_t err, const char *file, int line) {
-    if (err != cudaSuccess) {
-        fprintf(stderr, "[CUDA ERROR] at %s:%d: %s (%s)\n", file, line, cudaGetErrorString(err),
-                cudaGetErrorName(err));
-        exit(1);
-    }
-}
-#define cuda_check(call) cuda_check_impl((call), __FILE__, __LINE__)
+#include "common/check.h"
 
-static inline void cublas_check_impl(cublasStatus_t status, const char *file, int line) {
-    if (status != CUBLAS_STATUS_SUCCESS) {
-        fprintf(stderr, "[cuBLAS ERROR] at %s:%d: %s (status %d)\n", file, line,
-                cublasGetStatusString(status), (int)status);
-        exit(1);
-    }
-}
-#define cublas_check(call) cublas_check_impl((call), __FILE__, __LINE__)
+static inline const char *cublas_message(cublasStatus_t status) { return cublasGetStatusString(status); }
+#define cuda_check(call) GLIA_CHECK("CUDA", cudaError_t, cudaSuccess, cudaGetErrorString, call)
+#define cublas_check(call) GLIA_CHECK("cuBLAS", cublasStatus_t, CUBLAS_STATUS_SUCCESS, cublas_message, call)
 
 // Number of blocks of size b needed to cover a items (a >= 0, b > 0).
 __host__ __device__ static inline int ceil_div(int a, int b) { return (a + b - 1) / b; }

@@ -1,5 +1,6 @@
 // nccl.cu: gradient all-reduce between GPUs with NCCL, for data-parallel
-// training (host/dist.h, docs/DISTRIBUTED.md).
+// training (kernels/common/dist.h, docs/DISTRIBUTED.md). The CUDA backend's
+// collectives (backend.h) are these.
 //
 // MPI starts the processes and tells each its rank; NCCL moves the data
 // between GPUs (NVLink, PCIe, InfiniBand) without staging it through host
@@ -9,62 +10,75 @@
 // path runs, and is tested, on a machine with one GPU. One communicator per
 // process, kept in a static: glia trains one model per process.
 //
-// Errors: nccl_check prints file:line and NCCL's message and ends the job
-// (through dist_abort, so under MPI every rank ends, never just this one).
+// Errors: nccl_check (common/check.h) prints file:line and NCCL's message and
+// ends the job, so under MPI every rank ends, never just this one.
 #include <nccl.h>
 
+#include "common/dist.h"
 #include "cuda/cuda.h"
 #include "cuda/cuda_common.h"
-#include "dist.h"
 
-static void nccl_check_impl(ncclResult_t r, const char *file, int line) {
-    if (r != ncclSuccess) {
-        fprintf(stderr, "[NCCL ERROR] at %s:%d: %s (%d)\n", file, line, ncclGetErrorString(r), (int)r);
-        dist_abort(1);
-    }
-}
-#define nccl_check(call) nccl_check_impl((call), __FILE__, __LINE__)
+#define nccl_check(call) GLIA_CHECK("NCCL", ncclResult_t, ncclSuccess, ncclGetErrorString, call)
 
 static ncclComm_t comm;
-static int comm_ready;
+static int comm_ready, comm_rank;
+// The overlapped all-reduce: NCCL runs on its own stream; each reduction
+// waits for an event recorded on the default stream when it was begun.
+static void *comm_stream;
+static void *events[64];  // one per reduction begun since the last wait (cycled)
+static int nbegun;
+static void *done_event;
 
-void dist_nccl_init(const Dist *d) {
+void cuda_comm_init(int rank, int world, int local_rank) {
     if (comm_ready) return;
     int ndev = 0;
     cuda_check(cudaGetDeviceCount(&ndev));
-    cuda_check(cudaSetDevice(d->local_rank % ndev));  // one process per GPU
+    cuda_check(cudaSetDevice(local_rank % ndev));  // one process per GPU
     ncclUniqueId id;
-    if (d->rank == 0) nccl_check(ncclGetUniqueId(&id));
+    if (rank == 0) nccl_check(ncclGetUniqueId(&id));
     dist_bcast_bytes(&id, sizeof id);  // the identity without MPI
-    nccl_check(ncclCommInitRank(&comm, d->world, id, d->rank));
+    nccl_check(ncclCommInitRank(&comm, world, id, rank));
+    comm_rank = rank;
     comm_ready = 1;
 }
 
 static void require_comm(const char *what) {
-    if (!comm_ready) {
-        fprintf(stderr, "[NCCL ERROR] %s before dist_nccl_init\n", what);
-        dist_abort(1);
+    if (!comm_ready) glia_check_fail("NCCL", what, "called before cuda_comm_init", __FILE__, __LINE__);
+}
+
+void cuda_allreduce_begin(float *buf, size_t n) {
+    require_comm("cuda_allreduce_begin");
+    if (!comm_stream) {
+        comm_stream = cuda_stream_new();
+        done_event = cuda_event_new();
+        for (int i = 0; i < 64; i++) events[i] = cuda_event_new();
     }
+    void *ev = events[nbegun++ % 64];  // reuse is safe: a wait binds to the record before it
+    cuda_event_record(ev, NULL);
+    cuda_stream_wait(comm_stream, ev);
+    nccl_check(ncclAllReduce(buf, buf, n, ncclFloat, ncclSum, comm, (cudaStream_t)comm_stream));
 }
 
-void dist_nccl_allreduce_sum(float *device_buf, size_t n, void *stream) {
-    require_comm("dist_nccl_allreduce_sum");
-    nccl_check(ncclAllReduce(device_buf, device_buf, n, ncclFloat, ncclSum, comm, (cudaStream_t)stream));
+void cuda_allreduce_wait(void) {
+    if (!nbegun) return;
+    cuda_event_record(done_event, comm_stream);
+    cuda_stream_wait(NULL, done_event);  // nothing on the default stream reads the sums before NCCL is done
+    nbegun = 0;
 }
 
-void dist_nccl_reduce_scatter(float *buf, size_t n, void *stream) {
-    require_comm("dist_nccl_reduce_scatter");
-    float *mine = buf + (size_t)dist_self()->rank * n;  // in place: the result lands in this rank's block
-    nccl_check(ncclReduceScatter(buf, mine, n, ncclFloat, ncclSum, comm, (cudaStream_t)stream));
+void cuda_reduce_scatter(float *buf, size_t n) {
+    require_comm("cuda_reduce_scatter");
+    float *mine = buf + (size_t)comm_rank * n;  // in place: the result lands in this rank's block
+    nccl_check(ncclReduceScatter(buf, mine, n, ncclFloat, ncclSum, comm, (cudaStream_t)0));
 }
 
-void dist_nccl_allgather(float *buf, size_t n, void *stream) {
-    require_comm("dist_nccl_allgather");
-    const float *mine = buf + (size_t)dist_self()->rank * n;  // in place: this rank's block is the source
-    nccl_check(ncclAllGather(mine, buf, n, ncclFloat, comm, (cudaStream_t)stream));
+void cuda_allgather(float *buf, size_t n) {
+    require_comm("cuda_allgather");
+    const float *mine = buf + (size_t)comm_rank * n;  // in place: this rank's block is the source
+    nccl_check(ncclAllGather(mine, buf, n, ncclFloat, comm, (cudaStream_t)0));
 }
 
-void dist_nccl_free(void) {
+void cuda_comm_free(void) {
     if (!comm_ready) return;
     nccl_check(ncclCommDestroy(comm));
     comm_ready = 0;

@@ -250,14 +250,14 @@ __global__ void lif_backward_kernel(float *__restrict__ dcurrent,      // (B, T,
             s_pn = s[off - 2 * (size_t)N];
         }
         const float m = step_potential(u_t, o_t);
-        const float dmt = ds_t * step_surrogate(m);
+        const float dmt = step_spike_grad(ds_t, m);
         const float du = step_membrane_grad(dmt, beta, keep_next, du_next);
         float keep = 1.0f, u_prev = 0.0f;
         if (t > 0) {
-            keep = 1.0f - s_p;
+            keep = step_keep(s_p);
             u_prev = u_p;
         }
-        dbeta += du * u_prev * keep;
+        dbeta += step_beta_grad(du, u_prev, keep);
         dcurrent[off] = du;
         if (dm) dm[off] = dmt;
         du_next = du;
@@ -278,7 +278,7 @@ __global__ void lif_dbeta_kernel(float *__restrict__ da_beta,       // (N)
     float total = 0.0f;
     const float beta = step_sigmoid(a_beta[c]);
     for (int b = 0; b < B; b++) total += part[(size_t)b * N + c];
-    da_beta[c] += total * beta * (1.0f - beta);
+    da_beta[c] += step_sigmoid_grad(total, beta);
 }
 
 extern "C" void neuron_backward_cuda(float *dcurrent, float *dm, float *da_beta, float *scratch,

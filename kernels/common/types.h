@@ -1,0 +1,72 @@
+// types.h: the shapes and tensor bundles every backend's AM-SU shares.
+//
+// Conventions (all backends): activations row-major (B, T, C), channel
+// fastest; weights row-major (out, in). The structs hold pointers into one
+// backend's memory (host memory for the CPU, device memory for CUDA); the
+// layout of a bundle carved by amsu_acts_bind is the same everywhere, so a
+// tensor's offset means the same thing on every backend.
+#ifndef GLIA_TYPES_H
+#define GLIA_TYPES_H
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// Astrocyte state is checkpointed every GLIA_CHUNK timesteps in the forward;
+// the backward recomputes the states inside a chunk from its checkpoint.
+#define GLIA_CHUNK 32
+
+static inline int glia_nchunks(int T) { return (T + GLIA_CHUNK - 1) / GLIA_CHUNK; }
+
+// ---- test mode -------------------------------------------------------------
+// Only for finite-difference gradient checks (NULL everywhere else). With
+// `smooth`, spikes are Θ̃(m) (whose derivative is exactly the surrogate)
+// instead of Θ(m); with `keep` non-NULL the reset factors (1 − s_{t-1}) are
+// read from it instead of being computed from the spikes. Together they make
+// the forward a smooth function whose exact gradient is what the backward
+// computes.
+typedef struct {
+    int smooth;
+    const float *keep;  // (B, T, N): the factor applied to u_{t-1} at step t
+} NeuronTestMode;
+
+// ---- the AM-SU token mixer (one layer) ---------------------------------------
+typedef struct {
+    int B, T, C, Nh;  // D = C / Nh
+    int astro;        // 0: SPEC's ablation, o ≡ 0 and no W_K, W_V, W_Q, a_lambda
+} AmsuShape;
+
+typedef struct {
+    const float *W_I, *W_K, *W_V, *W_Q, *W_O;  // (C, C) each
+    const float *a_lambda;                      // (Nh, D)
+    const float *a_beta;                        // (C)
+} AmsuWeights;
+
+typedef struct {
+    float *dW_I, *dW_K, *dW_V, *dW_Q, *dW_O;  // (C, C) each
+    float *da_lambda;                          // (Nh, D)
+    float *da_beta;                            // (C)
+} AmsuGrads;
+
+typedef struct {   // what the forward keeps for the backward
+    float *I, *k, *v, *q;  // (B, T, C) synaptic current, scaled key, value, query
+    float *o, *u, *s;      // (B, T, C) astrocyte output, membrane, spikes
+    float *Hckpt;          // (B, Nh, nchunks(T), D, D) astrocyte checkpoints
+} AmsuActs;
+
+typedef struct {   // recurrent state carried across calls (streaming inference)
+    float *H;     // (B, Nh, D, D) astrocyte calcium
+    float *u, *s; // (B, C) membrane and last spikes
+} AmsuState;
+
+// Floats needed for the activations of one layer, and carving them from `mem`.
+size_t amsu_acts_size(AmsuShape sh);
+void amsu_acts_bind(AmsuActs *a, AmsuShape sh, float *mem);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

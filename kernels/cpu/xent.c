@@ -1,0 +1,41 @@
+// xent.c: cross-entropy over a vocabulary on the CPU, per row (loss and its
+// gradient), and over M rows (the backend table's entries). Each row's
+// softmax is taken against its max in double, so a row's loss is exact to
+// float rounding whatever the logits' scale.
+#include <math.h>
+#include <string.h>
+
+#include "cpu/cpu.h"
+
+double xent_row(const float *logits, int V, int target) {
+    float mx = logits[0];
+    for (int i = 1; i < V; i++) mx = logits[i] > mx ? logits[i] : mx;
+    double sum = 0.0;
+    for (int i = 0; i < V; i++) sum += exp((double)logits[i] - mx);
+    return log(sum) + mx - logits[target];
+}
+
+void xent_row_backward(float *dlogits, const float *logits, int V, int target, float k) {
+    if (target < 0) {
+        memset(dlogits, 0, V * sizeof(float));
+        return;
+    }
+    float mx = logits[0];
+    for (int v = 1; v < V; v++) mx = logits[v] > mx ? logits[v] : mx;
+    double sum = 0.0;
+    for (int v = 0; v < V; v++) sum += exp((double)logits[v] - mx);
+    float inv = (float)(1.0 / sum);
+    for (int v = 0; v < V; v++) dlogits[v] = expf(logits[v] - mx) * inv * k;
+    dlogits[target] -= k;
+}
+
+void xent_forward(float *losses, const float *logits, const int *targets, int M, int V) {
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < M; i++)
+        losses[i] = targets[i] < 0 ? 0.0f : (float)xent_row(logits + (size_t)i * V, V, targets[i]);
+}
+
+void xent_backward(float *logits, const int *targets, float k, int M, int V) {
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < M; i++) xent_row_backward(logits + (size_t)i * V, logits + (size_t)i * V, V, targets[i], k);
+}
