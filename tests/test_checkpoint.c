@@ -15,10 +15,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "crc32c.h"
+#include "io/crc32c.h"
 #include "glia/safetensors.h"
 #include "testutil.h"
-#include "train_ckpt.h"
+#include "train/train_ckpt.h"
 
 static char dir[256];
 

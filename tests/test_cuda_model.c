@@ -36,11 +36,11 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "model.h"
+#include "model/model.h"
 #ifdef GLIA_HAVE_CUDA
 #include "cuda/cuda.h"
 #include "common/dist.h"
-#include "engine.h"
+#include "generate/engine.h"
 #endif
 #include "testutil.h"
 

@@ -52,7 +52,7 @@
 #include <string.h>
 
 #include "cpu/cpu.h"
-#include "model.h"
+#include "model/model.h"
 #ifdef GLIA_HAVE_CUDA
 #include "cuda/cuda.h"
 #endif

@@ -20,7 +20,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "data.h"  // host/ is not on the include path
+#include "io/data.h"  // host/ is not on the include path
 #include "testutil.h"
 
 static char tmpdir[256];

@@ -44,7 +44,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "checkpoint.h"
+#include "model/checkpoint.h"
 #include "testutil.h"
 #ifdef GLIA_HAVE_CUDA
 #include "cuda/cuda.h"

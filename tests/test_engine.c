@@ -9,8 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine.h"
-#include "model.h"
+#include "generate/engine.h"
+#include "model/model.h"
 
 #define SLOTS 4
 #define MAX_PROMPT 400

@@ -18,10 +18,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "checkpoint.h"
-#include "commands.h"
+#include "model/checkpoint.h"
+#include "cmd/commands.h"
 #include "glia/safetensors.h"
-#include "model.h"
+#include "model/model.h"
 #include "testutil.h"
 
 static char dir[4096];

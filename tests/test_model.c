@@ -9,8 +9,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "checkpoint.h"
-#include "model.h"
+#include "model/checkpoint.h"
+#include "model/model.h"
 #include "testutil.h"
 
 // ---- gradient check --------------------------------------------------------------

@@ -14,7 +14,7 @@
 #include <string.h>
 
 #include "cpu/cpu.h"
-#include "model.h"
+#include "model/model.h"
 #include "glia/safetensors.h"
 #include "testutil.h"
 

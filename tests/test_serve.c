@@ -17,9 +17,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "checkpoint.h"
-#include "engine.h"
-#include "model.h"
+#include "model/checkpoint.h"
+#include "generate/engine.h"
+#include "model/model.h"
 #ifdef GLIA_HAVE_CUDA
 #include "cuda/cuda.h"
 #endif

@@ -9,9 +9,9 @@
 #include <string.h>
 #include <sys/wait.h>
 
-#include "tasks.h"
+#include "train/tasks.h"
 #include "testutil.h"
-#include "train.h"
+#include "train/train.h"
 
 #define B 8
 

@@ -9,9 +9,9 @@
 #include <string.h>
 #include <sys/wait.h>
 
-#include "checkpoint.h"
+#include "model/checkpoint.h"
 #include "testutil.h"
-#include "train.h"
+#include "train/train.h"
 
 static char dir[256];
 

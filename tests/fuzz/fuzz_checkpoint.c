@@ -6,7 +6,7 @@
 // line, never as a crash, a read past a tensor or an allocation sized by an
 // unchecked number from the file. What loads is touched the way generate
 // and eval would (every parameter read) and freed.
-#include "checkpoint.h"
+#include "model/checkpoint.h"
 
 #include "fuzz_common.h"
 

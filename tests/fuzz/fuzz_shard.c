@@ -9,7 +9,7 @@
 // validation windows (dataset_window) and a few sampled batches
 // (dataset_sample) at sequence lengths small enough to fit and at the
 // largest length the shard allows.
-#include "data.h"
+#include "io/data.h"
 
 #include "fuzz_common.h"
 

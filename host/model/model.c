@@ -10,7 +10,7 @@
 // and the backward walks it in reverse with one residual gradient dx. Only
 // the per-position losses travel to the host, where they are summed in
 // order, so the loss does not depend on the backend's threads.
-#include "model.h"
+#include "model/model.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -19,7 +19,7 @@
 
 #include "common/dist.h"
 #include "glia/util.h"
-#include "rng.h"
+#include "model/rng.h"
 
 // ---- configuration -------------------------------------------------------------
 

@@ -1,5 +1,5 @@
 // cli.c: see cli.h.
-#include "cli.h"
+#include "cmd/cli.h"
 
 #include <errno.h>
 #include <math.h>

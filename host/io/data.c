@@ -32,7 +32,7 @@
 // old one mapped keeps reading valid (old) tokens. The default corpus is
 // built from Debian's bible-kjv package rather than downloaded, because glia
 // must work on machines with no network.
-#include "data.h"
+#include "io/data.h"
 
 #include "glia/util.h"
 

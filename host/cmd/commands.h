@@ -4,7 +4,7 @@
 #ifndef GLIA_COMMANDS_H
 #define GLIA_COMMANDS_H
 
-#include "model.h"
+#include "model/model.h"
 
 int cmd_amsu(int argc, char **argv);
 int cmd_prepare(int argc, char **argv);
@@ -15,7 +15,7 @@ int cmd_export(int argc, char **argv);
 int cmd_import(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
-int bench_kernels(int argc, char **argv);  // cmd_bench_kernels.c, CUDA builds only
+int bench_kernels(int argc, char **argv);  // cmd_bench_kernels.c (an error without CUDA)
 
 // Shared by the model commands (cmd_device.c); each returns 0, or 2 after a
 // one-line error naming `cmd`.

@@ -30,13 +30,13 @@
 #include <string.h>
 #include <time.h>
 
-#include "cli.h"
-#include "commands.h"
+#include "cmd/cli.h"
+#include "cmd/commands.h"
 #include "cpu/cpu.h"
 #include "cuda/cuda.h"
 #include "glia/util.h"
-#include "model.h"
-#include "rng.h"
+#include "model/model.h"
+#include "model/rng.h"
 
 static double now_s(void) {
     struct timespec ts;
@@ -378,4 +378,14 @@ int bench_kernels(int argc, char **argv) {
     return bad ? 1 : 0;
 }
 
+#else  // a glia built without CUDA has no kernel lab
+#include <stdio.h>
+
+#include "cmd/commands.h"
+
+int bench_kernels(int argc, char **argv) {
+    (void)argc, (void)argv;
+    fprintf(stderr, "glia bench kernels: this glia was built without CUDA (no nvcc at build time)\n");
+    return 2;
+}
 #endif  // GLIA_HAVE_CUDA

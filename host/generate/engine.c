@@ -8,7 +8,7 @@
 // string, or an unfinished UTF-8 character, is held back until the next
 // token decides it. The offline batch mode (generate_offline) is at the end:
 // it is the engine's simplest client.
-#include "engine.h"
+#include "generate/engine.h"
 
 #include <cjson/cJSON.h>
 #include <stdio.h>
@@ -17,7 +17,7 @@
 #include <time.h>
 
 #include "glia/util.h"
-#include "rng.h"
+#include "model/rng.h"
 
 typedef struct Req {
     long id;

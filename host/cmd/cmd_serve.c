@@ -26,11 +26,11 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "checkpoint.h"
-#include "cli.h"
-#include "commands.h"
+#include "model/checkpoint.h"
+#include "cmd/cli.h"
+#include "cmd/commands.h"
 #include "cpu/cpu.h"
-#include "engine.h"
+#include "generate/engine.h"
 #include "glia/util.h"
 
 typedef struct Job {

@@ -8,7 +8,7 @@
 //   end
 // It is valid only whole (through "end"), with both files listed; resume then
 // checks each file's size against it before reading a byte of the file.
-#include "train_ckpt.h"
+#include "train/train_ckpt.h"
 
 #include <dirent.h>
 #include <errno.h>

@@ -15,9 +15,9 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "cli.h"
-#include "commands.h"
-#include "data.h"
+#include "cmd/cli.h"
+#include "cmd/commands.h"
+#include "io/data.h"
 #include "glia/util.h"
 
 static const char *PREPARE_SUMMARY =

@@ -3,7 +3,7 @@
 // Each sequence gets its own splitmix64 stream seeded by mixing (seed,
 // index), so a sequence never depends on the ones before it: batches split
 // across ranks, or regenerated after a resume, are the same tokens.
-#include "tasks.h"
+#include "train/tasks.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,7 +11,7 @@
 
 #include "cpu/cpu.h"  // xent_row
 #include "glia/util.h"
-#include "rng.h"
+#include "model/rng.h"
 
 static const char *const NAMES[TASK_COUNT] = {"recall", "copy", "selective"};
 

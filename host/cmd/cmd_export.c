@@ -27,12 +27,12 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "checkpoint.h"
-#include "cli.h"
-#include "commands.h"
+#include "model/checkpoint.h"
+#include "cmd/cli.h"
+#include "cmd/commands.h"
 #include "glia/safetensors.h"
 #include "glia/util.h"
-#include "model.h"
+#include "model/model.h"
 
 #define EXPORT_MODEL_TYPE "astrosnn"
 

@@ -15,7 +15,7 @@
 #include <stddef.h>
 
 #include "glia/safetensors.h"
-#include "model.h"
+#include "model/model.h"
 
 #define CKPT_ERR_LEN 640
 

@@ -1,7 +1,7 @@
 // crc32c.c: see crc32c.h. One 256-entry table, built on first use (the
 // checkpoint code is single-threaded), one byte per step: a few hundred MB/s,
 // far faster than the disk a checkpoint goes to.
-#include "crc32c.h"
+#include "io/crc32c.h"
 
 static uint32_t table[256];
 static int table_ready;

@@ -4,9 +4,9 @@
 
 #include <stdint.h>
 
-#include "data.h"
-#include "model.h"
-#include "tasks.h"
+#include "io/data.h"
+#include "model/model.h"
+#include "train/tasks.h"
 
 typedef struct {
     ModelConfig cfg;

@@ -14,16 +14,16 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "checkpoint.h"
-#include "engine.h"
-#include "cli.h"
-#include "commands.h"
+#include "model/checkpoint.h"
+#include "generate/engine.h"
+#include "cmd/cli.h"
+#include "cmd/commands.h"
 #include "cpu/cpu.h"  // the CPU's threads and cross-entropy
 #include "common/dist.h"
 #include "glia/util.h"
-#include "sample.h"
-#include "train.h"
-#include "train_ckpt.h"
+#include "generate/sample.h"
+#include "train/train.h"
+#include "train/train_ckpt.h"
 
 #define GET(name) cli_get(flags, nf, name)
 

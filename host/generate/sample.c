@@ -3,7 +3,7 @@
 // Sampling works on a sorted copy of the probabilities so that top-k and
 // top-p are both one cut of the same list; ties are broken by token id, so
 // the choice depends only on the logits and the random draw.
-#include "sample.h"
+#include "generate/sample.h"
 
 #include <math.h>
 #include <stdlib.h>

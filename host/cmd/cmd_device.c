@@ -5,8 +5,8 @@
 // backend table (common/backend.h). Builds without CUDA have the CPU only.
 #include <stdio.h>
 
-#include "cli.h"
-#include "commands.h"
+#include "cmd/cli.h"
+#include "cmd/commands.h"
 
 // The CUDA backend when this glia has one and a device is found, else NULL;
 // *built says whether this glia was built with CUDA at all. The emulator of a

@@ -33,8 +33,8 @@
 #ifndef GLIA_TRAIN_CKPT_H
 #define GLIA_TRAIN_CKPT_H
 
-#include "checkpoint.h"
-#include "train.h"
+#include "model/checkpoint.h"
+#include "train/train.h"
 
 #define TRAIN_CKPT_VERSION 1
 

@@ -1,5 +1,5 @@
 // checkpoint.c: see checkpoint.h.
-#include "checkpoint.h"
+#include "model/checkpoint.h"
 
 #include <errno.h>
 #include <math.h>
@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "crc32c.h"
+#include "io/crc32c.h"
 #include "glia/safetensors.h"
 
 void ckpt_meta_crc(StWriter *w, const char *name, const float *data, size_t numel) {

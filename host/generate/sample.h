@@ -5,8 +5,8 @@
 
 #include <stdio.h>
 
-#include "model.h"
-#include "rng.h"
+#include "model/model.h"
+#include "model/rng.h"
 
 typedef struct {
     float temperature;  // 0: greedy (argmax)

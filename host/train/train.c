@@ -49,7 +49,7 @@
 // are final (model_set_reduce), overlapped with the rest of the backward
 // where the backend can (NCCL on its own stream). Parameters and moments
 // come to the host only to be saved (save_all).
-#include "train.h"
+#include "train/train.h"
 
 #include <errno.h>
 #include <math.h>
@@ -63,11 +63,11 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "checkpoint.h"
+#include "model/checkpoint.h"
 #include "common/dist.h"
 #include "glia/util.h"
-#include "sample.h"
-#include "train_ckpt.h"
+#include "generate/sample.h"
+#include "train/train_ckpt.h"
 
 static volatile sig_atomic_t stop_requested;
 static void on_sigint(int sig) {

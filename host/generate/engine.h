@@ -23,8 +23,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "model.h"
-#include "sample.h"
+#include "model/model.h"
+#include "generate/sample.h"
 
 #define ENGINE_PREFILL_CHUNK 256  // prefill tokens per forward (fixed: part of the determinism)
 #define ENGINE_MAX_STOPS 4        // stop strings per request (OpenAI's limit)

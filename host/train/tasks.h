@@ -36,7 +36,7 @@
 
 #include <stdint.h>
 
-#include "model.h"
+#include "model/model.h"
 
 #define TASK_FILLER 0
 #define TASK_GO 1
