@@ -342,6 +342,7 @@ static StFile *state_open(const char *path, long want_step, int want_rank, Train
     if (get_double(f, path, "lr", &o->lr, err) || get_double(f, path, "min_lr_frac", &o->min_lr_frac, err) ||
         get_double(f, path, "weight_decay", &o->weight_decay, err) || get_double(f, path, "clip", &o->clip, err))
         goto fail;
+    if (ckpt_check_crc_keys(f, path, err) < 0) goto fail;
     char cerr[256];
     if (model_config_check(&o->cfg, cerr, sizeof cerr)) {
         snprintf(err, CKPT_ERR_LEN, "%.400s: bad configuration: %.120s", path, cerr);

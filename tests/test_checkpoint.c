@@ -259,18 +259,27 @@ static void flip_byte(const char *path, long from_end) {
     fclose(f);
 }
 
-// Rewrites a safetensors file with one metadata value changed (kept CRCs).
-static void rewrite_meta(const char *path, const char *key, const char *value) {
+// Rewrites a safetensors file with the metadata entry `key` renamed to
+// new_key (NULL: deleted) and given `value` (NULL: its own), CRCs kept.
+static void rewrite_meta_entry(const char *path, const char *key, const char *new_key, const char *value) {
     char err[ST_ERR_LEN];
     StFile *f = st_load(path, err);
     cr_assert(f, "%s", err);
+    cr_assert(st_meta(f, key), "%s: no metadata '%s'", path, key);
     StWriter *w = st_writer_new();
-    for (int i = 0; i < f->nmeta; i++)
-        st_writer_meta(w, f->meta_keys[i], strcmp(f->meta_keys[i], key) ? f->meta_values[i] : value);
+    for (int i = 0; i < f->nmeta; i++) {
+        if (strcmp(f->meta_keys[i], key)) st_writer_meta(w, f->meta_keys[i], f->meta_values[i]);
+        else if (new_key) st_writer_meta(w, new_key, value ? value : f->meta_values[i]);
+    }
     for (int i = 0; i < f->n; i++) st_writer_add(w, f->tensors[i].name, f->tensors[i].ndim, f->tensors[i].shape, f->tensors[i].data);
     cr_assert_eq(st_writer_save(w, path, err), 0, "%s", err);
     st_writer_free(w);
     st_free(f);
+}
+
+// Rewrites a safetensors file with one metadata value changed (kept CRCs).
+static void rewrite_meta(const char *path, const char *key, const char *value) {
+    rewrite_meta_entry(path, key, key, value);
 }
 
 static void recomplete(const char *ck) {
@@ -407,4 +416,30 @@ Test(checkpoint, full_disk_keeps_the_previous_checkpoint) {
     st = run_glia(RUN_FLAGS " --data '%s/shards' --out '%s' --steps 8", dir, b);
     cr_assert_eq(sh("chmod 755 '%s/ckpt'", b), 0);
     expect_error_status(st, 1, "Permission denied", NULL);
+}
+
+// ---- checksums every tensor must carry (issue 14) -----------------------------------
+
+// A file that declares checksums must have one for every tensor, each naming
+// a tensor: a key damaged by one byte used to switch that tensor's check off.
+Test(checkpoint, damaged_checksum_key_is_refused) {
+    const char *ck = copy_good("crckey");
+    char path[600];
+    snprintf(path, sizeof path, "%s/model.safetensors", ck);
+    rewrite_meta_entry(path, "crc32c.norm_f", "crc32c.norm_g", NULL);  // one byte
+    recomplete(ck);
+    expect_error(run_glia("generate --ckpt '%s'", path), "model.safetensors", "'crc32c.norm_g'");
+    expect_error(resume("crckey", NULL), "model.safetensors", "'crc32c.norm_g'");
+    // a checksum missing for one tensor while the others have theirs
+    ck = copy_good("crcgone");
+    snprintf(path, sizeof path, "%s/model.safetensors", ck);
+    rewrite_meta_entry(path, "crc32c.blocks.0.W_I", NULL, NULL);
+    recomplete(ck);
+    expect_error(run_glia("eval --ckpt '%s'", path), "tensor 'blocks.0.W_I'", "'crc32c.blocks.0.W_I' (its checksum) is missing");
+    // the same in a state file
+    ck = copy_good("crcstate");
+    snprintf(path, sizeof path, "%s/state.rank0.safetensors", ck);
+    rewrite_meta_entry(path, "crc32c.m.norm_f", "crc32c.m.norm_F", NULL);
+    recomplete(ck);
+    expect_error(resume("crcstate", NULL), "state.rank0.safetensors", "'crc32c.m.norm_F'");
 }
