@@ -35,7 +35,7 @@
 // With ZeRO-1 (--zero 1) the gradient is reduce-scattered instead: each rank
 // updates only its slice of the (padded) parameters with only its slice of
 // the moments, then the slices are all-gathered. Anything that can end the
-// loop (Ctrl-C, --max-seconds, a failed save) is agreed on by all ranks in a
+// loop (SIGTERM, SIGINT, --max-seconds, a failed save) is agreed on by all ranks in a
 // collective first, so no rank is ever left waiting in a collective for a
 // rank that has stopped. Rank 0 alone prints, writes metrics.jsonl, the
 // model file, evaluations and the sample. With one process none of this
