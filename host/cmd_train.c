@@ -262,7 +262,9 @@ static int train_parse(int argc, char **argv, TrainOptions *po) {
             fprintf(stderr, "glia train: %s\n", cerr);
             return 2;
         }
-        if (a) from = o.out;
+        // --init only starts a run: a job requeued with the same command line
+        // continues from its checkpoint, which already holds what --init gave
+        if (a) from = o.out, o.init = NULL;
         else printf("glia train: --resume auto: no checkpoint in %s; starting a fresh run\n", o.out);
     }
     if (from && o.init) {

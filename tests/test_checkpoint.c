@@ -540,6 +540,12 @@ Test(checkpoint, resume_auto_fresh_then_continues) {
     expect_error(run_glia(RUN_FLAGS " --data '%s/shards' --out '%s/other' --steps 3 --resume auto", dir, dir),
                  "--resume auto", "notes.txt");
     cr_expect_eq(sh("test -f '%s/other/notes.txt'", dir), 0, "nothing is touched");
+    // --init starts the run the first time only; the same command line then resumes
+    for (int i = 0; i < 2; i++) {
+        cr_expect_eq(run_glia(RUN_FLAGS " --data '%s/shards' --out '%s/inited' --steps 4 --stop-after 2 "
+                              "--resume auto --init '%s/model.safetensors'", dir, dir, straight), 0, "%s", err_text);
+        cr_expect(strstr(out_text, i ? "resuming from" : "starting a fresh run"), "%s", out_text);
+    }
 }
 
 // Resume restores --data and the options that do not change the arithmetic.
