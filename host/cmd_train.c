@@ -128,7 +128,7 @@ static int train_parse(int argc, char **argv, TrainOptions *po) {
         {"--keep", "K", "complete checkpoints kept in OUT/ckpt", "3"},
         {"--resume", NULL, "continue from the newest complete checkpoint in --out; `--resume auto`: resume if "
                            "there is one, start fresh if --out is new or empty, refuse anything else", NULL},
-        {"--resume-auto", NULL, NULL, NULL},  // what `--resume auto` becomes (train_args)
+        {"--resume-auto", NULL, NULL, NULL},  // what `--resume auto` becomes (cmd_train)
         {"--resume-from", "DIR", "continue from the newest complete checkpoint of run DIR", NULL},
         {"--init", "FILE", "start from the parameters of a model file of the same size (fresh optimizer "
                            "and schedule: fine-tuning, curricula)", NULL},
