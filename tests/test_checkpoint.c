@@ -97,10 +97,13 @@ static void reference_run(const char *name, int steps) {
 }
 
 static void expect_same_run(const char *a, const char *b, int steps) {
-    double la[128], lb[128];
-    cr_assert_eq(read_losses(a, la, 128), steps);
-    cr_assert_eq(read_losses(b, lb, 128), steps, "metrics.jsonl of the resumed run reads as one run");
+    double *la = malloc((size_t)(steps + 1) * sizeof *la), *lb = malloc((size_t)(steps + 1) * sizeof *lb);
+    cr_assert(la && lb);
+    cr_assert_eq(read_losses(a, la, steps + 1), steps);
+    cr_assert_eq(read_losses(b, lb, steps + 1), steps, "metrics.jsonl of the resumed run reads as one run");
     for (int i = 0; i < steps; i++) cr_expect_eq(la[i], lb[i], "step %d: %.6f vs %.6f", i + 1, la[i], lb[i]);
+    free(la);
+    free(lb);
     cr_expect_eq(sh("cmp -s '%s/model.safetensors' '%s/model.safetensors'", a, b), 0,
                  "the final model files differ");
 }
@@ -259,18 +262,27 @@ static void flip_byte(const char *path, long from_end) {
     fclose(f);
 }
 
-// Rewrites a safetensors file with one metadata value changed (kept CRCs).
-static void rewrite_meta(const char *path, const char *key, const char *value) {
+// Rewrites a safetensors file with the metadata entry `key` renamed to
+// new_key (NULL: deleted) and given `value` (NULL: its own), CRCs kept.
+static void rewrite_meta_entry(const char *path, const char *key, const char *new_key, const char *value) {
     char err[ST_ERR_LEN];
     StFile *f = st_load(path, err);
     cr_assert(f, "%s", err);
+    cr_assert(st_meta(f, key), "%s: no metadata '%s'", path, key);
     StWriter *w = st_writer_new();
-    for (int i = 0; i < f->nmeta; i++)
-        st_writer_meta(w, f->meta_keys[i], strcmp(f->meta_keys[i], key) ? f->meta_values[i] : value);
+    for (int i = 0; i < f->nmeta; i++) {
+        if (strcmp(f->meta_keys[i], key)) st_writer_meta(w, f->meta_keys[i], f->meta_values[i]);
+        else if (new_key) st_writer_meta(w, new_key, value ? value : f->meta_values[i]);
+    }
     for (int i = 0; i < f->n; i++) st_writer_add(w, f->tensors[i].name, f->tensors[i].ndim, f->tensors[i].shape, f->tensors[i].data);
     cr_assert_eq(st_writer_save(w, path, err), 0, "%s", err);
     st_writer_free(w);
     st_free(f);
+}
+
+// Rewrites a safetensors file with one metadata value changed (kept CRCs).
+static void rewrite_meta(const char *path, const char *key, const char *value) {
+    rewrite_meta_entry(path, key, key, value);
 }
 
 static void recomplete(const char *ck) {
@@ -407,4 +419,227 @@ Test(checkpoint, full_disk_keeps_the_previous_checkpoint) {
     st = run_glia(RUN_FLAGS " --data '%s/shards' --out '%s' --steps 8", dir, b);
     cr_assert_eq(sh("chmod 755 '%s/ckpt'", b), 0);
     expect_error_status(st, 1, "Permission denied", NULL);
+}
+
+// ---- checksums every tensor must carry (issue 14) -----------------------------------
+
+// A file that declares checksums must have one for every tensor, each naming
+// a tensor: a key damaged by one byte used to switch that tensor's check off.
+Test(checkpoint, damaged_checksum_key_is_refused) {
+    const char *ck = copy_good("crckey");
+    char path[600];
+    snprintf(path, sizeof path, "%s/model.safetensors", ck);
+    rewrite_meta_entry(path, "crc32c.norm_f", "crc32c.norm_g", NULL);  // one byte
+    recomplete(ck);
+    expect_error(run_glia("generate --ckpt '%s'", path), "model.safetensors", "'crc32c.norm_g'");
+    expect_error(resume("crckey", NULL), "model.safetensors", "'crc32c.norm_g'");
+    // a checksum missing for one tensor while the others have theirs
+    ck = copy_good("crcgone");
+    snprintf(path, sizeof path, "%s/model.safetensors", ck);
+    rewrite_meta_entry(path, "crc32c.blocks.0.W_I", NULL, NULL);
+    recomplete(ck);
+    expect_error(run_glia("eval --ckpt '%s'", path), "tensor 'blocks.0.W_I'", "'crc32c.blocks.0.W_I' (its checksum) is missing");
+    // the same in a state file
+    ck = copy_good("crcstate");
+    snprintf(path, sizeof path, "%s/state.rank0.safetensors", ck);
+    rewrite_meta_entry(path, "crc32c.m.norm_f", "crc32c.m.norm_F", NULL);
+    recomplete(ck);
+    expect_error(resume("crcstate", NULL), "state.rank0.safetensors", "'crc32c.m.norm_F'");
+}
+
+// ---- the run lock ------------------------------------------------------------------------
+
+// Starts `glia ARGS...` (NULL-terminated) in the background, stdout and
+// stderr into dir/bg.out; returns its PID.
+static pid_t spawn_glia(char *const argv[]) {
+    char log[300];
+    snprintf(log, sizeof log, "%s/bg.out", dir);
+    pid_t pid = fork();
+    cr_assert(pid >= 0);
+    if (pid == 0) {
+        int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        dup2(fd, 1);
+        dup2(fd, 2);
+        execv(GLIA_BIN, argv);
+        _exit(127);
+    }
+    return pid;
+}
+
+// Waits (up to 60 s) until out/metrics.jsonl has at least `lines` lines;
+// 0, or -1 when the process `pid` ended first or time ran out.
+static int wait_for_steps(pid_t pid, const char *out, int lines) {
+    char path[400], buf[1 << 16];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", out);
+    for (int i = 0; i < 6000; i++) {
+        slurp(path, buf, sizeof buf);
+        int n = 0;
+        for (char *c = buf; *c; c++) n += *c == '\n';
+        if (n >= lines) return 0;
+        int st;
+        if (waitpid(pid, &st, WNOHANG) == pid) return -1;
+        struct timespec ts = {0, 10000000L};
+        nanosleep(&ts, NULL);
+    }
+    return -1;
+}
+
+Test(checkpoint, run_lock_refuses_a_second_trainer) {
+    char out[300], shards[300];
+    snprintf(out, sizeof out, "%s/locked", dir);
+    snprintf(shards, sizeof shards, "%s/shards", dir);
+    // a long run (stopped by SIGKILL below; --max-seconds bounds it if the test dies)
+    char *argv[] = {GLIA_BIN, "train", "--size", "tiny", "--batch", "4", "--seq", "16", "--threads", "1", "--quiet",
+                    "--eval-every", "0", "--sample-tokens", "0", "--ckpt-every", "0", "--steps", "10000000",
+                    "--max-seconds", "120", "--data", shards, "--out", out, NULL};
+    pid_t pid = spawn_glia(argv);
+    cr_assert_eq(wait_for_steps(pid, out, 2), 0, "the first trainer did not start");
+    char want[64];
+    snprintf(want, sizeof want, "PID %ld", (long)pid);
+    // a second trainer, fresh or resuming, is refused naming the holder
+    expect_error(run_glia(RUN_FLAGS " --data '%s' --out '%s' --steps 5", shards, out), out, want);
+    expect_error(run_glia(RUN_FLAGS " --data '%s' --out '%s' --steps 5 --resume auto", shards, out), "in use", want);
+    int st;
+    cr_expect_eq(waitpid(pid, &st, WNOHANG), 0, "the first trainer must still run");
+    // the kernel releases the lock of a process that dies, however it dies
+    kill(pid, SIGKILL);
+    cr_assert_eq(waitpid(pid, &st, 0), pid);
+    cr_assert(WIFSIGNALED(st), "the first trainer ended before it was killed (status %d)", st);
+    cr_expect_eq(run_glia(RUN_FLAGS " --data '%s' --out '%s' --steps 3", shards, out), 0,
+                 "the lock of a killed trainer must be free: %s", err_text);
+}
+
+// ---- --resume auto -------------------------------------------------------------------------
+
+Test(checkpoint, resume_auto_fresh_then_continues) {
+    reference_run("straight", 10);
+    char b[300];
+    snprintf(b, sizeof b, "%s/auto", dir);
+    // a directory that does not exist yet: a fresh run
+    cr_assert_eq(run_glia(RUN_FLAGS " --data '%s/shards' --out '%s' --steps 10 --stop-after 4 --resume auto", dir, b), 0,
+                 "%s", err_text);
+    cr_expect(strstr(out_text, "starting a fresh run"), "%s", out_text);
+    // the same command line again continues from step 4
+    cr_assert_eq(run_glia(RUN_FLAGS " --data '%s/shards' --out '%s' --steps 10 --resume auto", dir, b), 0, "%s", err_text);
+    cr_expect(strstr(out_text, "resuming from") && strstr(out_text, "step_00000004"), "%s", out_text);
+    char straight[300];
+    snprintf(straight, sizeof straight, "%s/straight", dir);
+    expect_same_run(straight, b, 10);
+    // an empty directory is fresh too
+    cr_assert_eq(sh("mkdir -p '%s/emptyrun'", dir), 0);
+    cr_expect_eq(run_glia(RUN_FLAGS " --data '%s/shards' --out '%s/emptyrun' --steps 2 --resume auto", dir, dir), 0,
+                 "%s", err_text);
+    cr_expect(strstr(out_text, "starting a fresh run"), "%s", out_text);
+    // ambiguous: a model file whose checkpoints are gone (only an incomplete one)
+    copy_good("orphan");
+    cr_assert_eq(sh("cd '%s/orphan/ckpt' && rm step_00000003/COMPLETE && rm -r step_00000001 step_00000002", dir), 0);
+    expect_error(run_glia(RUN_FLAGS " --data '%s/shards' --out '%s/orphan' --steps 3 --resume auto", dir, dir),
+                 "--resume auto", "model.safetensors");
+    // ambiguous: a directory of something else
+    cr_assert_eq(sh("mkdir -p '%s/other' && echo hello > '%s/other/notes.txt'", dir, dir), 0);
+    expect_error(run_glia(RUN_FLAGS " --data '%s/shards' --out '%s/other' --steps 3 --resume auto", dir, dir),
+                 "--resume auto", "notes.txt");
+    cr_expect_eq(sh("test -f '%s/other/notes.txt'", dir), 0, "nothing is touched");
+    // --init starts the run the first time only; the same command line then resumes
+    for (int i = 0; i < 2; i++) {
+        cr_expect_eq(run_glia(RUN_FLAGS " --data '%s/shards' --out '%s/inited' --steps 4 --stop-after 2 "
+                              "--resume auto --init '%s/model.safetensors'", dir, dir, straight), 0, "%s", err_text);
+        cr_expect(strstr(out_text, i ? "resuming from" : "starting a fresh run"), "%s", out_text);
+    }
+}
+
+// Resume restores --data and the options that do not change the arithmetic.
+Test(checkpoint, resume_restores_data_and_options) {
+    reference_run("ref8", 8);
+    char b[300];
+    snprintf(b, sizeof b, "%s/opts", dir);
+    cr_assert_eq(run_glia("train --size tiny --batch 4 --seq 16 --warmup 3 --threads 1 --quiet --sample-tokens 0 "
+                          "--data '%s/shards' --out '%s' --steps 8 --stop-after 3 --ckpt-every 1 --eval-every 2 "
+                          "--eval-batches 1 --keep 2", dir, b), 0, "%s", err_text);
+    // a contradicting --data is refused, the run untouched
+    expect_error(run_glia("train --resume --out '%s' --data '%s/corpus.txt' --threads 1", b, dir), "--data",
+                 "differs from");
+    // no --data, --ckpt-every, --eval-every, --keep: all from the checkpoint
+    cr_assert_eq(run_glia("train --resume --out '%s' --threads 1 --quiet --sample-tokens 0", b), 0, "%s", err_text);
+    cr_expect(strstr(out_text, "/shards"), "the stored data is used: %s", out_text);
+    char ref[300];
+    snprintf(ref, sizeof ref, "%s/ref8", dir);
+    expect_same_run(ref, b, 8);
+    // --ckpt-every 1 and --keep 2 restored: steps 7 and 8 (the defaults would keep 3 and save only step 8)
+    cr_expect_eq(sh("test -f '%s/ckpt/step_00000007/COMPLETE' && test -f '%s/ckpt/step_00000008/COMPLETE' && "
+                    "test $(ls '%s/ckpt' | wc -l) -eq 2", b, b, b), 0, "--ckpt-every 1 --keep 2 are restored");
+    // --eval-every 2 restored: evaluations at steps 4, 6 and 8 after the resume
+    cr_expect_eq(sh("grep -q '\"step\": 6, \"val_loss\"' '%s/metrics.jsonl'", b), 0, "--eval-every 2 is restored");
+    // the same --data given again is fine
+    cr_expect_eq(run_glia("train --resume --out '%s' --data '%s/shards' --threads 1 --quiet", b, dir), 0, "%s", err_text);
+}
+
+// ---- SIGTERM, SIGINT ----------------------------------------------------------------------
+
+// SIGTERM mid-run: the step finishes, a checkpoint is saved, exit status 75;
+// a second signal during that changes nothing; resuming finishes the run bit
+// for bit as if it had never stopped.
+static void signal_then_resume(const char *name, int sig, int second) {
+    const int steps = 1500;
+    char out[300], shards[300], steps_s[16], ref[300];
+    snprintf(ref, sizeof ref, "%s/ref_sig", dir);
+    if (access(ref, F_OK) != 0)
+        cr_assert_eq(run_glia("train --size tiny --batch 4 --seq 16 --warmup 3 --threads 1 --quiet --eval-every 500 "
+                              "--eval-batches 1 --sample-tokens 0 --ckpt-every 1000 --data '%s/shards' --out '%s' "
+                              "--steps %d", dir, ref, steps), 0, "%s", err_text);
+    snprintf(out, sizeof out, "%s/%s", dir, name);
+    snprintf(shards, sizeof shards, "%s/shards", dir);
+    snprintf(steps_s, sizeof steps_s, "%d", steps);
+    char *argv[] = {GLIA_BIN, "train", "--size", "tiny", "--batch", "4", "--seq", "16", "--warmup", "3", "--threads",
+                    "1", "--quiet", "--eval-every", "500", "--eval-batches", "1", "--sample-tokens", "0",
+                    "--ckpt-every", "1000", "--steps", steps_s, "--data", shards, "--out", out, NULL};
+    pid_t pid = spawn_glia(argv);
+    cr_assert_eq(wait_for_steps(pid, out, 20), 0, "the trainer did not start");
+    kill(pid, sig);
+    if (second) kill(pid, second);
+    int st;
+    cr_assert_eq(waitpid(pid, &st, 0), pid);
+    char log[300];
+    snprintf(log, sizeof log, "%s/bg.out", dir);
+    slurp(log, out_text, sizeof out_text);
+    cr_assert(WIFEXITED(st), "glia train died of signal %d", WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+    cr_assert_eq(WEXITSTATUS(st), 75, "exit status %d: %s", WEXITSTATUS(st), out_text);
+    // (with two signals either may be the first handled: the threads race)
+    cr_expect(strstr(out_text, second ? "stopped by SIG" : sig == SIGTERM ? "stopped by SIGTERM" : "stopped by SIGINT"),
+              "%s", out_text);
+    double loss[2048];
+    int n = read_losses(out, loss, 2048);
+    cr_assert(n > 20 && n < steps, "stopped after %d steps", n);
+    cr_expect_eq(sh("test -f '%s/ckpt/step_%08d/COMPLETE'", out, n), 0, "the checkpoint of the last step, %d", n);
+    cr_expect_eq(verify_complete_checkpoints(out), n >= 1000 ? 2 : 1);
+    cr_expect_neq(sh("test -e '%s/sample.txt'", out), 0, "an interrupted run samples nothing");
+    cr_assert_eq(run_glia("train --resume auto --out '%s' --threads 1 --quiet", out), 0, "%s", err_text);
+    expect_same_run(ref, out, steps);
+}
+
+Test(checkpoint, sigterm_saves_exits_75_and_resumes_bit_identical) {
+    signal_then_resume("term", SIGTERM, 0);
+}
+
+Test(checkpoint, sigint_then_a_second_signal_still_saves) {
+    signal_then_resume("int2", SIGINT, SIGTERM);
+}
+
+// ---- stale temporary files -----------------------------------------------------------------
+
+// Temporary files of saves that were killed (NAME.tmp.<pid>) are deleted at
+// the next save; other files are not.
+Test(checkpoint, stale_temporary_files_removed_at_save) {
+    char b[300];
+    snprintf(b, sizeof b, "%s/stale", dir);
+    cr_assert_eq(run_glia(RUN_FLAGS " --data '%s/shards' --out '%s' --steps 4 --stop-after 2", dir, b), 0, "%s",
+                 err_text);
+    cr_assert_eq(sh("cd '%s' && touch model.safetensors.tmp.999999 metrics.jsonl.tmp.12 keep.tmp.txt "
+                    "ckpt/COMPLETE.tmp.4242 ckpt/step_00000002/state.rank0.safetensors.tmp.31337", b), 0);
+    cr_assert_eq(run_glia("train --resume --out '%s' --steps 4 --threads 1 --quiet --sample-tokens 0", b), 0, "%s",
+                 err_text);
+    cr_expect_eq(sh("cd '%s' && test ! -e model.safetensors.tmp.999999 && test ! -e metrics.jsonl.tmp.12 && "
+                    "test ! -e ckpt/COMPLETE.tmp.4242 && test ! -e ckpt/step_00000002/state.rank0.safetensors.tmp.31337",
+                    b), 0, "stale temporary files remain");
+    cr_expect_eq(sh("test -f '%s/keep.tmp.txt'", b), 0, "a file that is not a temporary of a save stays");
 }

@@ -404,3 +404,62 @@ Test(dist, cuda_two_ranks_and_zero1, .timeout = 900) {
     expect_identical("gz", "gzp", "a GPU ZeRO-1 run resumed continues bit for bit");
 #endif
 }
+
+// SIGTERM to one rank only (mpirun forwards a signal it receives to every
+// rank, but a scheduler or a user may reach just one): the stop travels in
+// the step's all-reduce, so every rank finishes the step, the checkpoint is
+// saved by all, every rank exits 75 and so does mpirun; resuming with the
+// same N ends bit-identical to a run that was never stopped.
+Test(dist, sigterm_to_one_rank_stops_all_resumable) {
+    require_mpirun();
+    const int steps = 300;
+    char extra[64], out[300], cmd[8192], path[400];
+    snprintf(extra, sizeof extra, "--steps %d", steps);
+    train("sig_ref", 2, extra);
+    snprintf(out, sizeof out, "%s/sig", dir);
+    snprintf(cmd, sizeof cmd,
+             MPIRUN_ENV MPIRUN " -np 2 '%s' " FLAGS " --steps %d --data '%s/shards' --out '%s' > '%s/stdout.txt' "
+             "2> '%s/stderr.txt'", GLIA_BIN, steps, dir, out, dir, dir);
+    pid_t job = fork();
+    cr_assert(job >= 0);
+    if (job == 0) {
+        execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+        _exit(127);
+    }
+    pid_t victim = 0;
+    int lines = 0;
+    snprintf(path, sizeof path, "%s/metrics.jsonl", out);
+    for (int i = 0; i < 600 && lines < 20; i++) {  // up to 60 s for 20 steps
+        usleep(100000);
+        if (!victim) victim = find_rank(out, 1);
+        slurp(path, err_text, sizeof err_text);
+        lines = count(err_text, "\n");
+    }
+    if (!victim || lines < 20) {
+        kill(job, SIGKILL);
+        waitpid(job, NULL, 0);
+        cr_assert(0, "the job did not start (rank 1 %d, %d steps)", (int)victim, lines);
+    }
+    cr_assert_eq(kill(victim, SIGTERM), 0);
+    int status = 0;
+    pid_t got = 0;
+    double t0 = now_s();
+    while ((got = waitpid(job, &status, WNOHANG)) == 0 && now_s() - t0 < KILL_BOUND_S) usleep(20000);
+    if (!got) {
+        kill(job, SIGKILL);
+        waitpid(job, &status, 0);
+    }
+    cr_assert(got == job, "mpirun still running %.0f s after SIGTERM", KILL_BOUND_S);
+    snprintf(path, sizeof path, "%s/stdout.txt", dir);
+    slurp(path, out_text, sizeof out_text);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 75, "status %d: %s", status, out_text);
+    cr_expect(strstr(out_text, "stopped by SIGTERM"), "%s", out_text);
+    int st = run(2, FLAGS " --steps %d --out '%s' --resume auto", steps, out);
+    cr_assert_eq(st, 0, "exit %d: %s", st, err_text);
+    cr_expect(strstr(out_text, "resuming from"), "%s", out_text);
+    expect_identical("sig_ref", "sig", "SIGTERM, then --resume auto: bit-identical to the run never stopped (np 2)");
+    static double la[512], lb[512], na[512], nb[512];
+    cr_assert_eq(read_metrics("sig_ref", la, na, 512), steps);
+    cr_assert_eq(read_metrics("sig", lb, nb, 512), steps);
+    for (int i = 0; i < steps; i++) cr_expect_eq(la[i], lb[i], "step %d: loss %.6f vs %.6f", i + 1, la[i], lb[i]);
+}

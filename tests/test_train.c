@@ -192,3 +192,43 @@ Test(train, command_errors) {
     expect_error(run_glia("train --size tiny --data '%s/shards' --out '%s/y' --seq 100000", dir, dir),
                  "corpus_train.bin");
 }
+
+// ---- metrics.jsonl holds no NaN (issue 14) ------------------------------------------
+
+// JSON has no NaN or infinity: such a value is written as null.
+Test(train, metrics_numbers_are_json) {
+    char b[40];
+    cr_expect_str_eq(train_json_num(b, "%.6f", NAN), "null");
+    cr_expect_str_eq(train_json_num(b, "%.6f", INFINITY), "null");
+    cr_expect_str_eq(train_json_num(b, "%.6f", -INFINITY), "null");
+    cr_expect_str_eq(train_json_num(b, "%.6f", 1.5), "1.500000");
+    cr_expect_str_eq(train_json_num(b, "%.1f", -0.25), "-0.2");
+}
+
+// A --seq the validation split cannot hold one window of used to log a val
+// loss of nan at every evaluation; it is refused before training, and a run
+// with evaluations logs only numbers.
+Test(train, val_split_too_short_for_seq_refused) {
+    // the corpus: about 80 kB, of which the last 10 % (about 8 kB) is validation
+    expect_error(run_glia("train --size tiny --data '%s/corpus.txt' --out '%s/short' --seq 20000 --batch 1 "
+                          "--steps 1 --threads 1", dir, dir), "val split");
+    cr_expect(strstr(output, "--seq 20000"), "%s", output);
+    // without validation the same --seq is not the val split's problem
+    int st = run_glia("train --size tiny --data '%s/corpus.txt' --out '%s/short2' --seq 20000 --batch 1 "
+                      "--steps 1 --threads 1 --eval-every 0 --sample-tokens 0 --quiet", dir, dir);
+    cr_expect_eq(st, 0, "%s", output);
+    st = run_glia("train --size tiny --data '%s/corpus.txt' --out '%s/ev' --seq 16 --batch 4 --steps 6 "
+                  "--eval-every 2 --eval-batches 2 --threads 1 --sample-tokens 0 --quiet", dir, dir);
+    cr_assert_eq(st, 0, "%s", output);
+    char path[400], line[1024];
+    snprintf(path, sizeof path, "%s/ev/metrics.jsonl", dir);
+    FILE *f = fopen(path, "r");
+    cr_assert(f);
+    int evals = 0;
+    while (fgets(line, sizeof line, f)) {
+        cr_expect(!strstr(line, "nan") && !strstr(line, "inf"), "not JSON: %s", line);
+        evals += strstr(line, "val_loss") != NULL;
+    }
+    fclose(f);
+    cr_expect_eq(evals, 3);
+}

@@ -8,6 +8,7 @@
 // Under mpirun every rank parses the same flags and reaches the same
 // verdict; only rank 0 lets its messages through (cmd_train), so a bad flag
 // is one line, not one per rank.
+#define _XOPEN_SOURCE 700  // realpath
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -82,7 +83,12 @@ static const char *TRAIN_SUMMARY =
     "Sizes (SPEC): tiny, small, 124m, 1.5b; --layers/--width/--heads/--ffn override.\n"
     "Checkpoints go to OUT/ckpt/step_N/ (the newest --keep are kept). --resume (or\n"
     "--resume-from DIR) continues a run bit for bit from its newest complete\n"
-    "checkpoint, with the options stored in it; a flag that contradicts them is an error.\n"
+    "checkpoint, with the options stored in it (--data included); a flag that\n"
+    "contradicts them is an error. --resume auto resumes when OUT holds a complete\n"
+    "checkpoint and starts fresh when OUT is new or empty (batch jobs that requeue).\n"
+    "One trainer per OUT: a second one exits 2 naming the PID in OUT/train.lock.\n"
+    "SIGTERM or SIGINT (Ctrl-C): the step in progress finishes, a checkpoint is\n"
+    "saved, and glia exits with status 75 (interrupted, resumable: --resume).\n"
     "Data parallel: mpirun -np N glia train ... splits each --batch (the global batch)\n"
     "across N processes; --zero 1 also shards the AdamW state (docs/DISTRIBUTED.md).\n"
     "--task trains on generated memory tasks instead (scored on the answers only;\n"
@@ -92,6 +98,7 @@ static const char *TRAIN_SUMMARY =
 // Parses the flags of `glia train` into *po. Returns -1 when training should
 // run, else the exit status (0 for --help).
 static int train_parse(int argc, char **argv, TrainOptions *po) {
+    static char data_abs[4096];  // --data made absolute: it is stored in checkpoints
     CliFlag flags[] = {
         {"--size", "NAME", "named model size", "small"},
         {"--layers", "N", "override: layers", NULL},
@@ -116,7 +123,9 @@ static int train_parse(int argc, char **argv, TrainOptions *po) {
         {"--eval-batches", "N", "validation batches", "20"},
         {"--ckpt-every", "N", "save the model and a checkpoint every N steps (and at the end)", "200"},
         {"--keep", "K", "complete checkpoints kept in OUT/ckpt", "3"},
-        {"--resume", NULL, "continue from the newest complete checkpoint in --out", NULL},
+        {"--resume", NULL, "continue from the newest complete checkpoint in --out; `--resume auto`: resume if "
+                           "there is one, start fresh if --out is new or empty, refuse anything else", NULL},
+        {"--resume-auto", NULL, NULL, NULL},  // what `--resume auto` becomes (cmd_train)
         {"--resume-from", "DIR", "continue from the newest complete checkpoint of run DIR", NULL},
         {"--init", "FILE", "start from the parameters of a model file of the same size (fresh optimizer "
                            "and schedule: fine-tuning, curricula)", NULL},
@@ -194,13 +203,14 @@ static int train_parse(int argc, char **argv, TrainOptions *po) {
             fprintf(stderr, "glia train: --task and --data exclude each other\n");
             return 2;
         }
-        if (GET("--resume") || GET("--resume-from")) {
+        if (GET("--resume") || GET("--resume-from") || GET("--resume-auto")) {
             fprintf(stderr, "glia train: --task runs cannot be resumed yet (the checkpoint does not record the task)\n");
             return 2;
         }
         o.task = &task;
     }
     o.data = GET("--data");
+    if (o.data && realpath(o.data, data_abs)) o.data = data_abs;  // a missing file: train_run names it
     o.out = GET("--out");
     if (cli_int("train", "--steps", GET("--steps"), 1, 1L << 40, &o.steps)) return 2;
     if (cli_int("train", "--batch", GET("--batch"), 1, 1 << 20, &v)) return 2;
@@ -232,6 +242,28 @@ static int train_parse(int argc, char **argv, TrainOptions *po) {
     o.zero = (int)v;
     o.init = GET("--init");
     const char *from = GET("--resume-from") ? GET("--resume-from") : GET("--resume") ? o.out : NULL;
+    if (from && GET("--resume-auto")) {
+        fprintf(stderr, "glia train: --resume auto decides by itself; give it without --resume-from or a second --resume\n");
+        return 2;
+    }
+    // The run lock (train.h) before anything reads or writes --out, so no
+    // other trainer changes the run directory under the decisions below
+    // (train_run keeps the lock). Every rank agrees on the outcome.
+    char cerr[CKPT_ERR_LEN];
+    int lrc = dist_is_root() ? train_lock(o.out, cerr, sizeof cerr) : 0;
+    if (lrc) fprintf(stderr, "glia train: %s\n", cerr);
+    if ((lrc = dist_allreduce_max_int(lrc))) return lrc;
+    if (GET("--resume-auto")) {
+        int a = train_ckpt_auto(o.out, cerr);
+        if (a < 0) {
+            fprintf(stderr, "glia train: %s\n", cerr);
+            return 2;
+        }
+        // --init only starts a run: a job requeued with the same command line
+        // continues from its checkpoint, which already holds what --init gave
+        if (a) from = o.out, o.init = NULL;
+        else printf("glia train: --resume auto: no checkpoint in %s; starting a fresh run\n", o.out);
+    }
     if (from && o.init) {
         fprintf(stderr, "glia train: --init starts a fresh run; it cannot be combined with --resume\n");
         return 2;
@@ -245,7 +277,6 @@ static int train_parse(int argc, char **argv, TrainOptions *po) {
     // command line must agree with it (a changed --steps would change the
     // learning-rate schedule of the steps already taken, so it is refused too).
     static char ckdir[4200];
-    char cerr[CKPT_ERR_LEN];
     long step;
     TrainOptions s;
     if (train_ckpt_find(from, ckdir, sizeof ckdir, &step, &s, cerr)) {
@@ -296,6 +327,21 @@ static int train_parse(int argc, char **argv, TrainOptions *po) {
     SAME_DOUBLE("--weight-decay", weight_decay)
     SAME_DOUBLE("--clip", clip)
     SAME_LONG("--zero", zero)
+    // --data: the stored path, unless the checkpoint predates storing it
+    if (s.data) {
+        const char *want = s.data[0] ? s.data : NULL;  // "": the default corpus
+        if (GIVEN("--data") && (!want || strcmp(o.data, want))) {
+            fprintf(stderr, "glia train: --data %s differs from %s in the checkpoint %s; a resumed run keeps its data\n",
+                    o.data, want ? want : "the default corpus", ckdir);
+            return 2;
+        }
+        o.data = want;
+    }
+    // options that do not change the arithmetic: stored ones unless given again
+    if (!GIVEN("--ckpt-every") && s.ckpt_every >= 0) o.ckpt_every = s.ckpt_every;
+    if (!GIVEN("--eval-every") && s.eval_every >= 0) o.eval_every = s.eval_every;
+    if (!GIVEN("--eval-batches") && s.eval_batches >= 1) o.eval_batches = s.eval_batches;
+    if (!GIVEN("--keep") && s.keep >= 1) o.keep = s.keep;
 #undef SAME_LONG
 #undef SAME_DOUBLE
 #undef GIVEN
@@ -320,8 +366,22 @@ int cmd_train(int argc, char **argv) {
             close(fd);
         }
     }
+    // `--resume auto` (and --resume=auto) become --resume-auto, so a bare
+    // --resume stays a switch.
+    char **args = xmalloc(((size_t)argc + 1) * sizeof *args);
+    int n = 0;
+    for (int i = 0; i < argc; i++) {
+        if (i > 0 && !strcmp(argv[i], "--resume") && i + 1 < argc && !strcmp(argv[i + 1], "auto"))
+            args[n++] = "--resume-auto", i++;
+        else if (i > 0 && !strcmp(argv[i], "--resume=auto"))
+            args[n++] = "--resume-auto";
+        else
+            args[n++] = argv[i];
+    }
+    args[n] = NULL;
     TrainOptions o;
-    int rc = train_parse(argc, argv, &o);
+    int rc = train_parse(n, args, &o);
+    free(args);
     if (quiet) {
         fflush(stdout);
         fflush(stderr);

@@ -39,6 +39,21 @@ int ckpt_check_crc(const StFile *f, const char *path, const StTensor *t, int req
     return 0;
 }
 
+int ckpt_check_crc_keys(const StFile *f, const char *path, char err[CKPT_ERR_LEN]) {
+    int n = 0;
+    for (int i = 0; i < f->nmeta; i++) {
+        const char *k = f->meta_keys[i];
+        if (strncmp(k, "crc32c.", 7)) continue;
+        n++;
+        if (!st_find(f, k + 7)) {
+            snprintf(err, CKPT_ERR_LEN, "%s: metadata '%.200s' is the checksum of no tensor in the file (a damaged "
+                     "checksum key)", path, k);
+            return -1;
+        }
+    }
+    return n > 0;
+}
+
 int ckpt_save_model(const Model *m, const char *path, long step, char err[CKPT_ERR_LEN]) {
     const ModelConfig *c = &m->cfg;
     char buf[8][32];
@@ -121,6 +136,10 @@ Model *ckpt_load_model(const char *path, long *step, char err[CKPT_ERR_LEN]) {
                  (long long)have, (long long)want);
         goto fail;
     }
+    // A file that declares checksums must carry one for every tensor, each
+    // naming a tensor of the file: a damaged key must not switch a check off.
+    int declares = ckpt_check_crc_keys(f, path, err);
+    if (declares < 0) goto fail;
     m = model_new(&cfg);
     for (int i = 0; i < m->ntensors; i++) {
         const ParamTensor *t = &m->tensors[i];
@@ -129,7 +148,7 @@ Model *ckpt_load_model(const char *path, long *step, char err[CKPT_ERR_LEN]) {
             snprintf(err, CKPT_ERR_LEN, "%s: %s", path, serr);
             goto fail;
         }
-        if (ckpt_check_crc(f, path, s, 0, err)) goto fail;
+        if (ckpt_check_crc(f, path, s, declares, err)) goto fail;
         for (int64_t k = 0; k < s->numel; k++)
             if (!isfinite(s->data[k])) {
                 snprintf(err, CKPT_ERR_LEN, "%s: tensor '%s': element %lld is not finite", path,

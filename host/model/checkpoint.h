@@ -6,7 +6,10 @@
 // Any safetensors tool can read it; glia checks every tensor's presence and
 // shape against the configuration before using a single value. Each tensor's
 // CRC-32C is stored in the metadata as crc32c.<name> (8 hex digits) and
-// checked on load when present (files from before it had none). Saves are
+// checked on load. A file with no crc32c.* key at all (from before the
+// checksums) loads unchecked; a file with any must hold one for every tensor
+// and none for a tensor it lacks (one damaged key is an error, never a check
+// silently skipped). Saves are
 // atomic (temporary file, fsync, rename), so a crash never leaves a torn file
 // where the previous one was.
 #ifndef GLIA_CHECKPOINT_H
@@ -31,5 +34,9 @@ Model *ckpt_load_model(const char *path, long *step, char err[CKPT_ERR_LEN]);
 void ckpt_meta_crc(StWriter *w, const char *name, const float *data, size_t numel);
 int ckpt_check_crc(const StFile *f, const char *path, const StTensor *t, int required,
                    char err[CKPT_ERR_LEN]);
+// Every crc32c.<name> key of f must name a tensor of f. Returns 1 when f
+// declares checksums (has such a key), 0 when it has none, -1 with a one-line
+// error naming the key.
+int ckpt_check_crc_keys(const StFile *f, const char *path, char err[CKPT_ERR_LEN]);
 
 #endif

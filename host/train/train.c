@@ -10,8 +10,10 @@
 // The run directory gets metrics.jsonl (one JSON object per step, and one
 // per evaluation), model.safetensors (saved every ckpt_every steps and at
 // the end, atomically), a training checkpoint in ckpt/ at the same moments
-// (train_ckpt.h) and sample.txt. Ctrl-C stops after the current step and
-// saves first. Because a step depends only on the parameters, the moments
+// (train_ckpt.h) and sample.txt. SIGTERM or SIGINT (Ctrl-C) stops after the
+// current step and saves first, then train_run returns
+// TRAIN_EXIT_INTERRUPTED. Rank 0 holds the run lock (OUT/train.lock, train.h)
+// for the whole run, so no two trainers ever write one run directory. Because a step depends only on the parameters, the moments
 // and the step number, a run resumed from a checkpoint continues bit for bit
 // as if it had never stopped; metrics.jsonl is cut back to the checkpoint's
 // step and appended to, so it reads as one run.
@@ -33,7 +35,7 @@
 // With ZeRO-1 (--zero 1) the gradient is reduce-scattered instead: each rank
 // updates only its slice of the (padded) parameters with only its slice of
 // the moments, then the slices are all-gathered. Anything that can end the
-// loop (Ctrl-C, --max-seconds, a failed save) is agreed on by all ranks in a
+// loop (SIGTERM, SIGINT, --max-seconds, a failed save) is agreed on by all ranks in a
 // collective first, so no rank is ever left waiting in a collective for a
 // rank that has stopped. Rank 0 alone prints, writes metrics.jsonl, the
 // model file, evaluations and the sample. With one process none of this
@@ -52,6 +54,7 @@
 #include "train/train.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <omp.h>
 #include <signal.h>
@@ -59,6 +62,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -69,10 +73,62 @@
 #include "generate/sample.h"
 #include "train/train_ckpt.h"
 
-static volatile sig_atomic_t stop_requested;
-static void on_sigint(int sig) {
-    (void)sig;
-    stop_requested = 1;
+// The first SIGTERM or SIGINT received while training (0: none). A second
+// signal changes nothing: the step and the save in progress finish (SIGKILL
+// still ends the process at once, which every save survives).
+static volatile sig_atomic_t stop_signal;
+static void on_stop_signal(int sig) {
+    if (!stop_signal) stop_signal = sig;
+}
+
+// ---- the run lock ------------------------------------------------------------------------
+
+static int lock_fd = -1;
+static char lock_path[4200];
+
+void train_unlock(void) {
+    if (lock_fd < 0) return;
+    close(lock_fd);  // releases the flock; the file stays (deleting it would race a new holder)
+    lock_fd = -1;
+    lock_path[0] = 0;
+}
+
+int train_lock(const char *out, char *err, size_t err_len) {
+    char path[sizeof lock_path];
+    snprintf(path, sizeof path, "%s/%s", out, TRAIN_LOCK_NAME);
+    if (lock_fd >= 0 && !strcmp(path, lock_path)) return 0;
+    train_unlock();
+    if (glia_mkdirs(out, err, err_len)) return 1;
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+    if (fd < 0) return snprintf(err, err_len, "%.400s: cannot create the run lock: %.120s", path, strerror(errno)), 1;
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        int saved = errno;
+        char holder[128] = "";
+        ssize_t n = saved == EWOULDBLOCK ? pread(fd, holder, sizeof holder - 1, 0) : -1;
+        close(fd);
+        if (saved != EWOULDBLOCK)
+            return snprintf(err, err_len, "%.400s: cannot lock: %.120s", path, strerror(saved)), 1;
+        holder[n > 0 ? n : 0] = 0;
+        long pid = 0;
+        char host[100] = "";
+        if (sscanf(holder, "%ld %99s", &pid, host) < 1 || pid <= 0)
+            return snprintf(err, err_len, "%.400s is in use: another glia train holds %s (it has not written its PID "
+                            "yet); wait for it to end or give another --out", out, TRAIN_LOCK_NAME), 2;
+        return snprintf(err, err_len, "%.400s is in use: glia train (PID %ld%s%.99s) holds %s; wait for it to end "
+                        "or give another --out", out, pid, host[0] ? " on " : "", host, TRAIN_LOCK_NAME), 2;
+    }
+    char me[200], host[100] = "?";
+    gethostname(host, sizeof host);
+    host[sizeof host - 1] = 0;
+    int len = snprintf(me, sizeof me, "%ld %s\n", (long)getpid(), host);
+    if (ftruncate(fd, 0) != 0 || pwrite(fd, me, (size_t)len, 0) != len) {
+        int saved = errno;
+        close(fd);
+        return snprintf(err, err_len, "%.400s: cannot write: %.120s", path, strerror(saved)), 1;
+    }
+    lock_fd = fd;
+    snprintf(lock_path, sizeof lock_path, "%s", path);
+    return 0;
 }
 
 static double now_s(void) {
@@ -139,6 +195,13 @@ int train_data_dir(const char *data, const char *out, char *dir, size_t dir_len,
     return rc ? 2 : 0;
 }
 
+const char *train_json_num(char buf[40], const char *fmt, double v) {
+    if (!isfinite(v)) return "null";
+    snprintf(buf, 40, fmt, v);
+    return buf;
+}
+#define jnum train_json_num
+
 static void fmt_eta(char *buf, size_t n, double s) {
     if (s < 60) snprintf(buf, n, "%.0fs", s);
     else if (s < 3600) snprintf(buf, n, "%dm%02ds", (int)s / 60, (int)s % 60);
@@ -152,7 +215,7 @@ static int metrics_trim(const char *path, long last, char *err, size_t err_len) 
     FILE *in = fopen(path, "r");
     if (!in) return 0;
     char tmp[4300], line[1024];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
     FILE *out = fopen(tmp, "w");
     if (!out) {
         snprintf(err, err_len, "%.400s: cannot write: %s", tmp, strerror(errno));
@@ -208,6 +271,10 @@ static int save_all(const TrainOptions *o, Model *m, const TrainShard *sh, long 
     model_sync_host(m);  // the backend holds the live copies
     model_moments_host(m, &mom1, &mom2);
     int root = dist_is_root(), rc = 0;
+    // Temporary files of saves that were killed midway: rank 0 holds the run
+    // lock and every rank has finished its previous save (agreed below), so
+    // nothing is writing them; they can only be stale.
+    if (root) train_ckpt_clean_tmp(o->out);
     if (root) rc = train_ckpt_begin(o->out, step, d, sizeof d, err) ? 1 : 0;
     if (agree(rc, "cannot save the checkpoint of step %ld: %s", step, err)) return 1;
     dist_bcast_bytes(d, sizeof d);
@@ -250,15 +317,37 @@ int train_run(const TrainOptions *o) {
                     o->batch, world);
         return 2;
     }
-    int rc = glia_mkdirs(o->out, err, sizeof err) ? 1 : 0;
-    if (agree(rc, "--out: %s", err)) return 1;
+    // The run lock before anything is written (cmd_train may hold it already).
+    int rc = root ? train_lock(o->out, err, sizeof err) : 0;
+    if ((rc = agree(rc, "%s", err))) {
+        if (root) train_unlock();
+        return rc;
+    }
+    // From here a signal stops the run cleanly (one more step and a save, or
+    // before the first step nothing); SA_RESTART, so no write or fsync of a
+    // save fails with EINTR.
+    struct sigaction sa, old_int, old_term;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    stop_signal = 0;
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
+    Model *m = NULL;
+    float *mom1 = NULL, *mom2 = NULL;  // a checkpoint's moments, until the model has them
+    int *in = NULL, *tg = NULL;
+    FILE *metrics = NULL;
+    long start = 0;  // the step the checkpoint we resume from ended
+    TrainShard sh = {ds->rank, world, o->zero != 0, 0, 0, 0};
+    int interrupted = 0;  // the signal that stopped the run, agreed by the ranks
     // Rank 0 prepares a text file or the default corpus once; the others
     // then open what it wrote (the run directory is shared, DISTRIBUTED.md).
     // A task run (tasks.h) has no data: every batch is generated.
     Dataset train = {0}, val = {0};
     if (!o->task) {
         if (root) rc = train_data_dir(o->data, o->out, dir, sizeof dir, err);
-        if ((rc = agree(rc, "%s", err))) return rc;
+        if ((rc = agree(rc, "%s", err))) goto done;
         dist_bcast_bytes(dir, sizeof dir);
         rc = dataset_open(&train, dir, "train", err) || dataset_open(&val, dir, "val", err) ||
                      dataset_check_seq(&train, o->seq, err) ? 2 : 0;
@@ -269,24 +358,16 @@ int train_run(const TrainOptions *o) {
                 rc = 2;
             }
         }
+        if (!rc && o->eval_every > 0 && dataset_windows(&val, o->seq) == 0) {  // else every val loss is NaN
+            snprintf(err, sizeof err, "%.400s: the val split holds %zu tokens, too few for one window of --seq %d "
+                     "(it needs %d); give a shorter --seq or --eval-every 0", dir, val.total, o->seq, o->seq + 1);
+            rc = 2;
+        }
     } else if (o->cfg.V < 256 || o->seq != o->task->T || task_check(o->task, err, (int)sizeof err)) {
         if (!err[0]) snprintf(err, sizeof err, "a task needs the byte vocabulary (V >= 256) and --seq = the task's length");
         rc = 2;
     }
-    if ((rc = agree(rc, "%s", err))) {
-        dataset_close(&train);
-        dataset_close(&val);
-        return rc;
-    }
-
-    void (*old_handler)(int) = SIG_DFL;
-    int handler_set = 0;
-    Model *m = NULL;
-    float *mom1 = NULL, *mom2 = NULL;  // a checkpoint's moments, until the model has them
-    int *in = NULL, *tg = NULL;
-    FILE *metrics = NULL;
-    long start = 0;  // the step the checkpoint we resume from ended
-    TrainShard sh = {ds->rank, world, o->zero != 0, 0, 0, 0};
+    if ((rc = agree(rc, "%s", err))) goto done;
     if (o->resume) {
         m = train_ckpt_load_shard(o->resume, &o->cfg, &sh, &mom1, &mom2, &start, err);
         rc = m ? 0 : 2;
@@ -359,9 +440,11 @@ int train_run(const TrainOptions *o) {
         goto done;
     }
 
-    stop_requested = 0;
-    old_handler = signal(SIGINT, on_sigint);
-    handler_set = 1;
+    if ((interrupted = dist_allreduce_max_int(stop_signal))) {  // a signal during the start: nothing new to save
+        if (root) printf("glia train: stopped by signal %d before the first step; nothing to save\n", interrupted);
+        rc = TRAIN_EXIT_INTERRUPTED;
+        goto done;
+    }
     double t_start = now_s(), ms_sum = 0.0;
     long step = 0, timed = 0;
     int stopped_early = 0;
@@ -380,7 +463,7 @@ int train_run(const TrainOptions *o) {
             model_set_reduce(m, micro == o->accum - 1);  // the last backward all-reduces as it goes
             model_backward(m, in, gscale);
         }
-        red[1] = stop_requested || (o->max_seconds > 0 && now_s() - t_start >= o->max_seconds);
+        red[1] = stop_signal || (o->max_seconds > 0 && now_s() - t_start >= o->max_seconds);
         dist_allreduce_sum_double(red, 2);
         double loss = red[0] / world;
         double lr = train_lr(o->lr, o->min_lr_frac, o->warmup, o->steps, step);
@@ -399,24 +482,32 @@ int train_run(const TrainOptions *o) {
         if (root && !o->quiet)
             printf("step %5ld/%ld | loss %.4f | lr %.2e | norm %.3f | %8.0f tok/s | %7.1f ms | eta %s\n",
                    step, o->steps, loss, lr, norm, tok_s, ms, eta);
+        char jb[6][40];
         if (root)
-            fprintf(metrics, "{\"step\": %ld, \"loss\": %.6f, \"lr\": %.6e, \"grad_norm\": %.6f, \"tok_s\": %.1f, \"ms\": %.3f}\n",
-                    step, loss, lr, norm, tok_s, ms);
+            fprintf(metrics, "{\"step\": %ld, \"loss\": %s, \"lr\": %s, \"grad_norm\": %s, \"tok_s\": %s, \"ms\": %s}\n",
+                    step, jnum(jb[0], "%.6f", loss), jnum(jb[1], "%.6e", lr), jnum(jb[2], "%.6f", norm),
+                    jnum(jb[3], "%.1f", tok_s), jnum(jb[4], "%.3f", ms));
+        // A stop by a signal (agreed: the ranks may have seen different ones)
+        // skips the evaluation and the sample of a finished run, to save and
+        // exit soon; a stop by --max-seconds ends the run as before.
+        if (red[1] > 0 && step < o->steps) interrupted = dist_allreduce_max_int(stop_signal);
         int last = step == o->steps || red[1] > 0;
-        if (root && o->eval_every > 0 && (step % o->eval_every == 0 || last) && o->task) {
+        int eval_now = o->eval_every > 0 && (step % o->eval_every == 0 || (last && !interrupted));
+        if (root && eval_now && o->task) {
             double acc, vl;
             long n;
             task_eval(m, o->task, o->seed + TASK_VAL_SEED_OFFSET, B, o->eval_batches * o->batch, &acc, &vl, &n);
             printf("step %5ld/%ld | val loss %.4f | val acc %.4f (%ld answers; chance %.4f)\n", step, o->steps, vl,
                    acc, n, task_chance(o->task));
-            fprintf(metrics, "{\"step\": %ld, \"val_loss\": %.6f, \"val_acc\": %.6f}\n", step, vl, acc);
-        } else if (!o->task && o->eval_every > 0 && (step % o->eval_every == 0 || last)) {
+            fprintf(metrics, "{\"step\": %ld, \"val_loss\": %s, \"val_acc\": %s}\n", step,
+                    jnum(jb[0], "%.6f", vl), jnum(jb[1], "%.6f", acc));
+        } else if (!o->task && eval_now) {
             long nw;  // every rank scores its share of the windows (train_eval)
             double vl = train_eval(m, &val, B, T, o->eval_batches, &nw);
             if (root) printf("step %5ld/%ld | val loss %.4f | %.4f bits/token (%ld windows)\n", step, o->steps,
                    vl, vl / 0.69314718055994530942, nw);
-            if (root) fprintf(metrics, "{\"step\": %ld, \"val_loss\": %.6f, \"val_bits_per_token\": %.6f}\n",
-                    step, vl, vl / 0.69314718055994530942);
+            if (root) fprintf(metrics, "{\"step\": %ld, \"val_loss\": %s, \"val_bits_per_token\": %s}\n",
+                    step, jnum(jb[0], "%.6f", vl), jnum(jb[1], "%.6f", vl / 0.69314718055994530942));
         }
         if (root) {
             fflush(stdout);
@@ -431,6 +522,14 @@ int train_run(const TrainOptions *o) {
     if (stopped_early) {
         if (root) printf("glia train: stopped after step %ld (--stop-after); continue with --resume\n", step);
         rc = 0;
+        goto done;
+    }
+    if (interrupted) {
+        if (root)
+            printf("glia train: stopped by %s after step %ld of %ld, checkpoint saved; exit status %d: continue "
+                   "with --resume\n", interrupted == SIGTERM ? "SIGTERM" : interrupted == SIGINT ? "SIGINT" : "a signal",
+                   step, o->steps, TRAIN_EXIT_INTERRUPTED);
+        rc = TRAIN_EXIT_INTERRUPTED;
         goto done;
     }
     if (step > o->steps) step = o->steps;
@@ -461,7 +560,9 @@ int train_run(const TrainOptions *o) {
     }
     rc = 0;
 done:
-    if (handler_set) signal(SIGINT, old_handler);
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
+    if (root) train_unlock();
     if (metrics) fclose(metrics);
     free(in);
     free(tg);

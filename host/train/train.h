@@ -31,9 +31,27 @@ typedef struct {
     const Backend *backend;  // where the model runs (chosen once: host/cmd_device.c); NULL: the CPU
 } TrainOptions;
 
-// Runs training; returns 0, 2 for bad input (data, options), 1 for failures
-// of the environment (a file that cannot be written). Prints one-line errors.
+// The exit status of a run stopped by SIGTERM or SIGINT: the step in progress
+// was finished and saved; `glia train --resume` continues it (75 is
+// EX_TEMPFAIL of sysexits.h: "try again later").
+#define TRAIN_EXIT_INTERRUPTED 75
+
+// Runs training; returns 0, 2 for bad input (data, options, a run directory
+// in use), 1 for failures of the environment (a file that cannot be
+// written), TRAIN_EXIT_INTERRUPTED after a signal. Prints one-line errors.
+// Takes the run lock of o->out (below) unless this process holds it, and
+// releases it before returning.
 int train_run(const TrainOptions *o);
+
+// The run lock: rank 0 holds flock(LOCK_EX) on OUT/train.lock from before
+// it writes anything in OUT until the run ends; the kernel releases it when
+// the process dies, however it dies. The file holds the holder's
+// "PID HOST". train_lock creates OUT if needed and returns 0 (held; again 0
+// when this process already holds it), 2 when another process holds it (err
+// names its PID), 1 when the file cannot be created or locked.
+#define TRAIN_LOCK_NAME "train.lock"
+int train_lock(const char *out, char *err, size_t err_len);
+void train_unlock(void);
 
 // Learning rate at step s (1-based): linear warmup, then cosine to min_frac·lr.
 double train_lr(double lr, double min_frac, long warmup, long steps, long s);
@@ -48,6 +66,11 @@ double train_lr(double lr, double min_frac, long warmup, long steps, long s);
 // each batch and the sums are all-reduced, so every world size scores the
 // same windows (equal to rounding).
 double train_eval(Model *m, const Dataset *val, int B, int T, long batches, long *windows);
+
+// A number for metrics.jsonl formatted with fmt into buf, or "null" when v is
+// not finite: JSON has no NaN or infinity, so readers see "no value" rather
+// than a parse error or a silent NaN.
+const char *train_json_num(char buf[40], const char *fmt, double v);
 
 // Resolves --data: a shard directory as is; a text file is prepared into
 // <out>/data; NULL prepares the default corpus. Writes the directory to dir.

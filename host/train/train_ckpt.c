@@ -231,6 +231,13 @@ static int state_save(const char *path, const Model *m, const float *mom1, const
     meta_double(w, "min_lr_frac", o->min_lr_frac);
     meta_double(w, "weight_decay", o->weight_decay);
     meta_double(w, "clip", o->clip);
+    // The options that do not change the arithmetic, restored on resume
+    // unless given again; data: the --data path ("" for the default corpus).
+    st_writer_meta(w, "data", o->data ? o->data : "");
+    meta_long(w, "ckpt_every", o->ckpt_every);
+    meta_long(w, "eval_every", o->eval_every);
+    meta_long(w, "eval_batches", o->eval_batches);
+    meta_long(w, "keep", o->keep);
     char name[80];
     for (int k = 0; k < 2 && sh->zero; k++) {  // ZeRO-1: this rank's slice, flat
         snprintf(name, sizeof name, "%c.shard", k ? 'v' : 'm');
@@ -342,6 +349,24 @@ static StFile *state_open(const char *path, long want_step, int want_rank, Train
     if (get_double(f, path, "lr", &o->lr, err) || get_double(f, path, "min_lr_frac", &o->min_lr_frac, err) ||
         get_double(f, path, "weight_decay", &o->weight_decay, err) || get_double(f, path, "clip", &o->clip, err))
         goto fail;
+    // Stored since issue 14; absent in older checkpoints (-1, data NULL).
+    static const char *const opt_keys[4] = {"ckpt_every", "eval_every", "eval_batches", "keep"};
+    long *opt[4] = {&o->ckpt_every, &o->eval_every, &o->eval_batches, NULL};
+    for (int i = 0; i < 4; i++) {
+        long long x = -1;
+        if (st_meta(f, opt_keys[i]) && get_long(f, path, opt_keys[i], 0, BIG, &x, err)) goto fail;
+        if (opt[i]) *opt[i] = (long)x;
+        else o->keep = x > (1 << 20) ? (1 << 20) : (int)x;
+    }
+    static char data[4096];
+    const char *sd = st_meta(f, "data");
+    if (sd && strlen(sd) >= sizeof data) {
+        snprintf(err, CKPT_ERR_LEN, "%.400s: metadata 'data' is longer than a path", path);
+        goto fail;
+    }
+    if (sd) snprintf(data, sizeof data, "%s", sd);
+    o->data = sd ? data : NULL;
+    if (ckpt_check_crc_keys(f, path, err) < 0) goto fail;
     char cerr[256];
     if (model_config_check(&o->cfg, cerr, sizeof cerr)) {
         snprintf(err, CKPT_ERR_LEN, "%.400s: bad configuration: %.120s", path, cerr);
@@ -619,6 +644,83 @@ int train_ckpt_exists(const char *out) {
     }
     free(steps);
     return found;
+}
+
+// 1 for the name of a temporary file of glia's atomic saves: NAME.tmp.<pid>.
+static int is_tmp_name(const char *name) {
+    const char *t = NULL;  // the last ".tmp."
+    for (const char *p = strstr(name, ".tmp."); p; p = strstr(p + 1, ".tmp.")) t = p;
+    if (!t || t == name || !t[5]) return 0;
+    for (const char *d = t + 5; *d; d++)
+        if (*d < '0' || *d > '9') return 0;
+    return 1;
+}
+
+// Deletes the temporary files in one directory; returns how many.
+static int clean_tmp_in(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    char path[PATH_LEN + 256];
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        if (is_tmp_name(e->d_name)) {
+            snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+            if (unlink(path) == 0) n++;
+        }
+    closedir(d);
+    return n;
+}
+
+int train_ckpt_clean_tmp(const char *out) {
+    char ckdir[CKDIR_LEN], d[DIR_LEN], err[CKPT_ERR_LEN];
+    snprintf(ckdir, sizeof ckdir, "%s/ckpt", out);
+    int n = clean_tmp_in(out) + clean_tmp_in(ckdir);
+    long *steps = NULL;
+    int ns = list_steps(ckdir, &steps, err);
+    for (int i = 0; i < ns; i++) {
+        step_dir(d, sizeof d, ckdir, steps[i]);
+        n += clean_tmp_in(d);
+    }
+    free(steps);
+    return n;
+}
+
+int train_ckpt_auto(const char *out, char err[CKPT_ERR_LEN]) {
+    if (train_ckpt_exists(out)) return 1;
+    // No complete checkpoint: fresh only if out holds nothing but what a run
+    // writes before its first checkpoint is complete.
+    DIR *d = opendir(out);
+    if (!d) {
+        if (errno == ENOENT) return 0;
+        return snprintf(err, CKPT_ERR_LEN, "%.400s: cannot read: %.120s", out, strerror(errno)), -1;
+    }
+    char ckdir[CKDIR_LEN], what[300] = "";
+    snprintf(ckdir, sizeof ckdir, "%s/ckpt", out);
+    struct dirent *e;
+    while (!what[0] && (e = readdir(d))) {
+        const char *n = e->d_name;
+        if (!strcmp(n, ".") || !strcmp(n, "..") || !strcmp(n, TRAIN_LOCK_NAME) || !strcmp(n, "metrics.jsonl") ||
+            !strcmp(n, "data") || is_tmp_name(n))
+            continue;
+        if (!strcmp(n, "ckpt")) {
+            DIR *c = opendir(ckdir);
+            struct dirent *ce;
+            while (c && !what[0] && (ce = readdir(c)))
+                if (strcmp(ce->d_name, ".") && strcmp(ce->d_name, "..") && entry_step(ce->d_name) < 0 &&
+                    !is_tmp_name(ce->d_name))
+                    snprintf(what, sizeof what, "ckpt/%.200s", ce->d_name);
+            if (c) closedir(c);
+            else snprintf(what, sizeof what, "ckpt (not a readable directory)");
+            continue;
+        }
+        snprintf(what, sizeof what, "%.250s", n);
+    }
+    closedir(d);
+    if (!what[0]) return 0;
+    snprintf(err, CKPT_ERR_LEN, "--resume auto: %.400s holds %s but no complete checkpoint: neither a run to "
+             "continue nor an empty directory; move it away or give another --out", out, what);
+    return -1;
 }
 
 int train_ckpt_begin(const char *out, long step, char *dir, size_t dir_len, char err[CKPT_ERR_LEN]) {

@@ -14,7 +14,10 @@
 //                            "glia-train-state", ckpt_version,
 //                            model_version, step, the options that define
 //                            the run and the configuration, world_size,
-//                            rank, zero, shard_offset and shard_len;
+//                            rank, zero, shard_offset and shard_len, and
+//                            the options restored on resume unless given
+//                            again (data, ckpt_every, eval_every,
+//                            eval_batches, keep);
 //   COMPLETE                 written last (by rank 0, after every rank has
 //                            written its file): each file's name and size,
 //                            and the world size when it is above 1.
@@ -64,6 +67,22 @@ int train_ckpt_save_state(const char *dir, const Model *m, const float *mom1, co
                           const TrainShard *sh, const TrainOptions *o, long step, char err[CKPT_ERR_LEN]);
 int train_ckpt_commit(const char *out, const char *dir, long step, int world, int keep, char err[CKPT_ERR_LEN]);
 
+// Deletes the temporary files of interrupted saves (NAME.tmp.<pid>, left by
+// a process killed mid-save) in out, out/ckpt and out/ckpt/step_*; returns
+// how many. Only safe while the caller holds out's run lock (train.h) and no
+// rank of its own run is saving: then no process writes there, so every such
+// file is stale, whatever host or PID wrote it.
+int train_ckpt_clean_tmp(const char *out);
+
+// What `--resume auto` does with the run directory out: 1 to resume (out/ckpt
+// holds a complete checkpoint), 0 to start fresh (out is missing, empty, or
+// holds only what a run writes before its first checkpoint completes: the
+// run lock, metrics.jsonl, data/, temporary files, and ckpt/ with nothing
+// but incomplete step_* directories), -1 with a one-line error naming what
+// makes it ambiguous (anything else, e.g. a model.safetensors whose
+// checkpoints are gone, or files of something other than a glia run).
+int train_ckpt_auto(const char *out, char err[CKPT_ERR_LEN]);
+
 // 1 when out/ckpt holds a complete checkpoint: a run that starts afresh
 // there would overwrite an earlier run's saved work, so it is refused. (Only
 // incomplete directories, from a run killed before its first save completed,
@@ -73,7 +92,10 @@ int train_ckpt_exists(const char *out);
 // The newest complete checkpoint under root/ckpt: its directory (into dir),
 // step and stored run options (o: cfg, steps, batch, seq, accum, lr, warmup,
 // min_lr_frac, weight_decay, clip, seed, and the world_size and zero of the
-// run that wrote it; other fields zero). Checks the
+// run that wrote it; ckpt_every, eval_every, eval_batches and keep, -1 in a
+// checkpoint from before they were stored; data: the --data path, "" for
+// the default corpus, NULL when not stored (a static buffer, valid until
+// the next call); other fields zero). Checks the
 // COMPLETE sizes and the state file's format and versions. 0, or -1 with a
 // one-line error naming the file and the problem.
 int train_ckpt_find(const char *root, char *dir, size_t dir_len, long *step, TrainOptions *o,
