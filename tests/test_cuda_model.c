@@ -1,4 +1,4 @@
-// test_cuda_model.c: the whole model (host/model.c) on the CUDA backend
+// test_cuda_model.c: the whole model (host/model/model.c) on the CUDA backend
 // against the CPU backend: loss, logits, every parameter's gradient, AdamW
 // steps, streaming generation, the commands with --device cuda, and the
 // NCCL all-reduce with one rank.

@@ -1,7 +1,7 @@
 // test_cuda_ops.c: parity of the CUDA model ops (kernels/cuda/ops.cu) with
 // the CPU reference: rmsnorm_forward / rmsnorm_backward, neuron_backward,
 // adamw_update, grad_norm_sq, scale_inplace (kernels/cpu/), the embedding
-// of host/model.c (written inline here: x = E[token]; dE[token] += dx in
+// of kernels/cpu/backend.c (written inline here: x = E[token]; dE[token] += dx in
 // position order) and its cross-entropy (xent_row, xent_row_backward).
 //
 // Every case draws fresh seeded inputs at odd shapes. Outputs that an op
@@ -404,7 +404,7 @@ static void xent_case(int M, int V, float std, float shift, uint64_t seed, doubl
     }
     const float k = scored ? 0.7f / (float)scored : 0.0f;
 
-    // reference (host/model.c)
+    // reference (kernels/cpu/xent.c)
     double *loss_ref = xalloc(M * sizeof(double));
     float *dl_ref = floats(mv);
     for (int i = 0; i < M; i++) {

@@ -1,5 +1,5 @@
 // test_data.c: token shards, datasets, batches and byte-level corpora
-// (host/data.h), and `glia prepare` as a user runs it.
+// (host/io/data.h), and `glia prepare` as a user runs it.
 //
 // Shards are built by hand where a test needs a broken one, so each way a
 // file can be wrong (truncated, padded, empty, wrong magic or version, too

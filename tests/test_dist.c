@@ -1,4 +1,4 @@
-// test_dist.c: data-parallel training (host/dist.c, docs/DISTRIBUTED.md):
+// test_dist.c: data-parallel training (kernels/common/dist.c, docs/DISTRIBUTED.md):
 // `mpirun -np 2 glia train` against one process, ZeRO-1, the batch split
 // check, a rank killed mid-run and resuming; then the same on the GPU (NCCL
 // all-reduce, ZeRO-1 with NCCL's reduce-scatter and all-gather, resuming).

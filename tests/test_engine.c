@@ -1,4 +1,4 @@
-// test_engine.c: the batched generation engine (host/engine.c): a request's
+// test_engine.c: the batched generation engine (host/generate/engine.c): a request's
 // completion is bit-identical whether it runs alone or beside others in the
 // pool, a reused slot starts from a clean state, stop strings and max_tokens
 // are honoured, over-long prompts are refused, and the offline JSONL mode

@@ -1,4 +1,4 @@
-// test_export.c: `glia export` / `glia import` (host/cmd_export.c).
+// test_export.c: `glia export` / `glia import` (host/cmd/cmd_export.c).
 //
 // The commands are called in-process through their entry points
 // (commands.h) with stderr redirected to a file, so the tests check the exit

@@ -79,7 +79,7 @@ static void start(void) {
         fclose(f);
         waitpid(server, NULL, 0);
         server = -1;
-        skip_reason = "the glia binary has no serve command (add it to host/main.c's COMMANDS)";
+        skip_reason = "the glia binary has no serve command (add it to host/cmd/main.c's COMMANDS)";
         return;
     }
     fclose(f);  // the server's later lines go to a closed pipe: it ignores SIGPIPE

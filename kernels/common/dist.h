@@ -1,5 +1,7 @@
 // dist.h: data parallelism across processes: who am I (rank), how many of us
-// (world), and the few collectives training needs, over MPI.
+// (world), and the few collectives training needs, over MPI. It sits in
+// kernels/common because the CPU backend's collectives (backend.h) are these
+// and the CUDA backend broadcasts NCCL's id with them; the host uses it too.
 //
 // glia runs as one process unless an MPI launcher started it (mpirun, srun
 // --mpi=pmix, ...): dist_init looks for the launcher's environment variables
@@ -8,8 +10,8 @@
 // buffers are left as they are), so callers need no special case and a
 // single-process run stays bit for bit what it was before MPI existed.
 //
-// Failures: every MPI call is checked (mpi_check: file:line and MPI's own
-// message) and a failure ends the whole job with MPI_Abort, as does
+// Failures: every MPI call is checked (mpi_check, common/check.h: file:line
+// and MPI's own message) and a failure ends the whole job with MPI_Abort, as does
 // dist_abort. A rank that dies is noticed by the launcher, which then ends
 // the others (docs/DISTRIBUTED.md gives the measured time), so a collective
 // whose peer is gone never waits forever.

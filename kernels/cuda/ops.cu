@@ -4,7 +4,7 @@
 //
 // Why it is built this way:
 // - Every op computes the CPU reference's expressions (kernels/cpu/*.c,
-//   host/model.c), written with the same parentheses and the per-step rules
+//   kernels/cpu/backend.c), written with the same parentheses and the per-step rules
 //   of common/step.h, so the two backends differ only by the summation order
 //   of reductions, FMA contraction and the device's expf / logf (about an
 //   ulp each). The tests (tests/test_cuda_ops.c) hold them to that.
@@ -404,7 +404,7 @@ __device__ __forceinline__ void row_softmax_stats(const float *__restrict__ lg, 
 }
 
 // One block per row: losses[row] = log Σ exp(lg − max) + max − lg[target]
-// (host/model.c model_xent), 0 where target < 0.
+// (kernels/cpu/xent.c xent_row), 0 where target < 0.
 __global__ void xent_forward_kernel(float *__restrict__ losses,         // (M)
                                     const float *__restrict__ logits,   // (M, V)
                                     const int *__restrict__ targets,    // (M)
@@ -423,7 +423,7 @@ __global__ void xent_forward_kernel(float *__restrict__ losses,         // (M)
 }
 
 // One block per row, in place: lg = k · (softmax − onehot(target))
-// (host/model.c model_backward); rows with target < 0 become 0. Every read of
+// (kernels/cpu/xent.c xent_backward); rows with target < 0 become 0. Every read of
 // the statistics pass is behind the reductions' barriers before any write,
 // and the write pass reads and writes only the thread's own entries.
 __global__ void xent_backward_kernel(float *__restrict__ logits,        // (M, V)
