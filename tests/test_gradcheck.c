@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/backend.h"  // AMSU_CHUNK
 #include "cpu/cpu.h"
 #include "testutil.h"
 
@@ -156,6 +157,12 @@ Test(gradcheck, amsu_astro_on_multichunk) {
     check_amsu((AmsuShape){1, 2 * GLIA_CHUNK + 5, 12, 3, 1}, 12);
 }
 Test(gradcheck, amsu_astro_off) { check_amsu((AmsuShape){2, 7, 16, 2, 0}, 13); }
+// The chunked astrocyte (astro_chunk.c), within one chunk and across three
+Test(gradcheck, amsu_chunked) {
+    cpu_set_amsu(AMSU_CHUNK);
+    check_amsu((AmsuShape){2, 9, 16, 2, 1}, 11);
+    check_amsu((AmsuShape){1, 2 * GLIA_CHUNK + 5, 12, 3, 1}, 12);
+}
 
 // ---- LIF neuron (the FFN's) -------------------------------------------------------
 

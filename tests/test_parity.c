@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/backend.h"  // AMSU_CHUNK
 #include "cpu/cpu.h"
 #include "model/model.h"
 #include "glia/safetensors.h"
@@ -52,6 +53,8 @@ static void expect_spikes(const StFile *ref, const char *name, const float *got,
     cr_expect_eq(bad, 0, "%s: %zu of %zu spikes differ", name, bad, n);
     cr_assert(fired > 0 && fired < n, "%s: the fixture must have both spikes and silence", name);
 }
+
+static void check_model_case(const char *name);
 
 static void check_amsu_case(const char *name, int astro) {
     char in_name[128], out_name[128];
@@ -101,6 +104,17 @@ Test(parity, amsu_small) { check_amsu_case("amsu_small", 1); }
 Test(parity, amsu_odd_heads) { check_amsu_case("amsu_odd", 1); }
 Test(parity, amsu_long_multichunk) { check_amsu_case("amsu_long", 1); }
 Test(parity, amsu_astro_off) { check_amsu_case("amsu_off", 0); }
+// the chunked astrocyte (astro_chunk.c) against the same fp64 fixtures
+Test(parity, amsu_chunked) {
+    cpu_set_amsu(AMSU_CHUNK);
+    check_amsu_case("amsu_small", 1);
+    check_amsu_case("amsu_odd", 1);
+    check_amsu_case("amsu_long", 1);
+}
+Test(parity, model_tiny_chunked) {
+    cpu_set_amsu(AMSU_CHUNK);
+    check_model_case("tiny");
+}
 
 Test(parity, lif_neuron) {
     StFile *in = load_fixture("lif.in.safetensors"), *ref = load_fixture("lif.out.safetensors");

@@ -97,6 +97,7 @@ int cmd_amsu(int argc, char **argv) {
         {"--in", "FILE", "input case (safetensors)", NULL},
         {"--out", "FILE", "where to write the result (safetensors)", NULL},
         {"--device", "DEV", "backend: cpu, cuda or auto", "cpu"},
+        {"--amsu", "scan|chunk", "the astrocyte recurrence: per timestep, or in chunks (default: the faster)", NULL},
         {"--astro", "on|off", "astrocyte modulation, off = SPEC's ablation", "on"},
     };
     int nf = sizeof flags / sizeof flags[0];
@@ -108,6 +109,7 @@ int cmd_amsu(int argc, char **argv) {
     int astro;
     const Backend *be;
     if (device_pick("amsu", cli_get(flags, nf, "--device"), NULL, &be) ||
+        device_set_amsu("amsu", be, cli_get(flags, nf, "--amsu")) ||
         cli_choice("amsu", "--astro", cli_get(flags, nf, "--astro"), onoff, 2, &astro))
         return 2;
 

@@ -54,3 +54,16 @@ int device_move_model(const char *cmd, Model *m, const Backend *be) {
     }
     return 0;
 }
+
+int device_set_amsu(const char *cmd, const Backend *be, const char *value) {
+    static const char *const modes[] = {"scan", "chunk"};
+    int mode;
+    if (!value) return 0;  // the backend's own default: its faster path
+    if (cli_choice(cmd, "--amsu", value, modes, 2, &mode)) return 2;
+    if (be->set_amsu(mode)) {
+        fprintf(stderr, "glia %s: --amsu %s: the %s backend does not have it yet; use --amsu scan\n", cmd, value,
+                be->name);
+        return 2;
+    }
+    return 0;
+}

@@ -135,6 +135,7 @@ static int train_parse(int argc, char **argv, TrainOptions *po) {
         {"--threads", "N", "CPU threads (default: all cores)", NULL},
         {"--device", "DEV", "cpu, cuda, or auto (cuda when a GPU is found)", "auto"},
         {"--matmul", "MODE", "GPU matmuls: tf32 or bf16 (tensor cores, fp32 accumulation) or fp32 (exact)", "tf32"},
+        {"--amsu", "scan|chunk", "the astrocyte recurrence: per timestep, or in chunks of matrix products (default: the faster on the device)", NULL},
         {"--quiet", NULL, "no per-step lines", NULL},
         {"--zero", "0|1", "ZeRO stage under mpirun: 1 shards the AdamW state across the ranks", "0"},
         {"--match-params", NULL, "with --astro off: the smallest width (a multiple of the heads) with at "
@@ -148,7 +149,7 @@ static int train_parse(int argc, char **argv, TrainOptions *po) {
     int rc = cli_parse("train", TRAIN_SUMMARY, argc, argv, flags, nf);
     if (rc) return rc == 1 ? 0 : 2;
     const Backend *be;
-    if (device_pick("train", GET("--device"), GET("--matmul"), &be) ||
+    if (device_pick("train", GET("--device"), GET("--matmul"), &be) || device_set_amsu("train", be, GET("--amsu")) ||
         set_threads("train", GET("--threads")))
         return 2;
 
@@ -415,6 +416,7 @@ int cmd_eval(int argc, char **argv) {
         {"--threads", "N", "CPU threads", NULL},
         {"--device", "DEV", "cpu, cuda, or auto (cuda when a GPU is found)", "auto"},
         {"--matmul", "MODE", "GPU matmuls: tf32 or bf16 (tensor cores, fp32 accumulation) or fp32 (exact)", "tf32"},
+        {"--amsu", "scan|chunk", "the astrocyte recurrence: per timestep, or in chunks of matrix products (default: the faster on the device)", NULL},
         {"--seed", "S", "task: the seed of the scored sequences (train uses --seed, its validation seed + 1000003)",
          "999"},
         TASK_FLAGS,
@@ -425,7 +427,7 @@ int cmd_eval(int argc, char **argv) {
                        argc, argv, flags, nf);
     if (rc) return rc == 1 ? 0 : 2;
     const Backend *be;
-    if (device_pick("eval", GET("--device"), GET("--matmul"), &be) ||
+    if (device_pick("eval", GET("--device"), GET("--matmul"), &be) || device_set_amsu("eval", be, GET("--amsu")) ||
         set_threads("eval", GET("--threads")))
         return 2;
     long B, T, nb;

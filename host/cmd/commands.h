@@ -16,6 +16,7 @@ int cmd_import(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int bench_kernels(int argc, char **argv);  // cmd_bench_kernels.c (an error without CUDA)
+int bench_amsu(int argc, char **argv);     // cmd_bench_amsu.c: scan against chunk on the CPU
 
 // Shared by the model commands (cmd_device.c); each returns 0, or 2 after a
 // one-line error naming `cmd`.
@@ -23,6 +24,9 @@ int bench_kernels(int argc, char **argv);  // cmd_bench_kernels.c (an error with
 // the backend (auto: CUDA when built with it and a device is found) with its
 // matmul mode set. 0, or 2 after a one-line error. host/cmd_device.c.
 int device_pick(const char *cmd, const char *device, const char *matmul, const Backend **be);
+// --amsu scan|chunk (NULL: the backend's default, its faster path): how the
+// AM-SU's astrocyte runs on `be`. 0, or 2 after a one-line error.
+int device_set_amsu(const char *cmd, const Backend *be, const char *value);
 // Moves a loaded model to backend `be` (inference: no gradients); 0, or 2 after a one-line error.
 int device_move_model(const char *cmd, Model *m, const Backend *be);
 

@@ -24,6 +24,10 @@
 extern "C" {
 #endif
 
+// How the AM-SU's astrocyte recurrence runs: one timestep after another, or
+// in chunks of matrix products (the same function; docs/AMSU.md).
+enum { AMSU_SCAN = 0, AMSU_CHUNK = 1 };
+
 typedef struct Backend {
     const char *name;   // "cpu", "cuda"
     int host_memory;    // 1: its memory is host memory (no copies between host and backend)
@@ -38,6 +42,7 @@ typedef struct Backend {
     void (*zero)(void *p, size_t bytes);
     void (*describe)(char *buf, size_t len);  // "NVIDIA H100 80GB HBM3, 79.2 GiB", "CPU, 2 threads"
     void (*set_matmul)(int mode);             // MATMUL_FP32 / TF32 / BF16 (cuda.h); exact-only backends ignore it
+    int (*set_amsu)(int mode);                // AMSU_SCAN or AMSU_CHUNK: 0, or -1 where the backend lacks it
 
     // ---- ops
     // out (M, N) = alpha · inp (M, K) @ W (N, K)ᵀ, plus out if `accumulate`

@@ -19,6 +19,7 @@
 //   dk_t   = (1 − λ) ⊙ G_t v_t
 //   dv_t   = G_tᵀ ((1 − λ) ⊙ k_t)
 //   dλ    += rowsum(G_t ⊙ (H_{t-1} − k_t v_tᵀ)).
+#include "common/backend.h"  // AMSU_SCAN, AMSU_CHUNK
 #include "common/step.h"
 #include "cpu/cpu.h"
 #include "glia/util.h"
@@ -131,6 +132,9 @@ void astro_backward(float *dk, float *dv, float *dq, float *da_lambda, const flo
 
 // ---- the layer ------------------------------------------------------------------
 
+static int amsu_mode = AMSU_SCAN;
+void cpu_set_amsu(int mode) { amsu_mode = mode; }
+
 size_t amsu_scratch_size(AmsuShape sh) {
     return 6 * (size_t)sh.B * sh.T * sh.C;  // ds, dI, dm, dk, dv, dq
 }
@@ -144,8 +148,8 @@ void amsu_forward(float *y, AmsuActs *a, const float *z, const AmsuWeights *w, A
         matmul_forward(a->k, z, w->W_K, M, C, C, kscale, 0);
         matmul_forward(a->v, z, w->W_V, M, C, C, 1.0f, 0);
         matmul_forward(a->q, z, w->W_Q, M, C, C, 1.0f, 0);
-        astro_forward(a->o, a->Hckpt, a->k, a->v, a->q, w->a_lambda, state ? state->H : NULL,
-                      sh.B, sh.T, C, sh.Nh);
+        (amsu_mode == AMSU_CHUNK ? astro_forward_chunk : astro_forward)(
+            a->o, a->Hckpt, a->k, a->v, a->q, w->a_lambda, state ? state->H : NULL, sh.B, sh.T, C, sh.Nh);
     } else {
         memset(a->o, 0, (size_t)M * C * sizeof(float));
     }
@@ -169,8 +173,8 @@ void amsu_backward(float *dz, AmsuGrads *g, float *scratch, const float *dy, con
     // I = z W_Iᵀ
     matmul_backward(dz, g->dW_I, dI, z, w->W_I, M, C, C, 1.0f, 0);
     if (!sh.astro) return;
-    astro_backward(dk, dv, dq, g->da_lambda, dm, a->k, a->v, a->q, w->a_lambda, a->Hckpt, sh.B,
-                   sh.T, C, sh.Nh);
+    (amsu_mode == AMSU_CHUNK ? astro_backward_chunk : astro_backward)(
+        dk, dv, dq, g->da_lambda, dm, a->k, a->v, a->q, w->a_lambda, a->Hckpt, sh.B, sh.T, C, sh.Nh);
     float kscale = 1.0f / sqrtf((float)(C / sh.Nh));
     matmul_backward(dz, g->dW_K, dk, z, w->W_K, M, C, C, kscale, 1);
     matmul_backward(dz, g->dW_V, dv, z, w->W_V, M, C, C, 1.0f, 1);

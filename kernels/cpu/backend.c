@@ -18,6 +18,11 @@ static void cpu_zero(void *p, size_t bytes) { memset(p, 0, bytes); }
 static void cpu_describe(char *buf, size_t len) { snprintf(buf, len, "CPU, %d threads", omp_get_max_threads()); }
 static void cpu_set_matmul(int mode) { (void)mode; }  // fp32 only: every product is exact fp32
 
+static int cpu_amsu(int mode) {
+    cpu_set_amsu(mode);
+    return 0;
+}
+
 static size_t no_scratch(int a, int b) { return (void)a, (void)b, 0; }
 static void rmsnorm_bwd(float *dx, float *dg, float *scratch, const float *dout, const float *x, const float *g,
                         const float *rstd, int N, int C) {
@@ -65,6 +70,7 @@ static const Backend cpu = {
     .zero = cpu_zero,
     .describe = cpu_describe,
     .set_matmul = cpu_set_matmul,
+    .set_amsu = cpu_amsu,
     .matmul_forward = matmul_forward,
     .matmul_backward = matmul_backward,
     .rmsnorm_forward = rmsnorm_forward,

@@ -72,6 +72,17 @@ void astro_backward(float *dk, float *dv, float *dq, float *da_lambda, const flo
                     const float *k, const float *v, const float *q, const float *a_lambda,
                     const float *Hckpt, int B, int T, int C, int Nh);
 
+// The same recurrence in chunks of GLIA_CHUNK steps as matrix products
+// (astro_chunk.c): equal to the above to rounding, the same checkpoints.
+void astro_forward_chunk(float *o, float *Hckpt, const float *k, const float *v, const float *q,
+                         const float *a_lambda, float *H_state, int B, int T, int C, int Nh);
+void astro_backward_chunk(float *dk, float *dv, float *dq, float *da_lambda, const float *dout,
+                          const float *k, const float *v, const float *q, const float *a_lambda,
+                          const float *Hckpt, int B, int T, int C, int Nh);
+// Which of the two amsu_forward / amsu_backward use: AMSU_SCAN (the default)
+// or AMSU_CHUNK (common/backend.h).
+void cpu_set_amsu(int mode);
+
 // ---- cross-entropy (xent.c) ---------------------------------------------------------
 // −log softmax(logits)[target] in nats, over V logits.
 double xent_row(const float *logits, int V, int target);

@@ -14,6 +14,9 @@
 static void dev_copy(void *dst, const void *src, size_t bytes) { cuda_copy(dst, src, bytes, NULL); }
 static void dev_zero(void *p, size_t bytes) { cuda_memset(p, 0, bytes, NULL); }
 
+// The fused per-timestep kernel only, so far (docs/CUDA.md).
+static int dev_amsu(int mode) { return mode == AMSU_SCAN ? 0 : -1; }
+
 static void mm_fwd(float *out, const float *inp, const float *W, int M, int K, int N, float alpha, int acc) {
     matmul_forward_cuda(out, inp, W, M, K, N, alpha, acc, NULL);
 }
@@ -108,6 +111,7 @@ static const Backend cuda = {
     .zero = dev_zero,
     .describe = cuda_device_describe,
     .set_matmul = matmul_set_mode,
+    .set_amsu = dev_amsu,
     .matmul_forward = mm_fwd,
     .matmul_backward = mm_bwd,
     .rmsnorm_forward = rms_fwd,
