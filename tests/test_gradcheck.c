@@ -151,13 +151,18 @@ static void check_amsu(AmsuShape sh, uint64_t seed) {
     free(a.z), free(a.dy), free(a.y), free(a.keep), free(a.acts_mem), free(dz), free(scratch);
 }
 
-Test(gradcheck, amsu_astro_on) { check_amsu((AmsuShape){2, 9, 16, 2, 1}, 11); }
+// The per-timestep scan (amsu.c), then the chunked astrocyte (astro_chunk.c,
+// the CPU's default), each within one chunk and across three.
+Test(gradcheck, amsu_astro_on) {
+    cpu_set_amsu(AMSU_SCAN);
+    check_amsu((AmsuShape){2, 9, 16, 2, 1}, 11);
+}
 Test(gradcheck, amsu_astro_on_multichunk) {
+    cpu_set_amsu(AMSU_SCAN);
     // T spans three checkpoint chunks, the last one partial
     check_amsu((AmsuShape){1, 2 * GLIA_CHUNK + 5, 12, 3, 1}, 12);
 }
 Test(gradcheck, amsu_astro_off) { check_amsu((AmsuShape){2, 7, 16, 2, 0}, 13); }
-// The chunked astrocyte (astro_chunk.c), within one chunk and across three
 Test(gradcheck, amsu_chunked) {
     cpu_set_amsu(AMSU_CHUNK);
     check_amsu((AmsuShape){2, 9, 16, 2, 1}, 11);

@@ -100,9 +100,19 @@ static void check_amsu_case(const char *name, int astro) {
     st_free(ref);
 }
 
-Test(parity, amsu_small) { check_amsu_case("amsu_small", 1); }
-Test(parity, amsu_odd_heads) { check_amsu_case("amsu_odd", 1); }
-Test(parity, amsu_long_multichunk) { check_amsu_case("amsu_long", 1); }
+// the per-timestep scan (amsu.c); the chunked astrocyte is the CPU's default
+Test(parity, amsu_small) {
+    cpu_set_amsu(AMSU_SCAN);
+    check_amsu_case("amsu_small", 1);
+}
+Test(parity, amsu_odd_heads) {
+    cpu_set_amsu(AMSU_SCAN);
+    check_amsu_case("amsu_odd", 1);
+}
+Test(parity, amsu_long_multichunk) {
+    cpu_set_amsu(AMSU_SCAN);
+    check_amsu_case("amsu_long", 1);
+}
 Test(parity, amsu_astro_off) { check_amsu_case("amsu_off", 0); }
 // the chunked astrocyte (astro_chunk.c) against the same fp64 fixtures
 Test(parity, amsu_chunked) {
@@ -111,8 +121,8 @@ Test(parity, amsu_chunked) {
     check_amsu_case("amsu_odd", 1);
     check_amsu_case("amsu_long", 1);
 }
-Test(parity, model_tiny_chunked) {
-    cpu_set_amsu(AMSU_CHUNK);
+Test(parity, model_tiny_scan) {
+    cpu_set_amsu(AMSU_SCAN);
     check_model_case("tiny");
 }
 

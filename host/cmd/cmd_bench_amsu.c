@@ -90,7 +90,7 @@ static void run(Shape s, int mode, int reps, double out[3]) {
         out[k] = col[reps / 2];
         free(col);
     }
-    cpu_set_amsu(AMSU_SCAN);
+    cpu_set_amsu(AMSU_CHUNK);  // the default again
     free(t), free(mem), free(scratch), free(z), free(y), free(dy), free(dz), free(W), free(G), free(al), free(ab);
     free(ds), free(dI), free(dm), free(dk), free(dv), free(dq);
 }

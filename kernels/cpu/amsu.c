@@ -132,7 +132,7 @@ void astro_backward(float *dk, float *dv, float *dq, float *da_lambda, const flo
 
 // ---- the layer ------------------------------------------------------------------
 
-static int amsu_mode = AMSU_SCAN;
+static int amsu_mode = AMSU_CHUNK;  // the faster on this backend (docs/PERF.md)
 void cpu_set_amsu(int mode) { amsu_mode = mode; }
 
 size_t amsu_scratch_size(AmsuShape sh) {

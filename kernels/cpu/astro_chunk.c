@@ -37,7 +37,21 @@
 #include "cpu/cpu.h"
 #include "glia/util.h"
 
+#include <omp.h>
+
 #include <cblas.h>  // last: its complex.h defines I, a field name in cpu.h's structs
+
+// The (sequence, head) pairs run on OpenMP's threads, each calling sgemm on
+// its own small matrices. OpenBLAS must run those calls single-threaded: left
+// at the process's thread count, its calls from inside a parallel region
+// contend with each other (measured here at 2 threads: 5x slower than one
+// thread). So the BLAS thread count is 1 for the region and restored after.
+static int blas_single_begin(void) {
+    int nt = omp_get_max_threads();
+    openblas_set_num_threads(1);
+    return nt;
+}
+static void blas_single_end(int nt) { cpu_set_threads(nt); }
 
 enum { LC = GLIA_CHUNK };
 
@@ -101,7 +115,8 @@ void astro_forward_chunk(float *o, float *Hckpt, const float *k, const float *v,
                          const float *a_lambda, float *H_state, int B, int T, int C, int Nh) {
     const int D = C / Nh, nch = glia_nchunks(T);
     const size_t DD = (size_t)D * D;
-#pragma omp parallel for schedule(dynamic)
+    const int nt = blas_single_begin();
+#pragma omp parallel for schedule(dynamic) num_threads(nt)
     for (int bh = 0; bh < B * Nh; bh++) {
         const int b = bh / Nh, h = bh % Nh;
         Work w;
@@ -129,6 +144,7 @@ void astro_forward_chunk(float *o, float *Hckpt, const float *k, const float *v,
         if (H_state) memcpy(H_state + (size_t)bh * DD, w.S, DD * sizeof(float));
         free(w.pw);
     }
+    blas_single_end(nt);
 }
 
 void astro_backward_chunk(float *dk, float *dv, float *dq, float *da_lambda, const float *dout,
@@ -137,7 +153,8 @@ void astro_backward_chunk(float *dk, float *dv, float *dq, float *da_lambda, con
     const int D = C / Nh, nch = glia_nchunks(T);
     const size_t DD = (size_t)D * D;
     float *dlam_part = xcalloc((size_t)B * C, sizeof(float));  // (B, Nh, D) per sequence
-#pragma omp parallel for schedule(dynamic)
+    const int nt = blas_single_begin();
+#pragma omp parallel for schedule(dynamic) num_threads(nt)
     for (int bh = 0; bh < B * Nh; bh++) {
         const int b = bh / Nh, h = bh % Nh;
         Work w;
@@ -213,6 +230,7 @@ void astro_backward_chunk(float *dk, float *dv, float *dq, float *da_lambda, con
         free(lambda);
         free(w.pw);
     }
+    blas_single_end(nt);
     for (int c = 0; c < C; c++) {
         float total = 0.0f, lam = step_sigmoid(a_lambda[c]);
         for (int b = 0; b < B; b++) total += dlam_part[(size_t)b * C + c];

@@ -79,8 +79,8 @@ void astro_forward_chunk(float *o, float *Hckpt, const float *k, const float *v,
 void astro_backward_chunk(float *dk, float *dv, float *dq, float *da_lambda, const float *dout,
                           const float *k, const float *v, const float *q, const float *a_lambda,
                           const float *Hckpt, int B, int T, int C, int Nh);
-// Which of the two amsu_forward / amsu_backward use: AMSU_SCAN (the default)
-// or AMSU_CHUNK (common/backend.h).
+// Which of the two amsu_forward / amsu_backward use: AMSU_CHUNK (the
+// default: the faster, docs/PERF.md) or AMSU_SCAN (common/backend.h).
 void cpu_set_amsu(int mode);
 
 // ---- cross-entropy (xent.c) ---------------------------------------------------------
