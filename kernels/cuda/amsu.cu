@@ -35,29 +35,7 @@
 // piece's first chunk is the state it started from, as on the CPU).
 //
 // D is a template parameter (8, 16, 32, 64, 128): the column must sit in
-// registers, which needs every index into it known at compile time (fully
-// unrolled loops); a run-time D would put it in local memory. ptxas (CUDA
-// 13.0, sm_90) reports 61 / 64 / 72 / 128 / 176 registers per thread for
-// D = 8 / 16 / 32 / 64 / 128 and no spills. With 64 K registers per SM that
-// still fits 2 blocks of D = 128, 8 of D = 64, and for D <= 32 the hardware
-// limit of 32 blocks per SM (shared memory is at most 2.5 KB per block). What
-// limits occupancy in practice is the grid: B·Nh blocks, often fewer than the
-// 132 SMs of an H100 (see below); for D = 8 and 16 a block is also less than
-// a warp.
-//
-// Cost per launch (fp32 I/O), N = B·T·C:
-//   bytes  ≈ 4·N·4 read (I, k, v, q) + 3·N·4 written (o, u, s)
-//            + B·Nh·nchunks·D²·4 written (Hckpt)
-//   FLOPs  ≈ 5·B·T·Nh·D² (mul + FMA for the calcium update, FMA for o)
-// At SPEC's 124m layer (B 8, T 1024, C 768, Nh 12, D 64): 176 MB of
-// activations + 50 MB of checkpoints ≈ 75 µs at 3 TB/s; 2.0 GFLOP ≈ 30 µs of
-// fp32 FMA. This kernel does not reach either floor at that shape: it has
-// only B·Nh = 96 blocks of 64 threads (one per SM at most), and each step is
-// a chain of D dependent FMAs for o plus a barrier, so it is latency-bound
-// (≈ 1024 steps × a few hundred cycles ≈ 0.2 ms, an estimate to measure).
-// The ways below that are SPEC's chunked tensor-core form, or splitting the
-// rows i of a column over several threads (which changes the summation order
-// from the CPU's, within the parity tolerance).
+// registers, which needs every index into it known at compile time.
 //
 // With astro == 0 there is no astrocyte: a thread per (sequence, channel)
 // runs the LIF neuron alone along time and writes o = 0 (unless o is NULL).
@@ -107,37 +85,12 @@
 // them into da_beta and da_lambda. No float atomics: the result is the same on
 // every run.
 //
-// scratch (amsu_backward_scratch_floats floats), with L = min(T, GLIA_CHUNK):
-//   [0, B·Nh·(L+1)·D²)       H recompute, block (b, h) at (b·Nh + h)·(L+1)·D²,
-//                            entry (τ, i, j) at (τ·D + j)·D + i: H before
-//                            step t0 + τ of the current chunk (τ = 0..L)
-//   then B·C                 dβ partials (B, C)
-//   then B·C                 dλ partials (B, C), c = h·D + i
-// At 124m (B 8, Nh 12, D 64) that is 52 MB; at 1.5b (B 8, Nh 16, D 128) 277 MB.
+// scratch: amsu_backward_scratch_floats floats, the H recompute of each block's
+// chunk (at (b·Nh + h)·(L+1)·D², entry (τ, i, j) at (τ·D + j)·D + i, L =
+// min(T, GLIA_CHUNK)), then the dβ and dλ partials (B, C) each.
 //
-// Registers: G (D floats) lives across the whole kernel. For D <= 64 the row
-// H_t also stays in registers through the walk (H_{t−1} is read from the
-// scratch at step t and becomes H_t of step t − 1), so each step reads one
-// row of the scratch. For D = 128 two rows of 128 floats would spill, so
-// there the recompute runs in slices of 32 columns and the walk reads both
-// H_t and H_{t−1} from the scratch (written by the same thread one phase
-// earlier), with only G in registers. ptxas (CUDA 13.0, sm_90)
-// reports 71 / 88 / 138 / 242 / 255 registers per thread for D = 8 / 16 /
-// 32 / 64 / 128 and no spills; keeping H_t in registers at D = 128 too
-// spills 3.3 KB per thread. (Without H_t in registers D = 64 would need 134;
-// which of the two is faster at 124m is still to be measured on a GPU.)
-// Shared memory: (D·(D + 1) + GLIA_CHUNK·D + D)·4 bytes, 25 KB at D = 64 and
-// 81 KB at D = 128 (opted in above the default 48 KB).
-//
-// Cost per launch, N = B·T·C: reads ds, u, o, s, k, v, q (7·N·4 bytes; k
-// and the u, s of the previous step twice, from cache) + Hckpt, writes dI,
-// dk, dv, dq (4·N·4), plus the recompute round trip of (1 write + 1 read, or
-// 2 reads for D = 128)·B·T·Nh·D²·4 bytes. At 124m the whole recompute region
-// (52 MB) is about the H100's L2 (50 MB), so part of that traffic reaches
-// HBM; at 1.5b (277 MB) all of it does. FLOPs ≈ 16·B·T·Nh·D² (recompute 3,
-// G 3, dq 2, dk 2, dλ 4, dv 2 per entry and step). Like the forward it has
-// only B·Nh blocks and a barrier-separated chain per step: latency-bound,
-// to be measured.
+// Registers, shared memory, bytes and FLOPs of both kernels at the model's
+// shapes: docs/CUDA.md, "The fused per-timestep kernel".
 #include "common/step.h"
 #include "common/types.h"  // GLIA_CHUNK, glia_nchunks: the checkpoint convention
 #include "cuda/cuda.h"
