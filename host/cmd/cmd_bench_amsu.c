@@ -8,8 +8,8 @@
 // and their backward (dI, dk, dv, dq, dλ, dβ from ds), without the five
 // projections, which are the same GEMMs in both. The whole layer
 // (amsu_forward + amsu_backward, projections included) is timed too. Each
-// figure is the median of --reps runs after one warm-up; the ratio is
-// scan / chunk. FLOP rates count the astrocyte's multiply-adds as the scan
+// figure is the median of --reps runs after one warm-up, scan and chunk
+// alternating; the ratio is scan / chunk. FLOP rates count the astrocyte's multiply-adds as the scan
 // does them (forward 2·D² per token and head, backward 5·D²), so the two
 // columns' rates compare work done per second on the same problem.
 #include <omp.h>
@@ -44,9 +44,10 @@ typedef struct {
     int B, T, C, Nh;
 } Shape;
 
-// Times (median, seconds) of the recurrence forward, backward, and the whole
-// layer forward + backward, in `mode`.
-static void run(Shape s, int mode, int reps, double out[3]) {
+// Medians (seconds) of the recurrence forward, backward, and the whole layer
+// forward + backward, out[mode][part], scan and chunk alternating rep by rep
+// so that a change in the machine's load falls on both.
+static void run(Shape s, int reps, double out[2][3]) {
     const int B = s.B, T = s.T, C = s.C, Nh = s.Nh;
     const AmsuShape sh = {B, T, C, Nh, 1};
     const size_t n = (size_t)B * T * C, cc = (size_t)C * C;
@@ -66,32 +67,35 @@ static void run(Shape s, int mode, int reps, double out[3]) {
     for (int i = 0; i < C; i++) al[i] = (float)(2.0 + rng_gauss(&r));
     AmsuWeights w = {W, W + cc, W + 2 * cc, W + 3 * cc, W + 4 * cc, al, ab};
     AmsuGrads g = {G, G + cc, G + 2 * cc, G + 3 * cc, G + 4 * cc, G + 5 * cc, G + 5 * cc + C};
-    cpu_set_amsu(mode);
     amsu_forward(y, &a, z, &w, sh, NULL, 0, NULL);  // the activations the recurrence reads
-    double *t = xmalloc((size_t)(reps + 1) * 3 * sizeof(double));
-    for (int rep = 0; rep <= reps; rep++) {  // rep 0 warms up
-        double t0 = now_s();
-        (mode == AMSU_CHUNK ? astro_forward_chunk : astro_forward)(a.o, a.Hckpt, a.k, a.v, a.q, al, NULL, B, T, C, Nh);
-        neuron_forward(a.u, a.s, a.I, a.o, ab, NULL, NULL, B, T, C, NULL);
-        double t1 = now_s();
-        neuron_backward(dI, dm, g.da_beta, ds, a.u, a.o, a.s, ab, B, T, C, NULL);
-        (mode == AMSU_CHUNK ? astro_backward_chunk : astro_backward)(dk, dv, dq, g.da_lambda, dm, a.k, a.v, a.q, al,
-                                                                      a.Hckpt, B, T, C, Nh);
-        double t2 = now_s();
-        amsu_forward(y, &a, z, &w, sh, NULL, 0, NULL);
-        amsu_backward(dz, &g, scratch, dy, z, &a, &w, sh, NULL);
-        double t3 = now_s();
-        t[rep * 3 + 0] = t1 - t0, t[rep * 3 + 1] = t2 - t1, t[rep * 3 + 2] = t3 - t2;
-    }
-    for (int k = 0; k < 3; k++) {
-        double *col = xmalloc((size_t)reps * sizeof(double));
-        for (int rep = 1; rep <= reps; rep++) col[rep - 1] = t[rep * 3 + k];
-        qsort(col, (size_t)reps, sizeof(double), cmp_d);
-        out[k] = col[reps / 2];
-        free(col);
-    }
+    double *t = xmalloc((size_t)(reps + 1) * 6 * sizeof(double));
+    for (int rep = 0; rep <= reps; rep++)  // rep 0 warms up
+        for (int mode = 0; mode < 2; mode++) {
+            cpu_set_amsu(mode ? AMSU_CHUNK : AMSU_SCAN);
+            double t0 = now_s();
+            (mode ? astro_forward_chunk : astro_forward)(a.o, a.Hckpt, a.k, a.v, a.q, al, NULL, B, T, C, Nh);
+            neuron_forward(a.u, a.s, a.I, a.o, ab, NULL, NULL, B, T, C, NULL);
+            double t1 = now_s();
+            neuron_backward(dI, dm, g.da_beta, ds, a.u, a.o, a.s, ab, B, T, C, NULL);
+            (mode ? astro_backward_chunk : astro_backward)(dk, dv, dq, g.da_lambda, dm, a.k, a.v, a.q, al, a.Hckpt, B,
+                                                            T, C, Nh);
+            double t2 = now_s();
+            amsu_forward(y, &a, z, &w, sh, NULL, 0, NULL);
+            amsu_backward(dz, &g, scratch, dy, z, &a, &w, sh, NULL);
+            double t3 = now_s();
+            double *row = t + ((size_t)rep * 2 + mode) * 3;
+            row[0] = t1 - t0, row[1] = t2 - t1, row[2] = t3 - t2;
+        }
+    double *col = xmalloc((size_t)reps * sizeof(double));
+    for (int mode = 0; mode < 2; mode++)
+        for (int k = 0; k < 3; k++) {
+            for (int rep = 1; rep <= reps; rep++) col[rep - 1] = t[((size_t)rep * 2 + mode) * 3 + k];
+            qsort(col, (size_t)reps, sizeof(double), cmp_d);
+            out[mode][k] = col[reps / 2];
+        }
     cpu_set_amsu(AMSU_CHUNK);  // the default again
-    free(t), free(mem), free(scratch), free(z), free(y), free(dy), free(dz), free(W), free(G), free(al), free(ab);
+    free(col), free(t), free(mem), free(scratch), free(z), free(y), free(dy), free(dz), free(W), free(G), free(al),
+        free(ab);
     free(ds), free(dI), free(dm), free(dk), free(dv), free(dq);
 }
 
@@ -136,9 +140,9 @@ int bench_amsu(int argc, char **argv) {
            "|---|---|---:|---:|---:|---:|---:|\n");
     for (int i = 0; i < ns; i++) {
         Shape s = shapes[i];
-        double ts[3], tc[3];
-        run(s, AMSU_SCAN, (int)reps, ts);
-        run(s, AMSU_CHUNK, (int)reps, tc);
+        double tm[2][3];
+        run(s, (int)reps, tm);
+        const double *ts = tm[0], *tc = tm[1];
         const double D = (double)s.C / s.Nh, tok = (double)s.B * s.T;
         const double fl[3] = {2.0 * 2 * D * D * s.Nh * tok, 2.0 * 5 * D * D * s.Nh * tok, 0.0};
         const char *part[3] = {"recurrence forward", "recurrence backward", "whole layer, fwd + bwd"};
