@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include "common/backend.h"  // AMSU_SCAN, AMSU_CHUNK
 #include "cpu/cpu.h"
@@ -98,6 +99,26 @@ Test(train, chunked_amsu_trains_like_the_scan) {
     cr_expect(fabs(loss[1][0] - loss[0][0]) <= 1e-5 * loss[0][0], "step 1: %.6f vs %.6f", loss[1][0], loss[0][0]);
     cr_expect(worst <= 0.05, "chunk vs scan: a loss differs by %.3f", worst);
     cr_expect((loss[1][57] + loss[1][58] + loss[1][59]) / 3 < 1.2, "the chunked run does not learn");
+}
+
+// --dry-run: the sizes without allocating anything or touching --out. The
+// parameter bytes are the config's count × 4 (model_config_nparams, checked
+// against every tensor of a real model in test_model.c); a 1.5b model at
+// T 4096 (194 GiB) must print as fast as a tiny one.
+Test(train, dry_run_prints_memory_and_allocates_nothing) {
+    char out[16384];
+    int rc = glia_run(out, sizeof out, "train --size 1.5b --batch 8 --seq 4096 --device cpu --dry-run --out %s/dry", dir);
+    cr_assert_eq(rc, 0, "%s", out);
+    ModelConfig c;
+    model_config_named("1.5b", &c);
+    const char *p = strstr(out, "\n  parameters ");
+    double gib;
+    cr_assert(p && sscanf(p, " parameters %lf GiB", &gib) == 1, "%s", out);
+    cr_expect(fabs(gib - model_config_nparams(&c) * 4.0 / 1073741824.0) < 1e-3, "parameters %.3f GiB", gib);
+    cr_expect(strstr(out, "activations") && strstr(out, "total"), "%s", out);
+    char path[400];
+    snprintf(path, sizeof path, "%s/dry", dir);
+    cr_expect_neq(access(path, F_OK), 0, "--dry-run created %s", path);
 }
 
 Test(train, same_seed_same_threads_bit_identical) {

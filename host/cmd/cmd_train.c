@@ -97,6 +97,26 @@ static const char *TRAIN_SUMMARY =
 
 // Parses the flags of `glia train` into *po. Returns -1 when training should
 // run, else the exit status (0 for --help).
+// --dry-run: the size and what one rank holds in the backend's memory.
+static void dry_run(const TrainOptions *o) {
+    const Dist *d = dist_self();
+    const int world = d->world, B = o->batch / world > 0 ? o->batch / world : 1;
+    ModelMemory mm;
+    model_memory(&o->cfg, o->backend, B, o->seq, world, o->zero, &mm);
+    if (d->rank) return;
+    const double GiB = 1073741824.0;
+    printf("glia train --dry-run: %s model, %.2f M parameters (L %d, C %d, heads %d, FFN %d, vocab %d padded to %d)\n",
+           o->cfg.astro ? "AM-SU" : "LIF", model_config_nparams(&o->cfg) / 1e6, o->cfg.L, o->cfg.C, o->cfg.Nh,
+           o->cfg.F, o->cfg.V, o->cfg.Vp);
+    printf("per rank (%d rank%s%s), on %s, %d sequences x %d tokens, fp32 throughout:\n", world, world > 1 ? "s" : "",
+           o->zero ? ", ZeRO-1" : "", o->backend->name, B, o->seq);
+    printf("  parameters         %9.3f GiB\n  gradients          %9.3f GiB\n  AdamW moments      %9.3f GiB\n"
+           "  activations        %9.3f GiB  (kept for the backward)\n  backward scratch   %9.3f GiB\n"
+           "  total              %9.3f GiB\n",
+           mm.params / GiB, mm.grads / GiB, mm.moments / GiB, mm.acts / GiB, mm.scratch / GiB,
+           (mm.params + mm.grads + mm.moments + mm.acts + mm.scratch) / GiB);
+}
+
 static int train_parse(int argc, char **argv, TrainOptions *po) {
     static char data_abs[4096];  // --data made absolute: it is stored in checkpoints
     CliFlag flags[] = {
@@ -137,6 +157,7 @@ static int train_parse(int argc, char **argv, TrainOptions *po) {
         {"--matmul", "MODE", "GPU matmuls: tf32 or bf16 (tensor cores, fp32 accumulation) or fp32 (exact)", "tf32"},
         {"--amsu", "scan|chunk", "the astrocyte recurrence: per timestep, or in chunks of matrix products (default: the faster on the device)", NULL},
         {"--quiet", NULL, "no per-step lines", NULL},
+        {"--dry-run", NULL, "print the model's size and the memory a rank needs, then exit (nothing allocated)", NULL},
         {"--zero", "0|1", "ZeRO stage under mpirun: 1 shards the AdamW state across the ranks", "0"},
         {"--match-params", NULL, "with --astro off: the smallest width (a multiple of the heads) with at "
                                  "least the parameters of the same model with astro on", NULL},
@@ -247,6 +268,7 @@ static int train_parse(int argc, char **argv, TrainOptions *po) {
         fprintf(stderr, "glia train: --resume auto decides by itself; give it without --resume-from or a second --resume\n");
         return 2;
     }
+    if (GET("--dry-run")) return dry_run(&o), 0;
     // The run lock (train.h) before anything reads or writes --out, so no
     // other trainer changes the run directory under the decisions below
     // (train_run keeps the lock). Every rank agrees on the outcome.

@@ -349,6 +349,31 @@ static void free_acts(Model *m) {
     m->B = m->T = 0;
 }
 
+// Floats of the activations for B × T (model_alloc_acts's layout below).
+static size_t acts_floats(const ModelConfig *c, int B, int T) {
+    size_t bt = (size_t)B * T, btc = bt * c->C, btf = bt * c->F, btv = bt * c->V;
+    AmsuShape sh = {B, T, c->C, c->Nh, c->astro};
+    size_t per_layer = 4 * btc + 2 * bt + amsu_acts_size(sh) + 3 * btf;
+    return c->L * per_layer + 2 * btc + 2 * bt + btv;
+}
+
+// Floats of the backward's scratch for B × T on `be` (alloc_grad_scratch's layout).
+static size_t grad_scratch_floats(const ModelConfig *c, const Backend *be, int B, int T) {
+    const int M = B * T;
+    const AmsuShape sh = {B, T, c->C, c->Nh, c->astro};
+    return 2 * (size_t)M * c->C + 2 * (size_t)M * c->F + be->amsu_scratch(sh) + be->rmsnorm_scratch(M, c->C) +
+           be->neuron_scratch(B, c->F);
+}
+
+void model_memory(const ModelConfig *c, const Backend *be, int B, int T, int world, int zero, ModelMemory *mm) {
+    const size_t P = (size_t)model_config_nparams(c), padded = zero ? (P + world - 1) / world * world : P;
+    mm->params = padded * sizeof(float);
+    mm->grads = padded * sizeof(float);
+    mm->moments = 2 * (zero ? padded / world : P) * sizeof(float);
+    mm->acts = acts_floats(c, B, T) * sizeof(float) + 2 * (size_t)B * T * sizeof(int);
+    mm->scratch = grad_scratch_floats(c, be, B, T) * sizeof(float) + be->embedding_scratch(B * T) * sizeof(int);
+}
+
 void model_alloc_acts(Model *m, int B, int T) {
     if (m->acts_mem && m->B == B && m->T == T) return;
     free_acts(m);
@@ -357,8 +382,7 @@ void model_alloc_acts(Model *m, int B, int T) {
     const Backend *be = m->be;
     size_t bt = (size_t)B * T, btc = bt * c->C, btf = bt * c->F, btv = bt * c->V;
     AmsuShape sh = amsu_shape(m, B, T);
-    size_t per_layer = 4 * btc + 2 * bt + amsu_acts_size(sh) + 3 * btf;
-    size_t total = c->L * per_layer + 2 * btc + 2 * bt + btv;
+    size_t total = acts_floats(c, B, T);
     m->acts_mem = be_alloc_or_die(be, total * sizeof(float), "activations");
     m->acts = xcalloc(c->L, sizeof(LayerActs));
     float *p = m->acts_mem;
@@ -388,7 +412,7 @@ static void alloc_grad_scratch(Model *m) {
     const size_t btc = (size_t)M * C, btf = (size_t)M * F;
     const size_t amsu = be->amsu_scratch(amsu_shape(m, B, T)), rms = be->rmsnorm_scratch(M, C);
     const size_t lif = be->neuron_scratch(B, F);
-    m->grad_mem = be_alloc_or_die(be, (2 * btc + 2 * btf + amsu + rms + lif) * sizeof(float), "backward pass");
+    m->grad_mem = be_alloc_or_die(be, grad_scratch_floats(c, be, B, T) * sizeof(float), "backward pass");
     float *p = m->grad_mem;
 #define TAKE(n) (p += (n), p - (n))
     m->dx = TAKE(btc), m->dz = TAKE(btc), m->dc = TAKE(btf), m->dr = TAKE(btf);

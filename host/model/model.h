@@ -176,6 +176,15 @@ void model_set_reduce(Model *m, int on);
 // with learning rate lr on this rank's parameters; with ZeRO-1 all-gather
 // them. Returns the global gradient norm before clipping.
 double model_step(Model *m, float lr, float weight_decay, float clip, int step);
+// What training B sequences of T tokens takes in the backend's memory, per
+// rank of `world` (ZeRO-1 with `zero`), in bytes, without allocating anything
+// (glia train --dry-run). Everything is fp32 (SPEC, Precision).
+typedef struct {
+    size_t params, grads, moments;  // padded under ZeRO-1; moments: this rank's two
+    size_t acts;                    // the forward's saved activations (model_alloc_acts)
+    size_t scratch;                 // the backward's scratch
+} ModelMemory;
+void model_memory(const ModelConfig *cfg, const Backend *be, int B, int T, int world, int zero, ModelMemory *mm);
 // (Re)allocate activations for B sequences of T tokens.
 void model_alloc_acts(Model *m, int B, int T);
 const ParamTensor *model_find(const Model *m, const char *name);
