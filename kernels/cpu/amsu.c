@@ -122,11 +122,7 @@ void astro_backward(float *dk, float *dv, float *dq, float *da_lambda, const flo
         free(lambda);
         free(scratch_o);
     }
-    for (int c = 0; c < C; c++) {
-        float total = 0.0f, lam = step_sigmoid(a_lambda[c]);
-        for (int b = 0; b < B; b++) total += dlam_part[(size_t)b * C + c];
-        da_lambda[c] += step_sigmoid_grad(total, lam);  // chain through λ = sigmoid(a_λ)
-    }
+    sigmoid_grad_from_partials(da_lambda, dlam_part, a_lambda, B, C);  // chain through λ = sigmoid(a_λ)
     free(dlam_part);
 }
 

@@ -93,6 +93,11 @@ void xent_row_backward(float *dlogits, const float *logits, int V, int target, f
 void xent_forward(float *losses, const float *logits, const int *targets, int M, int V);
 void xent_backward(float *logits, const int *targets, float k, int M, int V);
 
+// ---- shared by the backwards --------------------------------------------------------
+// grad (N) += σ'(a)·Σ_b part[b][n], b ascending: per-sequence partials of a
+// parameter behind a sigmoid (λ, β), summed in a fixed order and chained.
+void sigmoid_grad_from_partials(float *grad, const float *part, const float *a, int B, int N);
+
 // ---- optimizer -------------------------------------------------------------------
 // One AdamW step (decoupled weight decay, bias correction; step counts from 1)
 // on n parameters p with gradients g and moments m, v.

@@ -95,10 +95,14 @@ void neuron_backward(float *dcurrent, float *dm, float *da_beta, const float *ds
         }
         for (int c = 0; c < nc; c++) dbeta_part[(size_t)b * N + c0 + c] = dbeta[c];
     }
-    for (int c = 0; c < N; c++) {
-        float total = 0.0f, beta = step_sigmoid(a_beta[c]);
-        for (int b = 0; b < B; b++) total += dbeta_part[(size_t)b * N + c];
-        da_beta[c] += step_sigmoid_grad(total, beta);  // chain through β = sigmoid(a_β)
-    }
+    sigmoid_grad_from_partials(da_beta, dbeta_part, a_beta, B, N);  // chain through β = sigmoid(a_β)
     free(dbeta_part);
+}
+
+void sigmoid_grad_from_partials(float *grad, const float *part, const float *a, int B, int N) {
+    for (int n = 0; n < N; n++) {
+        float total = 0.0f;
+        for (int b = 0; b < B; b++) total += part[(size_t)b * N + n];
+        grad[n] += step_sigmoid_grad(total, step_sigmoid(a[n]));
+    }
 }
