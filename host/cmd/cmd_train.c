@@ -141,6 +141,8 @@ static int train_parse(int argc, char **argv, TrainOptions *po) {
         {"--seed", "N", "seed of the initialisation and the batches", "1"},
         {"--eval-every", "N", "validation every N steps and at the end (0: never)", "100"},
         {"--eval-batches", "N", "validation batches", "20"},
+        {"--stats-every", "N", "spike statistics (firing rates, astrocyte share, SOPs) into metrics.jsonl every N "
+                               "steps and at each evaluation (0: never)", "100"},
         {"--ckpt-every", "N", "save the model and a checkpoint every N steps (and at the end)", "200"},
         {"--keep", "K", "complete checkpoints kept in OUT/ckpt", "3"},
         {"--resume", NULL, "continue from the newest complete checkpoint in --out; `--resume auto`: resume if "
@@ -250,6 +252,7 @@ static int train_parse(int argc, char **argv, TrainOptions *po) {
     o.seed = (uint64_t)v;
     if (cli_int("train", "--eval-every", GET("--eval-every"), 0, 1L << 40, &o.eval_every)) return 2;
     if (cli_int("train", "--eval-batches", GET("--eval-batches"), 1, 1L << 30, &o.eval_batches)) return 2;
+    if (cli_int("train", "--stats-every", GET("--stats-every"), 0, 1L << 40, &o.stats_every)) return 2;
     if (cli_int("train", "--ckpt-every", GET("--ckpt-every"), 0, 1L << 40, &o.ckpt_every)) return 2;
     if (cli_int("train", "--sample-tokens", GET("--sample-tokens"), 0, 1 << 24, &v)) return 2;
     o.sample_tokens = o.task ? 0 : (int)v;
@@ -427,6 +430,53 @@ static Model *load_or_fail(const char *cmd, const char *path) {
     return m;
 }
 
+// glia eval --stats: model_stats averaged over the evaluated batches
+// (weighted by their windows), then a table per layer and the per-token
+// operations and energy estimate.
+static void eval_stats(Model *m, const Dataset *val, int B, int T, long batches) {
+    const int L = m->cfg.L;
+    LayerStats *acc = xcalloc(L, sizeof(LayerStats));
+    double sops = 0.0, w = 0.0, spike_macs = 0.0, other = 0.0, e_s = 0.0, e_d = 0.0;
+    int *in = xmalloc((size_t)B * T * sizeof(int)), *tg = xmalloc((size_t)B * T * sizeof(int));
+    for (long i = 0; i < batches; i++) {
+        int got = dataset_window(val, (size_t)i * B, B, T, in, tg);
+        if (got <= 0) break;
+        model_forward(m, in, NULL, got, T, NULL);
+        ModelStats st;
+        model_stats(m, &st);
+        for (int l = 0; l < L; l++) {
+            double *a = &acc[l].amsu_rate;
+            const double *v = &st.layer[l].amsu_rate;
+            for (int k = 0; k < 7; k++) a[k] += v[k] * got;
+        }
+        sops += st.sops * got, spike_macs = st.spike_macs, other = st.other_macs;
+        e_s += st.energy_spiking_pj * got, e_d = st.energy_dense_pj;
+        w += got;
+        model_stats_free(&st);
+    }
+    free(in);
+    free(tg);
+    if (w <= 0) {
+        free(acc);
+        return;
+    }
+    printf("\nspike statistics over %.0f windows (rates: spikes per neuron and position; never / always: neurons\n"
+           "that never fired / fired at every position of a batch; astro: mean |o| / mean |u|)\n\n"
+           "| layer | AM-SU rate | never | always | FFN rate | never | always | astro share |\n"
+           "|---:|---:|---:|---:|---:|---:|---:|---:|\n", w);
+    for (int l = 0; l < L; l++) {
+        const LayerStats *a = &acc[l];
+        printf("| %d | %.4f | %.4f | %.4f | %.4f | %.4f | %.4f | %.4f |\n", l, a->amsu_rate / w, a->amsu_never / w,
+               a->amsu_always / w, a->ffn_rate / w, a->ffn_never / w, a->ffn_always / w, a->astro_share / w);
+    }
+    printf("\nper token: %.0f synaptic operations (W_O, W_2) against %.0f multiply-accumulates with dense inputs "
+           "(%.3f); other MACs %.0f\nenergy, ESTIMATED (45 nm: %.1f pJ per add, %.1f pJ per multiply-add): %.1f nJ "
+           "per token spiking against %.1f nJ dense\n",
+           sops / w, spike_macs, sops / w / spike_macs, other, MODEL_PJ_PER_AC, MODEL_PJ_PER_MAC, e_s / w * 1e-3,
+           e_d * 1e-3);
+    free(acc);
+}
+
 int cmd_eval(int argc, char **argv) {
     CliFlag flags[] = {
         {"--ckpt", "FILE", "model file (model.safetensors of a run)", NULL},
@@ -441,6 +491,7 @@ int cmd_eval(int argc, char **argv) {
         {"--amsu", "scan|chunk", "the astrocyte recurrence: per timestep, or in chunks of matrix products (default: the faster on the device)", NULL},
         {"--seed", "S", "task: the seed of the scored sequences (train uses --seed, its validation seed + 1000003)",
          "999"},
+        {"--stats", NULL, "also the spike statistics per layer, SOPs and an energy estimate (model.h)", NULL},
         TASK_FLAGS,
     };
     int nf = sizeof flags / sizeof flags[0];
@@ -507,6 +558,7 @@ int cmd_eval(int argc, char **argv) {
                loss, loss / 0.69314718055994530942, m->cfg.V <= 256 ? "byte" : "token", exp(loss),
                windows, T);
     }
+    if (!rc && GET("--stats")) eval_stats(m, &val, (int)B, (int)T, nb);
     model_free(m);
     dataset_close(&val);
     return rc;

@@ -516,6 +516,60 @@ const float *model_logits(const Model *m, int b, int t) {
     return m->host_row;
 }
 
+// ---- spike statistics --------------------------------------------------------------------
+
+// Rate, never and always fired of N neurons over M positions, from their spike counts.
+static void rates(const double *count, int M, int N, double *rate, double *never, double *always) {
+    double total = 0.0;
+    int nv = 0, al = 0;
+    for (int n = 0; n < N; n++) {
+        total += count[n];
+        nv += count[n] == 0.0;
+        al += count[n] == (double)M;
+    }
+    *rate = total / ((double)M * N), *never = (double)nv / N, *always = (double)al / N;
+}
+
+void model_stats(Model *m, ModelStats *st) {
+    const ModelConfig *c = &m->cfg;
+    const Backend *be = m->be;
+    const int M = m->last_B * m->last_T, C = c->C, F = c->F;
+    const double dC = C, dF = F;
+    double *sum = xmalloc((size_t)(C > F ? C : F) * 2 * sizeof(double)), *sum2 = sum + (C > F ? C : F);
+    st->L = c->L;
+    st->layer = xcalloc(c->L, sizeof(LayerStats));
+    double spikes = 0.0;  // Σ over layers of the AM-SU and FFN spikes per token
+    for (int l = 0; l < c->L; l++) {
+        const LayerActs *a = &m->acts[l];
+        LayerStats *ls = &st->layer[l];
+        be->column_sums(sum, a->amsu.s, M, C, 0);
+        rates(sum, M, C, &ls->amsu_rate, &ls->amsu_never, &ls->amsu_always);
+        spikes += ls->amsu_rate * dC;
+        be->column_sums(sum, a->r, M, F, 0);
+        rates(sum, M, F, &ls->ffn_rate, &ls->ffn_never, &ls->ffn_always);
+        spikes += ls->ffn_rate * dF;
+        if (c->astro) {
+            double so = 0.0, su = 0.0;
+            be->column_sums(sum, a->amsu.o, M, C, 1);
+            be->column_sums(sum2, a->amsu.u, M, C, 1);
+            for (int n = 0; n < C; n++) so += sum[n], su += sum2[n];
+            ls->astro_share = su > 0.0 ? so / su : 0.0;
+        }
+    }
+    free(sum);
+    // per token: W_O (C x C) reads s, W_2 (C x F) reads r: each spike reaches C outputs
+    st->sops = spikes * dC;
+    st->spike_macs = c->L * (dC * dC + dF * dC);
+    st->other_macs = c->L * ((c->astro ? 4.0 : 1.0) * dC * dC + dC * dF) + dC * c->V;
+    st->energy_spiking_pj = st->sops * MODEL_PJ_PER_AC + st->other_macs * MODEL_PJ_PER_MAC;
+    st->energy_dense_pj = (st->spike_macs + st->other_macs) * MODEL_PJ_PER_MAC;
+}
+
+void model_stats_free(ModelStats *st) {
+    free(st->layer);
+    st->layer = NULL;
+}
+
 // ---- backward ------------------------------------------------------------------------
 // With m->reduce (data parallelism without ZeRO), each finished range of
 // gradients goes to the backend's all-reduce as soon as the backward has

@@ -201,6 +201,34 @@ double model_forward(Model *m, const int *tokens, const int *targets, int B, int
 void model_backward(Model *m, const int *tokens, float scale);
 void model_zero_grad(Model *m);
 
+// Spike statistics of the last forward (computed where the model runs; only
+// per-neuron sums come to the host). Per layer: the firing rate of the AM-SU
+// and of the FFN neurons over the batch's positions, the fraction of neurons
+// that never fired and that fired at every position, and the astrocyte's
+// share of the membrane drive, mean |o| / mean |u| (0 with astro off).
+// Operations per token: synaptic operations (SOPs: each spike times its
+// fan-out, for W_O and W_2, the products whose input is a spike) against the
+// multiply-accumulates of the same products with dense inputs, and the
+// model's other MACs (projections, W_1, the head). Energy, an ESTIMATE from
+// 45 nm figures (Horowitz, ISSCC 2014: 0.9 pJ per fp32 add, 4.6 pJ per fp32
+// multiply-add): spiking = SOPs·0.9 + other MACs·4.6 pJ per token; dense
+// (the same network with non-spiking activations) = all MACs·4.6.
+#define MODEL_PJ_PER_AC 0.9
+#define MODEL_PJ_PER_MAC 4.6
+typedef struct {
+    double amsu_rate, amsu_never, amsu_always;
+    double ffn_rate, ffn_never, ffn_always;
+    double astro_share;
+} LayerStats;
+typedef struct {
+    int L;
+    LayerStats *layer;  // (L), owned: model_stats_free
+    double sops, spike_macs, other_macs;  // per token
+    double energy_spiking_pj, energy_dense_pj;  // per token, estimates
+} ModelStats;
+void model_stats(Model *m, ModelStats *st);
+void model_stats_free(ModelStats *st);
+
 // Logits row of sequence b at position t of the last forward, (V), on the
 // host (valid until the next call).
 const float *model_logits(const Model *m, int b, int t);

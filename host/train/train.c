@@ -242,6 +242,34 @@ static int metrics_trim(const char *path, long last, char *err, size_t err_len) 
     return 0;
 }
 
+// One metrics.jsonl line of spike statistics (model_stats) after the last
+// forward: `what` is "train" (the step's last micro-batch) or "val" (the last
+// validation batch); rank 0's sequences.
+static void write_stats(FILE *f, Model *m, long step, const char *what) {
+    ModelStats st;
+    model_stats(m, &st);
+    fprintf(f, "{\"step\": %ld, \"stats\": \"%s\"", step, what);
+    const char *names[7] = {"amsu_rate", "amsu_never", "amsu_always", "ffn_rate", "ffn_never", "ffn_always",
+                            "astro_share"};
+    for (int k = 0; k < 7; k++) {
+        fprintf(f, ", \"%s\": [", names[k]);
+        for (int l = 0; l < st.L; l++) {
+            const LayerStats *ls = &st.layer[l];
+            const double v[7] = {ls->amsu_rate, ls->amsu_never, ls->amsu_always, ls->ffn_rate, ls->ffn_never,
+                                 ls->ffn_always, ls->astro_share};
+            char b[40];
+            fprintf(f, "%s%s", l ? ", " : "", train_json_num(b, "%.6f", v[k]));
+        }
+        fputc(']', f);
+    }
+    char b[4][40];
+    fprintf(f, ", \"sops_per_token\": %s, \"spike_macs_per_token\": %s, \"energy_pj_per_token\": %s, "
+               "\"dense_energy_pj_per_token\": %s}\n",
+            train_json_num(b[0], "%.1f", st.sops), train_json_num(b[1], "%.1f", st.spike_macs),
+            train_json_num(b[2], "%.1f", st.energy_spiking_pj), train_json_num(b[3], "%.1f", st.energy_dense_pj));
+    model_stats_free(&st);
+}
+
 // Agrees on a status across the ranks: returns the largest rc of any rank.
 // A rank whose rc is non-zero prints its message (fmt) when it is rank 0 or
 // rank 0 had none, so a failure every rank sees (bad data) is printed once
@@ -487,6 +515,7 @@ int train_run(const TrainOptions *o) {
             fprintf(metrics, "{\"step\": %ld, \"loss\": %s, \"lr\": %s, \"grad_norm\": %s, \"tok_s\": %s, \"ms\": %s}\n",
                     step, jnum(jb[0], "%.6f", loss), jnum(jb[1], "%.6e", lr), jnum(jb[2], "%.6f", norm),
                     jnum(jb[3], "%.1f", tok_s), jnum(jb[4], "%.3f", ms));
+        if (root && o->stats_every > 0 && step % o->stats_every == 0) write_stats(metrics, m, step, "train");
         // A stop by a signal (agreed: the ranks may have seen different ones)
         // skips the evaluation and the sample of a finished run, to save and
         // exit soon; a stop by --max-seconds ends the run as before.
@@ -508,6 +537,7 @@ int train_run(const TrainOptions *o) {
                    vl, vl / 0.69314718055994530942, nw);
             if (root) fprintf(metrics, "{\"step\": %ld, \"val_loss\": %s, \"val_bits_per_token\": %s}\n",
                     step, jnum(jb[0], "%.6f", vl), jnum(jb[1], "%.6f", vl / 0.69314718055994530942));
+            if (root && o->stats_every > 0 && nw > 0) write_stats(metrics, m, step, "val");
         }
         if (root) {
             fflush(stdout);

@@ -28,6 +28,7 @@ typedef struct {
     long stop_after;     // testing aid: stop after this step, saving, as if killed; 0: off
     int zero;            // ZeRO stage: 1 shards the AdamW moments across the ranks (dist.h); 0: off
     int world_size;      // filled by train_ckpt_find: the world size of the run that wrote it
+    long stats_every;    // spike statistics into metrics.jsonl every N steps and at evaluations (0: never)
     const Backend *backend;  // where the model runs (chosen once: host/cmd_device.c); NULL: the CPU
 } TrainOptions;
 

@@ -2,6 +2,7 @@
 // ops of cpu.h, and MPI for the collectives (common/dist.h). Most entries
 // are cpu.h's functions themselves; the wrappers below only adapt a
 // signature (scratch the CPU does not need) or loop over rows.
+#include <math.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,6 +53,19 @@ static void neuron_bwd(float *dcurrent, float *dm, float *da_beta, float *scratc
     neuron_backward(dcurrent, dm, da_beta, ds, u, o, s, a_beta, B, T, N, test);
 }
 
+// Columns in the outer loop, rows ascending inside: the GPU's order.
+static void column_sums(double *sums, const float *x, int M, int N, int absval) {
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        double acc = 0.0;
+        for (int m = 0; m < M; m++) {
+            const float v = x[(size_t)m * N + n];
+            acc += absval ? fabs((double)v) : (double)v;
+        }
+        sums[n] = acc;
+    }
+}
+
 static int any_head(int D) { return D >= 1; }
 
 static void comm_init(int rank, int world, int local_rank) { (void)rank, (void)world, (void)local_rank; }
@@ -91,6 +105,7 @@ static const Backend cpu = {
     .adamw = adamw_update,
     .grad_norm_sq = grad_norm_sq,
     .scale = scale_inplace,
+    .column_sums = column_sums,
     .comm_init = comm_init,
     .allreduce_begin = allreduce_begin,
     .allreduce_wait = allreduce_wait,

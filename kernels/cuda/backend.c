@@ -98,6 +98,13 @@ static double norm_sq(const float *g, size_t n) {
     return sq;
 }
 static void scale(float *x, size_t n, float s) { scale_inplace_cuda(x, n, s, NULL); }
+static void col_sums(double *sums_host, const float *x, int M, int N, int absval) {
+    double *dev = cuda_alloc((N > 0 ? (size_t)N : 1) * sizeof(double));
+    if (!dev) fatal("GPU out of memory for %d column sums: %s", N, cuda_last_error_message());
+    column_sums_cuda(dev, x, M, N, absval, NULL);
+    cuda_download(sums_host, dev, (size_t)N * sizeof(double));
+    cuda_free(dev);
+}
 
 static const Backend cuda = {
     .name = "cuda",
@@ -132,6 +139,7 @@ static const Backend cuda = {
     .adamw = adamw,
     .grad_norm_sq = norm_sq,
     .scale = scale,
+    .column_sums = col_sums,
     .comm_init = cuda_comm_init,
     .allreduce_begin = cuda_allreduce_begin,
     .allreduce_wait = cuda_allreduce_wait,

@@ -119,6 +119,9 @@ size_t grad_norm_scratch_doubles(void);
 void grad_norm_sq_cuda(double *out, double *scratch, const float *g, size_t n, void *stream);
 void scale_inplace_cuda(float *x, size_t n, float s, void *stream);
 
+// sums (N, device doubles) = Σ over the M rows of x (M, N), of |x| with absval.
+void column_sums_cuda(double *sums, const float *x, int M, int N, int absval, void *stream);
+
 // 1 if the fused AM-SU kernel supports head size D (8, 16, 32, 64, 128).
 int amsu_head_size_supported(int D);
 

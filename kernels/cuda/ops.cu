@@ -553,3 +553,25 @@ extern "C" void scale_inplace_cuda(float *x, size_t n, float s, void *stream) {
     scale_kernel<<<elem_blocks(n), ELEM_THREADS, 0, (cudaStream_t)stream>>>(x, n, s);
     cuda_check(cudaGetLastError());
 }
+
+// ---- column sums (spike statistics) ------------------------------------------------
+// sums[n] = Σ_m |x[m][n]| (or Σ_m x[m][n]), one thread per column n, m
+// ascending, in double: the CPU backend's order and precision (kernels/cpu/backend.c).
+__global__ void column_sums_kernel(double *__restrict__ sums,   // (N)
+                                   const float *__restrict__ x,  // (M, N)
+                                   int M, int N, int absval) {
+    const int n = blockIdx.x * blockDim.x + threadIdx.x;
+    if (n >= N) return;
+    double acc = 0.0;
+    for (int m = 0; m < M; m++) {
+        const float v = x[(size_t)m * N + n];
+        acc += absval ? fabs((double)v) : (double)v;
+    }
+    sums[n] = acc;
+}
+
+extern "C" void column_sums_cuda(double *sums, const float *x, int M, int N, int absval, void *stream) {
+    if (N <= 0) return;
+    column_sums_kernel<<<ceil_div(N, ELEM_THREADS), ELEM_THREADS, 0, (cudaStream_t)stream>>>(sums, x, M, N, absval);
+    cuda_check(cudaGetLastError());
+}
