@@ -12,6 +12,7 @@
 // GLIA_TEST_DEVICE=cuda: ctest's test_serve_cuda, exact fp32 matmuls) skips.
 // The server is killed in the suite's .fini, which runs even when a test
 // fails.
+#define _DEFAULT_SOURCE  // usleep
 #include <arpa/inet.h>
 #include <cjson/cJSON.h>
 #include <criterion/criterion.h>
@@ -32,6 +33,7 @@
 #include "generate/engine.h"
 #include "generate/json.h"
 #include "model/model.h"
+#include "testutil.h"
 #ifdef GLIA_HAVE_CUDA
 #include "cuda/cuda.h"
 #endif
@@ -568,4 +570,318 @@ Test(serve, burst_of_concurrent_clients) {
         free(got.text), free(want);
         cJSON_Delete(j);
     }
+}
+
+// ---- the OpenAI surface ---------------------------------------------------------------------
+
+static cJSON *post_json(const char *body, int want_code) {
+    int code;
+    char *b = http("POST", "/v1/completions", body, &code);
+    cr_assert_eq(code, want_code, "%s -> %d %s", body, code, b);
+    cJSON *j = cJSON_Parse(b);
+    cr_assert(j, "%s", b);
+    free(b);
+    return j;
+}
+
+// The loss `glia eval` reports for text (2·n bytes; the val split is its last n).
+static double glia_eval_loss(const char *text, int n) {
+    char path[400], shards[400], out[4096];
+    // (the name must not hold "val" or "train": glia eval reads every *val*.bin of the directory)
+    snprintf(path, sizeof path, "%s/scored.txt", dir);
+    snprintf(shards, sizeof shards, "%s/shards", dir);
+    FILE *f = fopen(path, "w");
+    cr_assert(f);
+    for (int i = 0; i < n; i++) fputc('.', f);  // the train split: never scored
+    fwrite(text, 1, (size_t)n, f);
+    fclose(f);
+    cr_assert_eq(glia_run(out, sizeof out, "prepare --in '%s' --out '%s' --val-frac 0.5", path, shards), 0, "%s", out);
+    cr_assert_eq(glia_run(out, sizeof out, "eval --ckpt '%s' --data '%s' --seq %d --batch 1 --batches 1 --device cpu",
+                          ckpt, shards, n - 1), 0, "%s", out);
+    char *v = strstr(out, "val loss ");
+    cr_assert(v, "%s", out);
+    return atof(v + 9);
+}
+
+Test(serve, openai_models_n_logprobs_echo) {
+    NEED_SERVER();
+    int code;
+    char *b = http("GET", "/v1/models", NULL, &code);
+    cr_expect_eq(code, 200, "%s", b);
+    cJSON *j = cJSON_Parse(b);
+    cr_assert(j, "%s", b);
+    cr_expect_str_eq(cJSON_GetObjectItem(j, "object")->valuestring, "list");
+    cr_expect_str_eq(cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(j, "data"), 0), "id")->valuestring, "glia");
+    cJSON_Delete(j);
+    free(b);
+
+    // n = 3: choice k is the engine's completion with seed + k
+    j = post_json("{\"prompt\": \"glial \", \"max_tokens\": 8, \"seed\": 7, \"n\": 3}", 200);
+    cJSON *ch = cJSON_GetObjectItem(j, "choices");
+    cr_assert_eq(cJSON_GetArraySize(ch), 3);
+    for (int k = 0; k < 3; k++) {
+        cJSON *c = cJSON_GetArrayItem(ch, k);
+        cr_expect_eq(cJSON_GetObjectItem(c, "index")->valueint, k);
+        char *want = engine_text("glial ", 8, 1.0f, 7 + (uint64_t)k);
+        cr_expect_str_eq(cJSON_GetObjectItem(c, "text")->valuestring, want, "choice %d", k);
+        free(want);
+    }
+    cr_expect_eq(cJSON_GetObjectItem(cJSON_GetObjectItem(j, "usage"), "completion_tokens")->valueint, 24);
+    cJSON_Delete(j);
+    // an array of prompts, n = 2: choices prompt-major
+    j = post_json("{\"prompt\": [\"ab\", [99, 100]], \"max_tokens\": 4, \"seed\": 1, \"n\": 2, \"temperature\": 0}", 200);
+    ch = cJSON_GetObjectItem(j, "choices");
+    cr_assert_eq(cJSON_GetArraySize(ch), 4);
+    char *wa = engine_text("ab", 4, 0.0f, 1), *wc = engine_text("cd", 4, 0.0f, 1);
+    for (int k = 0; k < 4; k++)
+        cr_expect_str_eq(cJSON_GetObjectItem(cJSON_GetArrayItem(ch, k), "text")->valuestring, k < 2 ? wa : wc, "choice %d", k);
+    free(wa), free(wc);
+    cJSON_Delete(j);
+
+    // logprobs of a completion: one entry per token, the tokens spell the text, greedy = first alternative
+    j = post_json("{\"prompt\": \"the astrocyte \", \"max_tokens\": 6, \"temperature\": 0, \"logprobs\": 2}", 200);
+    cJSON *c0 = cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 0);
+    cJSON *lp = cJSON_GetObjectItem(c0, "logprobs");
+    cr_assert(cJSON_IsObject(lp), "logprobs missing");
+    cJSON *tl = cJSON_GetObjectItem(lp, "token_logprobs"), *tops = cJSON_GetObjectItem(lp, "top_logprobs");
+    cr_assert_eq(cJSON_GetArraySize(tl), 6);
+    cr_assert_eq(cJSON_GetArraySize(cJSON_GetObjectItem(lp, "tokens")), 6);
+    cr_assert_eq(cJSON_GetArraySize(cJSON_GetObjectItem(lp, "text_offset")), 6);
+    for (int i = 0; i < 6; i++) {
+        cJSON *top = cJSON_GetArrayItem(tops, i);
+        cr_expect_eq(cJSON_GetArraySize(top), 2, "two alternatives at %d", i);
+        double best = -1e30;
+        cJSON *x;
+        cJSON_ArrayForEach(x, top) best = x->valuedouble > best ? x->valuedouble : best;
+        cr_expect(fabs(best - cJSON_GetArrayItem(tl, i)->valuedouble) < 1e-6, "greedy token %d is the most likely", i);
+        cr_expect_leq(cJSON_GetArrayItem(tl, i)->valuedouble, 0.0);
+    }
+    cJSON_Delete(j);
+
+    // echo + logprobs + max_tokens 0 (lm-evaluation-harness's loglikelihood): the
+    // prompt's tokens, the first without a logprob, the rest averaging to glia eval's loss
+    const char *text = "the astrocyte listens to the synapse and answers in calcium";
+    int n = (int)strlen(text);
+    char body[512];
+    snprintf(body, sizeof body, "{\"prompt\": \"%s\", \"max_tokens\": 0, \"echo\": true, \"logprobs\": 1}", text);
+    j = post_json(body, 200);
+    c0 = cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 0);
+    cr_expect_str_eq(cJSON_GetObjectItem(c0, "text")->valuestring, text, "echo returns the prompt");
+    lp = cJSON_GetObjectItem(c0, "logprobs");
+    tl = cJSON_GetObjectItem(lp, "token_logprobs");
+    cr_assert_eq(cJSON_GetArraySize(tl), n);
+    cr_expect(cJSON_IsNull(cJSON_GetArrayItem(tl, 0)), "the first token has no logprob");
+    double sum = 0;
+    for (int i = 1; i < n; i++) sum += cJSON_GetArrayItem(tl, i)->valuedouble;
+    cJSON_Delete(j);
+    double loss = glia_eval_loss(text, n);
+    cr_expect(fabs(-sum / (n - 1) - loss) < 2e-4, "mean -logprob %.5f, glia eval's loss %.4f", -sum / (n - 1), loss);
+}
+
+// The official openai Python client (tests/serve_openai.py) against the
+// server: models list, completion, stream, logprobs with echo.
+Test(serve, openai_python_client) {
+    NEED_SERVER();
+    if (system("python3 -c 'import openai' >/dev/null 2>&1"))
+        cr_skip_test("the openai Python package is not installed (tools/setup.sh installs it with pip)");
+    const char *text = "calcium waves spread through the glial network";
+    int n = (int)strlen(text);
+    double loss = glia_eval_loss(text, n);
+    char *want = engine_text("the astrocyte ", 20, 0.8f, 42);
+    char wpath[400], cmd[2000], out[8192];
+    snprintf(wpath, sizeof wpath, "%s/want.txt", dir);
+    FILE *f = fopen(wpath, "w");
+    cr_assert(f);
+    fputs(want, f);
+    fclose(f);
+    free(want);
+    snprintf(cmd, sizeof cmd, "python3 '%s/../serve_openai.py' %d '%s' '%s' %.6f 2>&1", GLIA_FIXTURES, port, wpath,
+             text, loss);
+    FILE *p = popen(cmd, "r");
+    cr_assert(p);
+    size_t got = fread(out, 1, sizeof out - 1, p);
+    out[got] = 0;
+    int st = pclose(p);
+    cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "serve_openai.py failed:\n%s", out);
+}
+
+// ---- cancellation and the drain: one slot, no queue, long requests -------------------------
+
+static void start_one_slot(void) {
+    static const char *const extra[] = {"--slots", "1", "--queue", "0", "--max-tokens", "1000000", NULL};
+    start_with(extra);
+}
+TestSuite(serve_drain, .init = start_one_slot, .fini = stop, .timeout = 120);
+
+static int health_field(const char *name) {
+    int code;
+    char *b = http("GET", "/health", NULL, &code);
+    cJSON *j = cJSON_Parse(b);
+    cr_assert(j, "%s", b);
+    int v = cJSON_GetObjectItem(j, name)->valueint;
+    cJSON_Delete(j);
+    free(b);
+    return v;
+}
+
+// Seconds until /health shows no active request (gives up after limit).
+static double until_idle(double limit) {
+    double t0 = now_s();
+    while (now_s() - t0 < limit) {
+        if (health_field("active") == 0 && health_field("queued") == 0) return now_s() - t0;
+        usleep(10000);
+    }
+    return -1;
+}
+
+Test(serve_drain, a_client_that_goes_cancels_its_request) {
+    NEED_SERVER();
+    for (int stream = 0; stream < 2; stream++) {
+        char body[200];
+        snprintf(body, sizeof body, "{\"prompt\": \"a long one\", \"max_tokens\": 1000000, \"stream\": %s}",
+                 stream ? "true" : "false");
+        int code, len;
+        double t0 = now_s();
+        char *b = http_n("POST", "/v1/completions", body, -1, &code, &len, "--max-time 0.5");  // gives up
+        free(b);
+        cr_assert(now_s() - t0 < 5, "curl did not give up");
+        double t = until_idle(3.0);
+        cr_expect_geq(t, 0, "%s request: the slot is still busy 3 s after its client went away",
+                      stream ? "a streamed" : "a plain");
+        fprintf(stderr, "serve_drain: %s request cancelled %.0f ms after its client went\n", stream ? "streamed" : "plain",
+                t * 1e3);
+        b = http("POST", "/v1/completions", "{\"prompt\": \"next\", \"max_tokens\": 3}", &code);
+        cr_expect_eq(code, 200, "the next client is served: %s", b);
+        free(b);
+    }
+}
+
+Test(serve_drain, a_second_sigterm_ends_the_drain) {
+    NEED_SERVER();
+    char cmd[600];
+    snprintf(cmd, sizeof cmd,
+             "curl -q -s --noproxy '*' -o /dev/null -d '{\"prompt\": \"x\", \"max_tokens\": 1000000}' "
+             "http://127.0.0.1:%d/v1/completions >/dev/null 2>&1 &", port);
+    cr_assert_eq(system(cmd), 0);
+    double t0 = now_s();
+    while (health_field("active") == 0) {
+        cr_assert(now_s() - t0 < 5, "the long request never started");
+        usleep(10000);
+    }
+    kill(server, SIGTERM);
+    usleep(300000);
+    int st;
+    cr_assert_eq(waitpid(server, &st, WNOHANG), 0, "the first SIGTERM should drain, not stop");
+    kill(server, SIGTERM);
+    t0 = now_s();
+    pid_t w = 0;
+    while ((w = waitpid(server, &st, WNOHANG)) == 0 && now_s() - t0 < 5) usleep(10000);
+    cr_assert_eq(w, server, "the server still runs 5 s after a second SIGTERM");
+    server = -1;
+    cr_expect(WIFEXITED(st) && WEXITSTATUS(st) != 0, "a stop before the drain finished exits non-zero");
+    fprintf(stderr, "serve_drain: stopped %.0f ms after the second SIGTERM\n", (now_s() - t0) * 1e3);
+}
+
+// ---- stalled sockets, the connection cap and the read deadline ------------------------------
+
+#define CAP 240
+static void start_limits(void) {
+    static const char *const extra[] = {"--slots", "4", "--queue", "32", "--max-prompt", "300", "--max-tokens", "32",
+                                        "--read-timeout", "3", "--max-connections", "240", NULL};
+    start_with(extra);
+}
+TestSuite(serve_limits, .init = start_limits, .fini = stop, .timeout = 120);
+
+static int open_socket(void) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    cr_assert_geq(fd, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+    cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof a), 0, "connect: %s", strerror(errno));
+    return fd;
+}
+
+static int closed_by_server(int fd) {
+    char c;
+    ssize_t n = recv(fd, &c, 1, MSG_DONTWAIT);
+    return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK);
+}
+
+Test(serve_limits, stalled_sockets_do_not_lock_clients_out) {
+    NEED_SERVER();
+    enum { STALLED = 200, MORE = 45 };
+    static int fds[STALLED + MORE];
+    const char *partial = "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n{\"pro";
+    for (int i = 0; i < STALLED; i++) {
+        fds[i] = open_socket();
+        if (i % 2) cr_assert_gt(send(fds[i], partial, strlen(partial), MSG_NOSIGNAL), 0);  // half a request, or nothing
+    }
+    double t_open = now_s();
+    usleep(200000);
+    // 8 normal clients while 200 sockets stall: all served, each with its own text
+    char cmd[2000];
+    snprintf(cmd, sizeof cmd,
+             "cd '%s' && for i in $(seq 8); do "
+             "curl -q -s --noproxy '*' -o s$i.json -w '%%{http_code} %%{time_total}' -H 'Content-Type: application/json' "
+             "-d \"{\\\"prompt\\\": \\\"client $i \\\", \\\"max_tokens\\\": 12, \\\"seed\\\": $i}\" "
+             "http://127.0.0.1:%d/v1/completions > t$i.txt & done; wait",
+             dir, port);
+    double t0 = now_s();
+    cr_assert_eq(system(cmd), 0);
+    double wall = now_s() - t0;
+    // over the cap: 503 at once, not a wait
+    for (int i = STALLED; i < STALLED + MORE; i++) fds[i] = open_socket();
+    usleep(200000);
+    int code;
+    t0 = now_s();
+    char *b = http("POST", "/v1/completions", "{\"prompt\": \"x\", \"max_tokens\": 2}", &code);
+    double t503 = now_s() - t0;
+    expect_error(b, code, 503, "connections");
+    free(b);
+    fprintf(stderr, "serve_limits: over the cap of %d connections: 503 in %.0f ms\n", CAP, t503 * 1e3);
+    double worst = 0;
+    for (int i = 1; i <= 8; i++) {
+        char path[400], buf[8192];
+        snprintf(path, sizeof path, "%s/t%d.txt", dir, i);
+        FILE *f = fopen(path, "r");
+        cr_assert(f);
+        int status = 0;
+        double t = 0;
+        cr_expect_eq(fscanf(f, "%d %lf", &status, &t), 2);
+        fclose(f);
+        worst = t > worst ? t : worst;
+        cr_expect_eq(status, 200, "client %d got %d beside %d stalled sockets", i, status, STALLED);
+        snprintf(path, sizeof path, "%s/s%d.json", dir, i);
+        f = fopen(path, "r");
+        cr_assert(f);
+        size_t n = fread(buf, 1, sizeof buf - 1, f);
+        buf[n] = 0;
+        fclose(f);
+        char prompt[32];
+        snprintf(prompt, sizeof prompt, "client %d ", i);
+        int wl;
+        char *want = engine_text_n(prompt, 12, 1.0f, (uint64_t)i, &wl);
+        Bytes got = choice_text(buf, (int)n, 0);
+        expect_bytes(got, want, wl, prompt);
+        free(got.text), free(want);
+    }
+    fprintf(stderr, "serve_limits: 8 clients beside %d stalled sockets: all served in %.0f ms (slowest %.0f ms)\n", STALLED,
+            wall * 1e3, worst * 1e3);
+    // the read deadline (3 s) closes every stalled socket, a trickling one too
+    t0 = now_s();
+    int open_left = STALLED + MORE;
+    while (open_left > 0 && now_s() - t0 < 6.0) {
+        send(fds[1], "m", 1, MSG_NOSIGNAL);  // one byte now and then: activity is no excuse
+        usleep(100000);
+        open_left = 0;
+        for (int i = 0; i < STALLED + MORE; i++) open_left += !closed_by_server(fds[i]);
+    }
+    double tclose = now_s() - t_open;
+    cr_expect_eq(open_left, 0, "%d stalled sockets still open %.1f s after they were opened (read timeout 3 s)", open_left, tclose);
+    fprintf(stderr, "serve_limits: all %d stalled sockets closed by the server %.1f s after the first was opened\n",
+            STALLED + MORE, tclose);
+    for (int i = 0; i < STALLED + MORE; i++) close(fds[i]);
+    b = http("POST", "/v1/completions", "{\"prompt\": \"x\", \"max_tokens\": 2}", &code);
+    cr_expect_eq(code, 200, "%s", b);
+    free(b);
 }
