@@ -885,3 +885,47 @@ Test(serve_limits, stalled_sockets_do_not_lock_clients_out) {
     cr_expect_eq(code, 200, "%s", b);
     free(b);
 }
+
+// ---- compute threads: --threads bounds them, and they wait passively ------------------------
+
+static void start_one_thread(void) {
+    static const char *const extra[] = {"--slots", "4", "--queue", "8", "--max-tokens", "64", "--threads", "1", NULL};
+    // the test's own OpenMP settings must not reach the server: it decides them
+    unsetenv("OMP_WAIT_POLICY");
+    unsetenv("OMP_NUM_THREADS");
+    unsetenv("OPENBLAS_NUM_THREADS");
+    start_with(extra);
+}
+TestSuite(serve_threads, .init = start_one_thread, .fini = stop, .timeout = 60);
+
+Test(serve_threads, threads_bounds_the_compute_threads_which_wait_passively) {
+    NEED_SERVER();
+    char path[64], env[8192];
+    snprintf(path, sizeof path, "/proc/%d/environ", (int)server);
+    FILE *f = fopen(path, "r");
+    if (!f) cr_skip_test("no /proc/PID/environ on this system");
+    size_t n = fread(env, 1, sizeof env - 1, f);
+    fclose(f);
+    int passive = 0, one = 0;
+    for (size_t i = 0; i < n; i += strlen(env + i) + 1) {
+        passive |= !strcmp(env + i, "OMP_WAIT_POLICY=passive");
+        one |= !strcmp(env + i, "OMP_NUM_THREADS=1");
+    }
+    cr_expect(passive, "the server's OpenMP runtime did not start with OMP_WAIT_POLICY=passive");
+    cr_expect(one, "the server's OpenMP runtime did not start with OMP_NUM_THREADS=1 (--threads 1)");
+    for (int i = 0; i < 4; i++) {  // work for every thread the engine would start
+        int code;
+        char *b = http("POST", "/v1/completions", "{\"prompt\": \"threads\", \"max_tokens\": 64, \"n\": 4}", &code);
+        cr_expect_eq(code, 200, "%s", b);
+        free(b);
+    }
+    // threads other than libmicrohttpd's (one listener, one per open connection):
+    // main, the engine and the watchdog, and no OpenMP or BLAS workers for --threads 1
+    char cmd[200];
+    snprintf(cmd, sizeof cmd, "cat /proc/%d/task/*/comm | grep -vc '^MHD'", (int)server);
+    FILE *p = popen(cmd, "r");
+    int count = -1;
+    cr_assert(p && fscanf(p, "%d", &count) == 1);
+    pclose(p);
+    cr_expect_leq(count, 3, "%d threads besides libmicrohttpd's with --threads 1 (main, engine, watchdog: 3)", count);
+}
