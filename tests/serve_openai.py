@@ -41,4 +41,17 @@ assert lp.token_logprobs[0] is None, lp.token_logprobs[:2]
 mean = -sum(lp.token_logprobs[1:]) / (len(text) - 1)
 assert abs(mean - eval_loss) < 2e-4, f"mean -logprob {mean:.5f} != glia eval loss {eval_loss:.4f}"
 assert all(len(t) == 1 for t in lp.top_logprobs[1:]), lp.top_logprobs[:3]
+# lm-evaluation-harness's local-completions loglikelihood request, as it sends it:
+# a batch of prompts, max_tokens 1, echo, logprobs 1; it sums token_logprobs[ctxlen:-1]
+# and calls the continuation greedy when each is the best of its top_logprobs.
+ctx, cont = text[:20], text[20:]
+r = client.completions.create(model="glia", prompt=[ctx + cont, ctx + cont], max_tokens=1, echo=True, logprobs=1,
+                              temperature=0, seed=1234)
+assert [c.index for c in r.choices] == [0, 1], r.choices
+for c in r.choices:
+    tl, top = c.logprobs.token_logprobs, c.logprobs.top_logprobs
+    assert len(tl) == len(text) + 1, len(tl)
+    ll = sum(tl[len(ctx):-1])
+    assert abs(ll - sum(lp.token_logprobs[len(ctx):])) < 1e-4, (ll, sum(lp.token_logprobs[len(ctx):]))
+    assert tl[-1] == max(top[-1].values()), "the greedy generated token is not the best of its alternatives"
 print(f"serve_openai: ok (openai {openai.__version__}; echo logprobs mean {mean:.5f}, glia eval {eval_loss:.4f})")

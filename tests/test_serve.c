@@ -653,7 +653,8 @@ Test(serve, openai_models_n_logprobs_echo) {
         double best = -1e30;
         cJSON *x;
         cJSON_ArrayForEach(x, top) best = x->valuedouble > best ? x->valuedouble : best;
-        cr_expect(fabs(best - cJSON_GetArrayItem(tl, i)->valuedouble) < 1e-6, "greedy token %d is the most likely", i);
+        cr_expect(best == cJSON_GetArrayItem(tl, i)->valuedouble, "greedy token %d: %.17g is not the best alternative %.17g "
+                  "(lm-evaluation-harness compares them exactly)", i, cJSON_GetArrayItem(tl, i)->valuedouble, best);
         cr_expect_leq(cJSON_GetArrayItem(tl, i)->valuedouble, 0.0);
     }
     cJSON_Delete(j);

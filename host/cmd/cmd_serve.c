@@ -158,53 +158,48 @@ static char *token_name(unsigned char b) {
     return s;
 }
 
+// A log-probability as JSON: the float's shortest round-trip form, written
+// the same way in token_logprobs and top_logprobs, so a client comparing a
+// chosen token with its alternatives (lm-evaluation-harness's greedy check)
+// sees equal numbers.
+static void add_lp(char **p, float v) { *p += sprintf(*p, "%.9g", (double)v); }
+
 // OpenAI's completions logprobs: {tokens, token_logprobs, top_logprobs, text_offset}.
 static char *logprobs_json(const EngineResult *r) {
-    cJSON *o = cJSON_CreateObject();
-    cJSON *toks = cJSON_AddArrayToObject(o, "tokens"), *lps = cJSON_AddArrayToObject(o, "token_logprobs");
-    cJSON *tops = cJSON_AddArrayToObject(o, "top_logprobs"), *offs = cJSON_AddArrayToObject(o, "text_offset");
+    size_t cap = (size_t)r->nlp * (64 + (size_t)r->top_n * 40) + 128;
+    char *o = xmalloc(cap), *p = o;
+    p += sprintf(p, "{\"tokens\":[");
     for (int i = 0; i < r->nlp; i++) {
         char *t = token_name(r->lp_tokens[i]);
-        cJSON_AddItemToArray(toks, cJSON_CreateRaw(t));
+        p += sprintf(p, "%s%s", i ? "," : "", t);
         free(t);
-        if (isnan(r->lp[i])) {
-            cJSON_AddItemToArray(lps, cJSON_CreateNull());
-            cJSON_AddItemToArray(tops, cJSON_CreateNull());
-        } else {
-            cJSON_AddItemToArray(lps, cJSON_CreateNumber(r->lp[i]));
-            cJSON *top = cJSON_CreateObject();
-            for (int k = 0; k < r->top_n; k++) {
-                char *name = token_name((unsigned char)r->top_ids[i * ENGINE_MAX_LOGPROBS + k]);
-                name[strlen(name) - 1] = 0;  // cJSON wants the bare key: the quotes off, the escapes are plain here
-                char *key = name + 1;
-                if (!strcmp(key, "\\\"")) key = "\"";  // the two escapes token_name can make for bytes < 0x80
-                else if (!strcmp(key, "\\\\")) key = "\\";
-                char *unq = NULL;
-                if (key[0] == '\\' && key[1] == 'u') {  // a control byte: give cJSON the byte itself
-                    unq = xmalloc(2);
-                    unq[0] = (char)r->top_ids[i * ENGINE_MAX_LOGPROBS + k], unq[1] = 0;
-                    key = unq;
-                } else if (key[0] == '\\' && key[1] && key[2] == 0) {
-                    static const char from[] = "ntr", to[] = "\n\t\r";
-                    unq = xmalloc(2);
-                    unq[0] = to[strchr(from, key[1]) - from], unq[1] = 0;
-                    key = unq;
-                } else if (!strncmp(key, "bytes:\\\\", 8)) {
-                    unq = xmalloc(16);
-                    snprintf(unq, 16, "bytes:\\x%s", key + 10);
-                    key = unq;
-                }
-                cJSON_AddNumberToObject(top, key, r->top_lp[i * ENGINE_MAX_LOGPROBS + k]);
-                free(unq);
-                free(name);
-            }
-            cJSON_AddItemToArray(tops, top);
-        }
-        cJSON_AddItemToArray(offs, cJSON_CreateNumber(i));
     }
-    char *s = cJSON_PrintUnformatted(o);
-    cJSON_Delete(o);
-    return s;
+    p += sprintf(p, "],\"token_logprobs\":[");
+    for (int i = 0; i < r->nlp; i++) {
+        if (i) *p++ = ',';
+        if (isnan(r->lp[i])) p += sprintf(p, "null");
+        else add_lp(&p, r->lp[i]);
+    }
+    p += sprintf(p, "],\"top_logprobs\":[");
+    for (int i = 0; i < r->nlp; i++) {
+        if (i) *p++ = ',';
+        if (isnan(r->lp[i])) {
+            p += sprintf(p, "null");
+            continue;
+        }
+        *p++ = '{';
+        for (int k = 0; k < r->top_n; k++) {
+            char *t = token_name((unsigned char)r->top_ids[i * ENGINE_MAX_LOGPROBS + k]);
+            p += sprintf(p, "%s%s:", k ? "," : "", t);
+            free(t);
+            add_lp(&p, r->top_lp[i * ENGINE_MAX_LOGPROBS + k]);
+        }
+        *p++ = '}';
+    }
+    p += sprintf(p, "],\"text_offset\":[");
+    for (int i = 0; i < r->nlp; i++) p += sprintf(p, "%s%d", i ? "," : "", i);
+    sprintf(p, "]}");
+    return o;
 }
 
 static Server *g_server;  // the callbacks' way back (one server per process)
