@@ -787,7 +787,10 @@ int cmd_serve(int argc, char **argv) {
     pthread_t eng, dog;
     pthread_create(&eng, NULL, engine_main, &sv);
     pthread_create(&dog, NULL, watchdog_main, &sv);
-    unsigned timeout = (unsigned)ceil(read_timeout);
+    // libmicrohttpd's own timeout is an idle one (any byte restarts it): it
+    // covers a client that stops reading an answer. The deadline for
+    // receiving a request is the watchdog's, which no trickle of bytes resets.
+    unsigned timeout = (unsigned)ceil(2 * read_timeout) + 1;
     struct MHD_Daemon *d = MHD_start_daemon(
         MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG, (uint16_t)port,
         NULL, NULL, handle, &sv, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
