@@ -628,6 +628,31 @@ Test(serve, openai_models_n_logprobs_echo) {
     }
     cr_expect_eq(cJSON_GetObjectItem(cJSON_GetObjectItem(j, "usage"), "completion_tokens")->valueint, 24);
     cJSON_Delete(j);
+    // n = 2 streamed: each event names its choice; each choice's pieces join to its text
+    int blen;
+    char *sb = http_n("POST", "/v1/completions", "{\"prompt\": \"glial \", \"max_tokens\": 8, \"seed\": 7, \"n\": 2, "
+                      "\"stream\": true}", -1, &code, &blen, NULL);
+    cr_assert_eq(code, 200, "%s", sb);
+    char joined[2][256] = {"", ""};
+    int finals[2] = {0, 0};
+    for (char *line = strtok(sb, "\n"); line; line = strtok(NULL, "\n")) {
+        if (strncmp(line, "data: {", 7)) continue;
+        cJSON *ev = cJSON_Parse(line + 6);
+        cr_assert(ev, "%s", line);
+        cJSON *c = cJSON_GetArrayItem(cJSON_GetObjectItem(ev, "choices"), 0);
+        int idx = cJSON_GetObjectItem(c, "index")->valueint;
+        cr_assert(idx == 0 || idx == 1, "%s", line);
+        strncat(joined[idx], cJSON_GetObjectItem(c, "text")->valuestring, 255 - strlen(joined[idx]));
+        finals[idx] += cJSON_IsString(cJSON_GetObjectItem(c, "finish_reason"));
+        cJSON_Delete(ev);
+    }
+    free(sb);
+    for (int k = 0; k < 2; k++) {
+        char *want = engine_text("glial ", 8, 1.0f, 7 + (uint64_t)k);
+        cr_expect_str_eq(joined[k], want, "streamed choice %d", k);
+        cr_expect_eq(finals[k], 1, "streamed choice %d: one final event", k);
+        free(want);
+    }
     // an array of prompts, n = 2: choices prompt-major
     j = post_json("{\"prompt\": [\"ab\", [99, 100]], \"max_tokens\": 4, \"seed\": 1, \"n\": 2, \"temperature\": 0}", 200);
     ch = cJSON_GetObjectItem(j, "choices");
