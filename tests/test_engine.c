@@ -153,8 +153,9 @@ Test(engine, stop_strings_and_limits) {
     cr_assert(at);
     int expect = (int)(at - plain.text);
     Out stopped = {0};
-    r.stop[0] = "\x01never";
-    r.stop[1] = stop;
+    memcpy(r.stop[0], "\x01never", 6), r.stop_len[0] = 6;
+    memcpy(r.stop[1], stop, 2), r.stop_len[1] = 2;
+    r.nstop = 2;
     r.user = &stopped;
     run_alone(m, &r, &stopped);
     cr_expect_str_eq(stopped.finish, "stop");
@@ -163,7 +164,7 @@ Test(engine, stop_strings_and_limits) {
     cr_expect_eq(stopped.slen, stopped.len, "streamed text never includes the stop string");
     cr_expect(!memcmp(stopped.streamed, plain.text, (size_t)expect));
 
-    // limits: prompt over max_prompt, max_tokens < 1, a bad top_p
+    // limits: prompt over max_prompt, max_tokens < 0, a bad top_p
     Engine *e = engine_new(m, SLOTS, 16);
     char err[200];
     Out o = {0};
@@ -173,7 +174,7 @@ Test(engine, stop_strings_and_limits) {
     cr_expect_eq(engine_submit(e, &bad, err, sizeof err), -1);
     cr_expect(strstr(err, "limit"), "%s", err);
     bad.prompt_len = 16;
-    bad.max_tokens = 0;
+    bad.max_tokens = -1;
     cr_expect_eq(engine_submit(e, &bad, err, sizeof err), -1);
     bad.max_tokens = 1;
     bad.sp.top_p = 0;
@@ -235,7 +236,7 @@ Test(engine, offline_jsonl_round_trip) {
             cr_assert_geq(engine_submit(e, &want[w], err, sizeof err), 0);
             run_all(e);
             engine_free(e);
-            char *clean = engine_utf8_clean(alone.text, alone.len);
+            char *clean = engine_utf8_clean(alone.text, alone.len, NULL);
             cr_expect_str_eq(cJSON_GetObjectItem(j, "completion")->valuestring, clean, "line %d", n);
             free(clean);
             cr_expect_eq(cJSON_GetObjectItem(j, "tokens")->valueint, want[w].max_tokens);

@@ -1,25 +1,39 @@
-// test_serve.c: `glia serve` end to end. The suite starts GLIA_BIN serve on a
-// loopback port the server picks (--port 0; it prints the address) and
-// talks to it with curl: health, a completion equal to the engine's for the
-// same seed, a streamed one, malformed and wrong-typed requests, unknown
-// paths and methods, an over-long prompt, and a burst of concurrent clients.
+// test_serve.c: `glia serve` end to end. Each test starts GLIA_BIN serve on
+// a loopback port the server picks (--port 0; it prints the address) and
+// talks to it with curl or raw sockets. The answers are checked against
+// oracles outside the server: every completion equals the engine's for the
+// same request in a pool of the server's size (so swapped or truncated
+// answers fail), text with NUL and every byte value survives (json.h reads
+// the answers, keeping lengths), logprobs equal the model's training loss.
+// Also: strict parsing, unknown paths and methods, an over-long prompt, a
+// burst of concurrent clients, cancellation of abandoned requests, 200
+// stalled sockets, the connection cap, a second SIGTERM. A server that does
+// not start fails the test; only a missing curl (or GPU, for
+// GLIA_TEST_DEVICE=cuda: ctest's test_serve_cuda, exact fp32 matmuls) skips.
 // The server is killed in the suite's .fini, which runs even when a test
-// fails. Skips (with the reason) when curl is missing or the glia binary
-// has no serve command. GLIA_TEST_DEVICE=cuda (ctest's test_serve_cuda)
-// serves from the GPU with exact fp32 matmuls, against the same CPU engine
-// texts; it skips without a GPU.
+// fails.
+#define _DEFAULT_SOURCE  // usleep
+#include <arpa/inet.h>
 #include <cjson/cJSON.h>
 #include <criterion/criterion.h>
+#include <errno.h>
+#include <math.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "model/checkpoint.h"
 #include "generate/engine.h"
+#include "generate/json.h"
 #include "model/model.h"
+#include "testutil.h"
 #ifdef GLIA_HAVE_CUDA
 #include "cuda/cuda.h"
 #endif
@@ -28,6 +42,7 @@ static char dir[256], ckpt[300];
 static pid_t server = -1;
 static int port;
 static const char *skip_reason;
+static char start_error[600];
 
 static Model *tiny_model(void) {
     ModelConfig c;
@@ -37,8 +52,17 @@ static Model *tiny_model(void) {
     return m;
 }
 
-static void start(void) {
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+// Starts the server with the given flags after the common ones. A server
+// that does not come up leaves start_error set: the test then fails.
+static void start_with(const char *const *extra) {
     skip_reason = NULL;
+    start_error[0] = 0;
     if (system("command -v curl >/dev/null 2>&1")) {
         skip_reason = "curl is not installed";
         return;
@@ -64,12 +88,15 @@ static void start(void) {
     server = fork();
     cr_assert_geq(server, 0);
     if (server == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);  // a test killed by its timeout takes its server along
         dup2(fd[1], 1);
         close(fd[0]);
         close(fd[1]);
-        execl(GLIA_BIN, GLIA_BIN, "serve", "--ckpt", ckpt, "--port", "0", "--slots", "4", "--queue", "32",
-              "--max-prompt", "64", "--max-tokens", "32", "--device", device, "--matmul", "fp32",
-              (char *)NULL);
+        const char *argv[64] = {GLIA_BIN, "serve", "--ckpt", ckpt, "--port", "0", "--device", device, "--matmul", "fp32"};
+        int n = 10;
+        for (int i = 0; extra[i] && n < 63; i++) argv[n++] = extra[i];
+        argv[n] = NULL;
+        execv(GLIA_BIN, (char *const *)argv);
         _exit(127);
     }
     close(fd[1]);
@@ -77,9 +104,11 @@ static void start(void) {
     char line[512] = "";
     if (!fgets(line, sizeof line, f) || !strstr(line, "listening on")) {
         fclose(f);
-        waitpid(server, NULL, 0);
+        int st = 0;
+        waitpid(server, &st, 0);
         server = -1;
-        skip_reason = "the glia binary has no serve command (add it to host/cmd/main.c's COMMANDS)";
+        snprintf(start_error, sizeof start_error, "the server did not start (exit status %d; its first line: '%.300s')",
+                 WIFEXITED(st) ? WEXITSTATUS(st) : -1, line);
         return;
     }
     fclose(f);  // the server's later lines go to a closed pipe: it ignores SIGPIPE
@@ -89,9 +118,22 @@ static void start(void) {
     cr_assert_gt(port, 0);
 }
 
+#define SLOTS 4
+static void start(void) {
+    static const char *const extra[] = {"--slots", "4", "--queue", "32", "--max-prompt", "300", "--max-tokens", "32", NULL};
+    start_with(extra);
+}
+
+// Every test begins here: skip only for a missing tool, fail for a server that did not start.
+#define NEED_SERVER()                                               \
+    do {                                                            \
+        if (skip_reason) cr_skip_test("%s", skip_reason);           \
+        if (start_error[0]) cr_assert_fail("%s", start_error);      \
+    } while (0)
+
 static void stop(void) {
     if (server > 0) {
-        kill(server, SIGTERM);
+        kill(server, SIGKILL);
         int st;
         waitpid(server, &st, 0);
         server = -1;
@@ -104,35 +146,47 @@ static void stop(void) {
     }
 }
 
-TestSuite(serve, .init = start, .fini = stop, .timeout = 60);
+TestSuite(serve, .init = start, .fini = stop, .timeout = 120);
 
-// One request with curl; returns the body (malloc'd) and the status in *code.
-static char *http(const char *method, const char *path, const char *body, int *code) {
-    char bfile[400], ofile[400], cmd[1400];
+// One request with curl; returns the body (malloc'd, *out_len bytes, NUL
+// after) and the status in *code. body is blen bytes (-1: a C string).
+static char *http_n(const char *method, const char *path, const char *body, long blen, int *code, int *out_len,
+                    const char *curl_extra) {
+    char bfile[400], ofile[400], cmd[1600];
     snprintf(bfile, sizeof bfile, "%s/body.json", dir);
     snprintf(ofile, sizeof ofile, "%s/out.txt", dir);
     if (body) {
         FILE *f = fopen(bfile, "w");
         cr_assert(f);
-        fputs(body, f);
+        fwrite(body, 1, blen < 0 ? strlen(body) : (size_t)blen, f);
         fclose(f);
     }
     snprintf(cmd, sizeof cmd,
-             "curl -q -s -N --noproxy '*' -o '%s' -w '%%{http_code}' -X %s %s%s%s 'http://127.0.0.1:%d%s'", ofile,
-             method, body ? "-H 'Content-Type: application/json' --data-binary @'" : "", body ? bfile : "",
+             "curl -q -s -N --noproxy '*' %s -o '%s' -w '%%{http_code}' -X %s %s%s%s 'http://127.0.0.1:%d%s'",
+             curl_extra ? curl_extra : "", ofile, method,
+             body ? "-H 'Content-Type: application/json' --data-binary @'" : "", body ? bfile : "",
              body ? "'" : "", port, path);
     FILE *p = popen(cmd, "r");
     cr_assert(p);
     *code = 0;
-    cr_assert_eq(fscanf(p, "%d", code), 1, "curl printed no status for %s %s", method, path);
+    if (fscanf(p, "%d", code) != 1) *code = 0;
     pclose(p);
+    char *out = calloc(1, 1 << 20);
     FILE *f = fopen(ofile, "r");
-    cr_assert(f);
-    char *out = calloc(1, 1 << 16);
-    size_t n = fread(out, 1, (1 << 16) - 1, f);
+    size_t n = 0;
+    if (f) {
+        n = fread(out, 1, (1 << 20) - 1, f);
+        fclose(f);
+    }
     out[n] = 0;
-    fclose(f);
+    if (out_len) *out_len = (int)n;
     return out;
+}
+
+static char *http(const char *method, const char *path, const char *body, int *code) {
+    char *b = http_n(method, path, body, -1, code, NULL, NULL);
+    cr_assert(*code, "curl printed no status for %s %s", method, path);
+    return b;
 }
 
 static void expect_error(const char *body, int code, int want, const char *mention) {
@@ -147,10 +201,97 @@ static void expect_error(const char *body, int code, int want, const char *menti
     cJSON_Delete(j);
 }
 
-static char *engine_text(const char *prompt, int max_tokens, float temp, uint64_t seed);
+// The completion bytes the engine makes for a request in a pool of `slots`.
+typedef struct {
+    char *text;
+    int len;
+} Bytes;
+
+static int ignore_text(void *u, const char *t, int n) { return 0; }
+static void keep_done(void *u, const EngineResult *r) {
+    Bytes *b = u;
+    b->text = malloc((size_t)r->len + 1);
+    memcpy(b->text, r->text, (size_t)r->len);
+    b->text[r->len] = 0;
+    b->len = r->len;
+}
+
+static Bytes engine_bytes(const char *prompt, int plen, int max_tokens, float temp, uint64_t seed, int slots) {
+    Model *m = tiny_model();
+    Engine *e = engine_new(m, slots, 300);
+    Bytes out = {0};
+    char err[200];
+    EngineRequest r = {.prompt = prompt, .prompt_len = plen, .max_tokens = max_tokens,
+                       .sp = {temp, 0, 1.0f}, .seed = seed, .on_text = ignore_text, .on_done = keep_done,
+                       .user = &out};
+    cr_assert_geq(engine_submit(e, &r, err, sizeof err), 0, "%s", err);
+    while (engine_step(e) > 0) {}
+    engine_free(e);
+    model_free(m);
+    cr_assert(out.text);
+    return out;
+}
+
+// The same, as the server writes it into JSON (invalid UTF-8 as U+FFFD, NUL kept; *len bytes).
+static char *engine_text_n(const char *prompt, int max_tokens, float temp, uint64_t seed, int *len) {
+    Bytes b = engine_bytes(prompt, (int)strlen(prompt), max_tokens, temp, seed, SLOTS);
+    char *c = engine_utf8_clean(b.text, b.len, len);
+    free(b.text);
+    return c;
+}
+
+static char *engine_text(const char *prompt, int max_tokens, float temp, uint64_t seed) {
+    return engine_text_n(prompt, max_tokens, temp, seed, NULL);
+}
+
+// The first seed below 256 whose completion of prompt "x" (32 tokens at
+// temperature 4, pool of SLOTS) holds a NUL byte; its bytes into *w.
+static int seed_with_nul(Bytes *w) {
+    Model *m = tiny_model();
+    Engine *e = engine_new(m, SLOTS, 300);
+    static Bytes outs[256];
+    char err[200];
+    for (int s = 0; s < 256; s++) {
+        EngineRequest r = {.prompt = "x", .prompt_len = 1, .max_tokens = 32, .sp = {4.0f, 0, 1.0f},
+                           .seed = (uint64_t)s, .on_done = keep_done, .user = &outs[s]};
+        cr_assert_geq(engine_submit(e, &r, err, sizeof err), 0, "%s", err);
+    }
+    while (engine_step(e) > 0) {}
+    engine_free(e);
+    model_free(m);
+    int seed = -1;
+    for (int s = 0; s < 256; s++) {
+        if (seed < 0 && memchr(outs[s].text, 0, (size_t)outs[s].len)) seed = s, *w = outs[s];
+        else free(outs[s].text);
+    }
+    return seed;
+}
+
+// choices[i].text of an answer, decoded with its length.
+static Bytes choice_text(const char *body, int blen, int i) {
+    char err[200];
+    Json *j = json_parse(body, (size_t)blen, err, sizeof err);
+    cr_assert(j, "%s: %s", err, body);
+    const Json *c = json_get(j, "choices");
+    cr_assert(c && c->type == JSON_ARRAY, "%s", body);
+    const Json *x = c->child;
+    for (int k = 0; k < i && x; k++) x = x->next;
+    cr_assert(x, "no choice %d: %s", i, body);
+    const Json *t = json_get(x, "text");
+    cr_assert(t && t->type == JSON_STRING);
+    Bytes b = {malloc((size_t)t->len + 1), t->len};
+    memcpy(b.text, t->str, (size_t)t->len + 1);
+    json_free(j);
+    return b;
+}
+
+static void expect_bytes(Bytes got, const char *want, int want_len, const char *what) {
+    cr_expect_eq(got.len, want_len, "%s: %d bytes, the engine's text is %d bytes", what, got.len, want_len);
+    cr_expect(got.len == want_len && !memcmp(got.text, want, (size_t)want_len), "%s differs from the engine's", what);
+}
 
 Test(serve, health_completion_and_stream) {
-    if (skip_reason) cr_skip_test("%s", skip_reason);
+    NEED_SERVER();
     int code;
     char *b = http("GET", "/health", NULL, &code);
     cr_expect_eq(code, 200);
@@ -218,8 +359,99 @@ Test(serve, health_completion_and_stream) {
     free(b);
 }
 
+// Text is bytes with a length: a prompt of all 256 byte values (NUL escaped,
+// bytes ≥ 0x80 raw), a completion that holds NUL, streamed and not, a stop
+// string that is a NUL.
+Test(serve, nul_and_every_byte_value) {
+    NEED_SERVER();
+    char body[2048], prompt[256];
+    int n = snprintf(body, sizeof body, "{\"prompt\": \"");
+    for (int b = 0; b < 256; b++) {
+        prompt[b] = (char)b;
+        if (b < 0x20 || b == '"' || b == '\\')
+            n += snprintf(body + n, sizeof body - n, "\\u%04x", b);
+        else
+            body[n++] = (char)b;
+    }
+    n += snprintf(body + n, sizeof body - n, "\", \"max_tokens\": 32, \"temperature\": 0}");
+    int code, blen;
+    char *r = http_n("POST", "/v1/completions", body, n, &code, &blen, NULL);
+    cr_assert_eq(code, 200, "%s", r);
+    cJSON *j = cJSON_Parse(r);
+    cr_assert(j);
+    cr_expect_eq(cJSON_GetObjectItem(cJSON_GetObjectItem(j, "usage"), "prompt_tokens")->valueint, 256,
+                 "every byte of the prompt is a token");
+    cJSON_Delete(j);
+    Bytes want = engine_bytes(prompt, 256, 32, 0.0f, 0, SLOTS);
+    int clen;
+    char *clean = engine_utf8_clean(want.text, want.len, &clen);
+    Bytes got = choice_text(r, blen, 0);
+    expect_bytes(got, clean, clen, "greedy completion of the 256-byte prompt");
+    free(clean), free(got.text), free(want.text), free(r);
+
+    // a seed whose completion holds a NUL byte (the engine says which)
+    Bytes w = {0};
+    int seed = seed_with_nul(&w);
+    cr_assert_geq(seed, 0, "no seed below 256 makes a NUL at temperature 4");
+    int wlen;
+    char *wclean = engine_utf8_clean(w.text, w.len, &wlen);
+    snprintf(body, sizeof body, "{\"prompt\": \"x\", \"max_tokens\": 32, \"temperature\": 4, \"seed\": %d}", seed);
+    r = http_n("POST", "/v1/completions", body, -1, &code, &blen, NULL);
+    cr_assert_eq(code, 200, "%s", r);
+    j = cJSON_Parse(r);
+    cr_expect_eq(cJSON_GetObjectItem(cJSON_GetObjectItem(j, "usage"), "completion_tokens")->valueint, 32);
+    cJSON_Delete(j);
+    got = choice_text(r, blen, 0);
+    cr_expect(memchr(got.text, 0, (size_t)got.len), "the answer lost its NUL byte");
+    expect_bytes(got, wclean, wlen, "a completion holding NUL");
+    free(got.text), free(r);
+
+    // streamed: the pieces, decoded and joined, are the same bytes; no empty piece before the last event
+    snprintf(body, sizeof body, "{\"prompt\": \"x\", \"max_tokens\": 32, \"temperature\": 4, \"seed\": %d, \"stream\": true}", seed);
+    r = http_n("POST", "/v1/completions", body, -1, &code, &blen, NULL);
+    cr_assert_eq(code, 200);
+    char joined[4096];
+    int jl = 0, empty_before_last = 0, finals = 0;
+    for (char *line = r; line < r + blen;) {
+        char *end = memchr(line, '\n', (size_t)(r + blen - line));
+        if (!end) end = r + blen;
+        if (end - line > 6 && !strncmp(line, "data: ", 6) && strncmp(line + 6, "[DONE]", 6)) {
+            char err[200];
+            Json *ev = json_parse(line + 6, (size_t)(end - line - 6), err, sizeof err);
+            cr_assert(ev, "%s", err);
+            const Json *c = json_get(ev, "choices")->child;
+            const Json *t = json_get(c, "text");
+            int fin = json_get(c, "finish_reason")->type == JSON_STRING;
+            finals += fin;
+            if (!fin && t->len == 0) empty_before_last++;
+            cr_assert(jl + t->len < (int)sizeof joined);
+            memcpy(joined + jl, t->str, (size_t)t->len);
+            jl += t->len;
+            json_free(ev);
+        }
+        line = end + 1;
+    }
+    cr_expect_eq(finals, 1);
+    cr_expect_eq(empty_before_last, 0, "a stream event with an empty piece");
+    expect_bytes((Bytes){joined, jl}, wclean, wlen, "the streamed completion holding NUL");
+    free(r);
+
+    // a stop string that is a NUL byte ends the completion before the first NUL
+    snprintf(body, sizeof body,
+             "{\"prompt\": \"x\", \"max_tokens\": 32, \"temperature\": 4, \"seed\": %d, \"stop\": \"\\u0000\"}", seed);
+    r = http_n("POST", "/v1/completions", body, -1, &code, &blen, NULL);
+    cr_assert_eq(code, 200, "%s", r);
+    cr_expect(strstr(r, "\"finish_reason\":\"stop\""), "%s", r);
+    got = choice_text(r, blen, 0);
+    int upto = (int)((char *)memchr(w.text, 0, (size_t)w.len) - w.text);
+    int plen;
+    char *pre = engine_utf8_clean(w.text, upto, &plen);
+    expect_bytes(got, pre, plen, "the completion up to the NUL stop string");
+    free(pre), free(got.text), free(r), free(wclean), free(w.text);
+}
+
 Test(serve, bad_requests_get_4xx_json) {
-    if (skip_reason) cr_skip_test("%s", skip_reason);
+    NEED_SERVER();
     int code;
     char *b = http("POST", "/v1/completions", "{\"prompt\": \"x\", ", &code);
     expect_error(b, code, 400, "JSON");
@@ -227,7 +459,10 @@ Test(serve, bad_requests_get_4xx_json) {
     b = http("POST", "/v1/completions", "{\"prompt\": \"x\", \"max_tokens\": \"many\"}", &code);
     expect_error(b, code, 400, "max_tokens");
     free(b);
-    b = http("POST", "/v1/completions", "{\"prompt\": [1, 2]}", &code);
+    b = http("POST", "/v1/completions", "{\"prompt\": {\"a\": 1}}", &code);
+    expect_error(b, code, 400, "prompt");
+    free(b);
+    b = http("POST", "/v1/completions", "{\"prompt\": [1, 2, 300]}", &code);
     expect_error(b, code, 400, "prompt");
     free(b);
     b = http("POST", "/v1/completions", "{\"prompt\": \"x\", \"stream\": \"yes\"}", &code);
@@ -239,8 +474,8 @@ Test(serve, bad_requests_get_4xx_json) {
     b = http("POST", "/v1/completions", "[]", &code);
     expect_error(b, code, 400, NULL);
     free(b);
-    char big[200] = "{\"prompt\": \"";
-    memset(big + strlen(big), 'a', 100);
+    char big[600] = "{\"prompt\": \"";
+    memset(big + strlen(big), 'a', 400);
     strcat(big, "\"}");
     b = http("POST", "/v1/completions", big, &code);
     expect_error(b, code, 413, "limit");
@@ -257,8 +492,48 @@ Test(serve, bad_requests_get_4xx_json) {
     free(b);
 }
 
+// Strict parsing: data after the JSON value, fractions for integer fields,
+// unimplemented parameters and raw control bytes are refused by name.
+Test(serve, strict_parsing) {
+    NEED_SERVER();
+    static const struct {
+        const char *body, *mention;
+    } bad[] = {
+        {"{\"prompt\": \"x\"} trailing", "after"},
+        {"{\"prompt\": \"x\"}{\"prompt\": \"y\"}", "after"},
+        {"{\"prompt\": \"x\"}\n\n}", "after"},
+        {"{\"prompt\": \"x\", \"max_tokens\": 1.5}", "max_tokens"},
+        {"{\"prompt\": \"x\", \"top_k\": 2.5}", "top_k"},
+        {"{\"prompt\": \"x\", \"seed\": 0.25}", "seed"},
+        {"{\"prompt\": \"x\", \"n\": 1.5}", "'n'"},
+        {"{\"prompt\": \"x\", \"logprobs\": 0.5}", "logprobs"},
+        {"{\"prompt\": \"x\", \"logprobs\": true}", "logprobs"},
+        {"{\"prompt\": \"x\", \"best_of\": 2}", "best_of"},
+        {"{\"prompt\": \"x\", \"presence_penalty\": 0.5}", "presence_penalty"},
+        {"{\"prompt\": \"x\", \"logit_bias\": {\"1\": 5}}", "logit_bias"},
+        {"{\"prompt\": \"x\", \"suffix\": \"y\"}", "suffix"},
+        {"{\"prompt\": \"x\", \"stream\": true, \"logprobs\": 1}", "stream"},
+        {"{\"prompt\": \"a\tb\"}", "control"},
+        {"{\"prompt\": \"\\ud800\"}", "surrogate"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        int code;
+        char *b = http("POST", "/v1/completions", bad[i].body, &code);
+        expect_error(b, code, 400, bad[i].mention);
+        free(b);
+    }
+    int code;  // white space after the value, whole-number floats and neutral values are fine
+    char *b = http("POST", "/v1/completions",
+                   "{\"prompt\": \"x\", \"max_tokens\": 2.0, \"seed\": 1e1, \"best_of\": 1, \"presence_penalty\": 0, "
+                   "\"suffix\": null, \"logit_bias\": {}, \"user\": \"u\"}\r\n \n",
+                   &code);
+    cr_expect_eq(code, 200, "%s", b);
+    free(b);
+}
+
+// Each concurrent client's text is its own: the engine's for its request alone.
 Test(serve, burst_of_concurrent_clients) {
-    if (skip_reason) cr_skip_test("%s", skip_reason);
+    NEED_SERVER();
     char cmd[2000];
     snprintf(cmd, sizeof cmd,
              "cd '%s' && for i in $(seq 16); do "
@@ -286,26 +561,397 @@ Test(serve, burst_of_concurrent_clients) {
         cr_assert(j, "client %d: %s", i, buf);
         cJSON *u = cJSON_GetObjectItem(j, "usage");
         cr_expect_eq(cJSON_GetObjectItem(u, "completion_tokens")->valueint, 12);
+        char prompt[32];
+        snprintf(prompt, sizeof prompt, "client %d ", i);
+        int wl;
+        char *want = engine_text_n(prompt, 12, 1.0f, (uint64_t)i, &wl);
+        Bytes got = choice_text(buf, (int)n, 0);
+        expect_bytes(got, want, wl, prompt);
+        free(got.text), free(want);
         cJSON_Delete(j);
     }
 }
 
-// The completion the engine makes for the same request in a pool of the
-// server's size, as JSON text (invalid UTF-8 replaced as the server does).
-static int ignore_text(void *u, const char *t, int n) { return 0; }
-static void keep_done(void *u, const EngineResult *r) { *(char **)u = engine_utf8_clean(r->text, r->len); }
+// ---- the OpenAI surface ---------------------------------------------------------------------
 
-static char *engine_text(const char *prompt, int max_tokens, float temp, uint64_t seed) {
-    Model *m = tiny_model();
-    Engine *e = engine_new(m, 4, 64);
-    char *out = NULL, err[200];
-    EngineRequest r = {.prompt = prompt, .prompt_len = (int)strlen(prompt), .max_tokens = max_tokens,
-                       .sp = {temp, 0, 1.0f}, .seed = seed, .on_text = ignore_text, .on_done = keep_done,
-                       .user = &out};
-    cr_assert_geq(engine_submit(e, &r, err, sizeof err), 0);
-    while (engine_step(e) > 0) {}
-    engine_free(e);
-    model_free(m);
-    cr_assert(out);
-    return out;
+static cJSON *post_json(const char *body, int want_code) {
+    int code;
+    char *b = http("POST", "/v1/completions", body, &code);
+    cr_assert_eq(code, want_code, "%s -> %d %s", body, code, b);
+    cJSON *j = cJSON_Parse(b);
+    cr_assert(j, "%s", b);
+    free(b);
+    return j;
+}
+
+// The loss `glia eval` reports for text (2·n bytes; the val split is its last n).
+static double glia_eval_loss(const char *text, int n) {
+    char path[400], shards[400], out[4096];
+    // (the name must not hold "val" or "train": glia eval reads every *val*.bin of the directory)
+    snprintf(path, sizeof path, "%s/scored.txt", dir);
+    snprintf(shards, sizeof shards, "%s/shards", dir);
+    FILE *f = fopen(path, "w");
+    cr_assert(f);
+    for (int i = 0; i < n; i++) fputc('.', f);  // the train split: never scored
+    fwrite(text, 1, (size_t)n, f);
+    fclose(f);
+    cr_assert_eq(glia_run(out, sizeof out, "prepare --in '%s' --out '%s' --val-frac 0.5", path, shards), 0, "%s", out);
+    cr_assert_eq(glia_run(out, sizeof out, "eval --ckpt '%s' --data '%s' --seq %d --batch 1 --batches 1 --device cpu",
+                          ckpt, shards, n - 1), 0, "%s", out);
+    char *v = strstr(out, "val loss ");
+    cr_assert(v, "%s", out);
+    return atof(v + 9);
+}
+
+Test(serve, openai_models_n_logprobs_echo) {
+    NEED_SERVER();
+    int code;
+    char *b = http("GET", "/v1/models", NULL, &code);
+    cr_expect_eq(code, 200, "%s", b);
+    cJSON *j = cJSON_Parse(b);
+    cr_assert(j, "%s", b);
+    cr_expect_str_eq(cJSON_GetObjectItem(j, "object")->valuestring, "list");
+    cr_expect_str_eq(cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(j, "data"), 0), "id")->valuestring, "glia");
+    cJSON_Delete(j);
+    free(b);
+
+    // n = 3: choice k is the engine's completion with seed + k
+    j = post_json("{\"prompt\": \"glial \", \"max_tokens\": 8, \"seed\": 7, \"n\": 3}", 200);
+    cJSON *ch = cJSON_GetObjectItem(j, "choices");
+    cr_assert_eq(cJSON_GetArraySize(ch), 3);
+    for (int k = 0; k < 3; k++) {
+        cJSON *c = cJSON_GetArrayItem(ch, k);
+        cr_expect_eq(cJSON_GetObjectItem(c, "index")->valueint, k);
+        char *want = engine_text("glial ", 8, 1.0f, 7 + (uint64_t)k);
+        cr_expect_str_eq(cJSON_GetObjectItem(c, "text")->valuestring, want, "choice %d", k);
+        free(want);
+    }
+    cr_expect_eq(cJSON_GetObjectItem(cJSON_GetObjectItem(j, "usage"), "completion_tokens")->valueint, 24);
+    cJSON_Delete(j);
+    // n = 2 streamed: each event names its choice; each choice's pieces join to its text
+    int blen;
+    char *sb = http_n("POST", "/v1/completions", "{\"prompt\": \"glial \", \"max_tokens\": 8, \"seed\": 7, \"n\": 2, "
+                      "\"stream\": true}", -1, &code, &blen, NULL);
+    cr_assert_eq(code, 200, "%s", sb);
+    char joined[2][256] = {"", ""};
+    int finals[2] = {0, 0};
+    for (char *line = strtok(sb, "\n"); line; line = strtok(NULL, "\n")) {
+        if (strncmp(line, "data: {", 7)) continue;
+        cJSON *ev = cJSON_Parse(line + 6);
+        cr_assert(ev, "%s", line);
+        cJSON *c = cJSON_GetArrayItem(cJSON_GetObjectItem(ev, "choices"), 0);
+        int idx = cJSON_GetObjectItem(c, "index")->valueint;
+        cr_assert(idx == 0 || idx == 1, "%s", line);
+        strncat(joined[idx], cJSON_GetObjectItem(c, "text")->valuestring, 255 - strlen(joined[idx]));
+        finals[idx] += cJSON_IsString(cJSON_GetObjectItem(c, "finish_reason"));
+        cJSON_Delete(ev);
+    }
+    free(sb);
+    for (int k = 0; k < 2; k++) {
+        char *want = engine_text("glial ", 8, 1.0f, 7 + (uint64_t)k);
+        cr_expect_str_eq(joined[k], want, "streamed choice %d", k);
+        cr_expect_eq(finals[k], 1, "streamed choice %d: one final event", k);
+        free(want);
+    }
+    // an array of prompts, n = 2: choices prompt-major
+    j = post_json("{\"prompt\": [\"ab\", [99, 100]], \"max_tokens\": 4, \"seed\": 1, \"n\": 2, \"temperature\": 0}", 200);
+    ch = cJSON_GetObjectItem(j, "choices");
+    cr_assert_eq(cJSON_GetArraySize(ch), 4);
+    char *wa = engine_text("ab", 4, 0.0f, 1), *wc = engine_text("cd", 4, 0.0f, 1);
+    for (int k = 0; k < 4; k++)
+        cr_expect_str_eq(cJSON_GetObjectItem(cJSON_GetArrayItem(ch, k), "text")->valuestring, k < 2 ? wa : wc, "choice %d", k);
+    free(wa), free(wc);
+    cJSON_Delete(j);
+
+    // logprobs of a completion: one entry per token, the tokens spell the text, greedy = first alternative
+    j = post_json("{\"prompt\": \"the astrocyte \", \"max_tokens\": 6, \"temperature\": 0, \"logprobs\": 2}", 200);
+    cJSON *c0 = cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 0);
+    cJSON *lp = cJSON_GetObjectItem(c0, "logprobs");
+    cr_assert(cJSON_IsObject(lp), "logprobs missing");
+    cJSON *tl = cJSON_GetObjectItem(lp, "token_logprobs"), *tops = cJSON_GetObjectItem(lp, "top_logprobs");
+    cr_assert_eq(cJSON_GetArraySize(tl), 6);
+    cr_assert_eq(cJSON_GetArraySize(cJSON_GetObjectItem(lp, "tokens")), 6);
+    cr_assert_eq(cJSON_GetArraySize(cJSON_GetObjectItem(lp, "text_offset")), 6);
+    for (int i = 0; i < 6; i++) {
+        cJSON *top = cJSON_GetArrayItem(tops, i);
+        cr_expect_eq(cJSON_GetArraySize(top), 2, "two alternatives at %d", i);
+        double best = -1e30;
+        cJSON *x;
+        cJSON_ArrayForEach(x, top) best = x->valuedouble > best ? x->valuedouble : best;
+        cr_expect(best == cJSON_GetArrayItem(tl, i)->valuedouble, "greedy token %d: %.17g is not the best alternative %.17g "
+                  "(lm-evaluation-harness compares them exactly)", i, cJSON_GetArrayItem(tl, i)->valuedouble, best);
+        cr_expect_leq(cJSON_GetArrayItem(tl, i)->valuedouble, 0.0);
+    }
+    cJSON_Delete(j);
+
+    // echo + logprobs + max_tokens 0 (lm-evaluation-harness's loglikelihood): the
+    // prompt's tokens, the first without a logprob, the rest averaging to glia eval's loss
+    const char *text = "the astrocyte listens to the synapse and answers in calcium";
+    int n = (int)strlen(text);
+    char body[512];
+    snprintf(body, sizeof body, "{\"prompt\": \"%s\", \"max_tokens\": 0, \"echo\": true, \"logprobs\": 1}", text);
+    j = post_json(body, 200);
+    c0 = cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 0);
+    cr_expect_str_eq(cJSON_GetObjectItem(c0, "text")->valuestring, text, "echo returns the prompt");
+    lp = cJSON_GetObjectItem(c0, "logprobs");
+    tl = cJSON_GetObjectItem(lp, "token_logprobs");
+    cr_assert_eq(cJSON_GetArraySize(tl), n);
+    cr_expect(cJSON_IsNull(cJSON_GetArrayItem(tl, 0)), "the first token has no logprob");
+    double sum = 0;
+    for (int i = 1; i < n; i++) sum += cJSON_GetArrayItem(tl, i)->valuedouble;
+    cJSON_Delete(j);
+    double loss = glia_eval_loss(text, n);
+    cr_expect(fabs(-sum / (n - 1) - loss) < 2e-4, "mean -logprob %.5f, glia eval's loss %.4f", -sum / (n - 1), loss);
+}
+
+// The official openai Python client (tests/serve_openai.py) against the
+// server: models list, completion, stream, logprobs with echo.
+Test(serve, openai_python_client) {
+    NEED_SERVER();
+    if (system("python3 -c 'import openai' >/dev/null 2>&1"))
+        cr_skip_test("the openai Python package is not installed (tools/setup.sh installs it with pip)");
+    const char *text = "calcium waves spread through the glial network";
+    int n = (int)strlen(text);
+    double loss = glia_eval_loss(text, n);
+    char *want = engine_text("the astrocyte ", 20, 0.8f, 42);
+    char wpath[400], cmd[2000], out[8192];
+    snprintf(wpath, sizeof wpath, "%s/want.txt", dir);
+    FILE *f = fopen(wpath, "w");
+    cr_assert(f);
+    fputs(want, f);
+    fclose(f);
+    free(want);
+    snprintf(cmd, sizeof cmd, "python3 '%s/../serve_openai.py' %d '%s' '%s' %.6f 2>&1", GLIA_FIXTURES, port, wpath,
+             text, loss);
+    FILE *p = popen(cmd, "r");
+    cr_assert(p);
+    size_t got = fread(out, 1, sizeof out - 1, p);
+    out[got] = 0;
+    int st = pclose(p);
+    cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "serve_openai.py failed:\n%s", out);
+}
+
+// ---- cancellation and the drain: one slot, no queue, long requests -------------------------
+
+static void start_one_slot(void) {
+    static const char *const extra[] = {"--slots", "1", "--queue", "0", "--max-tokens", "1000000", NULL};
+    start_with(extra);
+}
+TestSuite(serve_drain, .init = start_one_slot, .fini = stop, .timeout = 120);
+
+static int health_field(const char *name) {
+    int code;
+    char *b = http("GET", "/health", NULL, &code);
+    cJSON *j = cJSON_Parse(b);
+    cr_assert(j, "%s", b);
+    int v = cJSON_GetObjectItem(j, name)->valueint;
+    cJSON_Delete(j);
+    free(b);
+    return v;
+}
+
+// Seconds until /health shows no active request (gives up after limit).
+static double until_idle(double limit) {
+    double t0 = now_s();
+    while (now_s() - t0 < limit) {
+        if (health_field("active") == 0 && health_field("queued") == 0) return now_s() - t0;
+        usleep(10000);
+    }
+    return -1;
+}
+
+Test(serve_drain, a_client_that_goes_cancels_its_request) {
+    NEED_SERVER();
+    for (int stream = 0; stream < 2; stream++) {
+        char body[200];
+        snprintf(body, sizeof body, "{\"prompt\": \"a long one\", \"max_tokens\": 1000000, \"stream\": %s}",
+                 stream ? "true" : "false");
+        int code, len;
+        double t0 = now_s();
+        char *b = http_n("POST", "/v1/completions", body, -1, &code, &len, "--max-time 0.5");  // gives up
+        free(b);
+        cr_assert(now_s() - t0 < 5, "curl did not give up");
+        double t = until_idle(3.0);
+        cr_expect_geq(t, 0, "%s request: the slot is still busy 3 s after its client went away",
+                      stream ? "a streamed" : "a plain");
+        fprintf(stderr, "serve_drain: %s request cancelled %.0f ms after its client went\n", stream ? "streamed" : "plain",
+                t * 1e3);
+        b = http("POST", "/v1/completions", "{\"prompt\": \"next\", \"max_tokens\": 3}", &code);
+        cr_expect_eq(code, 200, "the next client is served: %s", b);
+        free(b);
+    }
+}
+
+Test(serve_drain, a_second_sigterm_ends_the_drain) {
+    NEED_SERVER();
+    char cmd[600];
+    snprintf(cmd, sizeof cmd,
+             "curl -q -s --noproxy '*' -o /dev/null -d '{\"prompt\": \"x\", \"max_tokens\": 1000000}' "
+             "http://127.0.0.1:%d/v1/completions >/dev/null 2>&1 &", port);
+    cr_assert_eq(system(cmd), 0);
+    double t0 = now_s();
+    while (health_field("active") == 0) {
+        cr_assert(now_s() - t0 < 5, "the long request never started");
+        usleep(10000);
+    }
+    kill(server, SIGTERM);
+    usleep(300000);
+    int st;
+    cr_assert_eq(waitpid(server, &st, WNOHANG), 0, "the first SIGTERM should drain, not stop");
+    kill(server, SIGTERM);
+    t0 = now_s();
+    pid_t w = 0;
+    while ((w = waitpid(server, &st, WNOHANG)) == 0 && now_s() - t0 < 5) usleep(10000);
+    cr_assert_eq(w, server, "the server still runs 5 s after a second SIGTERM");
+    server = -1;
+    cr_expect(WIFEXITED(st) && WEXITSTATUS(st) != 0, "a stop before the drain finished exits non-zero");
+    fprintf(stderr, "serve_drain: stopped %.0f ms after the second SIGTERM\n", (now_s() - t0) * 1e3);
+}
+
+// ---- stalled sockets, the connection cap and the read deadline ------------------------------
+
+#define CAP 240
+static void start_limits(void) {
+    static const char *const extra[] = {"--slots", "4", "--queue", "32", "--max-prompt", "300", "--max-tokens", "32",
+                                        "--read-timeout", "3", "--max-connections", "240", NULL};
+    start_with(extra);
+}
+TestSuite(serve_limits, .init = start_limits, .fini = stop, .timeout = 120);
+
+static int open_socket(void) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    cr_assert_geq(fd, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+    cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof a), 0, "connect: %s", strerror(errno));
+    return fd;
+}
+
+static int closed_by_server(int fd) {
+    char c;
+    ssize_t n = recv(fd, &c, 1, MSG_DONTWAIT);
+    return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK);
+}
+
+Test(serve_limits, stalled_sockets_do_not_lock_clients_out) {
+    NEED_SERVER();
+    enum { STALLED = 200, MORE = 45 };
+    static int fds[STALLED + MORE];
+    const char *partial = "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n{\"pro";
+    for (int i = 0; i < STALLED; i++) {
+        fds[i] = open_socket();
+        if (i % 2) cr_assert_gt(send(fds[i], partial, strlen(partial), MSG_NOSIGNAL), 0);  // half a request, or nothing
+    }
+    double t_open = now_s();
+    usleep(200000);
+    // 8 normal clients while 200 sockets stall: all served, each with its own text
+    char cmd[2000];
+    snprintf(cmd, sizeof cmd,
+             "cd '%s' && for i in $(seq 8); do "
+             "curl -q -s --noproxy '*' -o s$i.json -w '%%{http_code} %%{time_total}' -H 'Content-Type: application/json' "
+             "-d \"{\\\"prompt\\\": \\\"client $i \\\", \\\"max_tokens\\\": 12, \\\"seed\\\": $i}\" "
+             "http://127.0.0.1:%d/v1/completions > t$i.txt & done; wait",
+             dir, port);
+    double t0 = now_s();
+    cr_assert_eq(system(cmd), 0);
+    double wall = now_s() - t0;
+    // over the cap: 503 at once, not a wait
+    for (int i = STALLED; i < STALLED + MORE; i++) fds[i] = open_socket();
+    usleep(200000);
+    int code;
+    t0 = now_s();
+    char *b = http("POST", "/v1/completions", "{\"prompt\": \"x\", \"max_tokens\": 2}", &code);
+    double t503 = now_s() - t0;
+    expect_error(b, code, 503, "connections");
+    free(b);
+    fprintf(stderr, "serve_limits: over the cap of %d connections: 503 in %.0f ms\n", CAP, t503 * 1e3);
+    double worst = 0;
+    for (int i = 1; i <= 8; i++) {
+        char path[400], buf[8192];
+        snprintf(path, sizeof path, "%s/t%d.txt", dir, i);
+        FILE *f = fopen(path, "r");
+        cr_assert(f);
+        int status = 0;
+        double t = 0;
+        cr_expect_eq(fscanf(f, "%d %lf", &status, &t), 2);
+        fclose(f);
+        worst = t > worst ? t : worst;
+        cr_expect_eq(status, 200, "client %d got %d beside %d stalled sockets", i, status, STALLED);
+        snprintf(path, sizeof path, "%s/s%d.json", dir, i);
+        f = fopen(path, "r");
+        cr_assert(f);
+        size_t n = fread(buf, 1, sizeof buf - 1, f);
+        buf[n] = 0;
+        fclose(f);
+        char prompt[32];
+        snprintf(prompt, sizeof prompt, "client %d ", i);
+        int wl;
+        char *want = engine_text_n(prompt, 12, 1.0f, (uint64_t)i, &wl);
+        Bytes got = choice_text(buf, (int)n, 0);
+        expect_bytes(got, want, wl, prompt);
+        free(got.text), free(want);
+    }
+    fprintf(stderr, "serve_limits: 8 clients beside %d stalled sockets: all served in %.0f ms (slowest %.0f ms)\n", STALLED,
+            wall * 1e3, worst * 1e3);
+    // the read deadline (3 s) closes every stalled socket, a trickling one too
+    t0 = now_s();
+    int open_left = STALLED + MORE;
+    while (open_left > 0 && now_s() - t0 < 6.0) {
+        send(fds[1], "m", 1, MSG_NOSIGNAL);  // one byte now and then: activity is no excuse
+        usleep(100000);
+        open_left = 0;
+        for (int i = 0; i < STALLED + MORE; i++) open_left += !closed_by_server(fds[i]);
+    }
+    double tclose = now_s() - t_open;
+    cr_expect_eq(open_left, 0, "%d stalled sockets still open %.1f s after they were opened (read timeout 3 s)", open_left, tclose);
+    fprintf(stderr, "serve_limits: all %d stalled sockets closed by the server %.1f s after the first was opened\n",
+            STALLED + MORE, tclose);
+    for (int i = 0; i < STALLED + MORE; i++) close(fds[i]);
+    b = http("POST", "/v1/completions", "{\"prompt\": \"x\", \"max_tokens\": 2}", &code);
+    cr_expect_eq(code, 200, "%s", b);
+    free(b);
+}
+
+// ---- compute threads: --threads bounds them, and they wait passively ------------------------
+
+static void start_one_thread(void) {
+    static const char *const extra[] = {"--slots", "4", "--queue", "8", "--max-tokens", "64", "--threads", "1", NULL};
+    // the test's own OpenMP settings must not reach the server: it decides them
+    unsetenv("OMP_WAIT_POLICY");
+    unsetenv("OMP_NUM_THREADS");
+    unsetenv("OPENBLAS_NUM_THREADS");
+    start_with(extra);
+}
+TestSuite(serve_threads, .init = start_one_thread, .fini = stop, .timeout = 60);
+
+Test(serve_threads, threads_bounds_the_compute_threads_which_wait_passively) {
+    NEED_SERVER();
+    char path[64], env[8192];
+    snprintf(path, sizeof path, "/proc/%d/environ", (int)server);
+    FILE *f = fopen(path, "r");
+    if (!f) cr_skip_test("no /proc/PID/environ on this system");
+    size_t n = fread(env, 1, sizeof env - 1, f);
+    fclose(f);
+    int passive = 0, one = 0;
+    for (size_t i = 0; i < n; i += strlen(env + i) + 1) {
+        passive |= !strcmp(env + i, "OMP_WAIT_POLICY=passive");
+        one |= !strcmp(env + i, "OMP_NUM_THREADS=1");
+    }
+    cr_expect(passive, "the server's OpenMP runtime did not start with OMP_WAIT_POLICY=passive");
+    cr_expect(one, "the server's OpenMP runtime did not start with OMP_NUM_THREADS=1 (--threads 1)");
+    for (int i = 0; i < 4; i++) {  // work for every thread the engine would start
+        int code;
+        char *b = http("POST", "/v1/completions", "{\"prompt\": \"threads\", \"max_tokens\": 64, \"n\": 4}", &code);
+        cr_expect_eq(code, 200, "%s", b);
+        free(b);
+    }
+    // threads other than libmicrohttpd's (one listener, one per open connection):
+    // main, the engine and the watchdog, and no OpenMP or BLAS workers for --threads 1
+    char cmd[200];
+    snprintf(cmd, sizeof cmd, "cat /proc/%d/task/*/comm | grep -vc '^MHD'", (int)server);
+    FILE *p = popen(cmd, "r");
+    int count = -1;
+    cr_assert(p && fscanf(p, "%d", &count) == 1);
+    pclose(p);
+    cr_expect_leq(count, 3, "%d threads besides libmicrohttpd's with --threads 1 (main, engine, watchdog: 3)", count);
 }

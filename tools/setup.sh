@@ -16,6 +16,7 @@ PACKAGES=(
   bible-kjv bible-kjv-text           # the default training corpus (King James Bible)
   libopenmpi-dev openmpi-bin         # data parallelism across processes (mpirun)
   libmicrohttpd-dev curl             # glia serve, and the tests that talk to it
+  python3-pip                        # test_serve's openai client test: python3 -m pip install openai (not in Debian)
   clang libclang-rt-14-dev libomp-14-dev  # tools/fuzz.sh: libFuzzer, sanitizers, OpenMP for clang
 )
 

@@ -1,28 +1,40 @@
 // cmd_serve.c: `glia serve`, an HTTP endpoint in the shape of OpenAI's
-// completions API (POST /v1/completions, streaming as server-sent events)
-// plus GET /health, on libmicrohttpd.
+// completions API (POST /v1/completions, streaming as server-sent events,
+// GET /v1/models) plus GET /health, on libmicrohttpd.
 //
-// Threads: libmicrohttpd runs one thread per connection; those threads only
+// Threads: libmicrohttpd runs one thread per connection (at most
+// --max-connections; beyond that a request gets 503); those threads only
 // parse, validate and wait. One engine thread owns the model and the Engine
-// (engine.h): it takes accepted requests from a pending list, submits them,
-// and steps the engine while anything is active. Its callbacks append to
-// the request's Job (text for a plain answer, ready-made SSE events for a
-// stream) under one mutex and wake the connection waiting on the job's
-// condition variable. A Job has two owners (the connection and the engine)
-// and is freed by whichever lets go last, so a client that disconnects
-// mid-stream only cancels its request. Admission is bounded: at most
-// slots + queue requests are outstanding, beyond that the answer is 429.
-// The server never trusts its input: every failure is a 4xx with a JSON
-// error body, and SIGINT / SIGTERM stop it after answering what it accepted.
+// (engine.h): it takes accepted requests from a pending list, submits one
+// engine request per choice (prompts × n), and steps the engine while
+// anything is active. Before every step it checks each waiting client's
+// socket, so a client that went away, streamed or not, is cancelled within
+// one decode step. A watchdog thread closes connections that have not sent
+// a whole request within --read-timeout seconds. The compute threads
+// (OpenMP, which OpenBLAS shares) are --threads of them and wait passively:
+// the command starts itself again with OMP_WAIT_POLICY=passive, which the
+// OpenMP runtime reads only when it loads.
+//
+// A Job (one HTTP request) has several owners: the connection, the engine
+// thread's list of live jobs and each of its choices until that choice is
+// done; whichever lets go last frees it. Text is bytes with a length from
+// the request body (json.h) to the answer, where json_quote escapes every
+// byte. SIGINT / SIGTERM stop accepting and finish what was accepted; a
+// second one cancels everything and stops at once.
+#define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <cjson/cJSON.h>
+#include <errno.h>
+#include <math.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -31,34 +43,55 @@
 #include "cmd/commands.h"
 #include "cpu/cpu.h"
 #include "generate/engine.h"
+#include "generate/json.h"
 #include "glia/util.h"
+
+struct Job;
+
+typedef struct {
+    struct Job *job;
+    int index;           // the choice's index in the answer (prompt × n + k)
+    int prompt;          // which prompt
+    long engine_id;      // -1: not submitted
+    char *text;          // the completion
+    int len, done, prompt_tokens, completion_tokens;
+    char finish[16];
+    char *logprobs;      // the answer's "logprobs" object as JSON text, or NULL
+} Choice;
 
 typedef struct Job {
     pthread_cond_t cv;
-    char *prompt;  // owned copies of what the engine request points to
-    char stops[ENGINE_MAX_STOPS][ENGINE_MAX_STOP_LEN + 1];
-    EngineRequest req;
-    int stream;
+    ParsedRequest pr;
+    Choice *ch;
+    int nch, ndone;
     char id[40];
     long created;
-    char *buf;  // plain: the completion text; stream: SSE bytes not yet sent
+    char *buf;  // stream: SSE bytes not yet sent
     size_t len, cap, sent;
-    int done, cancelled, refs;
-    int prompt_tokens, completion_tokens;
-    char finish[16];
-    struct Job *next;  // pending list
+    int cancelled, refs, fd;  // fd: the client's socket while it may be polled, else -1
+    struct Job *next;         // pending list
+    struct Job *live_next;    // the engine thread's list of submitted jobs
 } Job;
+
+typedef struct ConnRec {  // one open connection, for the cap and the read deadline
+    int fd, busy, cut;
+    double deadline;
+    struct ConnRec *prev, *next;
+} ConnRec;
 
 typedef struct {
     pthread_mutex_t mu;
     pthread_cond_t wake;  // engine thread: work arrived, or stop
-    Job *pending, *pending_tail;
-    int npending, outstanding, limit, stopping;
+    Job *pending, *pending_tail, *live;
+    int npending, outstanding, limit, stopping, abort, engine_exited, quit;
     int active, queued;   // published by the engine thread
     Engine *engine;
-    int slots, max_prompt, max_tokens;
+    int slots, max_prompt, max_tokens, threads;
     size_t max_body;
     long next_id;
+    ConnRec *conns;
+    int nconn, max_conn;
+    double read_timeout;
 } Server;
 
 // ---- jobs ------------------------------------------------------------------------------
@@ -75,17 +108,24 @@ static void buf_add(Job *j, const char *s, size_t n) {
     j->buf[j->len] = 0;
 }
 
-static void job_release(Server *sv, Job *j) {  // with sv->mu held
-    (void)sv;
+static void job_release(Job *j) {  // with sv->mu held
     if (--j->refs > 0) return;
     pthread_cond_destroy(&j->cv);
-    free(j->prompt);
+    for (int i = 0; i < j->nch; i++) free(j->ch[i].text), free(j->ch[i].logprobs);
+    free(j->ch);
+    engine_parsed_free(&j->pr);
     free(j->buf);
     free(j);
 }
 
-// One SSE event: data: {...choices: [{text, index: 0, finish_reason}]}
-static void sse_event(Job *j, const char *text, int len, const char *finish) {
+static void add_text(cJSON *o, const char *name, const char *s, int len) {
+    char *q = json_quote(s, len);
+    cJSON_AddRawToObject(o, name, q);
+    free(q);
+}
+
+// One SSE event: data: {...choices: [{text, index, finish_reason}]}
+static void sse_event(Job *j, int index, const char *text, int len, const char *finish) {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "id", j->id);
     cJSON_AddStringToObject(o, "object", "text_completion");
@@ -93,10 +133,9 @@ static void sse_event(Job *j, const char *text, int len, const char *finish) {
     cJSON_AddStringToObject(o, "model", "glia");
     cJSON *ch = cJSON_AddArrayToObject(o, "choices");
     cJSON *c = cJSON_CreateObject();
-    char *t = engine_utf8_clean(text, len);
-    cJSON_AddStringToObject(c, "text", t);
-    free(t);
-    cJSON_AddNumberToObject(c, "index", 0);
+    add_text(c, "text", text, len);
+    cJSON_AddNumberToObject(c, "index", index);
+    cJSON_AddNullToObject(c, "logprobs");
     if (finish)
         cJSON_AddStringToObject(c, "finish_reason", finish);
     else
@@ -110,13 +149,67 @@ static void sse_event(Job *j, const char *text, int len, const char *finish) {
     cJSON_Delete(o);
 }
 
+// A token of the byte vocabulary as OpenAI's logprobs name it: the byte as
+// text, or "bytes:\xNN" for a byte that is not UTF-8 by itself.
+static char *token_name(unsigned char b) {
+    if (b < 0x80) return json_quote((const char *)&b, 1);
+    char *s = xmalloc(16);
+    snprintf(s, 16, "\"bytes:\\\\x%02x\"", b);
+    return s;
+}
+
+// A log-probability as JSON: the float's shortest round-trip form, written
+// the same way in token_logprobs and top_logprobs, so a client comparing a
+// chosen token with its alternatives (lm-evaluation-harness's greedy check)
+// sees equal numbers.
+static void add_lp(char **p, float v) { *p += sprintf(*p, "%.9g", (double)v); }
+
+// OpenAI's completions logprobs: {tokens, token_logprobs, top_logprobs, text_offset}.
+static char *logprobs_json(const EngineResult *r) {
+    size_t cap = (size_t)r->nlp * (64 + (size_t)r->top_n * 40) + 128;
+    char *o = xmalloc(cap), *p = o;
+    p += sprintf(p, "{\"tokens\":[");
+    for (int i = 0; i < r->nlp; i++) {
+        char *t = token_name(r->lp_tokens[i]);
+        p += sprintf(p, "%s%s", i ? "," : "", t);
+        free(t);
+    }
+    p += sprintf(p, "],\"token_logprobs\":[");
+    for (int i = 0; i < r->nlp; i++) {
+        if (i) *p++ = ',';
+        if (isnan(r->lp[i])) p += sprintf(p, "null");
+        else add_lp(&p, r->lp[i]);
+    }
+    p += sprintf(p, "],\"top_logprobs\":[");
+    for (int i = 0; i < r->nlp; i++) {
+        if (i) *p++ = ',';
+        if (isnan(r->lp[i])) {
+            p += sprintf(p, "null");
+            continue;
+        }
+        *p++ = '{';
+        for (int k = 0; k < r->top_n; k++) {
+            char *t = token_name((unsigned char)r->top_ids[i * ENGINE_MAX_LOGPROBS + k]);
+            p += sprintf(p, "%s%s:", k ? "," : "", t);
+            free(t);
+            add_lp(&p, r->top_lp[i * ENGINE_MAX_LOGPROBS + k]);
+        }
+        *p++ = '}';
+    }
+    p += sprintf(p, "],\"text_offset\":[");
+    for (int i = 0; i < r->nlp; i++) p += sprintf(p, "%s%d", i ? "," : "", i);
+    sprintf(p, "]}");
+    return o;
+}
+
 static Server *g_server;  // the callbacks' way back (one server per process)
 
 static int on_text(void *user, const char *text, int len) {
-    Job *j = user;
+    Choice *c = user;
+    Job *j = c->job;
     pthread_mutex_lock(&g_server->mu);
-    if (j->stream) {
-        sse_event(j, text, len, NULL);
+    if (j->pr.stream) {
+        sse_event(j, c->index, text, len, NULL);
         pthread_cond_broadcast(&j->cv);
     }
     int cancel = j->cancelled;
@@ -125,48 +218,127 @@ static int on_text(void *user, const char *text, int len) {
 }
 
 static void on_done(void *user, const EngineResult *r) {
-    Job *j = user;
+    Choice *c = user;
+    Job *j = c->job;
     Server *sv = g_server;
     pthread_mutex_lock(&sv->mu);
-    j->prompt_tokens = r->prompt_tokens;
-    j->completion_tokens = r->completion_tokens;
-    snprintf(j->finish, sizeof j->finish, "%s", r->finish_reason);
-    if (j->stream) {
-        sse_event(j, "", 0, r->finish_reason);
-        buf_add(j, "data: [DONE]\n\n", 14);
-    } else {
-        buf_add(j, r->text, (size_t)r->len);
+    c->prompt_tokens = r->prompt_tokens;
+    c->completion_tokens = r->completion_tokens;
+    snprintf(c->finish, sizeof c->finish, "%s", r->finish_reason);
+    c->text = xmalloc((size_t)r->len + 1);
+    memcpy(c->text, r->text, (size_t)r->len);
+    c->len = r->len;
+    if (j->pr.logprobs >= 0 && r->nlp >= 0 && strcmp(r->finish_reason, "cancelled")) c->logprobs = logprobs_json(r);
+    c->done = 1;
+    j->ndone++;
+    if (j->pr.stream) {
+        sse_event(j, c->index, "", 0, r->finish_reason);
+        if (j->ndone == j->nch) buf_add(j, "data: [DONE]\n\n", 14);
     }
-    j->done = 1;
     sv->outstanding--;
     pthread_cond_broadcast(&j->cv);
-    job_release(sv, j);
+    job_release(j);
     pthread_mutex_unlock(&sv->mu);
 }
 
 // ---- the engine thread -------------------------------------------------------------
 
+// Whether the client at the other end of fd has gone (closed or reset).
+static int peer_gone(int fd) {
+    struct pollfd p = {.fd = fd, .events = POLLIN | POLLRDHUP};
+    if (poll(&p, 1, 0) <= 0) return 0;
+    return (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) != 0;
+}
+
+static void cancel_job(Server *sv, Job *j) {  // engine thread, without sv->mu
+    for (int i = 0; i < j->nch; i++) {
+        pthread_mutex_lock(&sv->mu);
+        int pending = !j->ch[i].done && j->ch[i].engine_id >= 0;
+        long id = j->ch[i].engine_id;
+        pthread_mutex_unlock(&sv->mu);
+        if (pending) engine_cancel(sv->engine, id);
+    }
+}
+
 static void *engine_main(void *arg) {
     Server *sv = arg;
+    // omp_set_num_threads is per thread: this thread's OpenMP team is set here.
+    if (sv->threads > 0) cpu_set_threads(sv->threads);
     for (;;) {
         pthread_mutex_lock(&sv->mu);
-        while (!sv->pending && !sv->stopping && sv->active + sv->queued == 0)
+        while (!sv->pending && !sv->stopping && !sv->abort && sv->active + sv->queued == 0)
             pthread_cond_wait(&sv->wake, &sv->mu);
-        if (sv->stopping && !sv->pending && sv->active + sv->queued == 0) {
+        int abort = sv->abort;
+        if ((sv->stopping && !sv->pending && sv->active + sv->queued == 0) || abort) {
+            // abort (second signal): every job, pending or submitted, is cancelled
+            Job *list = sv->pending;
+            sv->pending = sv->pending_tail = NULL;
+            sv->npending = 0;
+            pthread_mutex_unlock(&sv->mu);
+            for (Job *j = list, *next; j; j = next) {
+                next = j->next;
+                for (int i = 0; i < j->nch; i++) {
+                    EngineResult r = {"", 0, 0, 0, "cancelled", 0, 0, 0, 0, 0, NULL, NULL, NULL, NULL};
+                    on_done(&j->ch[i], &r);
+                }
+                pthread_mutex_lock(&sv->mu);
+                job_release(j);  // the live list's reference, never taken up
+                pthread_mutex_unlock(&sv->mu);
+            }
+            for (Job *j = sv->live; j; j = j->live_next) cancel_job(sv, j);
+            pthread_mutex_lock(&sv->mu);
+            for (Job *j = sv->live, *next; j; j = next) next = j->live_next, job_release(j);
+            sv->live = NULL;
+            sv->engine_exited = 1;
             pthread_mutex_unlock(&sv->mu);
             break;
         }
         Job *list = sv->pending;
         sv->pending = sv->pending_tail = NULL;
         sv->npending = 0;
+        // Clients that went away: their jobs are cancelled before this step.
+        Job *gone[64];
+        int ngone = 0;
+        for (Job **pp = &sv->live; *pp;) {
+            Job *j = *pp;
+            if (j->ndone == j->nch) {  // finished: off the list
+                *pp = j->live_next;
+                job_release(j);
+                continue;
+            }
+            if (!j->cancelled && j->fd >= 0 && peer_gone(j->fd)) j->cancelled = 1;
+            if (j->cancelled && ngone < 64) gone[ngone++] = j, j->refs++;
+            pp = &j->live_next;
+        }
         pthread_mutex_unlock(&sv->mu);
+        for (int g = 0; g < ngone; g++) {
+            cancel_job(sv, gone[g]);
+            pthread_mutex_lock(&sv->mu);
+            job_release(gone[g]);
+            pthread_mutex_unlock(&sv->mu);
+        }
         for (Job *j = list, *next; j; j = next) {
             next = j->next;
-            char err[256];
-            if (engine_submit(sv->engine, &j->req, err, sizeof err) < 0) {  // validated before: not expected
-                EngineResult r = {"", 0, j->req.prompt_len, 0, "error", 0, 0};
-                on_done(j, &r);
+            for (int i = 0; i < j->nch; i++) {
+                Choice *c = &j->ch[i];
+                EngineRequest q = j->pr.base;
+                q.prompt = j->pr.prompts[c->prompt], q.prompt_len = j->pr.prompt_lens[c->prompt];
+                q.seed = j->pr.base.seed + (uint64_t)(i % j->pr.n);  // choice k of a prompt: seed + k
+                q.on_text = on_text, q.on_done = on_done, q.user = c;
+                char err[256];
+                long id = engine_submit(sv->engine, &q, err, sizeof err);  // validated before: not expected to fail
+                pthread_mutex_lock(&sv->mu);
+                c->engine_id = id;
+                pthread_mutex_unlock(&sv->mu);
+                if (id < 0) {
+                    EngineResult r = {"", 0, q.prompt_len, 0, "error", 0, 0, 0, 0, 0, NULL, NULL, NULL, NULL};
+                    on_done(c, &r);
+                }
             }
+            pthread_mutex_lock(&sv->mu);
+            j->live_next = sv->live;
+            sv->live = j;
+            pthread_mutex_unlock(&sv->mu);
         }
         engine_step(sv->engine);
         pthread_mutex_lock(&sv->mu);
@@ -177,12 +349,68 @@ static void *engine_main(void *arg) {
     return NULL;
 }
 
+// ---- connections: the cap and the read deadline --------------------------------------
+
+static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code) {
+    Server *sv = cls;
+    pthread_mutex_lock(&sv->mu);
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+        ConnRec *r = xcalloc(1, sizeof(ConnRec));
+        r->fd = ci ? ci->connect_fd : -1;
+        r->deadline = engine_now() + sv->read_timeout;
+        r->next = sv->conns;
+        if (sv->conns) sv->conns->prev = r;
+        sv->conns = r;
+        sv->nconn++;
+        *socket_context = r;
+    } else if (*socket_context) {
+        ConnRec *r = *socket_context;
+        if (r->prev) r->prev->next = r->next;
+        else sv->conns = r->next;
+        if (r->next) r->next->prev = r->prev;
+        sv->nconn--;
+        free(r);
+        *socket_context = NULL;
+    }
+    pthread_mutex_unlock(&sv->mu);
+}
+
+static ConnRec *conn_rec(struct MHD_Connection *c) {
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return ci ? ci->socket_context : NULL;
+}
+
+// Closes every connection that has not delivered a whole request by its
+// deadline (headers and body: a slow trickle is cut like silence).
+static void *watchdog_main(void *arg) {
+    Server *sv = arg;
+    for (;;) {
+        pthread_mutex_lock(&sv->mu);
+        if (sv->quit) {
+            pthread_mutex_unlock(&sv->mu);
+            break;
+        }
+        double now = engine_now();
+        for (ConnRec *r = sv->conns; r; r = r->next)
+            if (!r->busy && !r->cut && now > r->deadline && r->fd >= 0) {
+                shutdown(r->fd, SHUT_RDWR);  // its thread sees the end and closes it
+                r->cut = 1;
+            }
+        pthread_mutex_unlock(&sv->mu);
+        usleep(50000);
+    }
+    return NULL;
+}
+
 // ---- HTTP --------------------------------------------------------------------------
 
 typedef struct {
     char *body;
     size_t len;
-    int too_large;
+    int too_large, over_cap;
+    Job *job;  // the stream this connection answers, for request_done
 } Conn;
 
 static enum MHD_Result reply(struct MHD_Connection *c, unsigned code, char *body, const char *type) {
@@ -220,7 +448,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *out, size_t max) {
     Job *j = cls;
     Server *sv = g_server;
     pthread_mutex_lock(&sv->mu);
-    while (j->sent == j->len && !j->done) pthread_cond_wait(&j->cv, &sv->mu);
+    while (j->sent == j->len && j->ndone < j->nch) pthread_cond_wait(&j->cv, &sv->mu);
     ssize_t n;
     if (j->sent == j->len) {
         n = MHD_CONTENT_READER_END_OF_STREAM;
@@ -237,59 +465,63 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *out, size_t max) {
 static void stream_free(void *cls) {
     Job *j = cls;
     pthread_mutex_lock(&g_server->mu);
-    if (!j->done) j->cancelled = 1;  // the client went away: stop generating for it
-    job_release(g_server, j);
+    if (j->ndone < j->nch) j->cancelled = 1;  // the client went away: stop generating for it
+    j->fd = -1;
+    job_release(j);
     pthread_mutex_unlock(&g_server->mu);
 }
 
 static enum MHD_Result completions(Server *sv, struct MHD_Connection *c, Conn *cn) {
     if (cn->too_large) return reply_error(c, 413, "request body is too large");
-    cJSON *body = cJSON_ParseWithLength(cn->body ? cn->body : "", cn->len);
-    if (!body) return reply_error(c, 400, "request body is not valid JSON");
-    Job *j = xcalloc(1, sizeof(Job));
-    j->req = (EngineRequest){.max_tokens = sv->max_tokens < 16 ? sv->max_tokens : 16,
-                             .sp = {1.0f, 0, 1.0f},
-                             .seed = 0,
-                             .on_text = on_text,
-                             .on_done = on_done,
-                             .user = j};
     char err[256];
+    Json *body = json_parse(cn->body, cn->len, err, sizeof err);
+    if (!body) return reply_error(c, 400, err);
+    Job *j = xcalloc(1, sizeof(Job));
+    j->pr.base = (EngineRequest){.max_tokens = sv->max_tokens < 16 ? sv->max_tokens : 16,
+                                 .sp = {1.0f, 0, 1.0f},
+                                 .seed = 0};
     unsigned code = 0;
-    if (engine_parse_request(body, &j->req, &j->stream, err, sizeof err))
+    if (engine_parse_request(body, &j->pr, err, sizeof err)) {
         code = 400;
-    else if (j->req.prompt_len > sv->max_prompt)
-        code = 413, snprintf(err, sizeof err, "prompt is %d bytes; the limit is %d", j->req.prompt_len, sv->max_prompt);
-    else if (j->req.max_tokens > sv->max_tokens)
+    } else if (j->pr.base.max_tokens > sv->max_tokens) {
         code = 400, snprintf(err, sizeof err, "field 'max_tokens' is over this server's limit of %d", sv->max_tokens);
+    } else if (j->pr.stream && (j->pr.logprobs >= 0 || j->pr.echo)) {
+        code = 400, snprintf(err, sizeof err, "fields 'logprobs' and 'echo' are not implemented with 'stream'");
+    } else if ((long)j->pr.nprompts * j->pr.n > sv->limit) {
+        code = 400, snprintf(err, sizeof err, "fields 'prompt' and 'n' ask for %ld completions; this server holds %d at once",
+                             (long)j->pr.nprompts * j->pr.n, sv->limit);
+    } else {
+        for (int i = 0; i < j->pr.nprompts && !code; i++)
+            if (j->pr.prompt_lens[i] > sv->max_prompt)
+                code = 413, snprintf(err, sizeof err, "field 'prompt': a prompt is %d bytes; the limit is %d",
+                                     j->pr.prompt_lens[i], sv->max_prompt);
+    }
+    json_free(body);
     if (code) {
-        cJSON_Delete(body);
+        engine_parsed_free(&j->pr);
         free(j);
         return reply_error(c, code, err);
     }
-    j->prompt = xmalloc((size_t)j->req.prompt_len + 1);
-    memcpy(j->prompt, j->req.prompt, (size_t)j->req.prompt_len + 1);
-    j->req.prompt = j->prompt;
-    for (int i = 0; i < ENGINE_MAX_STOPS && j->req.stop[i]; i++) {
-        size_t sl = strlen(j->req.stop[i]);  // at most ENGINE_MAX_STOP_LEN (checked by the parser)
-        memcpy(j->stops[i], j->req.stop[i], sl + 1);
-        j->req.stop[i] = j->stops[i];
-    }
-    cJSON_Delete(body);
+    j->nch = j->pr.nprompts * j->pr.n;
+    j->ch = xcalloc((size_t)j->nch, sizeof(Choice));
+    for (int i = 0; i < j->nch; i++) j->ch[i] = (Choice){.job = j, .index = i, .prompt = i / j->pr.n, .engine_id = -1};
     pthread_cond_init(&j->cv, NULL);
     j->created = (long)time(NULL);
-    j->refs = 2;  // the connection and the engine
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+    j->fd = ci ? ci->connect_fd : -1;
+    j->refs = 2 + j->nch;  // the connection, the engine thread's live list, each choice
 
     pthread_mutex_lock(&sv->mu);
-    if (sv->stopping || sv->outstanding >= sv->limit) {
+    if (sv->stopping || sv->outstanding + j->nch > sv->limit) {
         int stopping = sv->stopping;
         j->refs = 1;
-        job_release(sv, j);
+        job_release(j);
         pthread_mutex_unlock(&sv->mu);
         return stopping ? reply_error(c, 503, "the server is shutting down")
                         : reply_error(c, 429, "the request queue is full; try again later");
     }
     snprintf(j->id, sizeof j->id, "cmpl-%ld", sv->next_id++);
-    sv->outstanding++;
+    sv->outstanding += j->nch;
     if (sv->pending_tail)
         sv->pending_tail->next = j;
     else
@@ -298,7 +530,9 @@ static enum MHD_Result completions(Server *sv, struct MHD_Connection *c, Conn *c
     sv->npending++;
     pthread_cond_signal(&sv->wake);
 
-    if (j->stream) {
+    if (j->pr.stream) {
+        cn->job = j;
+        j->refs++;  // the connection's record of it, let go in request_done
         pthread_mutex_unlock(&sv->mu);
         struct MHD_Response *r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, stream_read, j, stream_free);
         MHD_add_response_header(r, "Content-Type", "text/event-stream");
@@ -307,26 +541,46 @@ static enum MHD_Result completions(Server *sv, struct MHD_Connection *c, Conn *c
         MHD_destroy_response(r);
         return ok;
     }
-    while (!j->done) pthread_cond_wait(&j->cv, &sv->mu);
+    while (j->ndone < j->nch) pthread_cond_wait(&j->cv, &sv->mu);
+    j->fd = -1;
+    int cancelled = j->cancelled;
+    for (int i = 0; i < j->nch; i++) cancelled |= !strcmp(j->ch[i].finish, "cancelled");
+    if (cancelled) {  // the client is gone (or the server was stopped at once): nobody reads this
+        job_release(j);
+        pthread_mutex_unlock(&sv->mu);
+        return reply_error(c, 503, "the request was cancelled");
+    }
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "id", j->id);
     cJSON_AddStringToObject(o, "object", "text_completion");
     cJSON_AddNumberToObject(o, "created", (double)j->created);
     cJSON_AddStringToObject(o, "model", "glia");
     cJSON *ch = cJSON_AddArrayToObject(o, "choices");
-    cJSON *c0 = cJSON_CreateObject();
-    char *t = engine_utf8_clean(j->buf ? j->buf : "", (int)j->len);
-    cJSON_AddStringToObject(c0, "text", t);
-    free(t);
-    cJSON_AddNumberToObject(c0, "index", 0);
-    cJSON_AddNullToObject(c0, "logprobs");
-    cJSON_AddStringToObject(c0, "finish_reason", j->finish);
-    cJSON_AddItemToArray(ch, c0);
+    long ptoks = 0, ctoks = 0;
+    for (int i = 0; i < j->nch; i++) {
+        Choice *h = &j->ch[i];
+        cJSON *c0 = cJSON_CreateObject();
+        int plen = j->pr.echo ? j->pr.prompt_lens[h->prompt] : 0;
+        char *t = xmalloc((size_t)plen + (size_t)h->len + 1);
+        memcpy(t, j->pr.prompts[h->prompt], (size_t)plen);
+        memcpy(t + plen, h->text, (size_t)h->len);
+        add_text(c0, "text", t, plen + h->len);
+        free(t);
+        cJSON_AddNumberToObject(c0, "index", h->index);
+        if (h->logprobs)
+            cJSON_AddRawToObject(c0, "logprobs", h->logprobs);
+        else
+            cJSON_AddNullToObject(c0, "logprobs");
+        cJSON_AddStringToObject(c0, "finish_reason", h->finish);
+        cJSON_AddItemToArray(ch, c0);
+        if (i % j->pr.n == 0) ptoks += h->prompt_tokens;
+        ctoks += h->completion_tokens;
+    }
     cJSON *u = cJSON_AddObjectToObject(o, "usage");
-    cJSON_AddNumberToObject(u, "prompt_tokens", j->prompt_tokens);
-    cJSON_AddNumberToObject(u, "completion_tokens", j->completion_tokens);
-    cJSON_AddNumberToObject(u, "total_tokens", j->prompt_tokens + j->completion_tokens);
-    job_release(sv, j);
+    cJSON_AddNumberToObject(u, "prompt_tokens", (double)ptoks);
+    cJSON_AddNumberToObject(u, "completion_tokens", (double)ctoks);
+    cJSON_AddNumberToObject(u, "total_tokens", (double)(ptoks + ctoks));
+    job_release(j);
     pthread_mutex_unlock(&sv->mu);
     return reply_json(c, 200, o);
 }
@@ -336,7 +590,10 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
     Server *sv = cls;
     Conn *cn = *state;
     if (!cn) {  // first call: headers only
-        *state = xcalloc(1, sizeof(Conn));
+        cn = *state = xcalloc(1, sizeof(Conn));
+        pthread_mutex_lock(&sv->mu);
+        cn->over_cap = sv->nconn > sv->max_conn;
+        pthread_mutex_unlock(&sv->mu);
         return MHD_YES;
     }
     if (*upload_size) {  // a piece of the body
@@ -352,6 +609,15 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
         *upload_size = 0;
         return MHD_YES;
     }
+    ConnRec *rec = conn_rec(c);  // the whole request is here: no deadline while it is answered
+    pthread_mutex_lock(&sv->mu);
+    if (rec) rec->busy = 1;
+    pthread_mutex_unlock(&sv->mu);
+    if (cn->over_cap) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "too many connections (the limit is %d); try again later", sv->max_conn);
+        return reply_error(c, 503, msg);
+    }
     int get = !strcmp(method, "GET"), post = !strcmp(method, "POST");
     if (!strcmp(url, "/health")) {
         if (!get) return reply_error(c, 405, "use GET for /health");
@@ -362,7 +628,22 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
         cJSON_AddNumberToObject(o, "active", sv->active);
         cJSON_AddNumberToObject(o, "queued", sv->queued + sv->npending);
         cJSON_AddNumberToObject(o, "queue_limit", sv->limit);
+        cJSON_AddNumberToObject(o, "connections", sv->nconn);
+        cJSON_AddNumberToObject(o, "max_connections", sv->max_conn);
         pthread_mutex_unlock(&sv->mu);
+        return reply_json(c, 200, o);
+    }
+    if (!strcmp(url, "/v1/models")) {
+        if (!get) return reply_error(c, 405, "use GET for /v1/models");
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "object", "list");
+        cJSON *d = cJSON_AddArrayToObject(o, "data");
+        cJSON *m = cJSON_CreateObject();
+        cJSON_AddStringToObject(m, "id", "glia");
+        cJSON_AddStringToObject(m, "object", "model");
+        cJSON_AddNumberToObject(m, "created", 0);
+        cJSON_AddStringToObject(m, "owned_by", "glia");
+        cJSON_AddItemToArray(d, m);
         return reply_json(c, 200, o);
     }
     if (!strcmp(url, "/v1/completions")) {
@@ -370,12 +651,23 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
         return completions(sv, c, cn);
     }
     char msg[200];
-    snprintf(msg, sizeof msg, "no such endpoint: %.100s (try POST /v1/completions or GET /health)", url);
+    snprintf(msg, sizeof msg, "no such endpoint: %.100s (try POST /v1/completions, GET /v1/models or GET /health)", url);
     return reply_error(c, 404, msg);
 }
 
 static void request_done(void *cls, struct MHD_Connection *c, void **state, enum MHD_RequestTerminationCode t) {
+    Server *sv = cls;
     Conn *cn = *state;
+    ConnRec *rec = conn_rec(c);
+    pthread_mutex_lock(&sv->mu);
+    if (rec) rec->busy = 0, rec->deadline = engine_now() + sv->read_timeout;  // the next request's deadline
+    if (cn && cn->job) {  // before libmicrohttpd closes the socket: the engine thread stops polling it
+        cn->job->fd = -1;
+        if (cn->job->ndone < cn->job->nch) cn->job->cancelled = 1;
+        job_release(cn->job);
+        cn->job = NULL;
+    }
+    pthread_mutex_unlock(&sv->mu);
     if (!cn) return;
     free(cn->body);
     free(cn);
@@ -394,6 +686,25 @@ static void on_signal(int sig) {
     (void)n;
 }
 
+// The OpenMP runtime reads OMP_WAIT_POLICY and OMP_NUM_THREADS once, when it
+// loads, and by default its idle threads spin: against the HTTP threads on a
+// busy machine that costs far more than it saves. So serve starts itself
+// again with both set (a user's own settings are kept). argv is main's
+// argument vector from "serve" on; the program's path is just before it.
+static void exec_with_omp_settings(int argc, char **argv, const char *threads) {
+    if (getenv("GLIA_SERVE_OMP_SET")) return;
+    setenv("GLIA_SERVE_OMP_SET", "1", 1);
+    int again = 0;
+    if (!getenv("OMP_WAIT_POLICY")) setenv("OMP_WAIT_POLICY", "passive", 1), again = 1;
+    if (threads && (!getenv("OMP_NUM_THREADS") || strcmp(getenv("OMP_NUM_THREADS"), threads)))
+        setenv("OMP_NUM_THREADS", threads, 1), again = 1;
+    if (threads && !getenv("OPENBLAS_NUM_THREADS")) setenv("OPENBLAS_NUM_THREADS", threads, 1), again = 1;
+    if (!again) return;
+    (void)argc;
+    fflush(stdout);
+    execv("/proc/self/exe", argv - 1);  // returns only on failure: carry on, --threads still applies
+}
+
 int cmd_serve(int argc, char **argv) {
     CliFlag flags[] = {
         {"--ckpt", "FILE", "model file (byte vocabulary)", NULL},
@@ -403,31 +714,36 @@ int cmd_serve(int argc, char **argv) {
         {"--queue", "N", "requests that may wait beyond the slots (then 429)", "64"},
         {"--max-prompt", "N", "longest prompt in bytes (then 413)", "4096"},
         {"--max-tokens", "N", "largest max_tokens a request may ask for", "256"},
-        {"--threads", "N", "CPU threads", NULL},
+        {"--max-connections", "N", "open connections served at once (beyond: 503)", "256"},
+        {"--read-timeout", "S", "seconds a connection has to send a whole request (headers and body)", "10"},
+        {"--threads", "N", "compute threads (OpenMP and BLAS; they wait passively)", NULL},
         {"--device", "DEV", "cpu, cuda, or auto (cuda when a GPU is found)", "auto"},
         {"--matmul", "MODE", "GPU matmuls: tf32 or bf16 (tensor cores, fp32 accumulation) or fp32 (exact)", "tf32"},
     };
     int nf = sizeof flags / sizeof flags[0];
     int rc = cli_parse("serve",
                        "Serves a model over HTTP: POST /v1/completions (OpenAI completions shape;\n"
-                       "\"stream\": true answers as server-sent events) and GET /health. Requests\n"
-                       "share one batched engine (docs/SERVING.md). Ctrl-C stops it.",
+                       "\"stream\": true answers as server-sent events), GET /v1/models and GET\n"
+                       "/health. Requests share one batched engine (docs/SERVING.md). Ctrl-C stops\n"
+                       "it after the accepted requests; a second Ctrl-C at once.",
                        argc, argv, flags, nf);
     if (rc) return rc == 1 ? 0 : 2;
-    long port, slots, queue, max_prompt, max_tokens, threads;
+    long port, slots, queue, max_prompt, max_tokens, threads = 0, max_conn;
+    double read_timeout;
     if (cli_int("serve", "--port", GET("--port"), 0, 65535, &port) ||
         cli_int("serve", "--slots", GET("--slots"), 1, 4096, &slots) ||
         cli_int("serve", "--queue", GET("--queue"), 0, 1 << 20, &queue) ||
         cli_int("serve", "--max-prompt", GET("--max-prompt"), 1, 1 << 24, &max_prompt) ||
-        cli_int("serve", "--max-tokens", GET("--max-tokens"), 1, 1 << 24, &max_tokens))
+        cli_int("serve", "--max-tokens", GET("--max-tokens"), 1, 1 << 24, &max_tokens) ||
+        cli_int("serve", "--max-connections", GET("--max-connections"), 1, 65536, &max_conn) ||
+        cli_float("serve", "--read-timeout", GET("--read-timeout"), 0.05, 86400, &read_timeout))
         return 2;
+    if (GET("--threads") && cli_int("serve", "--threads", GET("--threads"), 1, 4096, &threads)) return 2;
+    exec_with_omp_settings(argc, argv, GET("--threads"));
     const Backend *be;
     if (device_pick("serve", GET("--device"), GET("--matmul"), &be))
         return 2;
-    if (GET("--threads")) {
-        if (cli_int("serve", "--threads", GET("--threads"), 1, 4096, &threads)) return 2;
-        cpu_set_threads((int)threads);
-    }
+    if (threads > 0) cpu_set_threads((int)threads);
     struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
     if (inet_pton(AF_INET, GET("--host"), &addr.sin_addr) != 1) {
         fprintf(stderr, "glia serve: --host: '%s' is not an IPv4 address\n", GET("--host"));
@@ -445,7 +761,8 @@ int cmd_serve(int argc, char **argv) {
         return 2;
     }
     Server sv = {.slots = (int)slots, .max_prompt = (int)max_prompt, .max_tokens = (int)max_tokens,
-                 .limit = (int)(slots + queue)};
+                 .limit = (int)(slots + queue), .threads = (int)threads, .max_conn = (int)max_conn,
+                 .read_timeout = read_timeout};
     sv.max_body = (size_t)max_prompt * 6 + 65536;  // a prompt of escaped bytes, plus the rest
     sv.engine = engine_new(m, (int)slots, (int)max_prompt);
     if (!sv.engine) {
@@ -467,13 +784,20 @@ int cmd_serve(int argc, char **argv) {
     sigaction(SIGTERM, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
-    pthread_t eng;
+    pthread_t eng, dog;
     pthread_create(&eng, NULL, engine_main, &sv);
+    pthread_create(&dog, NULL, watchdog_main, &sv);
+    // libmicrohttpd's own timeout is an idle one (any byte restarts it): it
+    // covers a client that stops reading an answer. The deadline for
+    // receiving a request is the watchdog's, which no trickle of bytes resets.
+    unsigned timeout = (unsigned)ceil(2 * read_timeout) + 1;
     struct MHD_Daemon *d = MHD_start_daemon(
         MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG, (uint16_t)port,
         NULL, NULL, handle, &sv, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
-        MHD_OPTION_NOTIFY_COMPLETED, request_done, NULL, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned)(sv.limit + 64), MHD_OPTION_END);
+        MHD_OPTION_NOTIFY_COMPLETED, request_done, &sv, MHD_OPTION_NOTIFY_CONNECTION, on_connection, &sv,
+        MHD_OPTION_CONNECTION_TIMEOUT, timeout,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)(max_conn + 64),  // the 64 beyond get a 503, then refusal
+        MHD_OPTION_THREAD_STACK_SIZE, (size_t)256 * 1024, MHD_OPTION_END);
     rc = 0;
     if (!d) {
         fprintf(stderr, "glia serve: cannot listen on %s:%ld (in use, or not this machine's address?)\n",
@@ -481,20 +805,51 @@ int cmd_serve(int argc, char **argv) {
         rc = 1;
     } else {
         const union MHD_DaemonInfo *info = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
-        printf("glia serve: listening on http://%s:%u (slots %ld, queue %ld, max prompt %ld bytes)\n",
-               GET("--host"), info ? info->port : (unsigned)port, slots, queue, max_prompt);
+        printf("glia serve: listening on http://%s:%u (slots %ld, queue %ld, max prompt %ld bytes, "
+               "max connections %ld, read timeout %g s)\n",
+               GET("--host"), info ? info->port : (unsigned)port, slots, queue, max_prompt, max_conn, read_timeout);
         fflush(stdout);
         unsigned char sig = 0;
         while (read(g_sigpipe[0], &sig, 1) != 1) {}
-        printf("glia serve: %s: finishing accepted requests, then stopping\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
+        printf("glia serve: %s: finishing accepted requests, then stopping (again: stop at once)\n",
+               sig == SIGINT ? "SIGINT" : "SIGTERM");
         fflush(stdout);
     }
     pthread_mutex_lock(&sv.mu);
     sv.stopping = 1;
     pthread_cond_signal(&sv.wake);
     pthread_mutex_unlock(&sv.mu);
-    pthread_join(eng, NULL);  // every accepted request is answered by now
+    // The drain: until the engine thread is done, a second signal cancels everything.
+    for (int exited = 0; !exited;) {
+        struct pollfd p = {.fd = g_sigpipe[0], .events = POLLIN};
+        if (d && poll(&p, 1, 50) == 1) {
+            unsigned char sig;
+            if (read(g_sigpipe[0], &sig, 1) == 1) {
+                printf("glia serve: %s again: cancelling every request and stopping now\n",
+                       sig == SIGINT ? "SIGINT" : "SIGTERM");
+                fflush(stdout);
+                pthread_mutex_lock(&sv.mu);
+                sv.abort = 1;
+                pthread_cond_signal(&sv.wake);
+                pthread_mutex_unlock(&sv.mu);
+                rc = 1;
+            }
+        } else if (!d) {
+            pthread_mutex_lock(&sv.mu);
+            sv.abort = 1;
+            pthread_cond_signal(&sv.wake);
+            pthread_mutex_unlock(&sv.mu);
+        }
+        pthread_mutex_lock(&sv.mu);
+        exited = sv.engine_exited;
+        pthread_mutex_unlock(&sv.mu);
+    }
+    pthread_join(eng, NULL);  // every accepted request is answered (or cancelled) by now
     if (d) MHD_stop_daemon(d);
+    pthread_mutex_lock(&sv.mu);
+    sv.quit = 1;
+    pthread_mutex_unlock(&sv.mu);
+    pthread_join(dog, NULL);
     engine_free(sv.engine);
     pthread_cond_destroy(&sv.wake);
     pthread_mutex_destroy(&sv.mu);

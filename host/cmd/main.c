@@ -1,4 +1,5 @@
 // main.c: the `glia` command: dispatch to one subcommand per host/cmd_*.c.
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -59,6 +60,13 @@ int main(int argc, char **argv) {
     // and leaves it after its command; without one this does nothing.
     dist_init(&argc, &argv);
     int rc = run_command(argc, argv);
+    // Output that did not reach its file (stdout closed, a full disk, /dev/full)
+    // is a failure whatever the command thought of its work.
+    errno = 0;
+    if (fflush(stdout) != 0 || ferror(stdout)) {
+        fprintf(stderr, "glia: cannot write standard output%s%s\n", errno ? ": " : "", errno ? strerror(errno) : "");
+        if (rc == 0) rc = 1;
+    }
     dist_finalize();
     return rc;
 }

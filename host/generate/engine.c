@@ -11,11 +11,13 @@
 #include "generate/engine.h"
 
 #include <cjson/cJSON.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include "generate/json.h"
 #include "glia/util.h"
 #include "model/rng.h"
 
@@ -26,8 +28,9 @@ typedef struct Req {
     int max_tokens;
     SampleParams sp;
     uint64_t seed;
-    char stop[ENGINE_MAX_STOPS][ENGINE_MAX_STOP_LEN + 1];
-    int nstop;
+    char stop[ENGINE_MAX_STOPS][ENGINE_MAX_STOP_LEN];
+    int stop_len[ENGINE_MAX_STOPS];
+    int nstop, logprobs, echo;
     int (*on_text)(void *, const char *, int);
     void (*on_done)(void *, const EngineResult *);
     void *user;
@@ -41,6 +44,11 @@ typedef struct {
     Rng rng;
     char *text;        // completion bytes so far
     int len, cap, emitted, ntok, next_tok;
+    // logprobs (Req.logprobs >= 0): nlp entries of lpcap, echoed prompt first
+    unsigned char *lp_tok;
+    float *lp, *top_lp;
+    int *top_ids;
+    int nlp, lpcap, echo_tokens;
 } Slot;
 
 struct Engine {
@@ -84,6 +92,7 @@ void engine_free(Engine *e) {
     for (int s = 0; s < e->S; s++) {
         if (e->slots[s].req) req_free(e->slots[s].req);
         free(e->slots[s].text);
+        free(e->slots[s].lp_tok), free(e->slots[s].lp), free(e->slots[s].top_lp), free(e->slots[s].top_ids);
         model_state_free(e->slots[s].view);
     }
     for (Req *r = e->head, *n; r; r = n) n = r->next, req_free(r);
@@ -104,21 +113,26 @@ long engine_submit(Engine *e, const EngineRequest *q, char *err, size_t n) {
         return snprintf(err, n, "prompt is missing"), -1;
     if (q->prompt_len > e->max_prompt)
         return snprintf(err, n, "prompt is %d bytes; the limit is %d", q->prompt_len, e->max_prompt), -1;
-    if (q->max_tokens < 1) return snprintf(err, n, "max_tokens must be at least 1"), -1;
+    if (q->max_tokens < 0) return snprintf(err, n, "max_tokens must be at least 0"), -1;
+    if (q->top_logprobs < 0 || q->top_logprobs > ENGINE_MAX_LOGPROBS)
+        return snprintf(err, n, "logprobs must be in [0, %d]", ENGINE_MAX_LOGPROBS), -1;
+    if (q->nstop < 0 || q->nstop > ENGINE_MAX_STOPS) return snprintf(err, n, "at most %d stop strings", ENGINE_MAX_STOPS), -1;
     if (!(q->sp.temperature >= 0.0f && q->sp.temperature <= 100.0f))
         return snprintf(err, n, "temperature must be in [0, 100]"), -1;
     if (!(q->sp.top_p > 0.0f && q->sp.top_p <= 1.0f)) return snprintf(err, n, "top_p must be in (0, 1]"), -1;
     if (q->sp.top_k < 0) return snprintf(err, n, "top_k must be >= 0"), -1;
     Req *r = xcalloc(1, sizeof(Req));
-    for (int i = 0; i < ENGINE_MAX_STOPS && q->stop[i]; i++) {
-        size_t sl = strlen(q->stop[i]);
+    for (int i = 0; i < q->nstop; i++) {
+        int sl = q->stop_len[i];
         if (sl == 0) continue;
-        if (sl > ENGINE_MAX_STOP_LEN) {
+        if (sl < 0 || sl > ENGINE_MAX_STOP_LEN) {
             free(r);
             return snprintf(err, n, "stop strings are limited to %d bytes", ENGINE_MAX_STOP_LEN), -1;
         }
-        memcpy(r->stop[r->nstop++], q->stop[i], sl + 1);
+        memcpy(r->stop[r->nstop], q->stop[i], (size_t)sl);
+        r->stop_len[r->nstop++] = sl;
     }
+    r->logprobs = q->logprobs ? q->top_logprobs : -1, r->echo = q->echo && q->logprobs;
     r->id = e->next_id++;
     r->prompt_bytes = q->prompt_len;
     r->ntokens = q->prompt_len > 0 ? q->prompt_len : 1;
@@ -143,7 +157,7 @@ static int hold_back(const Slot *sl, int len) {
     const Req *r = sl->req;
     int hold = 0;
     for (int i = 0; i < r->nstop; i++) {
-        int k = (int)strlen(r->stop[i]) - 1;
+        int k = r->stop_len[i] - 1;
         if (k > len) k = len;
         for (; k > hold; k--)
             if (!memcmp(sl->text + len - k, r->stop[i], k)) {
@@ -167,18 +181,63 @@ static void slot_finish(Engine *e, Slot *sl, const char *reason) {
     if (strcmp(reason, "cancelled") && sl->len > sl->emitted && r->on_text)
         r->on_text(r->user, sl->text + sl->emitted, sl->len - sl->emitted);
     double now = engine_now();
+    if (!sl->text) {  // max_tokens 0: no text was ever made
+        sl->cap = 256;
+        sl->text = xmalloc((size_t)sl->cap + 1);
+        sl->text[0] = 0;
+    }
+    if (r->t_first == 0) r->t_first = now;
     EngineResult res = {sl->text, sl->len, r->prompt_bytes, sl->ntok, reason,
-                        r->t_first - r->t_submit, now - r->t_submit};
+                        r->t_first - r->t_submit, now - r->t_submit,
+                        r->logprobs >= 0 ? sl->nlp : 0, sl->echo_tokens, r->logprobs >= 0 ? r->logprobs : 0,
+                        sl->lp_tok, sl->lp, sl->top_ids, sl->top_lp};
     if (r->on_done) r->on_done(r->user, &res);
     req_free(r);
     sl->req = NULL;
     e->active--;
 }
 
+// Records token tok's log-probability under logits (V = 256, temperature
+// 1) and the top alternatives, as the slot's next logprobs entry.
+static void record_lp(Slot *sl, const float *logits, int tok, int top_n, int none) {
+    if (sl->nlp == sl->lpcap) {
+        sl->lpcap = sl->lpcap ? 2 * sl->lpcap : 256;
+        sl->lp_tok = realloc(sl->lp_tok, (size_t)sl->lpcap);
+        sl->lp = realloc(sl->lp, (size_t)sl->lpcap * sizeof(float));
+        sl->top_lp = realloc(sl->top_lp, (size_t)sl->lpcap * ENGINE_MAX_LOGPROBS * sizeof(float));
+        sl->top_ids = realloc(sl->top_ids, (size_t)sl->lpcap * ENGINE_MAX_LOGPROBS * sizeof(int));
+        if (!sl->lp_tok || !sl->lp || !sl->top_lp || !sl->top_ids) fatal("engine: out of memory for logprobs");
+    }
+    int i = sl->nlp++;
+    sl->lp_tok[i] = (unsigned char)tok;
+    if (none) {  // the first prompt token: nothing predicts it
+        sl->lp[i] = NAN;
+        for (int k = 0; k < top_n; k++) sl->top_ids[i * ENGINE_MAX_LOGPROBS + k] = -1;
+        return;
+    }
+    float mx = logits[0];
+    for (int v = 1; v < 256; v++) mx = logits[v] > mx ? logits[v] : mx;
+    double sum = 0;
+    for (int v = 0; v < 256; v++) sum += exp((double)logits[v] - mx);
+    double lse = mx + log(sum);
+    sl->lp[i] = (float)(logits[tok] - lse);
+    for (int k = 0; k < top_n; k++) {  // k-th most likely, ties by id
+        int best = -1;
+        for (int v = 0; v < 256; v++) {
+            int taken = 0;
+            for (int q = 0; q < k; q++) taken |= sl->top_ids[i * ENGINE_MAX_LOGPROBS + q] == v;
+            if (!taken && (best < 0 || logits[v] > logits[best])) best = v;
+        }
+        sl->top_ids[i * ENGINE_MAX_LOGPROBS + k] = best;
+        sl->top_lp[i * ENGINE_MAX_LOGPROBS + k] = (float)(logits[best] - lse);
+    }
+}
+
 // A new token for the slot: record it, then stop or pass on the final text.
 // Returns 1 when the request finished.
-static int slot_take(Engine *e, Slot *sl, int tok) {
+static int slot_take(Engine *e, Slot *sl, int tok, const float *logits) {
     Req *r = sl->req;
+    if (r->logprobs >= 0) record_lp(sl, logits, tok, r->logprobs, 0);
     if (sl->ntok == 0) r->t_first = engine_now();
     if (sl->len + 1 > sl->cap) {
         sl->cap = sl->cap ? 2 * sl->cap : 256;
@@ -191,9 +250,10 @@ static int slot_take(Engine *e, Slot *sl, int tok) {
     sl->ntok++;
     sl->next_tok = tok;
     for (int i = 0; i < r->nstop; i++) {
-        int k = (int)strlen(r->stop[i]);
+        int k = r->stop_len[i];
         if (sl->len >= k && !memcmp(sl->text + sl->len - k, r->stop[i], k)) {
             sl->len -= k;
+            if (r->logprobs >= 0) sl->nlp -= k;  // one entry per byte of the completion
             sl->text[sl->len] = 0;
             if (sl->emitted > sl->len) sl->emitted = sl->len;  // (never: the tail was held)
             slot_finish(e, sl, "stop");
@@ -227,16 +287,49 @@ static void slot_admit(Engine *e, int s) {
     e->queued--;
     e->active++;
     sl->req = r;
-    sl->len = sl->emitted = sl->ntok = 0;
+    sl->len = sl->emitted = sl->ntok = sl->nlp = sl->echo_tokens = 0;
     rng_init(&sl->rng, r->seed);
     model_state_reset_slot(e->state, s);
+    if (r->echo && r->prompt_bytes > 0) record_lp(sl, NULL, r->tokens[0], r->logprobs, 1);
     int T = 0;
     for (int off = 0; off < r->ntokens; off += T) {
         T = r->ntokens - off < ENGINE_PREFILL_CHUNK ? r->ntokens - off : ENGINE_PREFILL_CHUNK;
         model_forward(e->pre, r->tokens + off, NULL, 1, T, sl->view);
+        if (r->echo && r->prompt_bytes > 0)  // position t predicts prompt token off + t + 1
+            for (int t = 0; t < T && off + t + 1 < r->ntokens; t++)
+                record_lp(sl, model_logits(e->pre, 0, t), r->tokens[off + t + 1], r->logprobs, 0);
     }
-    int tok = sample_token(model_logits(e->pre, 0, T - 1), e->pre->cfg.V, &r->sp, &sl->rng);
-    slot_take(e, sl, tok);
+    sl->echo_tokens = sl->nlp;
+    if (r->max_tokens == 0) {
+        sl->len = 0;
+        slot_finish(e, sl, "length");
+        return;
+    }
+    const float *logits = model_logits(e->pre, 0, T - 1);
+    int tok = sample_token(logits, e->pre->cfg.V, &r->sp, &sl->rng);
+    slot_take(e, sl, tok, logits);
+}
+
+int engine_cancel(Engine *e, long id) {
+    for (int s = 0; s < e->S; s++)
+        if (e->slots[s].req && e->slots[s].req->id == id) {
+            slot_finish(e, &e->slots[s], "cancelled");
+            return 0;
+        }
+    for (Req **pp = &e->head, *prev = NULL; *pp; prev = *pp, pp = &(*pp)->next) {
+        Req *r = *pp;
+        if (r->id != id) continue;
+        *pp = r->next;
+        if (e->tail == r) e->tail = prev;
+        e->queued--;
+        double now = engine_now();
+        EngineResult res = {"", 0, r->prompt_bytes, 0, "cancelled", 0, now - r->t_submit, 0, 0, 0,
+                            NULL, NULL, NULL, NULL};
+        if (r->on_done) r->on_done(r->user, &res);
+        req_free(r);
+        return 0;
+    }
+    return -1;
 }
 
 int engine_step(Engine *e) {
@@ -248,14 +341,15 @@ int engine_step(Engine *e) {
         for (int s = 0; s < e->S; s++) {
             Slot *sl = &e->slots[s];
             if (!sl->req) continue;
-            int tok = sample_token(model_logits(e->dec, s, 0), e->dec->cfg.V, &sl->req->sp, &sl->rng);
-            slot_take(e, sl, tok);
+            const float *logits = model_logits(e->dec, s, 0);
+            int tok = sample_token(logits, e->dec->cfg.V, &sl->req->sp, &sl->rng);
+            slot_take(e, sl, tok, logits);
         }
     }
     return e->active + e->queued;
 }
 
-char *engine_utf8_clean(const char *s, int len) {
+char *engine_utf8_clean(const char *s, int len, int *out_len) {
     char *o = xmalloc((size_t)len * 3 + 1), *p = o;
     const unsigned char *u = (const unsigned char *)s;
     for (int i = 0; i < len;) {
@@ -280,6 +374,7 @@ char *engine_utf8_clean(const char *s, int len) {
         }
     }
     *p = 0;
+    if (out_len) *out_len = (int)(p - o);
     return o;
 }
 
@@ -288,7 +383,7 @@ char *engine_utf8_clean(const char *s, int len) {
 typedef struct {
     char *prompt;      // NULL after an error
     char *completion;
-    int len, tokens;
+    int plen, len, tokens;
     const char *finish;
     double ttft_s;
     char error[200];
@@ -333,9 +428,17 @@ int generate_offline(Model *m, const char *in_path, const char *out_path, const 
         fprintf(stderr, "glia generate: cannot read %s\n", in_path);
         return 2;
     }
+    // The output first: a path that cannot be written fails now, not after the batch.
+    FILE *out = fopen(out_path, "w");
+    if (!out) {
+        fprintf(stderr, "glia generate: cannot write %s\n", out_path);
+        fclose(in);
+        return 1;
+    }
     Engine *e = engine_new(m, o->batch, o->max_prompt);
     if (!e) {
         fclose(in);
+        fclose(out);
         fprintf(stderr, "glia generate: the model's vocabulary (%d) is not the byte vocabulary; text prompts need V = 256\n",
                 m->cfg.V);
         return 2;
@@ -357,22 +460,26 @@ int generate_offline(Model *m, const char *in_path, const char *out_path, const 
         }
         OfflineItem *it = &items[n++];
         memset(it, 0, sizeof *it);
-        cJSON *j = cJSON_ParseWithLength(line, (size_t)got);
-        EngineRequest r = {.max_tokens = o->max_tokens,
-                           .sp = {o->temperature, o->top_k, o->top_p},
-                           .seed = o->seed,
-                           .on_done = offline_done,
-                           .user = it};
-        int stream = 0;
-        if (!j)
-            snprintf(it->error, sizeof it->error, "line %d is not valid JSON", n);
-        else if (engine_parse_request(j, &r, &stream, it->error, sizeof it->error) == 0 &&
-                 engine_submit(e, &r, it->error, sizeof it->error) >= 0) {
-            it->prompt = xmalloc((size_t)r.prompt_len + 1);
-            memcpy(it->prompt, r.prompt, (size_t)r.prompt_len);
-            it->prompt[r.prompt_len] = 0;
+        char jerr[160];
+        Json *j = json_parse(line, (size_t)got, jerr, sizeof jerr);
+        ParsedRequest pr = {.base = {.max_tokens = o->max_tokens,
+                                     .sp = {o->temperature, o->top_k, o->top_p},
+                                     .seed = o->seed,
+                                     .on_done = offline_done,
+                                     .user = it}};
+        if (!j) {
+            snprintf(it->error, sizeof it->error, "line %d: %s", n, jerr);
+        } else if (engine_parse_request(j, &pr, it->error, sizeof it->error) == 0) {
+            if (pr.nprompts != 1 || pr.n != 1 || pr.stream || pr.logprobs >= 0 || pr.echo)
+                snprintf(it->error, sizeof it->error,
+                         "one prompt and one completion per line (no n, stream, logprobs or echo)");
+            else if (engine_submit(e, &pr.base, it->error, sizeof it->error) >= 0) {
+                it->prompt = pr.prompts[0], it->plen = pr.prompt_lens[0];
+                pr.prompts[0] = NULL;
+            }
+            engine_parsed_free(&pr);
         }
-        cJSON_Delete(j);
+        json_free(j);
     }
     free(line);
     fclose(in);
@@ -380,12 +487,11 @@ int generate_offline(Model *m, const char *in_path, const char *out_path, const 
         fprintf(stderr, "glia generate: %s holds no requests\n", in_path);
         engine_free(e);
         free(items);
+        fclose(out);
         return 2;
     }
     double t0 = engine_now(), last = 0;
     long tokens = 0;
-    int done = 0;
-    for (int i = 0; i < n; i++) done += items[i].prompt == NULL;
     while (engine_step(e) > 0) {
         tokens += engine_active(e);
         if (!o->quiet && engine_now() - last > 0.25) {
@@ -399,9 +505,7 @@ int generate_offline(Model *m, const char *in_path, const char *out_path, const 
     engine_free(e);
     tokens = 0;
     double *ttft = xmalloc((size_t)n * sizeof(double));
-    int nt = 0;
-    FILE *out = fopen(out_path, "w");
-    int rc = out ? 0 : 1;
+    int nt = 0, rc = 0;
     for (int i = 0; i < n; i++) {
         OfflineItem *it = &items[i];
         cJSON *j = cJSON_CreateObject();
@@ -409,10 +513,9 @@ int generate_offline(Model *m, const char *in_path, const char *out_path, const 
         if (!it->prompt) {
             cJSON_AddStringToObject(j, "error", it->error);
         } else {
-            char *p = engine_utf8_clean(it->prompt, (int)strlen(it->prompt));
-            char *c = engine_utf8_clean(it->completion, it->len);
-            cJSON_AddStringToObject(j, "prompt", p);
-            cJSON_AddStringToObject(j, "completion", c);
+            char *p = json_quote(it->prompt, it->plen), *c = json_quote(it->completion, it->len);
+            cJSON_AddRawToObject(j, "prompt", p);
+            cJSON_AddRawToObject(j, "completion", c);
             free(p), free(c);
             cJSON_AddNumberToObject(j, "tokens", it->tokens);
             cJSON_AddNumberToObject(j, "ttft_ms", it->ttft_s * 1e3);
@@ -421,13 +524,13 @@ int generate_offline(Model *m, const char *in_path, const char *out_path, const 
             ttft[nt++] = it->ttft_s * 1e3;
         }
         char *s = cJSON_PrintUnformatted(j);
-        if (out && fprintf(out, "%s\n", s) < 0) rc = 1;
+        if (fprintf(out, "%s\n", s) < 0) rc = 1;
         free(s);
         cJSON_Delete(j);
         free(it->prompt);
         free(it->completion);
     }
-    if (out && fclose(out)) rc = 1;
+    if (fclose(out)) rc = 1;
     if (rc) fprintf(stderr, "glia generate: cannot write %s\n", out_path);
     if (!o->quiet) {
         progress(n, n, tokens, t0);
@@ -445,66 +548,137 @@ int generate_offline(Model *m, const char *in_path, const char *out_path, const 
 
 // ---- request JSON (shared with serve) ---------------------------------------------------
 
-static int num_field(const cJSON *j, const char *name, double lo, double hi, double *out, char *err,
+// A number field in [lo, hi]; integer fields refuse a fractional value.
+static int num_field(const Json *j, const char *name, double lo, double hi, int integer, double *out, char *err,
                      size_t n) {
-    const cJSON *f = cJSON_GetObjectItemCaseSensitive(j, name);
-    if (!f || cJSON_IsNull(f)) return 0;
-    if (!cJSON_IsNumber(f)) return snprintf(err, n, "field '%s' must be a number", name), -1;
-    if (!(f->valuedouble >= lo && f->valuedouble <= hi))
+    const Json *f = json_get(j, name);
+    if (!f || f->type == JSON_NULL) return 0;
+    if (f->type != JSON_NUMBER)
+        return snprintf(err, n, "field '%s' must be %s", name, integer ? "an integer" : "a number"), -1;
+    if (integer && f->number != floor(f->number))
+        return snprintf(err, n, "field '%s' must be an integer, not %g", name, f->number), -1;
+    if (!(f->number >= lo && f->number <= hi))
         return snprintf(err, n, "field '%s' is out of range [%g, %g]", name, lo, hi), -1;
-    *out = f->valuedouble;
+    *out = f->number;
     return 0;
 }
 
-int engine_parse_request(const cJSON *j, EngineRequest *r, int *stream, char *err, size_t n) {
-    if (!cJSON_IsObject(j)) return snprintf(err, n, "the request must be a JSON object"), -1;
-    const cJSON *p = cJSON_GetObjectItemCaseSensitive(j, "prompt");
-    if (!p) return snprintf(err, n, "field 'prompt' is required"), -1;
-    if (!cJSON_IsString(p)) return snprintf(err, n, "field 'prompt' must be a string"), -1;
-    r->prompt = p->valuestring;
-    r->prompt_len = (int)strlen(p->valuestring);
-    double v;
-    v = r->max_tokens;
-    if (num_field(j, "max_tokens", 1, 1 << 30, &v, err, n)) return -1;
-    r->max_tokens = (int)v;
-    v = r->sp.temperature;
-    if (num_field(j, "temperature", 0, 100, &v, err, n)) return -1;
-    r->sp.temperature = (float)v;
-    v = r->sp.top_p;
-    if (num_field(j, "top_p", 1e-6, 1, &v, err, n)) return -1;
-    r->sp.top_p = (float)v;
-    v = r->sp.top_k;
-    if (num_field(j, "top_k", 0, 1 << 30, &v, err, n)) return -1;
-    r->sp.top_k = (int)v;
-    v = (double)r->seed;
-    if (num_field(j, "seed", 0, 9007199254740992.0, &v, err, n)) return -1;
-    r->seed = (uint64_t)v;
-    const cJSON *s = cJSON_GetObjectItemCaseSensitive(j, "stop");
-    memset(r->stop, 0, sizeof r->stop);
-    if (s && !cJSON_IsNull(s)) {
-        if (cJSON_IsString(s)) {
-            r->stop[0] = s->valuestring;
-        } else if (cJSON_IsArray(s)) {
-            int k = 0;
-            const cJSON *x;
-            cJSON_ArrayForEach(x, s) {
-                if (!cJSON_IsString(x)) return snprintf(err, n, "field 'stop' must be a string or an array of strings"), -1;
-                if (k == ENGINE_MAX_STOPS) return snprintf(err, n, "field 'stop' holds more than %d strings", ENGINE_MAX_STOPS), -1;
-                r->stop[k++] = x->valuestring;
-            }
-        } else {
-            return snprintf(err, n, "field 'stop' must be a string or an array of strings"), -1;
+static int bool_field(const Json *j, const char *name, int *out, char *err, size_t n) {
+    const Json *f = json_get(j, name);
+    if (!f || f->type == JSON_NULL) return 0;
+    if (f->type != JSON_BOOL) return snprintf(err, n, "field '%s' must be a boolean", name), -1;
+    *out = f->boolean;
+    return 0;
+}
+
+// One prompt: a string, or an array of token ids (bytes, 0..255).
+static int one_prompt(const Json *p, char **out, int *len, char *err, size_t n) {
+    if (p->type == JSON_STRING) {
+        *out = xmalloc((size_t)p->len + 1);
+        memcpy(*out, p->str, (size_t)p->len + 1);
+        *len = p->len;
+        return 0;
+    }
+    int k = json_count(p), i = 0;
+    *out = xmalloc((size_t)k + 1);
+    for (const Json *t = p->child; t; t = t->next, i++) {
+        if (t->type != JSON_NUMBER || t->number != floor(t->number) || t->number < 0 || t->number > 255) {
+            free(*out);
+            return snprintf(err, n, "field 'prompt': token ids must be integers in [0, 255] (the byte vocabulary)"), -1;
         }
-        for (int k = 0; k < ENGINE_MAX_STOPS && r->stop[k]; k++)
-            if (strlen(r->stop[k]) > ENGINE_MAX_STOP_LEN)
+        (*out)[i] = (char)(int)t->number;
+    }
+    (*out)[k] = 0;
+    *len = k;
+    return 0;
+}
+
+void engine_parsed_free(ParsedRequest *pr) {
+    for (int i = 0; i < pr->nprompts; i++) free(pr->prompts[i]);
+    free(pr->prompts);
+    free(pr->prompt_lens);
+    pr->prompts = NULL, pr->prompt_lens = NULL, pr->nprompts = 0;
+}
+
+static int parse_prompts(const Json *p, ParsedRequest *pr, char *err, size_t n) {
+    if (!p || p->type == JSON_NULL) return snprintf(err, n, "field 'prompt' is required"), -1;
+    const char *shape = "field 'prompt' must be a string, an array of token ids, or an array of either";
+    int many = p->type == JSON_ARRAY && p->child && (p->child->type == JSON_STRING || p->child->type == JSON_ARRAY);
+    if (p->type != JSON_STRING && p->type != JSON_ARRAY) return snprintf(err, n, "%s", shape), -1;
+    int k = many ? json_count(p) : 1;
+    if (k > 1024) return snprintf(err, n, "field 'prompt' holds more than 1024 prompts"), -1;
+    pr->prompts = xcalloc((size_t)k, sizeof(char *));
+    pr->prompt_lens = xcalloc((size_t)k, sizeof(int));
+    const Json *one = many ? p->child : p;
+    for (int i = 0; i < k; i++, one = many ? one->next : NULL) {
+        if (one->type != JSON_STRING && one->type != JSON_ARRAY) return engine_parsed_free(pr), snprintf(err, n, "%s", shape), -1;
+        if (one_prompt(one, &pr->prompts[i], &pr->prompt_lens[i], err, n)) return engine_parsed_free(pr), -1;
+        pr->nprompts++;
+    }
+    return 0;
+}
+
+int engine_parse_request(const Json *j, ParsedRequest *pr, char *err, size_t n) {
+    if (!j || j->type != JSON_OBJECT) return snprintf(err, n, "the request must be a JSON object"), -1;
+    EngineRequest *r = &pr->base;
+    double v;
+#define NUM(name, lo, hi, integer, lvalue, type)                                  \
+    v = (double)(lvalue);                                                         \
+    if (num_field(j, name, lo, hi, integer, &v, err, n)) return -1;               \
+    lvalue = (type)v;
+    NUM("max_tokens", 0, 1 << 30, 1, r->max_tokens, int)
+    NUM("temperature", 0, 100, 0, r->sp.temperature, float)
+    NUM("top_p", 1e-6, 1, 0, r->sp.top_p, float)
+    NUM("top_k", 0, 1 << 30, 1, r->sp.top_k, int)
+    NUM("seed", 0, 9007199254740992.0, 1, r->seed, uint64_t)
+    if (pr->n < 1) pr->n = 1;
+    NUM("n", 1, 128, 1, pr->n, int)
+    const Json *lp = json_get(j, "logprobs");
+    pr->logprobs = -1;
+    if (lp && lp->type == JSON_BOOL)  // the chat API's spelling; here true means the chosen token's only
+        return snprintf(err, n, "field 'logprobs' must be an integer in [0, %d] (the completions API's form)",
+                        ENGINE_MAX_LOGPROBS), -1;
+    NUM("logprobs", 0, ENGINE_MAX_LOGPROBS, 1, pr->logprobs, int)
+#undef NUM
+    r->logprobs = pr->logprobs >= 0, r->top_logprobs = pr->logprobs >= 0 ? pr->logprobs : 0;
+    if (bool_field(j, "stream", &pr->stream, err, n) || bool_field(j, "echo", &pr->echo, err, n)) return -1;
+    r->echo = pr->echo;
+    double bo = 1;
+    if (num_field(j, "best_of", 1, 128, 1, &bo, err, n)) return -1;
+    if (bo != 1) return snprintf(err, n, "field 'best_of' is not implemented (only 1)"), -1;
+    static const char *zero[] = {"presence_penalty", "frequency_penalty"};
+    for (int i = 0; i < 2; i++) {
+        double z = 0;
+        if (num_field(j, zero[i], -2, 2, 0, &z, err, n)) return -1;
+        if (z != 0) return snprintf(err, n, "field '%s' is not implemented (only 0)", zero[i]), -1;
+    }
+    const Json *sx = json_get(j, "suffix");
+    if (sx && sx->type != JSON_NULL && !(sx->type == JSON_STRING && sx->len == 0))
+        return snprintf(err, n, "field 'suffix' is not implemented"), -1;
+    const Json *lb = json_get(j, "logit_bias");
+    if (lb && lb->type != JSON_NULL && !(lb->type == JSON_OBJECT && !lb->child))
+        return snprintf(err, n, "field 'logit_bias' is not implemented"), -1;
+    static const char *strs[] = {"model", "user"};
+    for (int i = 0; i < 2; i++) {
+        const Json *f = json_get(j, strs[i]);
+        if (f && f->type != JSON_NULL && f->type != JSON_STRING) return snprintf(err, n, "field '%s' must be a string", strs[i]), -1;
+    }
+    const Json *s = json_get(j, "stop");
+    if (s && s->type != JSON_NULL) {
+        const char *shape = "field 'stop' must be a string or an array of strings";
+        if (s->type != JSON_STRING && s->type != JSON_ARRAY) return snprintf(err, n, "%s", shape), -1;
+        if (s->type == JSON_ARRAY && json_count(s) > ENGINE_MAX_STOPS)
+            return snprintf(err, n, "field 'stop' holds more than %d strings", ENGINE_MAX_STOPS), -1;
+        r->nstop = 0;
+        for (const Json *x = s->type == JSON_STRING ? s : s->child; x; x = s->type == JSON_STRING ? NULL : x->next) {
+            if (x->type != JSON_STRING) return snprintf(err, n, "%s", shape), -1;
+            if (x->len > ENGINE_MAX_STOP_LEN)
                 return snprintf(err, n, "field 'stop': strings are limited to %d bytes", ENGINE_MAX_STOP_LEN), -1;
+            memcpy(r->stop[r->nstop], x->str, (size_t)x->len);
+            r->stop_len[r->nstop++] = x->len;
+        }
     }
-    const cJSON *st = cJSON_GetObjectItemCaseSensitive(j, "stream");
-    if (st && !cJSON_IsNull(st)) {
-        if (!cJSON_IsBool(st)) return snprintf(err, n, "field 'stream' must be a boolean"), -1;
-        *stream = cJSON_IsTrue(st);
-    }
-    const cJSON *mo = cJSON_GetObjectItemCaseSensitive(j, "model");
-    if (mo && !cJSON_IsNull(mo) && !cJSON_IsString(mo)) return snprintf(err, n, "field 'model' must be a string"), -1;
+    if (parse_prompts(json_get(j, "prompt"), pr, err, n)) return -1;
+    r->prompt = pr->prompts[0], r->prompt_len = pr->prompt_lens[0];
     return 0;
 }

@@ -30,22 +30,39 @@
 #define ENGINE_MAX_STOPS 4        // stop strings per request (OpenAI's limit)
 #define ENGINE_MAX_STOP_LEN 64    // bytes per stop string
 
+#define ENGINE_MAX_LOGPROBS 5      // top alternatives per token (OpenAI's limit)
+
 typedef struct {
-    const char *text;           // the completion (a matched stop string removed)
+    const char *text;           // the completion (a matched stop string removed); len bytes, any byte value
     int len;
     int prompt_tokens, completion_tokens;
     const char *finish_reason;  // "length", "stop" or "cancelled"
     double ttft_s;              // submit → first token
     double total_s;             // submit → done
+    // Log-probabilities (the request's logprobs set), of the model's distribution
+    // at temperature 1 whatever the sampling parameters: nlp entries, the
+    // echoed prompt's tokens first (echo; the first has none: NaN), then one
+    // per completion byte. Each has the token, its logprob and the top_n most
+    // likely tokens with theirs (top_ids / top_lp, nlp × top_n, ties by id).
+    int nlp, echo_tokens, top_n;
+    const unsigned char *lp_tokens;
+    const float *lp;
+    const int *top_ids;
+    const float *top_lp;
 } EngineResult;
 
 typedef struct {
-    const char *prompt;  // bytes (V = 256); copied at submit. Empty: starts from "\n"
+    const char *prompt;  // bytes (V = 256), any byte value; copied at submit. Empty: starts from "\n"
     int prompt_len;
-    int max_tokens;      // >= 1
+    int max_tokens;      // >= 0 (0: only the prompt, e.g. to score it with echo and logprobs)
     SampleParams sp;
     uint64_t seed;
-    const char *stop[ENGINE_MAX_STOPS];  // NULL-terminated unless full; copied
+    char stop[ENGINE_MAX_STOPS][ENGINE_MAX_STOP_LEN];  // stop strings as bytes: nstop of them,
+    int stop_len[ENGINE_MAX_STOPS];                     // stop_len[i] bytes each (empty ones ignored)
+    int nstop;
+    int logprobs;        // nonzero: the chosen tokens' log-probabilities (EngineResult.lp)
+    int top_logprobs;    // with logprobs: that many alternatives too, 0..ENGINE_MAX_LOGPROBS
+    int echo;            // with logprobs: also the prompt's tokens (EngineResult.echo_tokens)
     // Text as it becomes final (never a piece that may still turn out to be
     // part of a stop string, never half a UTF-8 character unless the model
     // made an invalid one). Return nonzero to cancel the request. May be NULL.
@@ -73,6 +90,11 @@ int engine_queued(const Engine *e);
 int engine_slots(const Engine *e);
 int engine_max_prompt(const Engine *e);
 
+// Ends request id at once, queued or active: its on_done is called with
+// "cancelled" before this returns and its slot is free for the next step.
+// -1 when no such request is in the engine (already done).
+int engine_cancel(Engine *e, long id);
+
 // Seconds on a monotonic clock.
 double engine_now(void);
 
@@ -94,15 +116,35 @@ typedef struct {
 int generate_offline(Model *m, const char *prompts_jsonl, const char *out_jsonl,
                      const OfflineOptions *o);
 
-// Reads the request fields of a JSON object into r (fields left out keep
-// r's values): prompt (string, required), max_tokens, temperature, top_p,
-// top_k, seed (numbers), stop (string or array of strings), stream (bool,
-// into *stream), model (string, ignored). Pointers in r point into j.
-// 0, or -1 with a one-line reason naming the field.
-struct cJSON;
-int engine_parse_request(const struct cJSON *j, EngineRequest *r, int *stream, char *err, size_t n);
+// A request as a client sends it (serve's body, one line of --prompts):
+// the engine request's fields, plus the prompts (one string; an array of
+// token ids; or an array of either: one set of choices per prompt, as
+// OpenAI's API), the number of choices per prompt and the answer's options.
+typedef struct {
+    EngineRequest base;  // every field but the prompt
+    int nprompts;
+    char **prompts;      // owned copies, any byte value
+    int *prompt_lens;
+    int n;               // choices per prompt (default 1)
+    int stream, echo;    // echo: the answer's text starts with the prompt
+    int logprobs;        // -1: none (null)
+} ParsedRequest;
 
-// JSON-safe copy of bytes: invalid UTF-8 becomes U+FFFD. Caller frees.
-char *engine_utf8_clean(const char *s, int len);
+// Reads the request fields of a JSON object into pr (pr->base holds the
+// defaults; fields left out keep them): prompt (required), max_tokens,
+// temperature, top_p, top_k, seed, n, logprobs (integers where OpenAI's are:
+// 1.5 is refused), stop (string or array of strings), stream, echo (bools),
+// model and user (strings, ignored). OpenAI parameters that are not
+// implemented (best_of, suffix, logit_bias, presence_penalty,
+// frequency_penalty) are refused unless they hold their neutral value, so a
+// client never believes one was honoured; names OpenAI does not define are
+// ignored. 0, or -1 with a one-line reason naming the field (pr left empty).
+struct Json;
+int engine_parse_request(const struct Json *j, ParsedRequest *pr, char *err, size_t n);
+void engine_parsed_free(ParsedRequest *pr);
+
+// JSON-safe copy of bytes: invalid UTF-8 becomes U+FFFD (a zero byte stays
+// a zero byte: *out_len, if not NULL, gets the length). Caller frees.
+char *engine_utf8_clean(const char *s, int len, int *out_len);
 
 #endif

@@ -78,7 +78,7 @@ int generate_tokens(Model *m, ModelState *state, const int *prompt, int nprompt,
     for (int i = 0; i < ntokens; i++) {
         if (generated) generated[i] = tok;
         emit(out, V, tok);
-        if (i + 1 == ntokens) break;
+        if (i + 1 == ntokens || (out && ferror(out))) return i + 1;  // output failed: the caller reports it
         model_forward(m, &tok, NULL, 1, 1, state);
         tok = sample_token(model_logits(m, 0, 0), V, p, rng);
     }
