@@ -27,10 +27,7 @@ static void setup(void) {
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     setup();
-    char path[4400];
-    snprintf(path, sizeof path, "%s/config.json", in);
-    FILE *fp = fopen(path, "wb");
-    if (!fp || (size && fwrite(data, 1, size, fp) != size) || fclose(fp) != 0) abort();
+    fuzz_write("export/config.json", data, size);
     char *argv[] = {"import", "--in", in, "--out", out, NULL};
     int rc = cmd_import(5, argv);
     if (rc != 0 && rc != 2) abort();  // 1 would be a failure to write out, which cannot happen here

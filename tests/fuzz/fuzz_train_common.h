@@ -13,7 +13,7 @@
 #include "fuzz_common.h"
 #include "train_ckpt.h"
 
-#define FUZZ_STEP 7  // the step of the fixed files
+#define FUZZ_STEP 7  // the step of the fixed files (their directory: step_00000007)
 
 static ModelConfig fuzz_micro_config(void) {
     return (ModelConfig){.V = 2, .Vp = 64, .L = 1, .C = 2, .Nh = 1, .F = 2, .astro = 1};
@@ -41,7 +41,7 @@ static TrainOptions fuzz_micro_options(void) {
 // `nstates` ranks r of a run of `world` ranks with ZeRO stage `zero`,
 // <dir>/state.rank<r>.safetensors with moments 0.5 and 0.25. Aborts on failure.
 static void fuzz_write_checkpoint_files(const char *dir, int nstates, int world, int zero) {
-    char path[4300], err[CKPT_ERR_LEN];
+    char path[4400], err[CKPT_ERR_LEN];
     ModelConfig cfg = fuzz_micro_config();
     TrainOptions o = fuzz_micro_options();
     Model *m = model_new(&cfg);
@@ -68,7 +68,7 @@ static void fuzz_write_checkpoint_files(const char *dir, int nstates, int world,
 }
 
 // A one-line error: NUL-terminated inside its buffer, no newline.
-static void fuzz_check_err(const char *err, size_t len) {
+static inline void fuzz_check_err(const char *err, size_t len) {
     if (!memchr(err, '\0', len) || strchr(err, '\n')) abort();
 }
 

@@ -34,10 +34,8 @@ static void touch_all(const float *a, size_t n) {
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     setup();
-    char path[4400], err[CKPT_ERR_LEN], found[4400];
-    snprintf(path, sizeof path, "%s/state.rank0.safetensors", dir);
-    FILE *fp = fopen(path, "wb");
-    if (!fp || (size && fwrite(data, 1, size, fp) != size) || fclose(fp) != 0) abort();
+    char err[CKPT_ERR_LEN], found[4400];
+    fuzz_write("run/ckpt/step_00000007/state.rank0.safetensors", data, size);
     if (train_ckpt_write_complete(dir, FUZZ_STEP, err) != 0) abort();
 
     long step = -1;
