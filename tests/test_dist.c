@@ -282,6 +282,14 @@ Test(dist, resume_needs_the_same_world_size) {
     cr_expect_eq(st, 2, "--zero differs from the checkpoint's: %s", err_text);
     cr_expect(strstr(err_text, "--zero 0 differs from 1"), "%s", err_text);
     cr_assert_eq(run(2, FLAGS " --out '%s/partz' --resume", dir), 0, "%s", err_text);
+    // ... and the resumed ZeRO-1 run is the uninterrupted one, bit for bit:
+    // parameters, and each rank's moment shard (the state files' bytes)
+    train("fullz", 2, "--zero 1");
+    expect_identical("fullz", "partz", "an np 2 --zero 1 run resumed continues bit for bit");
+    for (int r = 0; r < 2; r++)
+        cr_expect_eq(sh("cmp -s '%s/fullz/ckpt/step_00000010/state.rank%d.safetensors' "
+                        "'%s/partz/ckpt/step_00000010/state.rank%d.safetensors'", dir, r, dir, r), 0,
+                     "rank %d: the resumed run's ZeRO-1 moment shard differs from the uninterrupted run's", r);
     st = run(0, FLAGS " --out '%s/part' --resume", dir);
     cr_expect_eq(st, 2, "np 1 resuming an np 2 checkpoint: %s", err_text);
     cr_expect(strstr(err_text, "written by a run of 2 processes; resume it with the same number (mpirun -np 2), not 1"),
