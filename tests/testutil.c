@@ -148,3 +148,18 @@ void test_require_gpu(void) {
     if (cuda_device_count() == 0) cr_skip_test("no CUDA device found");
 #endif
 }
+
+const char *test_python_torch(void) {
+    static const char *found;
+    static int tried;
+    if (tried) return found;
+    tried = 1;
+    const char *env = getenv("GLIA_PYTHON");
+    const char *candidates[] = {env && *env ? env : "python3", "/usr/bin/python3"};
+    for (int i = 0; i < 2 && !found; i++) {
+        char cmd[600];
+        snprintf(cmd, sizeof cmd, "'%s' -c 'import torch' >/dev/null 2>&1", candidates[i]);
+        if (system(cmd) == 0) found = candidates[i];
+    }
+    return found;
+}

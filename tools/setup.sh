@@ -17,6 +17,7 @@ PACKAGES=(
   libopenmpi-dev openmpi-bin         # data parallelism across processes (mpirun)
   libmicrohttpd-dev curl             # glia serve, and the tests that talk to it
   clang libclang-rt-14-dev libomp-14-dev  # tools/fuzz.sh: libFuzzer, sanitizers, OpenMP for clang
+  python3-torch python3-numpy        # tools/reference.py: the PyTorch oracle (export, fixtures)
 )
 
 missing=()
