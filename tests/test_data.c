@@ -381,16 +381,16 @@ Test(data, windows) {
         }
     // Windows 4..7: the last of shard a, then the first three of shard b
     // (shard a's tail 85..89 is skipped).
-    cr_expect_eq(dataset_window(&d, 1, 4, SEQ, in, tg), 4);
+    cr_expect_eq(dataset_window(&d, 4, 4, SEQ, in, tg), 4);
     cr_expect_eq(in[0], 4 * (SEQ + 1));
     for (int j = 1; j < 4; j++) {
         cr_expect_eq(in[j * SEQ], 100 + (j - 1) * (SEQ + 1));
         cr_expect_eq(tg[j * SEQ + SEQ - 1], 100 + (j - 1) * (SEQ + 1) + SEQ);
     }
-    // The end: 34 = 8·4 + 2.
-    cr_expect_eq(dataset_window(&d, 8, 4, SEQ, in, tg), 2);
+    // The end: windows 32 and 33 of 34.
+    cr_expect_eq(dataset_window(&d, 32, 4, SEQ, in, tg), 2);
     cr_expect_eq(in[SEQ], 100 + 28 * (SEQ + 1));
-    cr_expect_eq(dataset_window(&d, 9, 4, SEQ, in, tg), 0);
+    cr_expect_eq(dataset_window(&d, 34, 4, SEQ, in, tg), 0);
     cr_expect_eq(dataset_window(&d, 1000, 4, SEQ, in, tg), 0);
     // All windows in one call, and one window per call, agree.
     int all[34 * SEQ], allt[34 * SEQ];
