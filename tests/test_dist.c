@@ -1,6 +1,6 @@
 // test_dist.c: data-parallel training (kernels/common/dist.c, docs/DISTRIBUTED.md):
 // `mpirun -np 2 glia train` against one process, ZeRO-1, the batch split
-// check, a rank killed mid-run and resuming; then the same on the GPU (NCCL
+// check, a rank killed mid-run, a rank killed mid-save and resuming; then the same on the GPU (NCCL
 // all-reduce, ZeRO-1 with NCCL's reduce-scatter and all-gather, resuming).
 //
 // Every run is the tiny model, --batch 4 (the global batch), --seq 16,
@@ -282,6 +282,14 @@ Test(dist, resume_needs_the_same_world_size) {
     cr_expect_eq(st, 2, "--zero differs from the checkpoint's: %s", err_text);
     cr_expect(strstr(err_text, "--zero 0 differs from 1"), "%s", err_text);
     cr_assert_eq(run(2, FLAGS " --out '%s/partz' --resume", dir), 0, "%s", err_text);
+    // ... and the resumed ZeRO-1 run is the uninterrupted one, bit for bit:
+    // parameters, and each rank's moment shard (the state files' bytes)
+    train("fullz", 2, "--zero 1");
+    expect_identical("fullz", "partz", "an np 2 --zero 1 run resumed continues bit for bit");
+    for (int r = 0; r < 2; r++)
+        cr_expect_eq(sh("cmp -s '%s/fullz/ckpt/step_00000010/state.rank%d.safetensors' "
+                        "'%s/partz/ckpt/step_00000010/state.rank%d.safetensors'", dir, r, dir, r), 0,
+                     "rank %d: the resumed run's ZeRO-1 moment shard differs from the uninterrupted run's", r);
     st = run(0, FLAGS " --out '%s/part' --resume", dir);
     cr_expect_eq(st, 2, "np 1 resuming an np 2 checkpoint: %s", err_text);
     cr_expect(strstr(err_text, "written by a run of 2 processes; resume it with the same number (mpirun -np 2), not 1"),
@@ -371,6 +379,43 @@ Test(dist, killed_rank_ends_the_job) {
     cr_expect(strstr(err_text, "rank 1") && strstr(err_text, "signal 9"),
               "mpirun names the rank and the signal: %s", err_text);
     cr_expect_eq(find_rank(out, 0), 0, "rank 0 is gone too");
+}
+
+// A rank killed with SIGKILL in the middle of a save: the shim
+// (tests/iotrace_shim.c, preloaded into the ranks only) kills rank 1 just
+// before it fsyncs its state file for step 6, after rank 0 has begun that
+// checkpoint. The job fails; step 6 has no COMPLETE, step 5 is intact; the
+// job resumed with the same two ranks continues from step 5, finishes, and
+// ends bit for bit where the run that was never killed did.
+#define SAVE_FLAGS                                                                                         \
+    "train --size tiny --batch 4 --seq 16 --warmup 3 --threads 1 --quiet --eval-every 0 --sample-tokens 0 " \
+    "--steps 10 --ckpt-every 1"
+
+Test(dist, rank_killed_during_a_save_resumes) {
+    require_mpirun();
+    train("full", 2, "");
+    char out[300], cmd[8192];
+    snprintf(out, sizeof out, "%s/killed", dir);
+    snprintf(cmd, sizeof cmd,
+             "timeout 120 env " MPIRUN_ENV MPIRUN " -np 2 -x LD_PRELOAD='%s' -x GLIA_IOTRACE_LOG='%s/trace.log' "
+             "-x GLIA_IOTRACE_PREFIX='%s' -x GLIA_IOTRACE_KILL='FSYNC %s/ckpt/step_00000006/state.rank1' "
+             "-x GLIA_IOTRACE_KILL_RANK=1 -x ASAN_OPTIONS=\"$ASAN_OPTIONS:verify_asan_link_order=0\" "
+             "'%s' " SAVE_FLAGS " --data '%s/shards' --out '%s' > '%s/stdout.txt' 2> '%s/stderr.txt'",
+             GLIA_IOTRACE, dir, out, out, GLIA_BIN, dir, out, dir, dir);
+    int status = system(cmd);
+    char path[400];
+    snprintf(path, sizeof path, "%s/stderr.txt", dir);
+    slurp(path, err_text, sizeof err_text);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) != 0 && WEXITSTATUS(status) != 124,
+              "the job fails (not hangs) when rank 1 is killed mid-save: status %d: %s", status, err_text);
+    cr_expect(strstr(err_text, "signal 9"), "mpirun names the signal: %s", err_text);
+    cr_assert_eq(sh("test -f '%s/ckpt/step_00000005/COMPLETE'", out), 0, "step 5's checkpoint is complete");
+    cr_assert_neq(sh("test -e '%s/ckpt/step_00000006/COMPLETE'", out), 0, "step 6's save was cut short");
+    cr_assert_eq(sh("test -e '%s/ckpt/step_00000006/model.safetensors'", out), 0,
+                 "rank 0 had begun step 6's save when rank 1 died");
+    cr_assert_eq(run(2, SAVE_FLAGS " --out '%s' --resume", out), 0, "resume: %s", err_text);
+    cr_expect(strstr(out_text, "step_00000005"), "resumes from step 5: %s", out_text);
+    expect_identical("full", "killed", "the killed and resumed job ends where the uninterrupted one did");
 }
 
 

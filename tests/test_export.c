@@ -280,8 +280,8 @@ Test(export, bad_checkpoint_and_flags) {
 // ---- parity with the PyTorch reference ------------------------------------------
 
 Test(export, pytorch_reference_gives_glia_logits, .timeout = 300) {
-    if (system("python3 -c 'import torch, safetensors' >/dev/null 2>&1") != 0)
-        cr_skip_test("PyTorch not installed");
+    const char *py = test_python_torch();
+    if (!py) cr_skip_test("PyTorch not installed (tools/setup.sh installs Debian's python3-torch)");
     char cmd[16384];
     // A tiny model, trained for 3 steps on a short text.
     const char *text = path_in("text.txt");
@@ -310,8 +310,8 @@ Test(export, pytorch_reference_gives_glia_logits, .timeout = 300) {
     // GLIA_FIXTURES is <repo>/tests/fixtures.
     const char *logits_path = path_in("ref_logits.safetensors");
     snprintf(cmd, sizeof cmd,
-             "python3 '%s/../../tools/reference.py' logits --model '%s' --tokens %s --out '%s'",
-             GLIA_FIXTURES, out, list, logits_path);
+             "'%s' '%s/../../tools/reference.py' logits --model '%s' --tokens %s --out '%s'",
+             py, GLIA_FIXTURES, out, list, logits_path);
     cr_assert_eq(system(cmd), 0, "reference.py logits failed");
 
     char ckerr[CKPT_ERR_LEN];

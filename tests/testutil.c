@@ -153,3 +153,18 @@ void test_alloc_train(Model *m) {
     char err[300];
     cr_assert_eq(model_alloc_train(m, 0, 1, 0, 0, m->nparams, m->nparams, err, sizeof err), 0, "%s", err);
 }
+
+const char *test_python_torch(void) {
+    static const char *found;
+    static int tried;
+    if (tried) return found;
+    tried = 1;
+    const char *env = getenv("GLIA_PYTHON");
+    const char *candidates[] = {env && *env ? env : "python3", "/usr/bin/python3"};
+    for (int i = 0; i < 2 && !found; i++) {
+        char cmd[600];
+        snprintf(cmd, sizeof cmd, "'%s' -c 'import torch' >/dev/null 2>&1", candidates[i]);
+        if (system(cmd) == 0) found = candidates[i];
+    }
+    return found;
+}

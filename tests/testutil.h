@@ -52,6 +52,12 @@ void test_random_tokens(int *x, int n, int V, TestRng *r);
 void test_require_cuda_build(void);
 void test_require_gpu(void);
 
+// A Python 3 interpreter that imports torch (tools/reference.py's needs):
+// $GLIA_PYTHON when set, else python3 on the PATH, else /usr/bin/python3
+// (Debian's python3-torch, when a python3 earlier on the PATH lacks it);
+// NULL when none does.
+const char *test_python_torch(void);
+
 // Path of a committed fixture: GLIA_FIXTURES "/" name (static buffer).
 const char *fixture_path(const char *name);
 

@@ -67,7 +67,6 @@ import tempfile
 import time
 
 import torch
-from safetensors.torch import load_file
 
 ALPHA = 2.0        # ATan surrogate sharpness (SPEC "Backward pass")
 THETA = 1.0        # firing threshold
@@ -477,7 +476,34 @@ def save(tensors, path, meta):
 
 
 def load(path):
-    return load_file(path)
+    """Read a safetensors file of F32 tensors into {name: float32 tensor}.
+
+    A few lines of struct and JSON rather than the safetensors package, which
+    Debian does not ship (tools/setup.sh installs python3-torch only): an
+    8-byte little-endian header length, the JSON header, then the data.
+    """
+    with open(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 8:
+        raise ValueError(f"{path}: too short for a safetensors file")
+    (hlen,) = struct.unpack("<Q", raw[:8])
+    if hlen > len(raw) - 8:
+        raise ValueError(f"{path}: header length {hlen} runs past the end")
+    header = json.loads(raw[8:8 + hlen])
+    data = raw[8 + hlen:]
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if info["dtype"] != "F32":
+            raise ValueError(f"{path}: tensor '{name}' is {info['dtype']}, only F32 is read")
+        a, b = info["data_offsets"]
+        shape = [int(d) for d in info["shape"]]
+        if not 0 <= a <= b <= len(data) or b - a != 4 * math.prod(shape):
+            raise ValueError(f"{path}: tensor '{name}': bad data offsets")
+        x = torch.frombuffer(bytearray(data[a:b]), dtype=torch.float32) if b > a else torch.zeros(0)
+        out[name] = x.reshape(shape).clone()
+    return out
 
 
 EXPORT_KEYS = {"vocab_size": "V", "n_layer": "L", "n_embd": "C", "n_head": "Nh",
@@ -500,7 +526,7 @@ def load_exported(directory, dtype=torch.float64):
     if cfg["Vp"] != int(conf["vocab_padded"]):
         raise ValueError(f"{directory}/config.json: vocab_padded {conf['vocab_padded']}, "
                          f"expected {cfg['Vp']}")
-    tensors = load_file(os.path.join(directory, "model.safetensors"))
+    tensors = load(os.path.join(directory, "model.safetensors"))
     p = {}
     for name, shape in param_shapes(cfg):
         if name not in tensors:

@@ -18,6 +18,7 @@ PACKAGES=(
   libmicrohttpd-dev curl             # glia serve, and the tests that talk to it
   python3-pip                        # test_serve's openai client test: python3 -m pip install openai (not in Debian)
   clang libclang-rt-14-dev libomp-14-dev  # tools/fuzz.sh: libFuzzer, sanitizers, OpenMP for clang
+  python3-torch python3-numpy        # tools/reference.py: the PyTorch oracle (export, fixtures)
 )
 
 missing=()

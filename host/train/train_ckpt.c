@@ -374,6 +374,7 @@ static StFile *state_open(const char *path, long want_step, int want_rank, Train
     }
     return f;
 fail:
+    for (char *c = err; *c; c++) if ((unsigned char)*c < 0x20 || (unsigned char)*c == 0x7f) *c = '?';  // values quoted from the file: keep one line
     st_free(f);
     return NULL;
 }
