@@ -401,9 +401,5 @@ Test(crash, first_checkpoint_durable_at_its_commit) {
     build_image(root, image, snaps);
     char why[CKPT_ERR_LEN];
     long got = resume_point(image, why, sizeof why);
-    if (got == 0 && find(&dur, step_dir) >= 0 && !survives(step_dir, root))
-        cr_skip_test("known gap (issue 14, reported): host/train_ckpt.c creates OUT/ckpt at the first save without "
-                     "fsyncing OUT, so until OUT is next fsynced (after the run's model.safetensors is written) a "
-                     "crash can lose the whole ckpt directory: %s", why);
     cr_expect_eq(got, 1, "a crash right after the first save committed resumes from step 1: %s", why);
 }

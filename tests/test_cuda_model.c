@@ -441,3 +441,34 @@ Test(cuda_model, nccl_allreduce_world1) {
     cr_expect_eq(memcmp(host, back, sizeof host), 0, "the sum over one rank is the input");
 #endif
 }
+
+// Spike statistics (model_stats) on the GPU equal the CPU's: the same spikes
+// (no flip at this seed: check_forward_backward's bounds hold for it), and
+// the per-neuron sums are taken in the same order and precision (double).
+Test(cuda_model, stats_match_cpu) {
+    test_require_gpu();
+#ifdef GLIA_HAVE_CUDA
+    ModelConfig c = config(1, 256);
+    const int B = 2, T = 37;
+    Model *cpu, *gpu;
+    make_pair(c, B, T, 11, &cpu, &gpu);
+    int tok[B * T], tgt[B * T];
+    batch(tok, tgt, B * T, c.V, 12);
+    model_forward(cpu, tok, tgt, B, T, NULL);
+    model_forward(gpu, tok, tgt, B, T, NULL);
+    ModelStats a, b;
+    model_stats(cpu, &a);
+    model_stats(gpu, &b);
+    for (int l = 0; l < c.L; l++) {
+        const double *x = &a.layer[l].amsu_rate, *y = &b.layer[l].amsu_rate;
+        for (int k = 0; k < 6; k++) cr_expect_eq(x[k], y[k], "layer %d: figure %d: cpu %g gpu %g", l, k, x[k], y[k]);
+        cr_expect(fabs(x[6] - y[6]) <= 1e-5 * x[6], "layer %d astro share: cpu %g gpu %g", l, x[6], y[6]);
+        cr_expect(x[0] > 0 && x[0] < 1, "layer %d: a degenerate rate %g", l, x[0]);
+    }
+    cr_expect_eq(a.sops, b.sops);
+    model_stats_free(&a);
+    model_stats_free(&b);
+    model_free(cpu);
+    model_free(gpu);
+#endif
+}

@@ -243,10 +243,15 @@ Test(data, dataset_open_empty_dir) {
     write_seq_shard(tmp("x_val.bin"), 0, 10);
     cr_expect_neq(dataset_open(&d, tmpdir, "train", err), 0);
     char want[600];
-    snprintf(want, sizeof want, "%s: no *train*.bin shards", tmpdir);
+    snprintf(want, sizeof want, "%s: no *_train*.bin shards (the split a word of the name: NAME_train.bin)", tmpdir);
     cr_expect_str_eq(err, want);
     cr_expect_eq(d.nshards, 0);
     cr_expect_null(d.shards);
+    // the split is a word of the name: a corpus called "eval" has no val shard in eval_train.bin
+    write_seq_shard(tmp("eval_train.bin"), 0, 10);
+    cr_expect_eq(dataset_open(&d, tmpdir, "val", err), 0, "%s", err);
+    cr_expect_eq(d.nshards, 1, "only x_val.bin is a val shard, not eval_train.bin");
+    dataset_close(&d);
 
     cr_expect_neq(dataset_open(&d, tmp("nonexistent"), "train", err), 0);
     cr_expect(strstr(err, "nonexistent"), "%s", err);

@@ -268,6 +268,17 @@ static int ends_with(const char *s, const char *suffix) {
     return n >= m && !strcmp(s + n - m, suffix);
 }
 
+// 1 when `split` is one of the '_'-separated words of a .bin shard's name
+// (kjv_val.bin, fineweb_train_000001.bin): a corpus named "eval" must not make
+// its eval_train.bin a validation shard.
+static int names_split(const char *name, const char *split) {
+    size_t n = strlen(name) - 4, m = strlen(split);  // without ".bin"
+    for (size_t i = 0; i + m <= n; i++)
+        if ((i == 0 || name[i - 1] == '_') && !strncmp(name + i, split, m) && (i + m == n || name[i + m] == '_'))
+            return 1;
+    return 0;
+}
+
 int dataset_open(Dataset *d, const char *dir, const char *split, char err[DATA_ERR_LEN]) {
     memset(d, 0, sizeof *d);
     DIR *dp = opendir(dir);
@@ -280,7 +291,7 @@ int dataset_open(Dataset *d, const char *dir, const char *split, char err[DATA_E
     int n = 0, cap = 0;
     struct dirent *e;
     while ((e = readdir(dp)) != NULL) {
-        if (!ends_with(e->d_name, ".bin") || !strstr(e->d_name, split)) continue;
+        if (!ends_with(e->d_name, ".bin") || !names_split(e->d_name, split)) continue;
         size_t len = strlen(dir) + strlen(e->d_name) + 2;
         char *path = xmalloc(len);
         snprintf(path, len, "%s/%s", dir, e->d_name);
@@ -300,7 +311,7 @@ int dataset_open(Dataset *d, const char *dir, const char *split, char err[DATA_E
     }
     closedir(dp);
     if (n == 0) {
-        set_err(err, "%s: no *%s*.bin shards", dir, split);
+        set_err(err, "%s: no *_%s*.bin shards (the split a word of the name: NAME_%s.bin)", dir, split, split);
         free(names);
         return -1;
     }

@@ -736,7 +736,9 @@ int train_ckpt_begin(const char *out, long step, char *dir, size_t dir_len, char
     if (unlink(path) == 0) glia_sync_parent_dir(path);
     else if (errno != ENOENT)
         return snprintf(err, CKPT_ERR_LEN, "%.400s: cannot delete: %.120s", path, strerror(errno)), -1;
-    if (glia_sync_parent_dir(d) != 0)
+    // The step directory into ckpt, ckpt into OUT and OUT into its parent: the
+    // first save creates them, and a commit is durable only with their entries.
+    if (glia_sync_parent_dir(d) != 0 || glia_sync_parent_dir(ckdir) != 0 || glia_sync_parent_dir(out) != 0)
         return snprintf(err, CKPT_ERR_LEN, "%.400s: cannot sync: %.120s", ckdir, strerror(errno)), -1;
     return 0;
 }
