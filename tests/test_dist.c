@@ -102,7 +102,7 @@ static void slurp(const char *path, char *buf, size_t n) {
     "LSAN_OPTIONS=suppressions=" GLIA_FIXTURES "/../lsan_mpi.supp:print_suppressions=0:fast_unwind_on_malloc=0 "
 #define MPIRUN "mpirun --allow-run-as-root --oversubscribe -x LSAN_OPTIONS"
 #define FLAGS                                                                                              \
-    "train --size tiny --batch 4 --seq 16 --warmup 3 --threads 1 --quiet --eval-every 0 --sample-tokens 0 " \
+    "train --device cpu --size tiny --batch 4 --seq 16 --warmup 3 --threads 1 --quiet --eval-every 0 --sample-tokens 0 " \
     "--steps 10 --ckpt-every 0"
 
 // Runs glia with `np` processes (np 0: without mpirun) and the given
@@ -214,7 +214,7 @@ Test(dist, two_ranks_match_one_process) {
 // allocated for 4x16") without saving anything. --eval-every 5 validates mid-run
 // as well; each rank scores its share of the same windows, so the reported
 // validation loss is one process's to within the parameters' difference.
-#define DEFAULT_FLAGS "train --size tiny --batch 4 --seq 16 --warmup 3 --threads 1 --quiet --steps 10 --eval-every 5"
+#define DEFAULT_FLAGS "train --device cpu --size tiny --batch 4 --seq 16 --warmup 3 --threads 1 --quiet --steps 10 --eval-every 5"
 
 static int read_val(const char *name, double *vl, int max) {
     char path[400], line[512];
@@ -334,7 +334,7 @@ Test(dist, killed_rank_ends_the_job) {
     char out[300], cmd[8192];
     snprintf(out, sizeof out, "%s/killed_run", dir);
     snprintf(cmd, sizeof cmd,
-             MPIRUN_ENV MPIRUN " -np 2 '%s' train --size tiny --batch 4 --seq 16 --threads 1 --quiet --eval-every 0 "
+             MPIRUN_ENV MPIRUN " -np 2 '%s' train --device cpu --size tiny --batch 4 --seq 16 --threads 1 --quiet --eval-every 0 "
              "--sample-tokens 0 --steps 1000000 --ckpt-every 0 --data '%s/shards' --out '%s' > '%s/stdout.txt' "
              "2> '%s/stderr.txt'", GLIA_BIN, dir, out, dir, dir);
     pid_t job = fork();
