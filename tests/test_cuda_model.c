@@ -352,6 +352,57 @@ Test(cuda_model, commands_with_device_cuda) {
 #endif
 }
 
+#ifdef GLIA_HAVE_CUDA
+// Asserts that runs a and b (directories under dir) saved the same parameters, bit for bit.
+static void expect_same_model(const char *dir, const char *a, const char *b, const char *what) {
+    char pa[400], pb[400], err[CKPT_ERR_LEN];
+    snprintf(pa, sizeof pa, "%s/%s/model.safetensors", dir, a);
+    snprintf(pb, sizeof pb, "%s/%s/model.safetensors", dir, b);
+    Model *ma = ckpt_load_model(pa, NULL, err);
+    cr_assert_not_null(ma, "%s", err);
+    Model *mb = ckpt_load_model(pb, NULL, err);
+    cr_assert_not_null(mb, "%s", err);
+    cr_assert_eq(ma->nparams, mb->nparams);
+    size_t diff = 0;
+    for (size_t i = 0; i < ma->nparams; i++) diff += memcmp(&ma->params[i], &mb->params[i], sizeof(float)) != 0;
+    cr_expect_eq(diff, 0, "%s: %zu of %zu parameters differ", what, diff, ma->nparams);
+    model_free(ma);
+    model_free(mb);
+}
+#endif
+
+// The multi-GPU paths on one device (tools/device_check.sh runs this on a
+// GPU): GLIA_FORCE_OVERLAP=1 sends a single process's gradients through the
+// overlapped all-reduce (a one-rank NCCL communicator on its own stream,
+// events between the streams) with GLIA_NCCL_DELAY_US holding each
+// reduction back, so the backward runs while it is pending; and --zero 1
+// runs ZeRO-1's reduce-scatter and all-gather. A sum over one rank is its
+// input, so both must end bit-identical to the plain run.
+Test(cuda_model, overlap_and_zero1_world1_bit_identical) {
+    test_require_gpu();
+#ifdef GLIA_HAVE_CUDA
+    char dir[] = "/tmp/glia_cuda_ov_XXXXXX", out[16384], corpus[300];
+    temp_corpus(dir, corpus, sizeof corpus, 2000);
+    const char *common = "train --size tiny --steps 3 --batch 2 --seq 16 --eval-every 0 --ckpt-every 0 "
+                         "--sample-tokens 0 --threads 1 --quiet --device cuda --matmul fp32";
+    int rc = glia_run(out, sizeof out, "%s --data %s --out %s/plain", common, corpus, dir);
+    cr_assert_eq(rc, 0, "%s", out);
+    setenv("GLIA_FORCE_OVERLAP", "1", 1);
+    setenv("GLIA_NCCL_DELAY_US", "200", 1);
+    rc = glia_run(out, sizeof out, "%s --data %s --out %s/overlap", common, corpus, dir);
+    unsetenv("GLIA_FORCE_OVERLAP");
+    unsetenv("GLIA_NCCL_DELAY_US");
+    cr_assert_eq(rc, 0, "%s", out);
+    rc = glia_run(out, sizeof out, "%s --data %s --out %s/zero1 --zero 1", common, corpus, dir);
+    cr_assert_eq(rc, 0, "%s", out);
+    expect_same_model(dir, "plain", "overlap", "the overlapped all-reduce at world 1");
+    expect_same_model(dir, "plain", "zero1", "ZeRO-1 at world 1");
+    char cmd[400];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    cr_assert_eq(system(cmd), 0);
+#endif
+}
+
 // Training in the reduced-precision matmul modes follows fp32: a short form
 // of test_train.c's tiny run (B 8, T 16, 20 steps) on the CPU and on the
 // GPU in TF32 and bf16; tolerances at the top of this file.

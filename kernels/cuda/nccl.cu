@@ -29,6 +29,31 @@ static void *events[64];  // one per reduction begun since the last wait (cycled
 static int nbegun;
 static void *done_event;
 
+// GLIA_NCCL_DELAY_US=N (tools/device_check.sh): each all-reduce begun is
+// preceded on the NCCL stream by a kernel that spins about N microseconds,
+// so the backward kernels queued meanwhile on the default stream truly run
+// while the reduction is pending, as on a slow network: a missing or
+// misplaced event wait then shows as wrong sums (or a hang) instead of
+// hiding behind a fast all-reduce. 0 or unset: no delay.
+static long long delay_cycles = -1;  // -1: not read yet
+
+__global__ void nccl_delay_kernel(long long cycles) {
+    long long t0 = clock64();
+    while (clock64() - t0 < cycles) {
+    }
+}
+
+static void delay_comm_stream(void) {
+    if (delay_cycles < 0) {
+        const char *e = getenv("GLIA_NCCL_DELAY_US");
+        long long us = e ? atoll(e) : 0;
+        delay_cycles = us > 0 ? us * 2000 : 0;  // at about 2 GHz (H100, H200: 1.98 GHz boost)
+    }
+    if (!delay_cycles) return;
+    nccl_delay_kernel<<<1, 1, 0, (cudaStream_t)comm_stream>>>(delay_cycles);
+    cuda_check(cudaGetLastError());
+}
+
 void cuda_comm_init(int rank, int world, int local_rank) {
     if (comm_ready) return;
     int ndev = 0;
@@ -56,6 +81,7 @@ void cuda_allreduce_begin(float *buf, size_t n) {
     void *ev = events[nbegun++ % 64];  // reuse is safe: a wait binds to the record before it
     cuda_event_record(ev, NULL);
     cuda_stream_wait(comm_stream, ev);
+    delay_comm_stream();
     nccl_check(ncclAllReduce(buf, buf, n, ncclFloat, ncclSum, comm, (cudaStream_t)comm_stream));
 }
 

@@ -238,6 +238,8 @@ double warp_exchange(double mine, int src) {
 
 }  // namespace glia_emu
 
+long long clock64(void) { return (long long)(now_ms() * 1e6); }
+
 void __syncthreads(void) { barrier_wait(&cur->block_bar); }
 void __syncwarp(unsigned) { barrier_wait(&cur->warps[cur->running / 32]); }
 
