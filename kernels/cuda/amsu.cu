@@ -349,9 +349,6 @@ amsu_recurrence_backward_kernel(float *__restrict__ dI,              // (B, T, C
     float G[D];  // row i of G = ∂L/∂H_t
 #pragma unroll
     for (int j = 0; j < D; j++) G[j] = 0.0f;
-    float Gsum[D];  // REGISTER PRESSURE TEST (reverted in the next commit): G summed over the steps
-#pragma unroll
-    for (int j = 0; j < D; j++) Gsum[j] = 0.0f;
     [[maybe_unused]] float Hrow[kHReg ? D : 1];  // row i of H_t (kHReg only)
     float du_next = 0.0f, keep_next = 0.0f, dbeta = 0.0f, dlam = 0.0f;
 
@@ -486,7 +483,6 @@ amsu_recurrence_backward_kernel(float *__restrict__ dI,              // (B, T, C
                     const float hprev = hp[(size_t)j * D];
                     const float g = step_calcium_grad(lam, G[j], qi, dj[e]);
                     G[j] = g;
-                    Gsum[j] += g;
                     sq += hcur * dj[e];
                     sk += g * vj[e];
                     sl += step_lambda_grad(g, hprev, ki, vj[e]);
@@ -506,11 +502,8 @@ amsu_recurrence_backward_kernel(float *__restrict__ dI,              // (B, T, C
             dv[off] = acc;
         }
     }
-    float gs = 0.0f;
-#pragma unroll
-    for (int j = 0; j < D; j++) gs += Gsum[j];
     dbeta_part[(size_t)b * C + c] = dbeta;
-    dlam_part[(size_t)b * C + c] = dlam + 1e-30f * gs;
+    dlam_part[(size_t)b * C + c] = dlam;
 }
 
 // da_beta[c] += σ'(a_β[c])·Σ_b dbeta_part[b][c] and da_lambda[c] likewise,
