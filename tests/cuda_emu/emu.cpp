@@ -161,11 +161,34 @@ size_t mem_cap() {
 
 namespace glia_emu {
 
-void run_grid(dim3 grid, dim3 block, size_t smem, const std::function<void()> &body) {
+// Each kernel's cudaFuncAttributeMaxDynamicSharedMemorySize (absent: 48 KiB).
+std::vector<std::pair<const void *, int>> smem_optin;
+
+cudaError_t set_max_dynamic_smem(const void *kernel, int bytes) {
+    if (bytes < 0 || bytes > 227 * 1024) return cudaErrorInvalidValue;
+    for (auto &e : smem_optin)
+        if (e.first == kernel) return e.second = bytes, cudaSuccess;
+    smem_optin.emplace_back(kernel, bytes);
+    return cudaSuccess;
+}
+
+static size_t max_dynamic_smem(const void *kernel) {
+    for (auto &e : smem_optin)
+        if (e.first == kernel) return (size_t)e.second > 48 * 1024 ? (size_t)e.second : 48 * 1024;
+    return 48 * 1024;
+}
+
+void run_grid(dim3 grid, dim3 block, size_t smem, const void *kernel, const std::function<void()> &body) {
     long nthreads = (long)block.x * block.y * block.z;
     if (nthreads < 1 || nthreads > 1024 || grid.x < 1 || grid.y < 1 || grid.z < 1 ||
         grid.y > 65535 || grid.z > 65535 || smem > 227 * 1024) {
         last_error = cudaErrorInvalidConfiguration;
+        return;
+    }
+    // as on the GPU: more than 48 KiB of dynamic shared memory needs the
+    // kernel's opt-in (cudaFuncSetAttribute), else the launch fails
+    if (smem > max_dynamic_smem(kernel)) {
+        last_error = cudaErrorInvalidValue;
         return;
     }
     if (cur) {
@@ -225,15 +248,56 @@ void *dynamic_smem(void) {
     return (void *)((p + 15) & ~(uintptr_t)15);
 }
 
-double warp_exchange(double mine, int src) {
+double warp_exchange(double mine, int src, unsigned mask, const char *what) {
     Grid *g = cur;
     int tid = g->running, warp = tid / 32;
     double *buf = g->exchange.data() + (size_t)warp * 32;
     buf[tid % 32] = mine;
     barrier_wait(&g->warps[warp]);
+    check_mask(mask, what);
     double got = buf[src];
     barrier_wait(&g->warps[warp]);
     return got;
+}
+
+unsigned warp_ballot(int pred, unsigned mask, const char *what) {
+    Grid *g = cur;
+    int tid = g->running, warp = tid / 32;
+    double *buf = g->exchange.data() + (size_t)warp * 32;
+    buf[tid % 32] = pred ? 1.0 : 0.0;
+    barrier_wait(&g->warps[warp]);
+    check_mask(mask, what);
+    unsigned bits = 0;
+    for (int l = 0; l < 32; l++)
+        if ((mask >> l & 1u) && warp * 32 + l < g->nthreads && buf[l] != 0.0) bits |= 1u << l;
+    barrier_wait(&g->warps[warp]);
+    return bits;
+}
+
+void check_mask(unsigned mask, const char *what) {
+    Grid *g = cur;
+    const int tid = g->running, lane = tid % 32, base = tid - lane;
+    const char *why = nullptr;
+    int bad = lane;
+    if (!(mask >> lane & 1u)) {
+        why = "leaves out the calling lane";
+    } else {
+        for (int l = 0; l < 32 && !why; l++) {
+            if (!(mask >> l & 1u)) continue;
+            if (base + l >= g->nthreads) why = "names a lane beyond the block", bad = l;
+            else if (g->fibers[base + l].done) why = "names a lane that has exited", bad = l;
+        }
+    }
+    if (!why) return;
+    fprintf(stderr, "glia CUDA emulator: %s with mask 0x%08x in thread %d of block (%u, %u, %u): the mask %s "
+                    "(lane %d)\n", what, mask, tid, blockIdx.x, blockIdx.y, blockIdx.z, why, bad);
+    abort();
+}
+
+bool launch_bounds_exceeded(long max_threads) {
+    if ((long)blockDim.x * blockDim.y * blockDim.z <= max_threads) return false;
+    last_error = cudaErrorLaunchOutOfResources;  // what the GPU answers; nothing runs
+    return true;
 }
 
 }  // namespace glia_emu
@@ -241,7 +305,10 @@ double warp_exchange(double mine, int src) {
 long long clock64(void) { return (long long)(now_ms() * 1e6); }
 
 void __syncthreads(void) { barrier_wait(&cur->block_bar); }
-void __syncwarp(unsigned) { barrier_wait(&cur->warps[cur->running / 32]); }
+void __syncwarp(unsigned mask) {
+    barrier_wait(&cur->warps[cur->running / 32]);
+    glia_emu::check_mask(mask, "__syncwarp");
+}
 
 // ---- runtime API ------------------------------------------------------------------
 
@@ -251,6 +318,7 @@ const char *cudaGetErrorString(cudaError_t e) {
     case cudaErrorInvalidValue: return "invalid argument";
     case cudaErrorMemoryAllocation: return "out of memory";
     case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+    case cudaErrorLaunchOutOfResources: return "too many resources requested for launch";
     case cudaErrorNoDevice: return "no CUDA-capable device is detected";
     case cudaErrorInvalidDevice: return "invalid device ordinal";
     }
@@ -263,6 +331,7 @@ const char *cudaGetErrorName(cudaError_t e) {
     case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
     case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
     case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
+    case cudaErrorLaunchOutOfResources: return "cudaErrorLaunchOutOfResources";
     case cudaErrorNoDevice: return "cudaErrorNoDevice";
     case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
     }
