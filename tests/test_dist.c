@@ -393,7 +393,7 @@ Test(dist, cuda_two_ranks_and_zero1, .timeout = 900) {
     const char *gpu = "--device cuda --matmul fp32";
     train("g1", 0, gpu);
     train("g2", 2, gpu);
-    cr_expect(strstr(out_text, "2 ranks (MPI)") && strstr(out_text, "on the GPU"), "%s", out_text);
+    cr_expect(strstr(out_text, "2 ranks (MPI)") && strstr(out_text, "on cuda"), "%s", out_text);
     expect_close("g2", "g1", PARAM_TOL, LOSS_TOL, 1);
     train("gz", 2, "--device cuda --matmul fp32 --zero 1");
     cr_expect(strstr(out_text, "ZeRO-1"), "%s", out_text);
@@ -402,6 +402,38 @@ Test(dist, cuda_two_ranks_and_zero1, .timeout = 900) {
                  "%s", err_text);
     cr_assert_eq(run(2, FLAGS " --out '%s/gzp' --resume --device cuda --matmul fp32", dir), 0, "%s", err_text);
     expect_identical("gz", "gzp", "a GPU ZeRO-1 run resumed continues bit for bit");
+#endif
+}
+
+// A GPU job whose peer dies or hangs mid-step ends within --nccl-timeout
+// (kernels/cuda/nccl.cu: the host polls each collective, aborts the
+// communicator and exits 1 naming its rank) instead of waiting forever in
+// NCCL. On the emulator (GLIA_EMU_NCCL_STALL, tests/cuda_emu/nccl.h) rank 1
+// hangs at its third collective, inside the first step's overlapped
+// all-reduce, or exits there. A device has no such hook: there
+// tools/device_check.sh's notes say how to kill a rank by hand.
+Test(dist, cuda_dead_peer_ends_within_timeout, .timeout = 300) {
+    require_mpirun();
+#ifndef GLIA_CUDA_EMU
+    cr_skip_test("needs the emulator's GLIA_EMU_NCCL_STALL (a rank that stops mid-step)");
+#else
+    setenv("GLIA_EMU_DEVICES", "2", 1);
+    const char *const modes[] = {"1:3", "1:3x"};  // hangs, exits
+    for (int i = 0; i < 2; i++) {
+        setenv("GLIA_EMU_NCCL_STALL", modes[i], 1);
+        double t0 = now_s();
+        int st = run(2, FLAGS " --out '%s/stall%d' --device cuda --matmul fp32 --nccl-timeout 4", dir, i);
+        double took = now_s() - t0;
+        unsetenv("GLIA_EMU_NCCL_STALL");
+        cr_log_info("GLIA_EMU_NCCL_STALL=%s: exit %d after %.1f s", modes[i], st, took);
+        cr_expect_neq(st, 0, "the job whose peer %s must fail: %s", i ? "exited" : "hung", err_text);
+        cr_expect_lt(took, 4 + KILL_BOUND_S, "%s: the job took %.0f s", modes[i], took);
+        if (i == 0) {  // the hung peer: the survivor's own timeout ends the job, in one line naming it
+            const char *m = strstr(err_text, "glia: rank 0 of 2: NCCL all-reduce did not finish within 4 s");
+            cr_expect(m, "no timeout message from rank 0: %s", err_text);
+            if (m) cr_expect(strchr(m, '\n') && strstr(m, "communicator aborted"), "%s", err_text);
+        }
+    }
 #endif
 }
 

@@ -71,6 +71,7 @@ typedef enum {
     cudaErrorInvalidValue = 1,
     cudaErrorMemoryAllocation = 2,
     cudaErrorInvalidConfiguration = 9,
+    cudaErrorNotReady = 600,
     cudaErrorLaunchOutOfResources = 701,
     cudaErrorInvalidDevice = 101,
     cudaErrorNoDevice = 100,
@@ -126,9 +127,14 @@ cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned flags);
 cudaError_t cudaEventDestroy(cudaEvent_t e);
 cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s = nullptr);
 cudaError_t cudaEventSynchronize(cudaEvent_t e);
+cudaError_t cudaEventQuery(cudaEvent_t e);
 cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t start, cudaEvent_t end);
 namespace glia_emu {
 cudaError_t set_max_dynamic_smem(const void *kernel, int bytes);
+// NCCL collectives of several ranks still in flight (libs.cpp): whether
+// any is (progressing them), and waiting for all.
+bool nccl_busy(void);
+void nccl_drain(void);
 }
 template <class F> inline cudaError_t cudaFuncSetAttribute(F kernel, cudaFuncAttribute attr, int value) {
     if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize) return cudaErrorInvalidValue;
