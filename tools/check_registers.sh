@@ -28,7 +28,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 # ptxas -v of every file, in parallel; a compile error fails the check
-ls kernels/cuda/*.cu | xargs -P "$(nproc)" -I{} sh -c \
+printf '%s\0' kernels/cuda/*.cu | xargs -0 -P "$(nproc)" -I{} sh -c \
     '"$0" -arch="$1" -Xptxas -v -I include -I kernels -c "$2" -o "$3/$(basename "$2").o" 2>"$3/$(basename "$2").log" ||
      { cat "$3/$(basename "$2").log" >&2; exit 255; }' "$NVCC" "$ARCH" {} "$work"
 
