@@ -42,7 +42,7 @@ TestSuite(checkpoint, .init = mk, .fini = rm, .timeout = 300);
 
 // The flags of every run here, less --out and --steps: tiny, one thread,
 // checkpoints every step.
-#define RUN_FLAGS "train --size tiny --batch 4 --seq 16 --warmup 3 --threads 1 --quiet --eval-every 0 --sample-tokens 0 --ckpt-every 1"
+#define RUN_FLAGS "train --device cpu --size tiny --batch 4 --seq 16 --warmup 3 --threads 1 --quiet --eval-every 0 --sample-tokens 0 --ckpt-every 1"
 
 static char out_text[16384], err_text[16384];
 
@@ -134,7 +134,7 @@ Test(checkpoint, resume_is_bit_identical) {
     cr_expect_neq(sh("test -e '%s/ckpt/step_00000002'", b), 0, "old checkpoints are deleted");
     cr_expect_eq(sh("test -f '%s/ckpt/step_00000003/COMPLETE'", b), 0);
     // the options come from the checkpoint: none but the run's own flags given
-    cr_assert_eq(run_glia("train --resume --out '%s' --data '%s/shards' --threads 1 --quiet --eval-every 0 "
+    cr_assert_eq(run_glia("train --device cpu --resume --out '%s' --data '%s/shards' --threads 1 --quiet --eval-every 0 "
                           "--sample-tokens 0 --ckpt-every 4 --keep 1", b, dir), 0, "%s", err_text);
     cr_expect(strstr(out_text, "resuming from") && strstr(out_text, "step_00000005"), "%s", out_text);
     char full[300];
@@ -143,7 +143,7 @@ Test(checkpoint, resume_is_bit_identical) {
     cr_expect_eq(sh("test -f '%s/ckpt/step_00000012/COMPLETE' && test ! -e '%s/ckpt/step_00000008'", b, b), 0,
                  "--keep 1 keeps only the newest");
     // resuming a finished run has nothing to do
-    cr_expect_eq(run_glia("train --resume-from '%s' --out '%s' --data '%s/shards' --threads 1 --quiet "
+    cr_expect_eq(run_glia("train --device cpu --resume-from '%s' --out '%s' --data '%s/shards' --threads 1 --quiet "
                           "--sample-tokens 0", b, b, dir), 0, "%s", err_text);
     cr_expect(strstr(out_text, "nothing to do"), "%s", out_text);
     expect_same_run(full, b, 12);
@@ -187,7 +187,7 @@ Test(checkpoint, survives_sigkill) {
     int kills = 0, finished = 0;
     for (int attempt = 0; attempt < 40 && !finished; attempt++) {
         int resume = verify_complete_checkpoints(out) > 0;
-        char *argv[] = {GLIA_BIN, "train", "--size", "tiny", "--batch", "4", "--seq", "16", "--warmup", "3",
+        char *argv[] = {GLIA_BIN, "train", "--device", "cpu", "--size", "tiny", "--batch", "4", "--seq", "16", "--warmup", "3",
                         "--threads", "1", "--quiet", "--eval-every", "0", "--sample-tokens", "0",
                         "--ckpt-every", "1", "--steps", steps_s, "--data", shards, "--out", out,
                         resume ? "--resume" : NULL, NULL};
@@ -248,7 +248,7 @@ static const char *copy_good(const char *name) {
 }
 
 static int resume(const char *name, const char *extra) {
-    return run_glia("train --resume --out '%s/%s' --data '%s/shards' --threads 1 --quiet --sample-tokens 0 %s",
+    return run_glia("train --device cpu --resume --out '%s/%s' --data '%s/shards' --threads 1 --quiet --sample-tokens 0 %s",
                     dir, name, dir, extra ? extra : "");
 }
 
@@ -296,7 +296,7 @@ Test(checkpoint, truncated_file) {
     expect_error(resume("trunc", NULL), "state.rank0.safetensors", "truncated");
     // a truncated model file, as glia generate sees it
     cr_assert_eq(sh("truncate -s -100 '%s/model.safetensors'", ck), 0);
-    expect_error(run_glia("generate --ckpt '%s/model.safetensors'", ck), "model.safetensors", "truncated");
+    expect_error(run_glia("generate --device cpu --ckpt '%s/model.safetensors'", ck), "model.safetensors", "truncated");
 }
 
 Test(checkpoint, bit_flip_names_the_tensor) {
@@ -305,8 +305,8 @@ Test(checkpoint, bit_flip_names_the_tensor) {
     snprintf(path, sizeof path, "%s/model.safetensors", ck);
     flip_byte(path, 10);  // in the last tensor's data: norm_f
     expect_error(resume("flip", NULL), "model.safetensors", "tensor 'norm_f': CRC32C mismatch");
-    expect_error(run_glia("generate --ckpt '%s'", path), "model.safetensors", "tensor 'norm_f': CRC32C mismatch");
-    expect_error(run_glia("eval --ckpt '%s'", path), "model.safetensors", "CRC32C mismatch");
+    expect_error(run_glia("generate --device cpu --ckpt '%s'", path), "model.safetensors", "tensor 'norm_f': CRC32C mismatch");
+    expect_error(run_glia("eval --device cpu --ckpt '%s'", path), "model.safetensors", "CRC32C mismatch");
     ck = copy_good("flip2");
     snprintf(path, sizeof path, "%s/state.rank0.safetensors", ck);
     flip_byte(path, 10);
@@ -320,7 +320,7 @@ Test(checkpoint, wrong_format_or_version) {
     rewrite_meta(path, "format", "glia-something-else");
     recomplete(ck);
     expect_error(resume("fmt", NULL), "state.rank0.safetensors", "not a glia training state file");
-    expect_error(run_glia("generate --ckpt '%s'", path), "state.rank0.safetensors", "not a glia model file");
+    expect_error(run_glia("generate --device cpu --ckpt '%s'", path), "state.rank0.safetensors", "not a glia model file");
 
     ck = copy_good("ver");
     snprintf(path, sizeof path, "%s/state.rank0.safetensors", ck);
@@ -333,7 +333,7 @@ Test(checkpoint, wrong_format_or_version) {
     rewrite_meta(path, "model_version", "7");
     recomplete(ck);
     expect_error(resume("mver", NULL), "model.safetensors", "model_version 7");
-    expect_error(run_glia("generate --ckpt '%s'", path), "model.safetensors", "model_version 7");
+    expect_error(run_glia("generate --device cpu --ckpt '%s'", path), "model.safetensors", "model_version 7");
 
     // not a safetensors file at all
     ck = copy_good("magic");
@@ -367,14 +367,14 @@ Test(checkpoint, empty_directory_missing_unreadable) {
     const char *ck = copy_good("empty");
     cr_assert_eq(sh(": > '%s/model.safetensors'", ck), 0);
     expect_error(resume("empty", NULL), "model.safetensors", "empty");
-    expect_error(run_glia("generate --ckpt '%s/model.safetensors'", ck), "model.safetensors", "0 bytes");
+    expect_error(run_glia("generate --device cpu --ckpt '%s/model.safetensors'", ck), "model.safetensors", "0 bytes");
 
     ck = copy_good("isdir");
     cr_assert_eq(sh("rm '%s/model.safetensors' && mkdir '%s/model.safetensors'", ck, ck), 0);
     expect_error(resume("isdir", NULL), "model.safetensors", "is a directory");
-    expect_error(run_glia("generate --ckpt '%s'", ck), "step_00000003", "is a directory");
+    expect_error(run_glia("generate --device cpu --ckpt '%s'", ck), "step_00000003", "is a directory");
 
-    expect_error(run_glia("generate --ckpt '%s/none.safetensors'", dir), "none.safetensors", "No such file");
+    expect_error(run_glia("generate --device cpu --ckpt '%s/none.safetensors'", dir), "none.safetensors", "No such file");
     expect_error(resume("nowhere", NULL), "nowhere/ckpt", "no checkpoint to resume from");
     cr_assert_eq(sh("mkdir -p '%s/hollow/ckpt/step_00000004'", dir), 0);  // only an incomplete one
     expect_error(resume("hollow", NULL), "hollow/ckpt", "no complete checkpoint");
@@ -394,13 +394,13 @@ Test(checkpoint, full_disk_keeps_the_previous_checkpoint) {
                  "%s", err_text);
     // a file-size limit far below a model file: the save of step 3 fails
     // with EFBIG (glia ignores SIGXFSZ, which would kill it silently)
-    int st = run_glia_with("ulimit -f 16;", "train --resume --out '%s' --data '%s/shards' --threads 1 --quiet "
+    int st = run_glia_with("ulimit -f 16;", "train --device cpu --resume --out '%s' --data '%s/shards' --threads 1 --quiet "
                            "--eval-every 0 --sample-tokens 0 --ckpt-every 1", b, dir);
     expect_error_status(st, 1, "cannot save the checkpoint of step 3", "File too large");
     cr_expect_neq(sh("test -e '%s/ckpt/step_00000003/COMPLETE'", b), 0, "no COMPLETE for the failed save");
     cr_expect_eq(sh("test -f '%s/ckpt/step_00000002/COMPLETE'", b), 0, "the previous checkpoint is kept");
     // ... and it resumes into the run that never failed
-    cr_assert_eq(run_glia("train --resume --out '%s' --data '%s/shards' --threads 1 --quiet --eval-every 0 "
+    cr_assert_eq(run_glia("train --device cpu --resume --out '%s' --data '%s/shards' --threads 1 --quiet --eval-every 0 "
                           "--sample-tokens 0 --ckpt-every 1", b, dir), 0, "%s", err_text);
     cr_expect(strstr(out_text, "step_00000002"), "%s", out_text);
     char whole[300];
@@ -419,14 +419,14 @@ Test(checkpoint, damaged_checksum_key_is_refused) {
     snprintf(path, sizeof path, "%s/model.safetensors", ck);
     rewrite_meta_entry(path, "crc32c.norm_f", "crc32c.norm_g", NULL);  // one byte
     recomplete(ck);
-    expect_error(run_glia("generate --ckpt '%s'", path), "model.safetensors", "'crc32c.norm_g'");
+    expect_error(run_glia("generate --device cpu --ckpt '%s'", path), "model.safetensors", "'crc32c.norm_g'");
     expect_error(resume("crckey", NULL), "model.safetensors", "'crc32c.norm_g'");
     // a checksum missing for one tensor while the others have theirs
     ck = copy_good("crcgone");
     snprintf(path, sizeof path, "%s/model.safetensors", ck);
     rewrite_meta_entry(path, "crc32c.blocks.0.W_I", NULL, NULL);
     recomplete(ck);
-    expect_error(run_glia("eval --ckpt '%s'", path), "tensor 'blocks.0.W_I'", "'crc32c.blocks.0.W_I' (its checksum) is missing");
+    expect_error(run_glia("eval --device cpu --ckpt '%s'", path), "tensor 'blocks.0.W_I'", "'crc32c.blocks.0.W_I' (its checksum) is missing");
     // the same in a state file
     ck = copy_good("crcstate");
     snprintf(path, sizeof path, "%s/state.rank0.safetensors", ck);
@@ -477,7 +477,7 @@ Test(checkpoint, run_lock_refuses_a_second_trainer) {
     snprintf(out, sizeof out, "%s/locked", dir);
     snprintf(shards, sizeof shards, "%s/shards", dir);
     // a long run (stopped by SIGKILL below; --max-seconds bounds it if the test dies)
-    char *argv[] = {GLIA_BIN, "train", "--size", "tiny", "--batch", "4", "--seq", "16", "--threads", "1", "--quiet",
+    char *argv[] = {GLIA_BIN, "train", "--device", "cpu", "--size", "tiny", "--batch", "4", "--seq", "16", "--threads", "1", "--quiet",
                     "--eval-every", "0", "--sample-tokens", "0", "--ckpt-every", "0", "--steps", "10000000",
                     "--max-seconds", "120", "--data", shards, "--out", out, NULL};
     pid_t pid = spawn_glia(argv);
@@ -541,14 +541,14 @@ Test(checkpoint, resume_restores_data_and_options) {
     reference_run("ref8", 8);
     char b[300];
     snprintf(b, sizeof b, "%s/opts", dir);
-    cr_assert_eq(run_glia("train --size tiny --batch 4 --seq 16 --warmup 3 --threads 1 --quiet --sample-tokens 0 "
+    cr_assert_eq(run_glia("train --device cpu --size tiny --batch 4 --seq 16 --warmup 3 --threads 1 --quiet --sample-tokens 0 "
                           "--data '%s/shards' --out '%s' --steps 8 --stop-after 3 --ckpt-every 1 --eval-every 2 "
                           "--eval-batches 1 --keep 2", dir, b), 0, "%s", err_text);
     // a contradicting --data is refused, the run untouched
-    expect_error(run_glia("train --resume --out '%s' --data '%s/corpus.txt' --threads 1", b, dir), "--data",
+    expect_error(run_glia("train --device cpu --resume --out '%s' --data '%s/corpus.txt' --threads 1", b, dir), "--data",
                  "differs from");
     // no --data, --ckpt-every, --eval-every, --keep: all from the checkpoint
-    cr_assert_eq(run_glia("train --resume --out '%s' --threads 1 --quiet --sample-tokens 0", b), 0, "%s", err_text);
+    cr_assert_eq(run_glia("train --device cpu --resume --out '%s' --threads 1 --quiet --sample-tokens 0", b), 0, "%s", err_text);
     cr_expect(strstr(out_text, "/shards"), "the stored data is used: %s", out_text);
     char ref[300];
     snprintf(ref, sizeof ref, "%s/ref8", dir);
@@ -559,7 +559,7 @@ Test(checkpoint, resume_restores_data_and_options) {
     // --eval-every 2 restored: evaluations at steps 4, 6 and 8 after the resume
     cr_expect_eq(sh("grep -q '\"step\": 6, \"val_loss\"' '%s/metrics.jsonl'", b), 0, "--eval-every 2 is restored");
     // the same --data given again is fine
-    cr_expect_eq(run_glia("train --resume --out '%s' --data '%s/shards' --threads 1 --quiet", b, dir), 0, "%s", err_text);
+    cr_expect_eq(run_glia("train --device cpu --resume --out '%s' --data '%s/shards' --threads 1 --quiet", b, dir), 0, "%s", err_text);
 }
 
 // ---- SIGTERM, SIGINT ----------------------------------------------------------------------
@@ -572,13 +572,13 @@ static void signal_then_resume(const char *name, int sig, int second) {
     char out[300], shards[300], steps_s[16], ref[300];
     snprintf(ref, sizeof ref, "%s/ref_sig", dir);
     if (access(ref, F_OK) != 0)
-        cr_assert_eq(run_glia("train --size tiny --batch 4 --seq 16 --warmup 3 --threads 1 --quiet --eval-every 500 "
+        cr_assert_eq(run_glia("train --device cpu --size tiny --batch 4 --seq 16 --warmup 3 --threads 1 --quiet --eval-every 500 "
                               "--eval-batches 1 --sample-tokens 0 --ckpt-every 1000 --data '%s/shards' --out '%s' "
                               "--steps %d", dir, ref, steps), 0, "%s", err_text);
     snprintf(out, sizeof out, "%s/%s", dir, name);
     snprintf(shards, sizeof shards, "%s/shards", dir);
     snprintf(steps_s, sizeof steps_s, "%d", steps);
-    char *argv[] = {GLIA_BIN, "train", "--size", "tiny", "--batch", "4", "--seq", "16", "--warmup", "3", "--threads",
+    char *argv[] = {GLIA_BIN, "train", "--device", "cpu", "--size", "tiny", "--batch", "4", "--seq", "16", "--warmup", "3", "--threads",
                     "1", "--quiet", "--eval-every", "500", "--eval-batches", "1", "--sample-tokens", "0",
                     "--ckpt-every", "1000", "--steps", steps_s, "--data", shards, "--out", out, NULL};
     pid_t pid = spawn_glia(argv);
@@ -601,7 +601,7 @@ static void signal_then_resume(const char *name, int sig, int second) {
     cr_expect_eq(sh("test -f '%s/ckpt/step_%08d/COMPLETE'", out, n), 0, "the checkpoint of the last step, %d", n);
     cr_expect_eq(verify_complete_checkpoints(out), n >= 1000 ? 2 : 1);
     cr_expect_neq(sh("test -e '%s/sample.txt'", out), 0, "an interrupted run samples nothing");
-    cr_assert_eq(run_glia("train --resume auto --out '%s' --threads 1 --quiet", out), 0, "%s", err_text);
+    cr_assert_eq(run_glia("train --device cpu --resume auto --out '%s' --threads 1 --quiet", out), 0, "%s", err_text);
     expect_same_run(ref, out, steps);
 }
 
@@ -624,7 +624,7 @@ Test(checkpoint, stale_temporary_files_removed_at_save) {
                  err_text);
     cr_assert_eq(sh("cd '%s' && touch model.safetensors.tmp.999999 metrics.jsonl.tmp.12 keep.tmp.txt "
                     "ckpt/COMPLETE.tmp.4242 ckpt/step_00000002/state.rank0.safetensors.tmp.31337", b), 0);
-    cr_assert_eq(run_glia("train --resume --out '%s' --steps 4 --threads 1 --quiet --sample-tokens 0", b), 0, "%s",
+    cr_assert_eq(run_glia("train --device cpu --resume --out '%s' --steps 4 --threads 1 --quiet --sample-tokens 0", b), 0, "%s",
                  err_text);
     cr_expect_eq(sh("cd '%s' && test ! -e model.safetensors.tmp.999999 && test ! -e metrics.jsonl.tmp.12 && "
                     "test ! -e ckpt/COMPLETE.tmp.4242 && test ! -e ckpt/step_00000002/state.rank0.safetensors.tmp.31337",

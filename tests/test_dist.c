@@ -102,7 +102,7 @@ static void slurp(const char *path, char *buf, size_t n) {
     "LSAN_OPTIONS=suppressions=" GLIA_FIXTURES "/../lsan_mpi.supp:print_suppressions=0:fast_unwind_on_malloc=0 "
 #define MPIRUN "mpirun --allow-run-as-root --oversubscribe -x LSAN_OPTIONS"
 #define FLAGS                                                                                              \
-    "train --size tiny --batch 4 --seq 16 --warmup 3 --threads 1 --quiet --eval-every 0 --sample-tokens 0 " \
+    "train --device cpu --size tiny --batch 4 --seq 16 --warmup 3 --threads 1 --quiet --eval-every 0 --sample-tokens 0 " \
     "--steps 10 --ckpt-every 0"
 
 // Runs glia with `np` processes (np 0: without mpirun) and the given
@@ -214,7 +214,7 @@ Test(dist, two_ranks_match_one_process) {
 // allocated for 4x16") without saving anything. --eval-every 5 validates mid-run
 // as well; each rank scores its share of the same windows, so the reported
 // validation loss is one process's to within the parameters' difference.
-#define DEFAULT_FLAGS "train --size tiny --batch 4 --seq 16 --warmup 3 --threads 1 --quiet --steps 10 --eval-every 5"
+#define DEFAULT_FLAGS "train --device cpu --size tiny --batch 4 --seq 16 --warmup 3 --threads 1 --quiet --steps 10 --eval-every 5"
 
 static int read_val(const char *name, double *vl, int max) {
     char path[400], line[512];
@@ -342,7 +342,7 @@ Test(dist, killed_rank_ends_the_job) {
     char out[300], cmd[8192];
     snprintf(out, sizeof out, "%s/killed_run", dir);
     snprintf(cmd, sizeof cmd,
-             MPIRUN_ENV MPIRUN " -np 2 '%s' train --size tiny --batch 4 --seq 16 --threads 1 --quiet --eval-every 0 "
+             MPIRUN_ENV MPIRUN " -np 2 '%s' train --device cpu --size tiny --batch 4 --seq 16 --threads 1 --quiet --eval-every 0 "
              "--sample-tokens 0 --steps 1000000 --ckpt-every 0 --data '%s/shards' --out '%s' > '%s/stdout.txt' "
              "2> '%s/stderr.txt'", GLIA_BIN, dir, out, dir, dir);
     pid_t job = fork();
@@ -447,6 +447,38 @@ Test(dist, cuda_two_ranks_and_zero1, .timeout = 900) {
                  "%s", err_text);
     cr_assert_eq(run(2, FLAGS " --out '%s/gzp' --resume --device cuda --matmul fp32", dir), 0, "%s", err_text);
     expect_identical("gz", "gzp", "a GPU ZeRO-1 run resumed continues bit for bit");
+#endif
+}
+
+// A GPU job whose peer dies or hangs mid-step ends within --nccl-timeout
+// (kernels/cuda/nccl.cu: the host polls each collective, aborts the
+// communicator and exits 1 naming its rank) instead of waiting forever in
+// NCCL. On the emulator (GLIA_EMU_NCCL_STALL, tests/cuda_emu/nccl.h) rank 1
+// hangs at its third collective, inside the first step's overlapped
+// all-reduce, or exits there. A device has no such hook: there
+// tools/device_check.sh's notes say how to kill a rank by hand.
+Test(dist, cuda_dead_peer_ends_within_timeout, .timeout = 300) {
+    require_mpirun();
+#ifndef GLIA_CUDA_EMU
+    cr_skip_test("needs the emulator's GLIA_EMU_NCCL_STALL (a rank that stops mid-step)");
+#else
+    setenv("GLIA_EMU_DEVICES", "2", 1);
+    const char *const modes[] = {"1:3", "1:3x"};  // hangs, exits
+    for (int i = 0; i < 2; i++) {
+        setenv("GLIA_EMU_NCCL_STALL", modes[i], 1);
+        double t0 = now_s();
+        int st = run(2, FLAGS " --out '%s/stall%d' --device cuda --matmul fp32 --nccl-timeout 4", dir, i);
+        double took = now_s() - t0;
+        unsetenv("GLIA_EMU_NCCL_STALL");
+        cr_log_info("GLIA_EMU_NCCL_STALL=%s: exit %d after %.1f s", modes[i], st, took);
+        cr_expect_neq(st, 0, "the job whose peer %s must fail: %s", i ? "exited" : "hung", err_text);
+        cr_expect_lt(took, 4 + KILL_BOUND_S, "%s: the job took %.0f s", modes[i], took);
+        if (i == 0) {  // the hung peer: the survivor's own timeout ends the job, in one line naming it
+            const char *m = strstr(err_text, "glia: rank 0 of 2: NCCL all-reduce did not finish within 4 s");
+            cr_expect(m, "no timeout message from rank 0: %s", err_text);
+            if (m) cr_expect(strchr(m, '\n') && strstr(m, "communicator aborted"), "%s", err_text);
+        }
+    }
 #endif
 }
 

@@ -292,7 +292,7 @@ Test(export, pytorch_reference_gives_glia_logits, .timeout = 300) {
     cr_assert_eq(fclose(fp), 0);
     const char *run = path_in("run");
     snprintf(cmd, sizeof cmd,
-             "'%s' train --size tiny --steps 3 --batch 1 --seq 8 --data '%s' --out '%s' "
+             "'%s' train --device cpu --size tiny --steps 3 --batch 1 --seq 8 --data '%s' --out '%s' "
              "--sample-tokens 0 --eval-every 0 --threads 1 --quiet > '%s/train.log' 2>&1",
              GLIA_BIN, text, run, dir);
     cr_assert_eq(system(cmd), 0, "glia train failed: see %s/train.log", dir);

@@ -210,7 +210,7 @@ Test(tasks, tiny_model_learns_recall_above_chance, .init = mk, .fini = rm, .time
     // glia eval scores the saved model on another seed
     char cmd[1200], log[400], text[4096];
     snprintf(log, sizeof log, "%s/eval.txt", dir);
-    snprintf(cmd, sizeof cmd, "'%s' eval --task recall --pairs 4 --task-len 24 --ckpt '%s/model.safetensors' "
+    snprintf(cmd, sizeof cmd, "'%s' eval --device cpu --task recall --pairs 4 --task-len 24 --ckpt '%s/model.safetensors' "
              "--batch 16 --batches 4 --seed 5 > '%s' 2>&1", GLIA_BIN, out, log);
     int st = system(cmd);
     FILE *f = fopen(log, "r");
@@ -228,14 +228,14 @@ static char output[4096];
 #define glia(args) glia_run(output, sizeof output, "%s", args)
 
 Test(tasks, command_errors_and_match_params, .init = mk, .fini = rm) {
-    cr_expect_eq(glia("train --task sort"), 2);
+    cr_expect_eq(glia("train --device cpu --task sort"), 2);
     cr_expect(strstr(output, "--task: 'sort'"), "%s", output);
-    cr_expect_eq(glia("train --task recall --pairs 16 --task-len 40"), 2);
+    cr_expect_eq(glia("train --device cpu --task recall --pairs 16 --task-len 40"), 2);
     cr_expect(strstr(output, "--task-len 40"), "%s", output);
-    cr_expect_eq(glia("train --task copy --data x.txt"), 2);
+    cr_expect_eq(glia("train --device cpu --task copy --data x.txt"), 2);
     cr_expect(strstr(output, "exclude"), "%s", output);
-    cr_expect_eq(glia("train --task recall --resume"), 2);
-    cr_expect_eq(glia("train --match-params"), 2);
+    cr_expect_eq(glia("train --device cpu --task recall --resume"), 2);
+    cr_expect_eq(glia("train --device cpu --match-params"), 2);
     cr_expect(strstr(output, "--astro off"), "%s", output);
     // the matched width: the smallest multiple of the heads whose LIF model
     // has at least the parameters of the AM-SU model (FFN 4C)
@@ -253,7 +253,7 @@ Test(tasks, command_errors_and_match_params, .init = mk, .fini = rm) {
     snprintf(want_line, sizeof want_line, "width %d (FFN %d), %lld parameters", off.C, off.F,
              (long long)model_config_nparams(&off));
     cr_expect_eq(glia_run(output, sizeof output,
-                          "train --size tiny --astro off --match-params --task recall --pairs 4 "
+                          "train --device cpu --size tiny --astro off --match-params --task recall --pairs 4 "
                           "--task-len 24 --steps 1 --batch 2 --eval-every 0 --ckpt-every 0 --quiet "
                           "--out '%s/mp_run'", dir),
                  0, "%s", output);

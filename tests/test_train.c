@@ -200,44 +200,53 @@ static void expect_error(int status, const char *what) {
 }
 
 Test(train, commands_train_generate_eval) {
-    int st = run_glia("train --size tiny --data '%s/corpus.txt' --out '%s/cli' --steps 5 --batch 4 "
+    int st = run_glia("train --device cpu --size tiny --data '%s/corpus.txt' --out '%s/cli' --steps 5 --batch 4 "
                       "--seq 16 --eval-every 5 --eval-batches 2 --sample-tokens 20 --threads 1",
                       dir, dir);
     cr_assert_eq(st, 0, "glia train failed: %s", output);
     cr_expect(strstr(output, "val loss"), "train reports the val loss: %s", output);
     cr_expect(strstr(output, "---- sample"), "train prints a sample");
 
-    st = run_glia("generate --ckpt '%s/cli/model.safetensors' --prompt 'the ' --tokens 30 --seed 5", dir);
+    st = run_glia("generate --device cpu --ckpt '%s/cli/model.safetensors' --prompt 'the ' --tokens 30 --seed 5", dir);
     cr_assert_eq(st, 0, "glia generate failed: %s", output);
     cr_expect_eq(strncmp(output, "the ", 4), 0, "output starts with the prompt: %s", output);
     cr_expect_eq(strlen(output), 4 + 30 + 1, "prompt + 30 bytes + newline, got %zu", strlen(output));
     char first[128];
     snprintf(first, sizeof first, "%.127s", output);
-    st = run_glia("generate --ckpt '%s/cli/model.safetensors' --prompt 'the ' --tokens 30 --seed 5", dir);
+    st = run_glia("generate --device cpu --ckpt '%s/cli/model.safetensors' --prompt 'the ' --tokens 30 --seed 5", dir);
     cr_expect_str_eq(output, first, "same seed, same text");
 
-    st = run_glia("eval --ckpt '%s/cli/model.safetensors' --data '%s/cli/data' --batch 4 --seq 16 --batches 3",
+    st = run_glia("eval --device cpu --ckpt '%s/cli/model.safetensors' --data '%s/cli/data' --batch 4 --seq 16 --batches 3",
                   dir, dir);
     cr_assert_eq(st, 0, "glia eval failed: %s", output);
     cr_expect(strstr(output, "bits/byte") && strstr(output, "perplexity"), "%s", output);
 }
 
 Test(train, command_errors) {
-    expect_error(run_glia("train --size huge"), "--size: 'huge'");
-    expect_error(run_glia("train --steps many"), "--steps: 'many'");
-    expect_error(run_glia("train --batch 0"), "--batch: 0 is out of range");
+    expect_error(run_glia("train --device cpu --size huge"), "--size: 'huge'");
+    expect_error(run_glia("train --device cpu --steps many"), "--steps: 'many'");
+    expect_error(run_glia("train --device cpu --batch 0"), "--batch: 0 is out of range");
     expect_error(run_glia("train --device tpu"), "--device: 'tpu'");
-    expect_error(run_glia("train --device cuda"), "--device cuda");
-    expect_error(run_glia("train --width 30 --heads 4"), "heads 4 do not divide the width 30");
-    expect_error(run_glia("train --data '%s/none.txt' --out '%s/x'", dir, dir), "none.txt");
-    expect_error(run_glia("train --frobnicate"), "unknown flag '--frobnicate'");
-    expect_error(run_glia("generate --prompt hi"), "--ckpt is required");
-    expect_error(run_glia("generate --ckpt '%s/corpus.txt'", dir), "corpus.txt");
-    expect_error(run_glia("generate --ckpt x --top-p 2"), "--top-p: 2 is out of range");
-    expect_error(run_glia("eval --ckpt '%s/none.safetensors'", dir), "none.safetensors");
+    // --device cuda: an error without a device; with one (or the emulator),
+    // it trains (a one-step run, so the line means the same on every machine)
+    if (test_have_gpu()) {
+        int st = run_glia("train --device cuda --size tiny --data '%s/corpus.txt' --out '%s/gpu' --steps 1 "
+                          "--batch 2 --seq 8 --eval-every 0 --ckpt-every 0 --sample-tokens 0 --threads 1", dir, dir);
+        cr_expect_eq(st, 0, "--device cuda with a device: %s", output);
+        cr_expect(strstr(output, "on cuda"), "%s", output);
+    } else {
+        expect_error(run_glia("train --device cuda"), "--device cuda");
+    }
+    expect_error(run_glia("train --device cpu --width 30 --heads 4"), "heads 4 do not divide the width 30");
+    expect_error(run_glia("train --device cpu --data '%s/none.txt' --out '%s/x'", dir, dir), "none.txt");
+    expect_error(run_glia("train --device cpu --frobnicate"), "unknown flag '--frobnicate'");
+    expect_error(run_glia("generate --device cpu --prompt hi"), "--ckpt is required");
+    expect_error(run_glia("generate --device cpu --ckpt '%s/corpus.txt'", dir), "corpus.txt");
+    expect_error(run_glia("generate --device cpu --ckpt x --top-p 2"), "--top-p: 2 is out of range");
+    expect_error(run_glia("eval --device cpu --ckpt '%s/none.safetensors'", dir), "none.safetensors");
     // a sequence longer than the validation text can hold
     cr_assert_eq(run_glia("prepare --in '%s/corpus.txt' --out '%s/shards'", dir, dir), 0, "%s", output);
-    expect_error(run_glia("train --size tiny --data '%s/shards' --out '%s/y' --seq 100000", dir, dir),
+    expect_error(run_glia("train --device cpu --size tiny --data '%s/shards' --out '%s/y' --seq 100000", dir, dir),
                  "corpus_train.bin");
 }
 
@@ -258,14 +267,14 @@ Test(train, metrics_numbers_are_json) {
 // with evaluations logs only numbers.
 Test(train, val_split_too_short_for_seq_refused) {
     // the corpus: about 80 kB, of which the last 10 % (about 8 kB) is validation
-    expect_error(run_glia("train --size tiny --data '%s/corpus.txt' --out '%s/short' --seq 20000 --batch 1 "
+    expect_error(run_glia("train --device cpu --size tiny --data '%s/corpus.txt' --out '%s/short' --seq 20000 --batch 1 "
                           "--steps 1 --threads 1", dir, dir), "val split");
     cr_expect(strstr(output, "--seq 20000"), "%s", output);
     // without validation the same --seq is not the val split's problem
-    int st = run_glia("train --size tiny --data '%s/corpus.txt' --out '%s/short2' --seq 20000 --batch 1 "
+    int st = run_glia("train --device cpu --size tiny --data '%s/corpus.txt' --out '%s/short2' --seq 20000 --batch 1 "
                       "--steps 1 --threads 1 --eval-every 0 --sample-tokens 0 --quiet", dir, dir);
     cr_expect_eq(st, 0, "%s", output);
-    st = run_glia("train --size tiny --data '%s/corpus.txt' --out '%s/ev' --seq 16 --batch 4 --steps 6 "
+    st = run_glia("train --device cpu --size tiny --data '%s/corpus.txt' --out '%s/ev' --seq 16 --batch 4 --steps 6 "
                   "--eval-every 2 --eval-batches 2 --threads 1 --sample-tokens 0 --quiet", dir, dir);
     cr_assert_eq(st, 0, "%s", output);
     char path[400], line[1024];

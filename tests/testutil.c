@@ -1,5 +1,6 @@
 // testutil.c: see testutil.h.
 #include "testutil.h"
+#include "common/step.h"
 
 #include <criterion/criterion.h>
 #ifdef GLIA_HAVE_CUDA
@@ -149,6 +150,14 @@ void test_require_gpu(void) {
 #endif
 }
 
+int test_have_gpu(void) {
+#ifdef GLIA_HAVE_CUDA
+    return cuda_device_count() > 0;
+#else
+    return 0;
+#endif
+}
+
 void test_alloc_train(Model *m) {
     char err[300];
     cr_assert_eq(model_alloc_train(m, 0, 1, 0, 0, m->nparams, m->nparams, err, sizeof err), 0, "%s", err);
@@ -167,4 +176,51 @@ const char *test_python_torch(void) {
         if (system(cmd) == 0) found = candidates[i];
     }
     return found;
+}
+
+// Smallest |potential| of any neuron of any layer at positions [0, T) of
+// the last forward (B = 1), CPU activations.
+static float min_potential(const Model *m, int T) {
+    float best = INFINITY;
+    const int C = m->cfg.C, F = m->cfg.F;
+    for (int l = 0; l < m->cfg.L; l++) {
+        const LayerActs *a = &m->acts[l];
+        for (size_t i = 0; i < (size_t)T * C; i++) {
+            float o = a->amsu.o ? a->amsu.o[i] : 0.0f;
+            best = fminf(best, fabsf(step_potential(a->amsu.u[i], o)));
+        }
+        for (size_t i = 0; i < (size_t)T * F; i++) best = fminf(best, fabsf(step_potential(a->w[i], 0.0f)));
+    }
+    return best;
+}
+
+int test_texts_agree(Model *cpu, const char *prompt, const char *ref, size_t nr, const char *got, size_t ng,
+                     char *why, size_t cap) {
+    size_t p = 0;
+    while (p < nr && p < ng && ref[p] == got[p]) p++;
+    if (p == nr && p == ng) return 1;
+    if (!prompt[0]) prompt = "\n";
+    const size_t np = strlen(prompt);
+    const int T = (int)(np + p);
+    int *tok = malloc(sizeof(int) * (size_t)T);
+    if (!tok) return snprintf(why, cap, "out of memory"), 0;
+    for (size_t i = 0; i < np; i++) tok[i] = (unsigned char)prompt[i];
+    for (size_t i = 0; i < p; i++) tok[np + i] = (unsigned char)ref[i];
+    model_alloc_acts(cpu, 1, T);
+    model_forward(cpu, tok, NULL, 1, T, NULL);
+    free(tok);
+    float margin = min_potential(cpu, T);
+    const float *row = model_logits(cpu, 0, T - 1);
+    float top = -INFINITY, second = -INFINITY, mag = 0.0f;
+    for (int v = 0; v < cpu->cfg.V; v++) {
+        mag = fmaxf(mag, fabsf(row[v]));
+        if (row[v] > top) second = top, top = row[v];
+        else if (row[v] > second) second = row[v];
+    }
+    if (margin < TEST_SPIKE_MARGIN || top - second <= 1e-4f * mag) return 1;
+    snprintf(why, cap, "texts part at byte %zu ('%.*s' vs '%.*s') with no potential within %g of the threshold "
+             "(closest %.3g) and no tie (top two logits %.6g, %.6g)", p, (int)(nr - p < 8 ? nr - p : 8), ref + p,
+             (int)(ng - p < 8 ? ng - p : 8), got + p, (double)TEST_SPIKE_MARGIN, (double)margin, (double)top,
+             (double)second);
+    return 0;
 }

@@ -41,6 +41,19 @@ int write_word_corpus(const char *path, int words);
 int glia_run(char *out, size_t cap, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+// The spike-flip rule for texts (CPU against another backend, greedy
+// decoding): `got` agrees with the CPU's `ref` when they are identical, or
+// identical up to their first differing byte p where the CPU model `cpu`,
+// run over prompt + ref[0, p), either had some neuron's potential within
+// TEST_SPIKE_MARGIN of θ at some position (AM-SU: u + o − θ, FFN: w − θ),
+// a spike the other backend's rounding may rightly flip, after which the
+// texts may part; or ranked its two best next bytes within 1e-4 of the
+// largest logit's magnitude (a tie rounding may break). Returns 1 when they
+// agree; else 0 with the reason in why. Prompt "" means "\n" (the engine's).
+#define TEST_SPIKE_MARGIN 1e-4f
+int test_texts_agree(Model *cpu, const char *prompt, const char *ref, size_t nref, const char *got, size_t ngot,
+                     char *why, size_t cap);
+
 // Random parameters with every path of the model active (spikes in every
 // layer, non-trivial gains and decays), from model_init(seed) perturbed.
 void test_model_randomise(Model *m, uint64_t seed);
@@ -51,6 +64,9 @@ void test_random_tokens(int *x, int n, int V, TestRng *r);
 // built with CUDA (both) and a CUDA device is found (test_require_gpu).
 void test_require_cuda_build(void);
 void test_require_gpu(void);
+// 1 when `glia --device cuda` finds a device (a GPU, or the emulator of a
+// GLIA_CUDA_EMU build): tests whose expectation depends on it branch here.
+int test_have_gpu(void);
 
 // A Python 3 interpreter that imports torch (tools/reference.py's needs):
 // $GLIA_PYTHON when set, else python3 on the PATH, else /usr/bin/python3

@@ -6,7 +6,8 @@
 # Run it here, on a Debian machine with nvcc and network (no GPU needed). It
 #   1. builds glia and its tests for sm_90 into build-device/ (GLIA_NATIVE
 #      off: the GPU machine's CPU may lack this one's instructions), and
-#      keeps only glia and the GPU tests (test_cuda_*, test_cli_amsu) of it;
+#      keeps only glia and the GPU tests (test_cuda_*, test_cli_amsu,
+#      test_backend_ops, test_bench_check, test_dist, test_serve) of it;
 #   2. downloads into build-device/debs/ the .deb of every shared library
 #      those programs load, except the C runtime (libc, libstdc++, libgcc)
 #      and the CUDA libraries (cudart, cuBLAS, NCCL), which the GPU machine's
@@ -42,7 +43,10 @@ done
 mapfile -t pkgs < <(printf '%s\n' "${pkgs[@]}" | sort -u)
 # Keep what the GPU run uses (glia, the GPU tests, ctest's files, the cache
 # that names the source path) and drop the rest: what travels is limited.
-find "$B" -mindepth 1 -maxdepth 1 -type f -name 'test_*' ! -name 'test_cuda_*' ! -name 'test_cli_amsu' -delete
+# (every program `ctest -R 'cuda|cli_amsu|backend_ops|bench_check'` runs: a
+# test whose program is missing fails as "Not Run")
+find "$B" -mindepth 1 -maxdepth 1 -type f -name 'test_*' ! -name 'test_cuda_*' ! -name 'test_cli_amsu' \
+    ! -name 'test_backend_ops' ! -name 'test_bench_check' ! -name 'test_dist' ! -name 'test_serve' -delete
 find "$B" -name '*.o' -delete
 rm -f "$B"/*.a
 rm -rf "$B/debs"

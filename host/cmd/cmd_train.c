@@ -161,6 +161,8 @@ static int train_parse(int argc, char **argv, TrainOptions *po) {
         {"--quiet", NULL, "no per-step lines", NULL},
         {"--dry-run", NULL, "print the model's size and the memory a rank needs, then exit (nothing allocated)", NULL},
         {"--zero", "0|1", "ZeRO stage under mpirun: 1 shards the AdamW state across the ranks", "0"},
+        {"--nccl-timeout", "S", "GPU ranks (NCCL): seconds a collective may take before this rank aborts it "
+                                "and exits, naming itself (a dead or stuck peer)", "300"},
         {"--match-params", NULL, "with --astro off: the smallest width (a multiple of the heads) with at "
                                  "least the parameters of the same model with astro on", NULL},
         TASK_FLAGS,
@@ -265,6 +267,11 @@ static int train_parse(int argc, char **argv, TrainOptions *po) {
         return 2;
     if (cli_int("train", "--zero", GET("--zero"), 0, 1, &v)) return 2;
     o.zero = (int)v;
+    // read by the NCCL communicator when it is made (kernels/cuda/nccl.cu)
+    if (cli_int("train", "--nccl-timeout", GET("--nccl-timeout"), 1, 1L << 30, &v)) return 2;
+    char tmo[32];
+    snprintf(tmo, sizeof tmo, "%ld", v);
+    setenv("GLIA_NCCL_TIMEOUT_S", tmo, 1);
     o.init = GET("--init");
     const char *from = GET("--resume-from") ? GET("--resume-from") : GET("--resume") ? o.out : NULL;
     if (from && GET("--resume-auto")) {

@@ -212,6 +212,15 @@ static int pad_buffer(const Backend *be, float **buf, size_t n, size_t padded, c
     return 0;
 }
 
+// GLIA_FORCE_OVERLAP=1 (tools/device_check.sh, docs/CUDA.md): the overlapped
+// all-reduce runs at world size 1 too (a one-rank NCCL communicator), so a
+// one-GPU machine runs the streams and events of that path; its result must
+// equal the plain path's bit for bit. Device backends only.
+static int force_overlap(void) {
+    const char *e = getenv("GLIA_FORCE_OVERLAP");
+    return e && !strcmp(e, "1");
+}
+
 int model_alloc_train(Model *m, int rank, int world, int zero, size_t mom_off, size_t mom_len, size_t padded,
                       char *err, size_t err_len) {
     const Backend *be = m->be;
@@ -233,7 +242,7 @@ int model_alloc_train(Model *m, int rank, int world, int zero, size_t mom_off, s
     be->zero(m->mom1, mbytes);
     be->zero(m->mom2, mbytes);
     bind_views(m, m->grads, m->glayers, &m->gE, &m->gnorm_f);
-    if (world > 1 || zero) be->comm_init(rank, world, dist_self()->local_rank);
+    if (world > 1 || zero || (force_overlap() && !be->host_memory)) be->comm_init(rank, world, dist_self()->local_rank);
     return 0;
 }
 
@@ -258,7 +267,9 @@ void model_moments_host(Model *m, const float **mom1, const float **mom2) {
 
 void model_zero_grad(Model *m) { m->be->zero(m->grads, m->padded * sizeof(float)); }
 
-void model_set_reduce(Model *m, int on) { m->reduce = on && m->world > 1 && !m->zero; }
+void model_set_reduce(Model *m, int on) {
+    m->reduce = on && (m->world > 1 || (force_overlap() && !m->be->host_memory)) && !m->zero;
+}
 
 double model_step(Model *m, float lr, float weight_decay, float clip, int step) {
     const Backend *be = m->be;

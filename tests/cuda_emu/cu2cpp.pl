@@ -5,14 +5,25 @@
 #       -> glia_emu::Launch(grid, block[, smem[, stream]]).of(kernel)(args)
 #   extern __shared__ [__align__(n)] T name[];
 #       -> T *name = reinterpret_cast<T *>(glia_emu::dynamic_smem());
-# A launch must keep `kernel<<<...>>>(` on one line. A #line directive keeps
-# compiler messages pointing at the .cu file.
+#   __launch_bounds__(N[, ...]) on a kernel
+#       -> removed, and the kernel's body starts with
+#          `if (glia_emu::launch_bounds_exceeded(N)) return;` (the launch fails)
+# A launch must keep `kernel<<<...>>>(` on one line, and a bounded kernel's
+# signature must end with `) {`. A #line directive keeps compiler messages
+# pointing at the .cu file.
 use strict;
 use warnings;
 my $src = shift @ARGV;
 open(my $in, '<', $src) or die "cu2cpp: $src: $!\n";
 print "#line 1 \"$src\"\n";
+my $bound;  # the __launch_bounds__ of the kernel whose signature is being read
 while (my $line = <$in>) {
+    if ($line =~ s{__launch_bounds__\(\s*([^(),]+?)\s*(?:,[^()]*)?\)}{}) {
+        $bound = $1;
+    }
+    if (defined $bound && $line =~ s#\)\s*\{\s*$#) { if (glia_emu::launch_bounds_exceeded($bound)) return;\n#) {
+        undef $bound;
+    }
     $line =~ s{([A-Za-z_][\w:]*(?:<[^<>;]*>)?)\s*<<<(.*?)>>>\s*\(}{glia_emu::Launch($2).of($1)(}g;
     $line =~ s{extern\s+__shared__\s+(?:__align__\(\d+\)\s+)?(\w+)\s+(\w+)\s*\[\s*\]\s*;}
               {$1 *$2 = reinterpret_cast<$1 *>(glia_emu::dynamic_smem());}g;

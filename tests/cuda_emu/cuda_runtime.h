@@ -14,6 +14,15 @@
 // accepted and ordered trivially. cudaMalloc fills new memory with 0xFF
 // bytes (NaN as floats), so reading memory nobody wrote shows up.
 //
+// Checks a GPU would fail on (or compute-sanitizer report), made errors
+// here: a shuffle, vote or __syncwarp whose mask leaves out the calling lane
+// or names a lane that has exited (or lies beyond the block) ends the
+// process with a message; a launch asking for more than 48 KiB of dynamic
+// shared memory without the kernel's cudaFuncAttributeMaxDynamicSharedMemorySize
+// opt-in fails with cudaErrorInvalidValue; a block larger than the kernel's
+// __launch_bounds__ (cu2cpp.pl passes the bound to the kernel's entry) fails
+// with cudaErrorLaunchOutOfResources and runs nothing.
+//
 // GLIA_EMU_MEM_BYTES (environment) caps the bytes cudaMalloc hands out, to
 // exercise out-of-memory paths; GLIA_EMU_DEVICES=0 makes the device vanish.
 #ifndef GLIA_EMU_CUDA_RUNTIME_H
@@ -62,6 +71,8 @@ typedef enum {
     cudaErrorInvalidValue = 1,
     cudaErrorMemoryAllocation = 2,
     cudaErrorInvalidConfiguration = 9,
+    cudaErrorNotReady = 600,
+    cudaErrorLaunchOutOfResources = 701,
     cudaErrorInvalidDevice = 101,
     cudaErrorNoDevice = 100,
 } cudaError_t;
@@ -116,45 +127,69 @@ cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned flags);
 cudaError_t cudaEventDestroy(cudaEvent_t e);
 cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s = nullptr);
 cudaError_t cudaEventSynchronize(cudaEvent_t e);
+cudaError_t cudaEventQuery(cudaEvent_t e);
 cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t start, cudaEvent_t end);
-template <class F> inline cudaError_t cudaFuncSetAttribute(F, cudaFuncAttribute, int) {
-    return cudaSuccess;
+namespace glia_emu {
+cudaError_t set_max_dynamic_smem(const void *kernel, int bytes);
+// NCCL collectives of several ranks still in flight (libs.cpp): whether
+// any is (progressing them), and waiting for all.
+bool nccl_busy(void);
+void nccl_drain(void);
+}
+template <class F> inline cudaError_t cudaFuncSetAttribute(F kernel, cudaFuncAttribute attr, int value) {
+    if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize) return cudaErrorInvalidValue;
+    return glia_emu::set_max_dynamic_smem(reinterpret_cast<const void *>(kernel), value);
 }
 
 // ---- device intrinsics ------------------------------------------------------------
 void __syncthreads(void);
 void __syncwarp(unsigned mask = 0xffffffffu);
 namespace glia_emu {
-// Exchange through the warp's buffer: every lane writes, then reads lane `src`.
-double warp_exchange(double mine, int src);
+// Exchange through the warp's buffer: every lane writes, then reads lane
+// `src`. Once every live lane has arrived, `mask` is checked (check_mask).
+double warp_exchange(double mine, int src, unsigned mask, const char *what);
+// The bits of the lanes in `mask` whose `pred` is non-zero (votes).
+unsigned warp_ballot(int pred, unsigned mask, const char *what);
+// Ends the process with a message when `mask` leaves out the calling lane
+// or names a lane that has exited or lies beyond the block (`what` names
+// the call). Called when the warp's live lanes have all arrived.
+void check_mask(unsigned mask, const char *what);
+// At a kernel's entry (cu2cpp.pl): whether the block exceeds the kernel's
+// __launch_bounds__ (then the launch's error is set and every thread returns).
+bool launch_bounds_exceeded(long max_threads);
 }  // namespace glia_emu
-template <class T> inline T __shfl_sync(unsigned, T v, int src, int width = 32) {
+template <class T> inline T __shfl_sync(unsigned m, T v, int src, int width = 32) {
     int lane = (int)(threadIdx.x % 32u), base = lane / width * width;
-    return (T)glia_emu::warp_exchange((double)v, base + src % width);
+    return (T)glia_emu::warp_exchange((double)v, base + src % width, m, "__shfl_sync");
 }
-template <class T> inline T __shfl_xor_sync(unsigned, T v, int mask, int width = 32) {
+template <class T> inline T __shfl_xor_sync(unsigned m, T v, int mask, int width = 32) {
     int lane = (int)(threadIdx.x % 32u);
     int src = lane ^ mask;
     if (src / width != lane / width) src = lane;
-    return (T)glia_emu::warp_exchange((double)v, src);
+    return (T)glia_emu::warp_exchange((double)v, src, m, "__shfl_xor_sync");
 }
-template <class T> inline T __shfl_down_sync(unsigned, T v, unsigned delta, int width = 32) {
+template <class T> inline T __shfl_down_sync(unsigned m, T v, unsigned delta, int width = 32) {
     int lane = (int)(threadIdx.x % 32u);
     int src = lane + (int)delta;
     if (src / width != lane / width) src = lane;
-    return (T)glia_emu::warp_exchange((double)v, src);
+    return (T)glia_emu::warp_exchange((double)v, src, m, "__shfl_down_sync");
 }
+inline unsigned __ballot_sync(unsigned m, int pred) { return glia_emu::warp_ballot(pred, m, "__ballot_sync"); }
+inline int __any_sync(unsigned m, int pred) { return glia_emu::warp_ballot(pred, m, "__any_sync") != 0; }
+inline int __all_sync(unsigned m, int pred) { return glia_emu::warp_ballot(!pred, m, "__all_sync") == 0; }
 template <class T> inline T __ldg(const T *p) { return *p; }
 inline float __expf(float x) { return expf(x); }
 inline float __logf(float x) { return logf(x); }
 inline float __fdividef(float a, float b) { return a / b; }
 inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
+// the SM clock, here in nanoseconds of the monotonic clock (a spin on it waits as long)
+long long clock64(void);
 inline int min(int a, int b) { return a < b ? a : b; }
 inline int max(int a, int b) { return a > b ? a : b; }
 
 // ---- launching --------------------------------------------------------------------
 namespace glia_emu {
-void run_grid(dim3 grid, dim3 block, size_t smem, const std::function<void()> &body);
+void run_grid(dim3 grid, dim3 block, size_t smem, const void *kernel, const std::function<void()> &body);
 void *dynamic_smem(void);
 
 template <class... P> struct Bound {
@@ -163,7 +198,7 @@ template <class... P> struct Bound {
     size_t smem;
     void operator()(P... args) const {
         void (*k)(P...) = kernel;
-        run_grid(grid, block, smem, [=]() { k(args...); });
+        run_grid(grid, block, smem, reinterpret_cast<const void *>(k), [=]() { k(args...); });
     }
 };
 struct Launch {

@@ -161,11 +161,34 @@ size_t mem_cap() {
 
 namespace glia_emu {
 
-void run_grid(dim3 grid, dim3 block, size_t smem, const std::function<void()> &body) {
+// Each kernel's cudaFuncAttributeMaxDynamicSharedMemorySize (absent: 48 KiB).
+std::vector<std::pair<const void *, int>> smem_optin;
+
+cudaError_t set_max_dynamic_smem(const void *kernel, int bytes) {
+    if (bytes < 0 || bytes > 227 * 1024) return cudaErrorInvalidValue;
+    for (auto &e : smem_optin)
+        if (e.first == kernel) return e.second = bytes, cudaSuccess;
+    smem_optin.emplace_back(kernel, bytes);
+    return cudaSuccess;
+}
+
+static size_t max_dynamic_smem(const void *kernel) {
+    for (auto &e : smem_optin)
+        if (e.first == kernel) return (size_t)e.second > 48 * 1024 ? (size_t)e.second : 48 * 1024;
+    return 48 * 1024;
+}
+
+void run_grid(dim3 grid, dim3 block, size_t smem, const void *kernel, const std::function<void()> &body) {
     long nthreads = (long)block.x * block.y * block.z;
     if (nthreads < 1 || nthreads > 1024 || grid.x < 1 || grid.y < 1 || grid.z < 1 ||
         grid.y > 65535 || grid.z > 65535 || smem > 227 * 1024) {
         last_error = cudaErrorInvalidConfiguration;
+        return;
+    }
+    // as on the GPU: more than 48 KiB of dynamic shared memory needs the
+    // kernel's opt-in (cudaFuncSetAttribute), else the launch fails
+    if (smem > max_dynamic_smem(kernel)) {
+        last_error = cudaErrorInvalidValue;
         return;
     }
     if (cur) {
@@ -225,21 +248,67 @@ void *dynamic_smem(void) {
     return (void *)((p + 15) & ~(uintptr_t)15);
 }
 
-double warp_exchange(double mine, int src) {
+double warp_exchange(double mine, int src, unsigned mask, const char *what) {
     Grid *g = cur;
     int tid = g->running, warp = tid / 32;
     double *buf = g->exchange.data() + (size_t)warp * 32;
     buf[tid % 32] = mine;
     barrier_wait(&g->warps[warp]);
+    check_mask(mask, what);
     double got = buf[src];
     barrier_wait(&g->warps[warp]);
     return got;
 }
 
+unsigned warp_ballot(int pred, unsigned mask, const char *what) {
+    Grid *g = cur;
+    int tid = g->running, warp = tid / 32;
+    double *buf = g->exchange.data() + (size_t)warp * 32;
+    buf[tid % 32] = pred ? 1.0 : 0.0;
+    barrier_wait(&g->warps[warp]);
+    check_mask(mask, what);
+    unsigned bits = 0;
+    for (int l = 0; l < 32; l++)
+        if ((mask >> l & 1u) && warp * 32 + l < g->nthreads && buf[l] != 0.0) bits |= 1u << l;
+    barrier_wait(&g->warps[warp]);
+    return bits;
+}
+
+void check_mask(unsigned mask, const char *what) {
+    Grid *g = cur;
+    const int tid = g->running, lane = tid % 32, base = tid - lane;
+    const char *why = nullptr;
+    int bad = lane;
+    if (!(mask >> lane & 1u)) {
+        why = "leaves out the calling lane";
+    } else {
+        for (int l = 0; l < 32 && !why; l++) {
+            if (!(mask >> l & 1u)) continue;
+            if (base + l >= g->nthreads) why = "names a lane beyond the block", bad = l;
+            else if (g->fibers[base + l].done) why = "names a lane that has exited", bad = l;
+        }
+    }
+    if (!why) return;
+    fprintf(stderr, "glia CUDA emulator: %s with mask 0x%08x in thread %d of block (%u, %u, %u): the mask %s "
+                    "(lane %d)\n", what, mask, tid, blockIdx.x, blockIdx.y, blockIdx.z, why, bad);
+    abort();
+}
+
+bool launch_bounds_exceeded(long max_threads) {
+    if ((long)blockDim.x * blockDim.y * blockDim.z <= max_threads) return false;
+    last_error = cudaErrorLaunchOutOfResources;  // what the GPU answers; nothing runs
+    return true;
+}
+
 }  // namespace glia_emu
 
+long long clock64(void) { return (long long)(now_ms() * 1e6); }
+
 void __syncthreads(void) { barrier_wait(&cur->block_bar); }
-void __syncwarp(unsigned) { barrier_wait(&cur->warps[cur->running / 32]); }
+void __syncwarp(unsigned mask) {
+    barrier_wait(&cur->warps[cur->running / 32]);
+    glia_emu::check_mask(mask, "__syncwarp");
+}
 
 // ---- runtime API ------------------------------------------------------------------
 
@@ -249,6 +318,8 @@ const char *cudaGetErrorString(cudaError_t e) {
     case cudaErrorInvalidValue: return "invalid argument";
     case cudaErrorMemoryAllocation: return "out of memory";
     case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+    case cudaErrorLaunchOutOfResources: return "too many resources requested for launch";
+    case cudaErrorNotReady: return "device not ready";
     case cudaErrorNoDevice: return "no CUDA-capable device is detected";
     case cudaErrorInvalidDevice: return "invalid device ordinal";
     }
@@ -261,6 +332,8 @@ const char *cudaGetErrorName(cudaError_t e) {
     case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
     case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
     case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
+    case cudaErrorLaunchOutOfResources: return "cudaErrorLaunchOutOfResources";
+    case cudaErrorNotReady: return "cudaErrorNotReady";
     case cudaErrorNoDevice: return "cudaErrorNoDevice";
     case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
     }
@@ -355,6 +428,7 @@ cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes) {
     return cudaSuccess;
 }
 cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, cudaMemcpyKind) {
+    glia_emu::nccl_drain();
     if (bytes) memmove(dst, src, bytes);
     return cudaSuccess;
 }
@@ -369,7 +443,10 @@ cudaError_t cudaMemset(void *p, int value, size_t bytes) {
 cudaError_t cudaMemsetAsync(void *p, int value, size_t bytes, cudaStream_t) {
     return cudaMemset(p, value, bytes);
 }
-cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
+cudaError_t cudaDeviceSynchronize(void) {
+    glia_emu::nccl_drain();
+    return cudaSuccess;
+}
 
 struct glia_emu_stream {
     int unused;
@@ -386,8 +463,16 @@ cudaError_t cudaStreamDestroy(cudaStream_t s) {
     delete s;
     return cudaSuccess;
 }
-cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
-cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t, unsigned) { return cudaSuccess; }
+// Blocking waits finish the NCCL collectives in flight (the GPU would finish
+// them before what waits on them); an event query only looks.
+cudaError_t cudaStreamSynchronize(cudaStream_t) {
+    glia_emu::nccl_drain();
+    return cudaSuccess;
+}
+cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t, unsigned) {
+    glia_emu::nccl_drain();
+    return cudaSuccess;
+}
 cudaError_t cudaEventCreate(cudaEvent_t *e) {
     *e = new glia_emu_event();
     return cudaSuccess;
@@ -401,7 +486,11 @@ cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t) {
     e->ms = now_ms();
     return cudaSuccess;
 }
-cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+cudaError_t cudaEventSynchronize(cudaEvent_t) {
+    glia_emu::nccl_drain();
+    return cudaSuccess;
+}
+cudaError_t cudaEventQuery(cudaEvent_t) { return glia_emu::nccl_busy() ? cudaErrorNotReady : cudaSuccess; }
 cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t a, cudaEvent_t b) {
     *ms = (float)(b->ms - a->ms);
     return cudaSuccess;

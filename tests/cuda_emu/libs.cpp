@@ -4,7 +4,10 @@
 #define MPICH_SKIP_MPICXX 1
 #include <mpi.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <vector>
 
@@ -101,11 +104,72 @@ cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperat
 struct glia_emu_nccl {
     int nranks, rank;
 };
+
+// Collectives of several ranks in flight: the MPI request, and for a
+// reduce-scatter the block to copy into place when it completes.
+struct PendingCollective {
+    MPI_Request req;
+    std::vector<float> tmp;
+    float *dst;
+};
+static std::vector<PendingCollective *> pending;
+static long ncollectives;
+
+static void finish(PendingCollective *p) {
+    if (p->dst) memcpy(p->dst, p->tmp.data(), p->tmp.size() * sizeof(float));
+    delete p;
+}
+
+namespace glia_emu {
+bool nccl_busy(void) {
+    for (size_t i = 0; i < pending.size();) {
+        int done = 0;
+        MPI_Test(&pending[i]->req, &done, MPI_STATUS_IGNORE);
+        if (!done) return true;  // in order: a later one is not looked at before
+        finish(pending[i]);
+        pending.erase(pending.begin() + (long)i);
+    }
+    return false;
+}
+void nccl_drain(void) {
+    for (PendingCollective *p : pending) {
+        MPI_Wait(&p->req, MPI_STATUS_IGNORE);
+        finish(p);
+    }
+    pending.clear();
+}
+}  // namespace glia_emu
+
+// GLIA_EMU_NCCL_STALL=RANK:N[x]: see nccl.h.
+static void maybe_stall(const glia_emu_nccl *comm) {
+    ncollectives++;
+    const char *e = getenv("GLIA_EMU_NCCL_STALL");
+    int rank = -1;
+    long at = 0;
+    char mode = 0;
+    if (!e || sscanf(e, "%d:%ld%c", &rank, &at, &mode) < 2 || rank != comm->rank || at != ncollectives) return;
+    fprintf(stderr, "glia CUDA emulator: rank %d %s at its collective %ld (GLIA_EMU_NCCL_STALL)\n", rank,
+            mode == 'x' ? "exits" : "hangs", at);
+    if (mode == 'x') _exit(3);
+    for (;;) pause();
+}
+
+static ncclResult_t begin(int rc, PendingCollective *p) {
+    if (rc != MPI_SUCCESS) {
+        delete p;
+        return ncclInvalidUsage;
+    }
+    pending.push_back(p);
+    return ncclSuccess;
+}
 const char *ncclGetErrorString(ncclResult_t r) {
     switch (r) {
     case ncclSuccess: return "no error";
     case ncclInvalidArgument: return "invalid argument";
     case ncclInvalidUsage: return "invalid usage (the emulator's NCCL needs MPI for several ranks)";
+    case ncclSystemError: return "unhandled system error";
+    case ncclRemoteError: return "remote process exited or there was a network error";
+    case ncclInProgress: return "NCCL operation in progress";
     }
     return "unknown error";
 }
@@ -125,6 +189,18 @@ ncclResult_t ncclCommInitRank(ncclComm_t *comm, int nranks, ncclUniqueId, int ra
     return ncclSuccess;
 }
 ncclResult_t ncclCommDestroy(ncclComm_t comm) {
+    glia_emu::nccl_drain();
+    delete comm;
+    return ncclSuccess;
+}
+ncclResult_t ncclCommGetAsyncError(ncclComm_t comm, ncclResult_t *async_error) {
+    if (!comm) return ncclInvalidArgument;
+    glia_emu::nccl_busy();
+    *async_error = ncclSuccess;
+    return ncclSuccess;
+}
+ncclResult_t ncclCommAbort(ncclComm_t comm) {
+    pending.clear();  // their requests are left to MPI, which the process is about to leave
     delete comm;
     return ncclSuccess;
 }
@@ -138,9 +214,10 @@ ncclResult_t ncclAllReduce(const void *send, void *recv, size_t count, ncclDataT
         if (send != recv) memmove(recv, send, count * sizeof(float));
         return ncclSuccess;
     }
-    int rc = MPI_Allreduce(send == recv ? MPI_IN_PLACE : send, recv, (int)count, MPI_FLOAT, MPI_SUM,
-                           MPI_COMM_WORLD);
-    return rc == MPI_SUCCESS ? ncclSuccess : ncclInvalidUsage;
+    maybe_stall(comm);
+    PendingCollective *p = new PendingCollective{MPI_REQUEST_NULL, {}, nullptr};
+    return begin(MPI_Iallreduce(send == recv ? MPI_IN_PLACE : send, recv, (int)count, MPI_FLOAT, MPI_SUM,
+                                MPI_COMM_WORLD, &p->req), p);
 }
 ncclResult_t ncclReduceScatter(const void *send, void *recv, size_t recvcount, ncclDataType_t type,
                                ncclRedOp_t op, ncclComm_t comm, cudaStream_t) {
@@ -151,11 +228,10 @@ ncclResult_t ncclReduceScatter(const void *send, void *recv, size_t recvcount, n
     }
     // through a copy, so that in place (recv = send + rank · recvcount) only
     // this rank's block is written, as with NCCL
-    std::vector<float> mine(recvcount);
-    int rc = MPI_Reduce_scatter_block(send, mine.data(), (int)recvcount, MPI_FLOAT, MPI_SUM,
-                                      MPI_COMM_WORLD);
-    memcpy(recv, mine.data(), recvcount * sizeof(float));
-    return rc == MPI_SUCCESS ? ncclSuccess : ncclInvalidUsage;
+    maybe_stall(comm);
+    PendingCollective *p = new PendingCollective{MPI_REQUEST_NULL, std::vector<float>(recvcount), (float *)recv};
+    return begin(MPI_Ireduce_scatter_block(send, p->tmp.data(), (int)recvcount, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD,
+                                           &p->req), p);
 }
 ncclResult_t ncclAllGather(const void *send, void *recv, size_t sendcount, ncclDataType_t type,
                            ncclComm_t comm, cudaStream_t) {
@@ -166,7 +242,8 @@ ncclResult_t ncclAllGather(const void *send, void *recv, size_t sendcount, ncclD
     }
     // NCCL allows send to be recv's own block (in place); MPI spells that MPI_IN_PLACE
     const bool in_place = (const float *)send == (const float *)recv + (size_t)comm->rank * sendcount;
-    int rc = MPI_Allgather(in_place ? MPI_IN_PLACE : send, (int)sendcount, MPI_FLOAT, recv,
-                           (int)sendcount, MPI_FLOAT, MPI_COMM_WORLD);
-    return rc == MPI_SUCCESS ? ncclSuccess : ncclInvalidUsage;
+    maybe_stall(comm);
+    PendingCollective *p = new PendingCollective{MPI_REQUEST_NULL, {}, nullptr};
+    return begin(MPI_Iallgather(in_place ? MPI_IN_PLACE : send, (int)sendcount, MPI_FLOAT, recv, (int)sendcount,
+                                MPI_FLOAT, MPI_COMM_WORLD, &p->req), p);
 }

@@ -1,0 +1,77 @@
+// broken_kernels.cu: kernels that break a rule of the GPU on purpose, one per
+// check of the emulator (cuda_runtime.h), and their correct twins; built
+// only in a GLIA_CUDA_EMU build, for tests/test_cuda_emu_checks.c. Each
+// launcher returns cudaGetLastError() after its launch.
+#include <cuda_runtime.h>
+
+// ---- shuffles and votes: masks -------------------------------------------------------
+
+// Every lane of a full warp shuffles with `mask`; broken when the mask leaves lanes out.
+__global__ void shfl_mask_kernel(float *out, unsigned mask) {
+    float v = (float)threadIdx.x;
+    out[threadIdx.x] = __shfl_sync(mask, v, 0);
+}
+
+// Lanes at or above `live` exit first; the rest shuffle (or vote) with `mask`.
+__global__ void shfl_after_exit_kernel(float *out, unsigned mask, int live, int vote) {
+    if ((int)threadIdx.x >= live) return;
+    float v = (float)threadIdx.x;
+    out[threadIdx.x] = vote ? (float)__ballot_sync(mask, threadIdx.x % 2) : __shfl_xor_sync(mask, v, 1);
+}
+
+// Each half-warp shuffles within itself with its own mask: correct.
+__global__ void shfl_half_warps_kernel(float *out) {
+    const unsigned lane = threadIdx.x % 32u;
+    const unsigned mask = lane < 16 ? 0x0000ffffu : 0xffff0000u;
+    out[threadIdx.x] = __shfl_sync(mask, (float)threadIdx.x, (int)(lane & 16u));
+}
+
+// ---- dynamic shared memory above 48 KiB -------------------------------------------------
+
+__global__ void big_smem_kernel(float *out, int n) {
+    extern __shared__ float buf[];
+    for (int i = threadIdx.x; i < n; i += blockDim.x) buf[i] = (float)i;
+    __syncthreads();
+    if (threadIdx.x == 0) out[0] = buf[n - 1];
+}
+
+// ---- launch bounds ------------------------------------------------------------------------
+
+__global__ void __launch_bounds__(64) bounded_kernel(float *out) {
+    out[threadIdx.x] = 1.0f;
+}
+
+extern "C" {
+
+int emu_shfl_mask(float *out, unsigned mask) {
+    shfl_mask_kernel<<<1, 32>>>(out, mask);
+    return (int)cudaGetLastError();
+}
+
+int emu_shfl_after_exit(float *out, unsigned mask, int live, int vote) {
+    shfl_after_exit_kernel<<<1, 32>>>(out, mask, live, vote);
+    return (int)cudaGetLastError();
+}
+
+int emu_shfl_half_warps(float *out) {
+    shfl_half_warps_kernel<<<1, 32>>>(out);
+    return (int)cudaGetLastError();
+}
+
+// smem_bytes of dynamic shared memory; opt_in: set the kernel's attribute first.
+int emu_big_smem(float *out, int smem_bytes, int opt_in) {
+    if (opt_in) {
+        cudaError_t e = cudaFuncSetAttribute(big_smem_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             smem_bytes);
+        if (e != cudaSuccess) return (int)e;
+    }
+    big_smem_kernel<<<1, 64, smem_bytes>>>(out, smem_bytes / (int)sizeof(float));
+    return (int)cudaGetLastError();
+}
+
+int emu_bounded(float *out, int threads) {
+    bounded_kernel<<<1, threads>>>(out);
+    return (int)cudaGetLastError();
+}
+
+}  // extern "C"

@@ -1,0 +1,122 @@
+// test_cuda_emu_checks.c: the CUDA emulator's own checks (tests/cuda_emu),
+// each catching a kernel that breaks the GPU's rule on purpose
+// (tests/cuda_emu/broken_kernels.cu) and letting its correct twin pass:
+// - a shuffle whose mask leaves out the calling lane, or names a lane that
+//   has exited, ends the process (as compute-sanitizer's synccheck reports);
+//   so does a vote (__ballot_sync) naming an exited lane;
+// - more than 48 KiB of dynamic shared memory without the kernel's opt-in
+//   fails the launch with cudaErrorInvalidValue, as on the GPU;
+// - a block larger than the kernel's __launch_bounds__ fails the launch
+//   with cudaErrorLaunchOutOfResources and runs nothing.
+// The real kernels pass these checks in every other emulator test.
+// Only a GLIA_CUDA_EMU build has the emulator: elsewhere every test skips.
+#include <criterion/criterion.h>
+#include <signal.h>
+#include <string.h>
+
+#ifdef GLIA_CUDA_EMU
+#include "cuda/cuda.h"
+
+int emu_shfl_mask(float *out, unsigned mask);
+int emu_shfl_after_exit(float *out, unsigned mask, int live, int vote);
+int emu_shfl_half_warps(float *out);
+int emu_big_smem(float *out, int smem_bytes, int opt_in);
+int emu_bounded(float *out, int threads);
+
+enum { kInvalidValue = 1, kLaunchOutOfResources = 701 };
+
+static float *out;
+static void setup(void) {
+    out = cuda_alloc(256 * sizeof(float));
+    cr_assert_not_null(out);
+}
+static void teardown(void) { cuda_free(out); }
+#define EMU_ONLY .init = setup, .fini = teardown
+#define ABORTS EMU_ONLY, .signal = SIGABRT
+#else
+#define EMU_ONLY .init = skip_all
+#define ABORTS EMU_ONLY  // a skipped test raises no signal
+static void skip_all(void) { cr_skip_test("the emulator's own checks: a GLIA_CUDA_EMU build only"); }
+#endif
+
+// ---- masks -------------------------------------------------------------------------------
+
+Test(cuda_emu_checks, shuffle_full_mask_passes, EMU_ONLY) {
+#ifdef GLIA_CUDA_EMU
+    cr_assert_eq(emu_shfl_mask(out, 0xffffffffu), 0);
+    float h[32];
+    cuda_download(h, out, sizeof h);
+    for (int i = 0; i < 32; i++) cr_expect_eq(h[i], 0.0f, "lane %d got %g", i, h[i]);
+#endif
+}
+
+Test(cuda_emu_checks, shuffle_half_warp_masks_pass, EMU_ONLY) {
+#ifdef GLIA_CUDA_EMU
+    cr_assert_eq(emu_shfl_half_warps(out), 0);
+    float h[32];
+    cuda_download(h, out, sizeof h);
+    for (int i = 0; i < 32; i++) cr_expect_eq(h[i], (float)(i & 16), "lane %d got %g", i, h[i]);
+#endif
+}
+
+// lanes 16..31 call with a mask of lanes 0..15 only
+Test(cuda_emu_checks, shuffle_mask_without_the_caller_fails, ABORTS) {
+#ifdef GLIA_CUDA_EMU
+    emu_shfl_mask(out, 0x0000ffffu);
+#endif
+}
+
+// lanes 16..31 exited; the others name them in a full mask
+Test(cuda_emu_checks, shuffle_mask_naming_exited_lanes_fails, ABORTS) {
+#ifdef GLIA_CUDA_EMU
+    emu_shfl_after_exit(out, 0xffffffffu, 16, 0);
+#endif
+}
+
+Test(cuda_emu_checks, vote_mask_naming_exited_lanes_fails, ABORTS) {
+#ifdef GLIA_CUDA_EMU
+    emu_shfl_after_exit(out, 0xffffffffu, 16, 1);
+#endif
+}
+
+// the same early exit with a mask of the live lanes only is correct
+Test(cuda_emu_checks, shuffle_and_vote_of_live_lanes_pass, EMU_ONLY) {
+#ifdef GLIA_CUDA_EMU
+    cr_assert_eq(emu_shfl_after_exit(out, 0x0000ffffu, 16, 0), 0);
+    float h[16];
+    cuda_download(h, out, sizeof h);
+    for (int i = 0; i < 16; i++) cr_expect_eq(h[i], (float)(i ^ 1), "lane %d got %g", i, h[i]);
+    cr_assert_eq(emu_shfl_after_exit(out, 0x0000ffffu, 16, 1), 0);
+    cuda_download(h, out, sizeof h);
+    for (int i = 0; i < 16; i++) cr_expect_eq(h[i], (float)0xaaaau, "lane %d got %g", i, h[i]);
+#endif
+}
+
+// ---- dynamic shared memory -----------------------------------------------------------------
+
+Test(cuda_emu_checks, big_dynamic_smem_needs_the_opt_in, EMU_ONLY) {
+#ifdef GLIA_CUDA_EMU
+    float h = 0.0f;
+    cr_expect_eq(emu_big_smem(out, 48 * 1024, 0), 0, "48 KiB needs no opt-in");
+    cr_expect_eq(emu_big_smem(out, 64 * 1024, 0), kInvalidValue, "64 KiB without the opt-in must fail");
+    cr_expect_eq(emu_big_smem(out, 64 * 1024, 1), 0, "64 KiB with the opt-in runs");
+    cuda_download(&h, out, sizeof h);
+    cr_expect_eq(h, (float)(64 * 1024 / 4 - 1));
+    cr_expect_eq(emu_big_smem(out, 228 * 1024, 1), kInvalidValue, "above 227 KiB no opt-in helps");
+#endif
+}
+
+// ---- launch bounds ----------------------------------------------------------------------------
+
+Test(cuda_emu_checks, block_above_launch_bounds_fails, EMU_ONLY) {
+#ifdef GLIA_CUDA_EMU
+    float h[128];
+    cuda_memset(out, 0, 128 * sizeof(float), NULL);
+    cr_expect_eq(emu_bounded(out, 128), kLaunchOutOfResources, "128 threads over __launch_bounds__(64)");
+    cuda_download(h, out, sizeof h);
+    for (int i = 0; i < 128; i++) cr_expect_eq(h[i], 0.0f, "the failed launch ran thread %d", i);
+    cr_expect_eq(emu_bounded(out, 64), 0);
+    cuda_download(h, out, sizeof h);
+    for (int i = 0; i < 64; i++) cr_expect_eq(h[i], 1.0f, "thread %d did not run", i);
+#endif
+}
