@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "model/checkpoint.h"
+#include "cmd/bench.h"
 #include "cmd/cli.h"
 #include "cmd/commands.h"
 #include "cpu/cpu.h"
@@ -33,11 +34,6 @@ static int parse_list(const char *flag, const char *s, long *out, int max) {
         p = *end ? end + 1 : end;
     }
     return n;
-}
-
-static int cmp_d(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
 }
 
 static double throughput(Model *m, int S, int ntok) {
@@ -77,7 +73,7 @@ static double time_per_token(Model *m, Model *pre, Model *dec, long context, int
         tok = sample_token(model_logits(dec, 0, 0), m->cfg.V, &sp, &rng);
         t[i] = engine_now() - t0;
     }
-    qsort(t, steps, sizeof(double), cmp_d);
+    qsort(t, steps, sizeof(double), bench_cmp);
     double med = t[steps / 2];
     free(t);
     free(toks);

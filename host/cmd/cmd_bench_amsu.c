@@ -18,23 +18,13 @@
 #include <string.h>
 #include <time.h>
 
+#include "cmd/bench.h"
 #include "cmd/cli.h"
 #include "cmd/commands.h"
 #include "common/backend.h"
 #include "cpu/cpu.h"
 #include "glia/util.h"
 #include "model/rng.h"
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static int cmp_d(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 static void fill(float *x, size_t n, float std, Rng *r) {
     for (size_t i = 0; i < n; i++) x[i] = (float)(std * rng_gauss(r));
@@ -72,17 +62,17 @@ static void run(Shape s, int reps, double out[2][3]) {
     for (int rep = 0; rep <= reps; rep++)  // rep 0 warms up
         for (int mode = 0; mode < 2; mode++) {
             cpu_set_amsu(mode ? AMSU_CHUNK : AMSU_SCAN);
-            double t0 = now_s();
+            double t0 = bench_now();
             (mode ? astro_forward_chunk : astro_forward)(a.o, a.Hckpt, a.k, a.v, a.q, al, NULL, B, T, C, Nh);
             neuron_forward(a.u, a.s, a.I, a.o, ab, NULL, NULL, B, T, C, NULL);
-            double t1 = now_s();
+            double t1 = bench_now();
             neuron_backward(dI, dm, g.da_beta, ds, a.u, a.o, a.s, ab, B, T, C, NULL);
             (mode ? astro_backward_chunk : astro_backward)(dk, dv, dq, g.da_lambda, dm, a.k, a.v, a.q, al, a.Hckpt, B,
                                                             T, C, Nh);
-            double t2 = now_s();
+            double t2 = bench_now();
             amsu_forward(y, &a, z, &w, sh, NULL, 0, NULL);
             amsu_backward(dz, &g, scratch, dy, z, &a, &w, sh, NULL);
-            double t3 = now_s();
+            double t3 = bench_now();
             double *row = t + ((size_t)rep * 2 + mode) * 3;
             row[0] = t1 - t0, row[1] = t2 - t1, row[2] = t3 - t2;
         }
@@ -90,7 +80,7 @@ static void run(Shape s, int reps, double out[2][3]) {
     for (int mode = 0; mode < 2; mode++)
         for (int k = 0; k < 3; k++) {
             for (int rep = 1; rep <= reps; rep++) col[rep - 1] = t[((size_t)rep * 2 + mode) * 3 + k];
-            qsort(col, (size_t)reps, sizeof(double), cmp_d);
+            qsort(col, (size_t)reps, sizeof(double), bench_cmp);
             out[mode][k] = col[reps / 2];
         }
     cpu_set_amsu(AMSU_CHUNK);  // the default again

@@ -34,6 +34,7 @@
 #include <time.h>
 
 #include "cmd/bench_check.h"
+#include "cmd/bench.h"
 #include "cmd/cli.h"
 #include "cmd/commands.h"
 #include "cpu/cpu.h"
@@ -41,17 +42,6 @@
 #include "glia/util.h"
 #include "model/model.h"
 #include "model/rng.h"
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static int cmp_d(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 typedef void (*KernelFn)(void *ctx);
 
@@ -61,12 +51,12 @@ static double time_it(KernelFn f, void *ctx, int reps, int inner) {
     cuda_synchronize();
     double *t = xmalloc((size_t)reps * sizeof(double));
     for (int r = 0; r < reps; r++) {
-        double t0 = now_s();
+        double t0 = bench_now();
         for (int i = 0; i < inner; i++) f(ctx);
         cuda_synchronize();
-        t[r] = (now_s() - t0) / inner;
+        t[r] = (bench_now() - t0) / inner;
     }
-    qsort(t, (size_t)reps, sizeof(double), cmp_d);
+    qsort(t, (size_t)reps, sizeof(double), bench_cmp);
     double med = t[reps / 2];
     free(t);
     return med;
@@ -230,15 +220,15 @@ static void bench_step(const char *size, int B, int T, int reps, const char *mod
     for (int i = 0; i < B * T; i++) tgt[i] = (int)(rng_u64(&rng) % (uint64_t)cfg.V);
     double *t = xmalloc((size_t)(reps + 1) * sizeof(double));
     for (int r = 0; r <= reps; r++) {  // the first is the warm-up
-        double t0 = now_s();
+        double t0 = bench_now();
         model_zero_grad(m);
         model_forward(m, tok, tgt, B, T, NULL);
         model_backward(m, tok, 1.0f);
         model_step(m, 1e-4f, 0.1f, 1.0f, r + 1);
         cuda_synchronize();
-        t[r] = now_s() - t0;
+        t[r] = bench_now() - t0;
     }
-    qsort(t + 1, (size_t)reps, sizeof(double), cmp_d);
+    qsort(t + 1, (size_t)reps, sizeof(double), bench_cmp);
     double sec = t[1 + reps / 2], tokens = (double)B * T;
     int D = cfg.C / cfg.Nh;
     // matmuls 6·N per token (forward 2N, backward 4N) plus the recurrence:
