@@ -31,7 +31,7 @@
 
 typedef struct {
     int B, T, C, Nh;
-    double lambda;  // 0: a_lambda ~ N(2, 1) per channel (trained-like values)
+    double lambda;  // 0: a_lambda ~ N(2, 1) per channel (trained-like values); < 0: mixed (below)
 } Case;
 
 static float *nans(size_t n) {
@@ -52,6 +52,11 @@ static void check(Case cs, uint64_t seed) {
     fill_normal(dout, n, 1.0f, &r);
     fill_normal(al, C, 1.0f, &r);
     for (int c = 0; c < C; c++) al[c] = cs.lambda > 0 ? (float)log(cs.lambda / (1.0 - cs.lambda)) : al[c] + 2.0f;
+    if (cs.lambda < 0)  // every head mixes decays from 1e-3 to 1 − 2⁻²⁰, interleaved channel by channel
+        for (int c = 0; c < C; c++) {
+            const double lo = log(1e-3 / (1 - 1e-3)), hi = log(1048575.0), f = fmod(c * 0.6180339887, 1.0);
+            al[c] = (float)(lo + f * (hi - lo));
+        }
     float *o_s = nans(n), *o_c = nans(n), *h_s = nans(nck), *h_c = nans(nck);
     astro_forward(o_s, h_s, k, v, q, al, NULL, B, T, C, Nh);
     astro_forward_chunk(o_c, h_c, k, v, q, al, NULL, B, T, C, Nh);
@@ -78,8 +83,11 @@ static void check(Case cs, uint64_t seed) {
     free(k), free(v), free(q), free(dout), free(al), free(o_s), free(o_c), free(h_s), free(h_c);
 }
 
+// 0.3 and 0.4 sit on either side of λ^31 = 2⁻⁴⁸, where the chunk stops
+// splitting a channel's decay across Q̂ and K̂ and forms it pairwise; the
+// mixed case has both kinds of channel in every head.
 Test(amsu_chunk, every_decay) {
-    const double lambdas[] = {1e-3, 0.1, 0.5, 0.9, 0.999, 1.0 - 1.0 / 1048576.0};
+    const double lambdas[] = {1e-3, 0.1, 0.3, 0.4, 0.5, 0.9, 0.999, 1.0 - 1.0 / 1048576.0, -1.0};
     for (size_t i = 0; i < sizeof lambdas / sizeof lambdas[0]; i++) check((Case){2, 100, 16, 2, lambdas[i]}, 1 + i);
 }
 

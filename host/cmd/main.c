@@ -11,12 +11,13 @@
 #include "common/dist.h"
 
 // OpenBLAS picks its kernels when it loads, from the CPU it recognises or
-// OPENBLAS_CORETYPE. Where it fell back to its generic SSE3 kernels on a CPU
-// with AVX2 and FMA, start again with the Haswell kernels, which such a CPU
-// runs correctly. A user's own OPENBLAS_CORETYPE is always respected.
+// OPENBLAS_CORETYPE. Where it fell back to older kernels than the CPU runs
+// (SSE3 on an AVX2 CPU, AVX2 on an AVX-512 one), start again with the better
+// ones. A user's own OPENBLAS_CORETYPE is always respected.
 static void blas_pick_kernels(char **argv) {
-    if (getenv("OPENBLAS_CORETYPE") || !cpu_blas_needs_haswell()) return;
-    setenv("OPENBLAS_CORETYPE", "Haswell", 1);
+    const char *core = getenv("OPENBLAS_CORETYPE") ? NULL : cpu_blas_better_core();
+    if (!core) return;
+    setenv("OPENBLAS_CORETYPE", core, 1);
     execv("/proc/self/exe", argv);  // returns only on failure: carry on as we are
 }
 

@@ -24,10 +24,11 @@
 // ---- matmul (CBLAS) --------------------------------------------------------
 // Threads for both OpenMP loops and OpenBLAS.
 void cpu_set_threads(int n);
-// 1 when OpenBLAS chose one of its old generic x86 kernels although the CPU
-// has AVX2 and FMA: OpenBLAS 0.3.21 (Debian 12) does not recognise some newer
-// Intel cores and falls back to SSE3 kernels, about 1.5x slower end to end.
-int cpu_blas_needs_haswell(void);
+// The OpenBLAS core type (OPENBLAS_CORETYPE) that runs faster on this CPU
+// than the one OpenBLAS chose, or NULL: OpenBLAS 0.3.21 (Debian 12) does not
+// recognise some newer x86 cores and falls back to SSE3 kernels, or to AVX2
+// ones on a CPU with AVX-512 (docs/TRAINING.md, "Threads and BLAS").
+const char *cpu_blas_better_core(void);
 // out (M, N) = alpha · inp (M, K) @ W (N, K)ᵀ, plus out if `accumulate`.
 void matmul_forward(float *out, const float *inp, const float *W, int M, int K, int N,
                     float alpha, int accumulate);

@@ -10,12 +10,20 @@
 #include <omp.h>
 #include <string.h>
 
-int cpu_blas_needs_haswell(void) {
+const char *cpu_blas_better_core(void) {
+    static const char *older[] = {"Prescott", "Core2", "Nehalem", "Sandybridge", "Haswell", "Zen"};
     const char *core = openblas_get_corename();
-    int generic = core && (!strcmp(core, "Prescott") || !strcmp(core, "Core2") ||
-                           !strcmp(core, "Nehalem") || !strcmp(core, "Sandybridge"));
+    int rank = -1;  // where OpenBLAS's choice sits in `older` (-1: newer or unknown: keep it)
+    for (int i = 0; core && i < (int)(sizeof older / sizeof older[0]); i++)
+        if (!strcmp(core, older[i])) rank = i;
+    if (rank < 0) return NULL;
     __builtin_cpu_init();
-    return generic && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512cd"))
+        return "SkylakeX";
+    if (rank < 4 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return "Haswell";
+    return NULL;
 }
 
 void cpu_set_threads(int n) {
