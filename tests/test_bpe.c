@@ -197,3 +197,58 @@ Test(bpe, whole_files_match_tiktoken) {
     else cr_log_warn("no Tiny Shakespeare at %s (set GLIA_TINYSHAKESPEARE): not compared", tsp);
     bpe_free(b);
 }
+
+Test(bpe, threads_cut_where_no_token_changes) {
+    // 200 copies of the KJV fixture (800 KB, several chunks): the threaded
+    // encoder's ids equal one pass's
+    Bpe *b = load_or_skip();
+    FILE *f = fopen(fixture_path("bpe_kjv.ids"), "r");
+    size_t nids, n;
+    int *ids = read_ids(f, &nids);
+    fclose(f);
+    unsigned char *one = decode(b, ids, nids, &n);
+    unsigned char *text = malloc(n * 200);
+    for (int k = 0; k < 200; k++) memcpy(text + k * n, one, n);
+    int *serial = NULL;
+    size_t ns = 0, cap = 0, np;
+    bpe_encode(b, text, n * 200, &serial, &ns, &cap);
+    int *par = bpe_encode_parallel(b, text, n * 200, 3, &np, NULL);
+    assert_same_ids(par, np, serial, ns, "threaded against one pass");
+    free(ids), free(one), free(text), free(serial), free(par);
+    bpe_free(b);
+}
+
+Test(bpe, prepare_gpt2_writes_tiktokens_ids) {
+    Bpe *b = load_or_skip();
+    bpe_free(b);
+    char dir[] = "/tmp/glia_bpe_prep_XXXXXX", out[4096];
+    cr_assert(mkdtemp(dir));
+    int rc = glia_run(out, sizeof out, "prepare --tokenizer gpt2 --in %s --out %s --name t --val-frac 0.5",
+                      fixture_path("bpe_torture.txt"), dir);
+    cr_assert_eq(rc, 0, "%s", out);
+    FILE *f = fopen(fixture_path("bpe_torture.ids"), "r");
+    size_t nids;
+    int *ids = read_ids(f, &nids);
+    fclose(f);
+    // the shards, concatenated, are <|endoftext|> then the oracle's ids
+    size_t k = 0;
+    const char *splits[] = {"train", "val"};
+    for (int s = 0; s < 2; s++) {
+        char path[4200];
+        snprintf(path, sizeof path, "%s/t_%s.bin", dir, splits[s]);
+        size_t len;
+        unsigned char *d = read_all(path, &len);
+        cr_assert(d && len > 1024, "%s", path);
+        for (size_t i = 1024; i + 1 < len; i += 2, k++) {
+            int tok = d[i] | d[i + 1] << 8;
+            int want = k == 0 ? 50256 : ids[k - 1];
+            cr_assert_eq(tok, want, "token %zu: %d, expected %d", k, tok, want);
+        }
+        free(d);
+    }
+    cr_assert_eq(k, nids + 1);
+    free(ids);
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    cr_assert_eq(system(cmd), 0);
+}

@@ -9,6 +9,7 @@
 #include "io/bpe.h"
 
 #include <errno.h>
+#include <omp.h>
 #include <pcre2.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -328,4 +329,51 @@ void bpe_encode(const Bpe *b, const unsigned char *text, size_t n, int **out, si
     pcre2_jit_stack_free(js);
     pcre2_match_context_free(mc);
     pcre2_match_data_free(md);
+}
+
+// ---- a whole text on many threads --------------------------------------------------------
+
+// A cut before text[i] changes no token: text[i-2] and text[i] are ASCII
+// non-space characters and text[i-1] a newline, so the newline is a piece of
+// its own with or without what follows, and no piece reaches across it.
+static int safe_cut(const unsigned char *t, size_t i) {
+    return t[i - 1] == '\n' && t[i - 2] > ' ' && t[i - 2] < 0x7F && t[i] > ' ' && t[i] < 0x7F;
+}
+
+int *bpe_encode_parallel(const Bpe *b, const unsigned char *text, size_t n, int threads, size_t *ntok,
+                         void (*progress)(size_t done, size_t total)) {
+    const size_t CHUNK = (size_t)1 << 18;
+    size_t maxc = n / CHUNK + 2, nc = 0;
+    size_t *cut = xmalloc((maxc + 1) * sizeof(size_t));
+    cut[nc++] = 0;
+    for (size_t t = CHUNK; t < n; t += CHUNK) {
+        size_t j = t > cut[nc - 1] + 2 ? t : cut[nc - 1] + 2;
+        while (j < n && j < t + CHUNK && !safe_cut(text, j)) j++;
+        if (j < n && j < t + CHUNK) cut[nc++] = j;
+    }
+    cut[nc] = n;
+    int **outs = xcalloc(nc, sizeof(int *));
+    size_t *nout = xcalloc(nc, sizeof(size_t)), *cap = xcalloc(nc, sizeof(size_t));
+    size_t done = 0;
+    if (threads < 1) threads = omp_get_max_threads();
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+    for (size_t c = 0; c < nc; c++) {
+        bpe_encode(b, text + cut[c], cut[c + 1] - cut[c], &outs[c], &nout[c], &cap[c]);
+        size_t now;
+#pragma omp atomic capture
+        now = done += cut[c + 1] - cut[c];
+        if (progress && omp_get_thread_num() == 0) progress(now, n);
+    }
+    size_t total = 0;
+    for (size_t c = 0; c < nc; c++) total += nout[c];
+    int *all = xmalloc((total ? total : 1) * sizeof(int));
+    for (size_t c = 0, k = 0; c < nc; c++) {
+        if (nout[c]) memcpy(all + k, outs[c], nout[c] * sizeof(int));
+        k += nout[c];
+        free(outs[c]);
+    }
+    if (progress) progress(n, n);
+    free(outs), free(nout), free(cap), free(cut);
+    *ntok = total;
+    return all;
 }

@@ -37,6 +37,11 @@ void bpe_free(Bpe *b);
 // Appends the tokens of text[0..n) to *out (realloc'd; *nout tokens, *cap
 // its capacity). Thread-safe: one Bpe may encode on many threads.
 void bpe_encode(const Bpe *b, const unsigned char *text, size_t n, int **out, size_t *nout, size_t *cap);
+// The whole text on `threads` threads (< 1: OpenMP's default), cut only
+// where no token can change, so the ids equal one bpe_encode's. progress, if
+// not NULL, is called now and then from one thread. Returns *ntok ids.
+int *bpe_encode_parallel(const Bpe *b, const unsigned char *text, size_t n, int threads, size_t *ntok,
+                         void (*progress)(size_t done, size_t total));
 // The bytes of token id (len bytes; "<|endoftext|>" for BPE_EOT); NULL for an
 // id outside [0, BPE_VOCAB).
 const unsigned char *bpe_token_bytes(const Bpe *b, int id, int *len);
