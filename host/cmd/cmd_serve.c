@@ -714,7 +714,7 @@ int cmd_serve(int argc, char **argv) {
         {"--port", "N", "TCP port (0: pick a free one and print it)", "8080"},
         {"--slots", "N", "sequences decoded together (the engine's batch)", "8"},
         {"--queue", "N", "requests that may wait beyond the slots (then 429)", "64"},
-        {"--max-prompt", "N", "longest prompt in tokens (then 413)", "4096"},
+        {"--max-prompt", "N", "longest prompt in tokens (bytes for a byte model; then 413)", "4096"},
         {"--max-tokens", "N", "largest max_tokens a request may ask for", "256"},
         {"--max-connections", "N", "open connections served at once (beyond: 503)", "256"},
         {"--read-timeout", "S", "seconds a connection has to send a whole request (headers and body)", "10"},
@@ -816,9 +816,10 @@ int cmd_serve(int argc, char **argv) {
         rc = 1;
     } else {
         const union MHD_DaemonInfo *info = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
-        printf("glia serve: listening on http://%s:%u (slots %ld, queue %ld, max prompt %ld bytes, "
+        printf("glia serve: listening on http://%s:%u (slots %ld, queue %ld, max prompt %ld %s, "
                "max connections %ld, read timeout %g s)\n",
-               GET("--host"), info ? info->port : (unsigned)port, slots, queue, max_prompt, max_conn, read_timeout);
+               GET("--host"), info ? info->port : (unsigned)port, slots, queue, max_prompt,
+               engine_is_bpe(sv.engine) ? "tokens" : "bytes", max_conn, read_timeout);
         fflush(stdout);
         unsigned char sig = 0;
         while (read(g_sigpipe[0], &sig, 1) != 1) {}

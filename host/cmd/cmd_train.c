@@ -606,7 +606,7 @@ int cmd_generate(int argc, char **argv) {
         {"--prompts", "FILE", "JSONL requests for offline batch generation (then --out)", NULL},
         {"--out", "FILE", "JSONL completions, in input order (with --prompts)", NULL},
         {"--batch", "N", "sequence slots decoded together (with --prompts)", "16"},
-        {"--max-prompt", "N", "longest prompt in bytes (with --prompts)", "4096"},
+        {"--max-prompt", "N", "longest prompt in tokens (with --prompts)", "4096"},
     };
     int nf = sizeof flags / sizeof flags[0];
     int rc = cli_parse("generate",
