@@ -4,7 +4,8 @@
 // (the oracle: its ids, decoded by the ranks table), cuts at stop strings
 // that start inside a token, never streams half a UTF-8 character, and
 // refuses invalid UTF-8, out-of-range ids and logprobs; `glia generate`
-// writes text and fails in one line without the ranks file. A random model
+// writes text and fails in one line without the ranks file; `glia export`
+// writes the ranks file beside config.json. A random model
 // with L 1, C 32 keeps it fast; every test skips without the ranks file.
 #include <criterion/criterion.h>
 #include <stdio.h>
@@ -192,6 +193,20 @@ Test(bpe_model, file_records_the_tokenizer_and_generate_speaks_text) {
     out[n] = 0;
     fclose(o);
     cr_assert(WEXITSTATUS(st) == 2 && strstr(out, "fetch_gpt2_ranks.sh") && strchr(out, '\n') == out + n - 1, "%s", out);
+    // export writes the tokenizer next to config.json: the ranks file, byte for byte
+    rc = glia_run(out, sizeof out, "export --ckpt %s --out %s/exp", path, dir);
+    cr_assert_eq(rc, 0, "%s", out);
+    snprintf(cmd, sizeof cmd, "%s/exp/gpt2.tiktoken", dir);
+    o = fopen(cmd, "rb");
+    cr_assert(o, "export wrote no %s", cmd);
+    static unsigned char ranks[1 << 20];
+    n = fread(ranks, 1, sizeof ranks, o);
+    fclose(o);
+    char hex[65];
+    bpe_sha256_hex(ranks, n, hex);
+    cr_assert_str_eq(hex, BPE_RANKS_SHA256);
+    snprintf(cmd, sizeof cmd, "grep -q '\"tokenizer\":.*\"gpt2\"' %s/exp/config.json", dir);
+    cr_assert_eq(system(cmd), 0, "config.json names the tokenizer");
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     cr_assert_eq(system(cmd), 0);
     model_free(m);
