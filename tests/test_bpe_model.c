@@ -211,3 +211,16 @@ Test(bpe_model, file_records_the_tokenizer_and_generate_speaks_text) {
     cr_assert_eq(system(cmd), 0);
     model_free(m);
 }
+
+Test(bpe_model, train_refuses_byte_text_for_a_bpe_model) {
+    // the default corpus or a text file would become byte tokens: one line naming the command that helps
+    char out[4096], dir[] = "/tmp/glia_bpe_train_XXXXXX", cmd[300];
+    cr_assert(mkdtemp(dir));
+    int rc = glia_run(out, sizeof out, "train --size 124m --steps 1 --out %s/run --device cpu", dir);
+    cr_assert(rc == 2 && strstr(out, "glia prepare --tokenizer gpt2") && strchr(out, '\n') == out + strlen(out) - 1,
+              "%d: %s", rc, out);
+    snprintf(cmd, sizeof cmd, "%s/run/model.safetensors", dir);
+    cr_assert_neq(access(cmd, F_OK), 0);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    cr_assert_eq(system(cmd), 0);
+}

@@ -71,6 +71,7 @@
 #include "common/dist.h"
 #include "glia/util.h"
 #include "generate/sample.h"
+#include "io/bpe.h"
 #include "train/train_ckpt.h"
 
 // The first SIGTERM or SIGINT received while training (0: none). A second
@@ -374,7 +375,15 @@ int train_run(const TrainOptions *o) {
     // A task run (tasks.h) has no data: every batch is generated.
     Dataset train = {0}, val = {0};
     if (!o->task) {
-        if (root) rc = train_data_dir(o->data, o->out, dir, sizeof dir, err);
+        if (root && o->cfg.V == BPE_VOCAB && !(o->data && is_dir(o->data))) {  // text would become byte tokens
+            snprintf(err, sizeof err, "a GPT-2 BPE model (vocab %d) trains on GPT-2 shards, not on %s tokenized byte by "
+                     "byte: glia prepare --tokenizer gpt2 %s%s%s--out DIR, then --data DIR", BPE_VOCAB,
+                     o->data ? o->data : "the default corpus", o->data ? "--in '" : "", o->data ? o->data : "",
+                     o->data ? "' " : "");
+            rc = 2;
+        } else if (root) {
+            rc = train_data_dir(o->data, o->out, dir, sizeof dir, err);
+        }
         if ((rc = agree(rc, "%s", err))) goto done;
         dist_bcast_bytes(dir, sizeof dir);
         rc = dataset_open(&train, dir, "train", err) || dataset_open(&val, dir, "val", err) ||
