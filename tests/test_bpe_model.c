@@ -221,6 +221,17 @@ Test(bpe_model, train_refuses_byte_text_for_a_bpe_model) {
               "%d: %s", rc, out);
     snprintf(cmd, sizeof cmd, "%s/run/model.safetensors", dir);
     cr_assert_neq(access(cmd, F_OK), 0);
+    // and eval of a BPE model file on the default corpus
+    Tokenizer tk;
+    Model *m = bpe_model(&tk);
+    tokenizer_free(&tk);
+    char err[CKPT_ERR_LEN];
+    snprintf(cmd, sizeof cmd, "%s/m.safetensors", dir);
+    cr_assert_eq(ckpt_save_model(m, cmd, 0, err), 0, "%s", err);
+    model_free(m);
+    rc = glia_run(out, sizeof out, "eval --ckpt %s --device cpu", cmd);
+    cr_assert(rc == 2 && strstr(out, "glia prepare --tokenizer gpt2") && strchr(out, '\n') == out + strlen(out) - 1,
+              "%d: %s", rc, out);
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     cr_assert_eq(system(cmd), 0);
 }

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "model/checkpoint.h"
@@ -541,7 +542,15 @@ int cmd_eval(int argc, char **argv) {
     }
     char err[DATA_ERR_LEN], dir[4096];
     Dataset val = {0};
-    rc = train_data_dir(GET("--data"), GET("--out"), dir, sizeof dir, err);
+    struct stat dst;
+    if (m->cfg.V == BPE_VOCAB && !(GET("--data") && stat(GET("--data"), &dst) == 0 && S_ISDIR(dst.st_mode))) {
+        snprintf(err, sizeof err, "a GPT-2 BPE model (vocab %d) is evaluated on GPT-2 shards, not on %s tokenized byte "
+                 "by byte: glia prepare --tokenizer gpt2 --out DIR, then --data DIR", BPE_VOCAB,
+                 GET("--data") ? GET("--data") : "the default corpus");
+        rc = 2;
+    } else {
+        rc = train_data_dir(GET("--data"), GET("--out"), dir, sizeof dir, err);
+    }
     if (!rc && dataset_open(&val, dir, "val", err)) rc = 2;
     if (!rc && val.max_token >= m->cfg.V) {
         snprintf(err, sizeof err, "%.400s: token id %d is outside the model's vocabulary of %d", dir,
