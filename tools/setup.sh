@@ -45,6 +45,15 @@ if ! python3 -c 'import openai' >/dev/null 2>&1; then
     echo "setup: could not install openai; test_serve's client test will skip"
 fi
 
+# tiktoken, test_bpe's oracle for the GPT-2 tokenizer (built from the local
+# ranks file below, never from the network); without it those tests skip.
+if ! python3 -c 'import tiktoken' >/dev/null 2>&1; then
+  echo "setup: installing tiktoken (pip)"
+  python3 -m pip install --quiet tiktoken >/dev/null 2>&1 ||
+    python3 -m pip install --quiet --break-system-packages tiktoken >/dev/null 2>&1 ||
+    echo "setup: could not install tiktoken; test_bpe's whole-file comparisons will skip"
+fi
+
 # GPT-2's BPE ranks (gpt2.tiktoken) into glia's data cache, checksummed; a
 # no-op when present. glia never downloads at run time.
 bash "$(dirname "$0")/fetch_gpt2_ranks.sh"
