@@ -335,6 +335,13 @@ Test(checkpoint, wrong_format_or_version) {
     expect_error(resume("mver", NULL), "model.safetensors", "model_version 7");
     expect_error(run_glia("generate --device cpu --ckpt '%s'", path), "model.safetensors", "model_version 7");
 
+    // a tokenizer that does not fit the vocabulary (a byte model claiming GPT-2 BPE)
+    ck = copy_good("tok");
+    snprintf(path, sizeof path, "%s/model.safetensors", ck);
+    rewrite_meta(path, "tokenizer", "gpt2");
+    expect_error(run_glia("generate --device cpu --ckpt '%s'", path), "model.safetensors",
+                 "metadata tokenizer 'gpt2' does not fit a vocabulary of 256");
+
     // not a safetensors file at all
     ck = copy_good("magic");
     cr_assert_eq(sh("head -c 4000 /dev/urandom > '%s/model.safetensors'", ck), 0);

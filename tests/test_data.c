@@ -490,7 +490,7 @@ Test(data, cli_prepare) {
     cr_expect_eq(s.ntok, 27);
     shard_close(&s);
 
-    expect_one_line_error(run_glia("prepare --out '%s'", tmp("out")), 2, "--in is required");
+    expect_one_line_error(run_glia("prepare --in '%s'", in), 2, "--out is required");
     expect_one_line_error(run_glia("prepare --in '%s' --out '%s'", tmp("none.txt"), tmp("out")),
                           2, "none.txt: cannot open");
     expect_one_line_error(run_glia("prepare --in '%s' --out '%s' --val-frac 0", in, tmp("out")),

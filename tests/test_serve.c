@@ -32,6 +32,7 @@
 #include "model/checkpoint.h"
 #include "generate/engine.h"
 #include "generate/json.h"
+#include "generate/tokenizer.h"
 #include "model/model.h"
 #include "testutil.h"
 #ifdef GLIA_HAVE_CUDA
@@ -44,9 +45,12 @@ static int port;
 static const char *skip_reason;
 static char start_error[600];
 
+static int use_bpe;  // the serve_bpe suite: a GPT-2 BPE model (V = 50257, L 1, C 32)
+
 static Model *tiny_model(void) {
     ModelConfig c;
     cr_assert_eq(model_config_named("tiny", &c), 0);
+    if (use_bpe) c = (ModelConfig){.V = 50257, .Vp = model_pad_vocab(50257), .L = 1, .C = 32, .Nh = 2, .F = 64, .astro = 1};
     Model *m = model_new(&c);
     model_init(m, 5);
     return m;
@@ -954,4 +958,70 @@ Test(serve_threads, threads_bounds_the_compute_threads_which_wait_passively) {
     cr_assert(p && fscanf(p, "%d", &count) == 1);
     pclose(p);
     cr_expect_leq(count, 3, "%d threads besides libmicrohttpd's with --threads 1 (main, engine, watchdog: 3)", count);
+}
+
+// ---- a GPT-2 BPE model ---------------------------------------------------------------
+
+static void start_bpe(void) {
+    use_bpe = 1;
+    Tokenizer tk;
+    char err[800];
+    ModelConfig c = {.V = 50257};
+    if (tokenizer_open(&c, &tk, err, sizeof err)) {
+        static char why[800];
+        snprintf(why, sizeof why, "%s", err);
+        skip_reason = why;
+        return;
+    }
+    tokenizer_free(&tk);
+    start();
+}
+
+TestSuite(serve_bpe, .init = start_bpe, .fini = stop, .timeout = 120);
+
+static cJSON *completion(const char *body, int *code) {
+    char *b = http("POST", "/v1/completions", body, code);
+    cJSON *j = cJSON_Parse(b);
+    cr_assert(j, "%s", b);
+    free(b);
+    return j;
+}
+
+static const char *bpe_choice_text(cJSON *j) {
+    return cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 0), "text")->valuestring;
+}
+
+Test(serve_bpe, text_and_id_prompts) {
+    NEED_SERVER();
+    // "And God said" is GPT-2's [1870, 1793, 531] (tiktoken)
+    int code;
+    cJSON *a = completion("{\"prompt\": \"And God said\", \"max_tokens\": 12, \"temperature\": 0}", &code);
+    cr_assert_eq(code, 200);
+    cJSON *u = cJSON_GetObjectItem(a, "usage");
+    cr_expect_eq(cJSON_GetObjectItem(u, "prompt_tokens")->valueint, 3);
+    cr_expect_eq(cJSON_GetObjectItem(u, "completion_tokens")->valueint, 12);
+    cJSON *b = completion("{\"prompt\": [1870, 1793, 531], \"max_tokens\": 12, \"temperature\": 0, \"echo\": true}", &code);
+    cr_assert_eq(code, 200);
+    cr_expect_eq(cJSON_GetObjectItem(cJSON_GetObjectItem(b, "usage"), "prompt_tokens")->valueint, 3);
+    char want[4096];
+    snprintf(want, sizeof want, "And God said%s", bpe_choice_text(a));
+    cr_expect_str_eq(bpe_choice_text(b), want, "the id prompt (echoed) continues as the text prompt does");
+    cJSON_Delete(a), cJSON_Delete(b);
+    // ids that are not text's own encoding ("And", " ", "God", " ", "said") are
+    // used as they are: 5 prompt tokens, though the text would be 3
+    b = completion("{\"prompt\": [1870, 220, 13482, 220, 30079], \"max_tokens\": 2, \"echo\": true}", &code);
+    cr_assert_eq(code, 200);
+    cr_expect_eq(cJSON_GetObjectItem(cJSON_GetObjectItem(b, "usage"), "prompt_tokens")->valueint, 5);
+    cr_expect(!strncmp(bpe_choice_text(b), "And God said", 12), "%s", bpe_choice_text(b));
+    cJSON_Delete(b);
+    // bad prompts: 400 naming the problem
+    char *e = http_n("POST", "/v1/completions", "{\"prompt\": \"ab\xff\"}", -1, &code, NULL, NULL);
+    expect_error(e, code, 400, "not valid UTF-8");
+    free(e);
+    e = http("POST", "/v1/completions", "{\"prompt\": [50257]}", &code);
+    expect_error(e, code, 400, "outside the model's vocabulary");
+    free(e);
+    e = http("POST", "/v1/completions", "{\"prompt\": \"x\", \"logprobs\": 1}", &code);
+    expect_error(e, code, 400, "byte models only");
+    free(e);
 }

@@ -16,6 +16,7 @@ PACKAGES=(
   bible-kjv bible-kjv-text           # the default training corpus (King James Bible)
   libopenmpi-dev openmpi-bin         # data parallelism across processes (mpirun)
   libmicrohttpd-dev curl             # glia serve, and the tests that talk to it
+  libpcre2-dev                       # the GPT-2 BPE pre-tokenizer (host/io/bpe.c)
   python3-pip                        # test_serve's openai client test: pip installs openai (below)
   clang libclang-rt-14-dev libomp-14-dev  # tools/fuzz.sh: libFuzzer, sanitizers, OpenMP for clang
   python3-torch python3-numpy        # tools/reference.py: the PyTorch oracle (export, fixtures)
@@ -43,3 +44,16 @@ if ! python3 -c 'import openai' >/dev/null 2>&1; then
     python3 -m pip install --quiet --break-system-packages openai >/dev/null 2>&1 ||
     echo "setup: could not install openai; test_serve's client test will skip"
 fi
+
+# tiktoken, test_bpe's oracle for the GPT-2 tokenizer (built from the local
+# ranks file below, never from the network); without it those tests skip.
+if ! python3 -c 'import tiktoken' >/dev/null 2>&1; then
+  echo "setup: installing tiktoken (pip)"
+  python3 -m pip install --quiet tiktoken >/dev/null 2>&1 ||
+    python3 -m pip install --quiet --break-system-packages tiktoken >/dev/null 2>&1 ||
+    echo "setup: could not install tiktoken; test_bpe's whole-file comparisons will skip"
+fi
+
+# GPT-2's BPE ranks (gpt2.tiktoken) into glia's data cache, checksummed; a
+# no-op when present. glia never downloads at run time.
+bash "$(dirname "$0")/fetch_gpt2_ranks.sh"

@@ -165,12 +165,13 @@ static int bench_generate(int argc, char **argv) {
 int cmd_bench(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         fprintf(argc < 2 ? stderr : stdout,
-                "usage: glia bench generate|kernels|amsu [flags]  (glia bench generate --help)\n");
+                "usage: glia bench generate|kernels|amsu|tokenizer [flags]  (glia bench generate --help)\n");
         return argc < 2 ? 2 : 0;
     }
     if (!strcmp(argv[1], "generate")) return bench_generate(argc - 1, argv + 1);
     if (!strcmp(argv[1], "kernels")) return bench_kernels(argc - 1, argv + 1);
     if (!strcmp(argv[1], "amsu")) return bench_amsu(argc - 1, argv + 1);
-    fprintf(stderr, "glia bench: unknown benchmark '%s' (known: generate, kernels, amsu)\n", argv[1]);
+    if (!strcmp(argv[1], "tokenizer")) return bench_tokenizer(argc - 1, argv + 1);
+    fprintf(stderr, "glia bench: unknown benchmark '%s' (known: generate, kernels, amsu, tokenizer)\n", argv[1]);
     return 2;
 }

@@ -27,6 +27,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "io/bpe.h"
 #include "model/checkpoint.h"
 #include "cmd/cli.h"
 #include "cmd/commands.h"
@@ -73,6 +74,10 @@ static int write_atomic(const char *path, const char *text, char *err, size_t er
     return step ? -1 : 0;
 }
 
+static char *read_small_max(const char *path, size_t max, char *err, size_t err_len);
+// config.json is a few hundred bytes
+static char *read_small(const char *path, char *err, size_t err_len) { return read_small_max(path, 1 << 16, err, err_len); }
+
 static char *config_json(const ModelConfig *c) {
     cJSON *root = cJSON_CreateObject();
     if (!root) fatal("out of memory building config.json");
@@ -85,6 +90,8 @@ static char *config_json(const ModelConfig *c) {
     cJSON_AddNumberToObject(root, "n_head", c->Nh);
     cJSON_AddNumberToObject(root, "ffn_dim", c->F);
     cJSON_AddBoolToObject(root, "astro", c->astro != 0);
+    cJSON_AddStringToObject(root, "tokenizer", ckpt_tokenizer(c));  // "gpt2": gpt2.tiktoken beside it
+    if (c->V == BPE_VOCAB) cJSON_AddStringToObject(root, "tokenizer_file", BPE_RANKS_FILE);
     char *text = cJSON_Print(root);
     cJSON_Delete(root);
     if (!text) fatal("out of memory printing config.json");
@@ -100,7 +107,8 @@ static char *config_json(const ModelConfig *c) {
 static const char *EXPORT_SUMMARY =
     "Writes a glia model file as a directory for PyTorch: OUT/model.safetensors (every\n"
     "parameter under its plain name, F32) and OUT/config.json (model_type \"astrosnn\",\n"
-    "model_version, vocab_size, vocab_padded, n_layer, n_embd, n_head, ffn_dim, astro).\n"
+    "model_version, vocab_size, vocab_padded, n_layer, n_embd, n_head, ffn_dim, astro,\n"
+    "tokenizer); a GPT-2 BPE model's ranks file too (OUT/gpt2.tiktoken, tiktoken's format).\n"
     "tools/reference.py load_exported reads it. OUT is created if needed.\n"
     "exit status: 0 done, 2 bad flags or a bad model file, 1 OUT could not be written.";
 
@@ -120,9 +128,23 @@ int cmd_export(int argc, char **argv) {
         fprintf(stderr, "glia export: %s\n", err);
         return 2;
     }
+    char *ranks = NULL;  // a BPE model's tokenizer, checked before anything is written
+    if (m->cfg.V == BPE_VOCAB) {
+        char rpath[4200], rerr[700];
+        bpe_default_path(rpath, sizeof rpath);
+        Bpe *b = bpe_load(rpath, rerr, sizeof rerr);
+        if (b) ranks = read_small_max(rpath, 4 << 20, rerr, sizeof rerr);
+        bpe_free(b);
+        if (!ranks) {
+            fprintf(stderr, "glia export: %s: the model's tokenizer (GPT-2 BPE): %s\n", ckpt, rerr);
+            model_free(m);
+            return 2;
+        }
+    }
     if (glia_mkdirs(out, err, sizeof err) != 0) {
         fprintf(stderr, "glia export: %s\n", err);
         model_free(m);
+        free(ranks);
         return 1;
     }
     size_t plen = strlen(out) + 32;
@@ -143,38 +165,42 @@ int cmd_export(int argc, char **argv) {
         rc = 1;
     } else {
         char *json = config_json(&m->cfg);
-        snprintf(path, plen, "%s/config.json", out);
-        if (write_atomic(path, json, err, sizeof err) != 0) {
+        if (ranks) snprintf(path, plen, "%s/%s", out, BPE_RANKS_FILE);
+        if (ranks && write_atomic(path, ranks, err, sizeof err) != 0) {
+            fprintf(stderr, "glia export: %s\n", err);
+            rc = 1;
+        } else if (snprintf(path, plen, "%s/config.json", out), write_atomic(path, json, err, sizeof err) != 0) {
             fprintf(stderr, "glia export: %s\n", err);
             rc = 1;
         } else {
-            printf("glia export: %s -> %s (model.safetensors, config.json; %zu parameters)\n",
-                   ckpt, out, m->nparams);
+            printf("glia export: %s -> %s (model.safetensors, config.json%s; %zu parameters)\n",
+                   ckpt, out, ranks ? ", " BPE_RANKS_FILE : "", m->nparams);
         }
         free(json);
     }
     free(path);
+    free(ranks);
     model_free(m);
     return rc;
 }
 
 // ---- import -----------------------------------------------------------------------
 
-// Reads a whole small text file (config.json); NULL with err set.
-static char *read_small(const char *path, char *err, size_t err_len) {
+// Reads a whole small text file of at most `max` bytes; NULL with err set.
+static char *read_small_max(const char *path, size_t max, char *err, size_t err_len) {
     FILE *fp = fopen(path, "rb");
     if (!fp) {
         snprintf(err, err_len, "%s: cannot open: %s", path, strerror(errno));
         return NULL;
     }
-    size_t cap = 1 << 16, n = 0;  // a config is a few hundred bytes
+    size_t cap = max, n = 0;
     char *buf = xmalloc(cap + 1);
     n = fread(buf, 1, cap, fp);
     int bad = ferror(fp), more = !bad && fgetc(fp) != EOF;
     fclose(fp);
     if (bad || more) {
-        snprintf(err, err_len, "%s: %s", path,
-                 bad ? "cannot read" : "larger than 64 KiB, not a config.json");
+        if (bad) snprintf(err, err_len, "%s: cannot read", path);
+        else snprintf(err, err_len, "%s: larger than %zu KiB, not what it should be", path, max >> 10);
         free(buf);
         return NULL;
     }

@@ -1,29 +1,31 @@
-// cmd_prepare.c: `glia prepare`, a text file into byte-level token shards.
+// cmd_prepare.c: `glia prepare`, a text file into token shards.
 //
-// This is the way to train on your own text without any Python: every byte
-// of the file is one token (V = 256), the first 1 − val_frac of the file
-// becomes <name>_train.bin and the rest <name>_val.bin, both in llm.c's shard
-// format (host/data.h), which every dataset reader in glia takes. The split
-// is by position, not by random lines, so val is one held-out stretch of the
-// text rather than lines interleaved with the training text. The text is
-// read whole: byte-level shards take twice its size again, and a corpus too
-// big for that wants a real tokenizer (tools/tokenize_gpt2.py) anyway. The shards are written atomically, so
-// rerunning over an existing directory replaces each file whole or not at all.
+// --tokenizer byte: every byte of the file is one token (V = 256);
+// --tokenizer gpt2: GPT-2's BPE (host/io/bpe.h, V = 50257), the text taken
+// as one document that starts with <|endoftext|> as llm.c's scripts do, and
+// encoded on many threads. The first 1 − val_frac of the tokens become
+// <name>_train.bin and the rest <name>_val.bin, in llm.c's shard format
+// (host/io/data.h). The split is by position, so val is one held-out stretch
+// of the text. Without --in, the text is the default corpus (the KJV). The
+// shards are written atomically: a rerun replaces each file whole or not at all.
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include "cmd/cli.h"
 #include "cmd/commands.h"
+#include "io/bpe.h"
 #include "io/data.h"
 #include "glia/util.h"
 
 static const char *PREPARE_SUMMARY =
-    "Turns a text file into byte-level token shards (one token per byte, V = 256):\n"
-    "OUT/NAME_train.bin holds the first 1 - val-frac of the bytes, OUT/NAME_val.bin\n"
-    "the rest, in llm.c's shard format. OUT is created if needed.\n"
+    "Turns a text file into token shards: one token per byte (--tokenizer byte, V = 256)\n"
+    "or GPT-2's BPE (--tokenizer gpt2, V = 50257; <|endoftext|> first). OUT/NAME_train.bin\n"
+    "holds the first 1 - val-frac of the tokens, OUT/NAME_val.bin the rest, in llm.c's\n"
+    "shard format. OUT is created if needed. Without --in: the default corpus (KJV).\n"
     "exit status: 0 done, 2 bad flags or bad input, 1 the shards could not be written.";
 
 // The file's basename without its last extension ("data/tiny.txt" -> "tiny").
@@ -63,9 +65,26 @@ static unsigned char *read_text(const char *path, size_t *n) {
     return text;
 }
 
+static double prep_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void progress(size_t done, size_t total) {
+    static double last;
+    double now = prep_seconds();
+    if (done < total && now - last < 0.2) return;
+    last = now;
+    fprintf(stderr, "\rglia prepare: encoded %.1f of %.1f MB (%3.0f%%)", done / 1e6, total / 1e6,
+            total ? 100.0 * done / total : 100.0);
+}
+
 int cmd_prepare(int argc, char **argv) {
     CliFlag flags[] = {
-        {"--in", "FILE", "the text to tokenize", NULL},
+        {"--in", "FILE", "the text to tokenize (default: the KJV, name kjv)", NULL},
+        {"--tokenizer", "byte|gpt2", "one token per byte, or GPT-2's BPE", "byte"},
+        {"--threads", "N", "threads encoding (gpt2; default: all cores)", NULL},
         {"--out", "DIR", "where to write the shards", NULL},
         {"--name", "NAME", "shard name prefix (default: FILE's name without extension)", NULL},
         {"--val-frac", "F", "fraction of the text (its end) kept for validation", "0.1"},
@@ -73,7 +92,13 @@ int cmd_prepare(int argc, char **argv) {
     int nf = sizeof flags / sizeof flags[0];
     int rc = cli_parse("prepare", PREPARE_SUMMARY, argc, argv, flags, nf);
     if (rc) return rc == 1 ? 0 : 2;
-    if (cli_require("prepare", flags, nf, "--in", "--out", NULL)) return 2;
+    if (cli_require("prepare", flags, nf, "--out", NULL)) return 2;
+    static const char *const toks[] = {"byte", "gpt2"};
+    int tk;
+    if (cli_choice("prepare", "--tokenizer", cli_get(flags, nf, "--tokenizer"), toks, 2, &tk)) return 2;
+    long threads = 0;
+    if (cli_get(flags, nf, "--threads") && cli_int("prepare", "--threads", cli_get(flags, nf, "--threads"), 1, 1024, &threads))
+        return 2;
     const char *in = cli_get(flags, nf, "--in"), *out = cli_get(flags, nf, "--out");
     double val_frac;
     if (cli_float("prepare", "--val-frac", cli_get(flags, nf, "--val-frac"), 0.0, 1.0, &val_frac))
@@ -93,14 +118,41 @@ int cmd_prepare(int argc, char **argv) {
         }
         snprintf(name, sizeof name, "%s", given);
     } else {
-        default_name(in, name, sizeof name);
+        default_name(in ? in : "kjv", name, sizeof name);
     }
 
     size_t n = 0;
-    unsigned char *text = read_text(in, &n);
-    if (!text) return 2;
+    unsigned char *text;
     char err[DATA_ERR_LEN];
-    rc = prepare_bytes(text, n, val_frac, out, name, err);
+    if (in) {
+        text = read_text(in, &n);
+        if (!text) return 2;
+    } else if (corpus_default_text(&text, &n, err) != 0) {
+        fprintf(stderr, "glia prepare: %s\n", err);
+        return 2;
+    }
+    if (!in) in = "the default corpus";
+    if (tk == 0) {
+        rc = prepare_bytes(text, n, val_frac, out, name, err);
+    } else {
+        char berr[700];
+        Bpe *b = bpe_load_default(berr, sizeof berr);
+        if (!b) {
+            fprintf(stderr, "glia prepare: %s\n", berr);
+            free(text);
+            return 2;
+        }
+        size_t ntok;
+        int *ids = bpe_encode_parallel(b, text, n, (int)threads, &ntok, progress);
+        fputc('\n', stderr);
+        uint16_t *tok = xmalloc((ntok + 1) * sizeof(uint16_t));
+        tok[0] = BPE_EOT;
+        for (size_t i = 0; i < ntok; i++) tok[i + 1] = (uint16_t)ids[i];
+        free(ids);
+        bpe_free(b);
+        rc = prepare_tokens(tok, ntok + 1, val_frac, out, name, err);
+        free(tok);
+    }
     free(text);
     if (rc) {
         // Input problems are about the text: name it.

@@ -43,6 +43,7 @@
 #include "cmd/commands.h"
 #include "cpu/cpu.h"
 #include "generate/engine.h"
+#include "generate/tokenizer.h"
 #include "generate/json.h"
 #include "glia/util.h"
 
@@ -323,6 +324,7 @@ static void *engine_main(void *arg) {
                 Choice *c = &j->ch[i];
                 EngineRequest q = j->pr.base;
                 q.prompt = j->pr.prompts[c->prompt], q.prompt_len = j->pr.prompt_lens[c->prompt];
+                q.prompt_ids = j->pr.prompt_ids[c->prompt], q.prompt_nids = j->pr.prompt_nids[c->prompt];
                 q.seed = j->pr.base.seed + (uint64_t)(i % j->pr.n);  // choice k of a prompt: seed + k
                 q.on_text = on_text, q.on_done = on_done, q.user = c;
                 char err[256];
@@ -490,11 +492,11 @@ static enum MHD_Result completions(Server *sv, struct MHD_Connection *c, Conn *c
     } else if ((long)j->pr.nprompts * j->pr.n > sv->limit) {
         code = 400, snprintf(err, sizeof err, "fields 'prompt' and 'n' ask for %ld completions; this server holds %d at once",
                              (long)j->pr.nprompts * j->pr.n, sv->limit);
+    } else if (j->pr.logprobs >= 0 && engine_is_bpe(sv->engine)) {
+        code = 400, snprintf(err, sizeof err, "field 'logprobs' is implemented for byte models only");
     } else {
-        for (int i = 0; i < j->pr.nprompts && !code; i++)
-            if (j->pr.prompt_lens[i] > sv->max_prompt)
-                code = 413, snprintf(err, sizeof err, "field 'prompt': a prompt is %d bytes; the limit is %d",
-                                     j->pr.prompt_lens[i], sv->max_prompt);
+        int why = engine_resolve(sv->engine, &j->pr, err, sizeof err);  // its tokenizer only: thread-safe
+        if (why) code = why == -2 ? 413 : 400;
     }
     json_free(body);
     if (code) {
@@ -707,12 +709,12 @@ static void exec_with_omp_settings(int argc, char **argv, const char *threads) {
 
 int cmd_serve(int argc, char **argv) {
     CliFlag flags[] = {
-        {"--ckpt", "FILE", "model file (byte vocabulary)", NULL},
+        {"--ckpt", "FILE", "model file (byte or GPT-2 BPE vocabulary)", NULL},
         {"--host", "ADDR", "IPv4 address to listen on", "127.0.0.1"},
         {"--port", "N", "TCP port (0: pick a free one and print it)", "8080"},
         {"--slots", "N", "sequences decoded together (the engine's batch)", "8"},
         {"--queue", "N", "requests that may wait beyond the slots (then 429)", "64"},
-        {"--max-prompt", "N", "longest prompt in bytes (then 413)", "4096"},
+        {"--max-prompt", "N", "longest prompt in tokens (bytes for a byte model; then 413)", "4096"},
         {"--max-tokens", "N", "largest max_tokens a request may ask for", "256"},
         {"--max-connections", "N", "open connections served at once (beyond: 503)", "256"},
         {"--read-timeout", "S", "seconds a connection has to send a whole request (headers and body)", "10"},
@@ -763,13 +765,22 @@ int cmd_serve(int argc, char **argv) {
     Server sv = {.slots = (int)slots, .max_prompt = (int)max_prompt, .max_tokens = (int)max_tokens,
                  .limit = (int)(slots + queue), .threads = (int)threads, .max_conn = (int)max_conn,
                  .read_timeout = read_timeout};
-    sv.max_body = (size_t)max_prompt * 6 + 65536;  // a prompt of escaped bytes, plus the rest
-    sv.engine = engine_new(m, (int)slots, (int)max_prompt);
-    if (!sv.engine) {
-        fprintf(stderr, "glia serve: the model's vocabulary (%d) is not the byte vocabulary; text prompts need V = 256\n", m->cfg.V);
+    Tokenizer tk;
+    if (tokenizer_open(&m->cfg, &tk, err, sizeof err) == 0) tokenizer_free(&tk);
+    else {
+        fprintf(stderr, "glia serve: %s: %s\n", GET("--ckpt"), err);
         model_free(m);
         return 2;
     }
+    sv.engine = engine_new(m, (int)slots, (int)max_prompt);
+    if (!sv.engine) {
+        fprintf(stderr, "glia serve: the model's vocabulary (%d) is neither bytes (256) nor GPT-2 BPE (%d)\n", m->cfg.V,
+                BPE_VOCAB);
+        model_free(m);
+        return 2;
+    }
+    // a prompt of escaped bytes (a BPE token is a few bytes, or a number), plus the rest
+    sv.max_body = (size_t)max_prompt * (engine_is_bpe(sv.engine) ? 48 : 6) + 65536;
     pthread_mutex_init(&sv.mu, NULL);
     pthread_cond_init(&sv.wake, NULL);
     g_server = &sv;
@@ -805,9 +816,10 @@ int cmd_serve(int argc, char **argv) {
         rc = 1;
     } else {
         const union MHD_DaemonInfo *info = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
-        printf("glia serve: listening on http://%s:%u (slots %ld, queue %ld, max prompt %ld bytes, "
+        printf("glia serve: listening on http://%s:%u (slots %ld, queue %ld, max prompt %ld %s, "
                "max connections %ld, read timeout %g s)\n",
-               GET("--host"), info ? info->port : (unsigned)port, slots, queue, max_prompt, max_conn, read_timeout);
+               GET("--host"), info ? info->port : (unsigned)port, slots, queue, max_prompt,
+               engine_is_bpe(sv.engine) ? "tokens" : "bytes", max_conn, read_timeout);
         fflush(stdout);
         unsigned char sig = 0;
         while (read(g_sigpipe[0], &sig, 1) != 1) {}

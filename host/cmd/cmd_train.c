@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "model/checkpoint.h"
@@ -502,7 +503,7 @@ int cmd_eval(int argc, char **argv) {
         TASK_FLAGS,
     };
     int nf = sizeof flags / sizeof flags[0];
-    int rc = cli_parse("eval", "Validation loss, bits per byte (byte vocabulary) and perplexity of a model;\n"
+    int rc = cli_parse("eval", "Validation loss, bits per byte (bytes or GPT-2 BPE) and perplexity of a model;\n"
                        "with --task, its accuracy and loss on the answers of a synthetic task (tasks.h).",
                        argc, argv, flags, nf);
     if (rc) return rc == 1 ? 0 : 2;
@@ -541,7 +542,15 @@ int cmd_eval(int argc, char **argv) {
     }
     char err[DATA_ERR_LEN], dir[4096];
     Dataset val = {0};
-    rc = train_data_dir(GET("--data"), GET("--out"), dir, sizeof dir, err);
+    struct stat dst;
+    if (m->cfg.V == BPE_VOCAB && !(GET("--data") && stat(GET("--data"), &dst) == 0 && S_ISDIR(dst.st_mode))) {
+        snprintf(err, sizeof err, "a GPT-2 BPE model (vocab %d) is evaluated on GPT-2 shards, not on %s tokenized byte "
+                 "by byte: glia prepare --tokenizer gpt2 --out DIR, then --data DIR", BPE_VOCAB,
+                 GET("--data") ? GET("--data") : "the default corpus");
+        rc = 2;
+    } else {
+        rc = train_data_dir(GET("--data"), GET("--out"), dir, sizeof dir, err);
+    }
     if (!rc && dataset_open(&val, dir, "val", err)) rc = 2;
     if (!rc && val.max_token >= m->cfg.V) {
         snprintf(err, sizeof err, "%.400s: token id %d is outside the model's vocabulary of %d", dir,
@@ -564,6 +573,24 @@ int cmd_eval(int argc, char **argv) {
         printf("val loss %.4f nats/token | %.4f bits/%s | perplexity %.3f | %ld windows of %ld tokens\n",
                loss, loss / 0.69314718055994530942, m->cfg.V <= 256 ? "byte" : "token", exp(loss),
                windows, T);
+        Tokenizer tk;
+        char terr[800];
+        if (m->cfg.V == BPE_VOCAB && tokenizer_open(&m->cfg, &tk, terr, sizeof terr) == 0) {
+            // bits per byte of text: the same loss over the bytes the scored tokens decode to
+            int *in = xmalloc((size_t)T * sizeof(int)), *tg = xmalloc((size_t)T * sizeof(int));
+            double bytes = 0;
+            for (long w = 0; w < windows; w++) {
+                dataset_window(&val, (size_t)w, 1, (int)T, in, tg);
+                for (long t = 0; t < T; t++) {
+                    int len;
+                    if (tokenizer_bytes(&tk, tg[t], &len)) bytes += len;
+                }
+            }
+            printf("GPT-2 BPE: %.3f bytes/token | %.4f bits/byte\n", bytes / ((double)windows * T),
+                   loss * (double)windows * T / (bytes * 0.69314718055994530942));
+            free(in), free(tg);
+            tokenizer_free(&tk);
+        }
     }
     if (!rc && GET("--stats")) eval_stats(m, &val, (int)B, (int)T, nb);
     model_free(m);
@@ -576,7 +603,7 @@ int cmd_eval(int argc, char **argv) {
 int cmd_generate(int argc, char **argv) {
     CliFlag flags[] = {
         {"--ckpt", "FILE", "model file", NULL},
-        {"--prompt", "TEXT", "text to start from (byte vocabulary)", "\n"},
+        {"--prompt", "TEXT", "text to start from (UTF-8 for a GPT-2 BPE model)", "\n"},
         {"--tokens", "N", "tokens to generate", "400"},
         {"--temperature", "X", "sampling temperature (0: greedy)", "0.8"},
         {"--top-k", "N", "sample among the k most likely (0: all)", "0"},
@@ -588,7 +615,7 @@ int cmd_generate(int argc, char **argv) {
         {"--prompts", "FILE", "JSONL requests for offline batch generation (then --out)", NULL},
         {"--out", "FILE", "JSONL completions, in input order (with --prompts)", NULL},
         {"--batch", "N", "sequence slots decoded together (with --prompts)", "16"},
-        {"--max-prompt", "N", "longest prompt in bytes (with --prompts)", "4096"},
+        {"--max-prompt", "N", "longest prompt in tokens (with --prompts)", "4096"},
     };
     int nf = sizeof flags / sizeof flags[0];
     int rc = cli_parse("generate",
@@ -643,22 +670,32 @@ int cmd_generate(int argc, char **argv) {
         model_free(m);
         return 2;
     }
-    if (m->cfg.V < 256) {
-        fprintf(stderr, "glia generate: the model's vocabulary (%d) is not the byte vocabulary; text prompts need V = 256\n", m->cfg.V);
+    Tokenizer tk;
+    char terr[800];
+    if (tokenizer_open(&m->cfg, &tk, terr, sizeof terr)) {
+        fprintf(stderr, "glia generate: %s: %s\n", GET("--ckpt"), terr);
         model_free(m);
         return 2;
     }
-    int *toks = xmalloc((size_t)n * sizeof(int));
-    for (int i = 0; i < n; i++) toks[i] = (unsigned char)prompt[i];
+    int nb = n;
+    int *toks = tokenizer_encode(&tk, prompt, nb, &n, terr, sizeof terr);
+    if (!toks || n == 0) {
+        fprintf(stderr, "glia generate: --prompt: %s\n", toks ? "encodes to no tokens" : terr);
+        free(toks);
+        tokenizer_free(&tk);
+        model_free(m);
+        return 2;
+    }
     model_alloc_acts(m, 1, n);
     ModelState *st = model_state_new(m, 1);
     Rng rng;
     rng_init(&rng, (uint64_t)seed);
     SampleParams sp = {(float)temp, (int)topk, (float)topp};
     fputs(prompt, stdout);
-    generate_tokens(m, st, toks, n, (int)ntok, &sp, &rng, stdout, NULL);
+    generate_tokens(m, st, toks, n, (int)ntok, &sp, &rng, stdout, NULL, &tk);
     fputc('\n', stdout);
     free(toks);
+    tokenizer_free(&tk);
     model_state_free(st);
     model_free(m);
     return 0;

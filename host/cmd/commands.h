@@ -17,6 +17,7 @@ int cmd_serve(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int bench_kernels(int argc, char **argv);  // cmd_bench_kernels.c (an error without CUDA)
 int bench_amsu(int argc, char **argv);     // cmd_bench_amsu.c: scan against chunk on the CPU
+int bench_tokenizer(int argc, char **argv);  // cmd_bench_tokenizer.c: GPT-2 BPE encoding speed
 
 // Shared by the model commands (cmd_device.c); each returns 0, or 2 after a
 // one-line error naming `cmd`.

@@ -36,7 +36,7 @@ static const Command COMMANDS[] = {
     {"export", cmd_export, "write a model as config.json + model.safetensors for PyTorch"},
     {"import", cmd_import, "read an exported directory back into a glia model file"},
     {"amsu", cmd_amsu, "one AM-SU layer forward + backward on a safetensors case"},
-    {"prepare", cmd_prepare, "turn a text file into byte-level train/val token shards"},
+    {"prepare", cmd_prepare, "turn a text file into train/val token shards (bytes or GPT-2 BPE)"},
 };
 static const int NCOMMANDS = sizeof COMMANDS / sizeof COMMANDS[0];
 

@@ -18,6 +18,7 @@
 #include <time.h>
 
 #include "generate/json.h"
+#include "generate/tokenizer.h"
 #include "glia/util.h"
 #include "model/rng.h"
 
@@ -59,6 +60,7 @@ struct Engine {
     Req *head, *tail;
     long next_id;
     int *step_tokens;   // (S)
+    Tokenizer tok;
 };
 
 double engine_now(void) {
@@ -68,8 +70,12 @@ double engine_now(void) {
 }
 
 Engine *engine_new(Model *m, int slots, int max_prompt) {
-    if (m->cfg.V != 256 || slots < 1 || max_prompt < 1) return NULL;
+    if ((m->cfg.V != 256 && m->cfg.V != BPE_VOCAB) || slots < 1 || max_prompt < 1) return NULL;
+    Tokenizer tok;
+    char err[800];
+    if (tokenizer_open(&m->cfg, &tok, err, sizeof err)) return NULL;
     Engine *e = xcalloc(1, sizeof(Engine));
+    e->tok = tok;
     e->S = slots, e->max_prompt = max_prompt;
     e->dec = m;
     model_alloc_acts(m, slots, 1);
@@ -100,7 +106,67 @@ void engine_free(Engine *e) {
     free(e->step_tokens);
     model_state_free(e->state);
     model_free(e->pre);
+    tokenizer_free(&e->tok);
     free(e);
+}
+
+int engine_is_bpe(const Engine *e) { return e->tok.bpe != NULL; }
+
+// The prompt's token ids (malloc'd, *n), or NULL with a reason; -2 in *why
+// when it is only too long.
+static int *prompt_tokens(const Engine *e, const char *text, int len, const int *ids, int nids, int *n, int *why,
+                          char *err, size_t en) {
+    *why = -1;
+    int *t;
+    if (ids) {
+        for (int i = 0; i < nids; i++)
+            if (ids[i] < 0 || ids[i] >= e->tok.V)
+                return snprintf(err, en, "field 'prompt': token id %d is outside the model's vocabulary [0, %d)", ids[i],
+                                e->tok.V), NULL;
+        t = xmalloc((size_t)(nids > 0 ? nids : 1) * sizeof(int));
+        memcpy(t, ids, (size_t)nids * sizeof(int));
+        *n = nids;
+    } else if (!(t = tokenizer_encode(&e->tok, text, len, n, err, en))) {
+        return NULL;
+    }
+    if (*n > e->max_prompt) {
+        if (e->tok.bpe) snprintf(err, en, "prompt is %d tokens; the limit is %d", *n, e->max_prompt);
+        else snprintf(err, en, "prompt is %d bytes; the limit is %d", *n, e->max_prompt);
+        free(t);
+        *why = -2;
+        return NULL;
+    }
+    return t;
+}
+
+int engine_resolve(const Engine *e, ParsedRequest *pr, char *err, size_t n) {
+    for (int i = 0; i < pr->nprompts; i++) {
+        int nt, why;
+        const int *ids = pr->prompt_ids ? pr->prompt_ids[i] : NULL;
+        int *t = prompt_tokens(e, pr->prompts[i], pr->prompt_lens[i], ids, ids ? pr->prompt_nids[i] : 0, &nt, &why, err, n);
+        if (!t) return why;
+        if (ids) {  // its text, for echo and the offline output
+            size_t len = 0;
+            for (int k = 0; k < nt; k++) {
+                int l;
+                tokenizer_bytes(&e->tok, t[k], &l);
+                len += (size_t)l;
+            }
+            if (len > (1u << 30)) return free(t), snprintf(err, n, "field 'prompt': too long"), -1;
+            char *s = xmalloc(len + 1), *p = s;
+            for (int k = 0; k < nt; k++) {
+                int l;
+                const unsigned char *b = tokenizer_bytes(&e->tok, t[k], &l);
+                memcpy(p, b, (size_t)l);
+                p += l;
+            }
+            *p = 0;
+            free(pr->prompts[i]);
+            pr->prompts[i] = s, pr->prompt_lens[i] = (int)len;
+        }
+        free(t);
+    }
+    return 0;
 }
 
 int engine_active(const Engine *e) { return e->active; }
@@ -109,10 +175,10 @@ int engine_slots(const Engine *e) { return e->S; }
 int engine_max_prompt(const Engine *e) { return e->max_prompt; }
 
 long engine_submit(Engine *e, const EngineRequest *q, char *err, size_t n) {
-    if (q->prompt_len < 0 || (q->prompt_len > 0 && !q->prompt))
+    if (!q->prompt_ids && (q->prompt_len < 0 || (q->prompt_len > 0 && !q->prompt)))
         return snprintf(err, n, "prompt is missing"), -1;
-    if (q->prompt_len > e->max_prompt)
-        return snprintf(err, n, "prompt is %d bytes; the limit is %d", q->prompt_len, e->max_prompt), -1;
+    if (q->logprobs && e->tok.bpe)
+        return snprintf(err, n, "field 'logprobs' is implemented for byte models only"), -1;
     if (q->max_tokens < 0) return snprintf(err, n, "max_tokens must be at least 0"), -1;
     if (q->top_logprobs < 0 || q->top_logprobs > ENGINE_MAX_LOGPROBS)
         return snprintf(err, n, "logprobs must be in [0, %d]", ENGINE_MAX_LOGPROBS), -1;
@@ -121,12 +187,15 @@ long engine_submit(Engine *e, const EngineRequest *q, char *err, size_t n) {
         return snprintf(err, n, "temperature must be in [0, 100]"), -1;
     if (!(q->sp.top_p > 0.0f && q->sp.top_p <= 1.0f)) return snprintf(err, n, "top_p must be in (0, 1]"), -1;
     if (q->sp.top_k < 0) return snprintf(err, n, "top_k must be >= 0"), -1;
+    int nt, why;
+    int *toks = prompt_tokens(e, q->prompt, q->prompt_len, q->prompt_ids, q->prompt_nids, &nt, &why, err, n);
+    if (!toks) return -1;
     Req *r = xcalloc(1, sizeof(Req));
     for (int i = 0; i < q->nstop; i++) {
         int sl = q->stop_len[i];
         if (sl == 0) continue;
         if (sl < 0 || sl > ENGINE_MAX_STOP_LEN) {
-            free(r);
+            free(r), free(toks);
             return snprintf(err, n, "stop strings are limited to %d bytes", ENGINE_MAX_STOP_LEN), -1;
         }
         memcpy(r->stop[r->nstop], q->stop[i], (size_t)sl);
@@ -134,11 +203,10 @@ long engine_submit(Engine *e, const EngineRequest *q, char *err, size_t n) {
     }
     r->logprobs = q->logprobs ? q->top_logprobs : -1, r->echo = q->echo && q->logprobs;
     r->id = e->next_id++;
-    r->prompt_bytes = q->prompt_len;
-    r->ntokens = q->prompt_len > 0 ? q->prompt_len : 1;
-    r->tokens = xmalloc((size_t)r->ntokens * sizeof(int));
-    if (q->prompt_len == 0) r->tokens[0] = '\n';
-    for (int i = 0; i < q->prompt_len; i++) r->tokens[i] = (unsigned char)q->prompt[i];
+    r->prompt_bytes = nt;  // the prompt's tokens (usage), the bytes of a byte model's
+    r->ntokens = nt > 0 ? nt : 1;
+    r->tokens = toks;
+    if (nt == 0) r->tokens[0] = e->tok.bpe ? BPE_EOT : '\n';
     r->max_tokens = q->max_tokens, r->sp = q->sp, r->seed = q->seed;
     r->on_text = q->on_text, r->on_done = q->on_done, r->user = q->user;
     r->t_submit = engine_now();
@@ -197,7 +265,7 @@ static void slot_finish(Engine *e, Slot *sl, const char *reason) {
     e->active--;
 }
 
-// Records token tok's log-probability under logits (V = 256, temperature
+// Records token tok's log-probability under logits (V = 256: byte models only, temperature
 // 1) and the top alternatives, as the slot's next logprobs entry.
 static void record_lp(Slot *sl, const float *logits, int tok, int top_n, int none) {
     if (sl->nlp == sl->lpcap) {
@@ -239,26 +307,38 @@ static int slot_take(Engine *e, Slot *sl, int tok, const float *logits) {
     Req *r = sl->req;
     if (r->logprobs >= 0) record_lp(sl, logits, tok, r->logprobs, 0);
     if (sl->ntok == 0) r->t_first = engine_now();
-    if (sl->len + 1 > sl->cap) {
+    int blen;
+    const unsigned char *bytes = tokenizer_bytes(&e->tok, tok, &blen);
+    if (!bytes) blen = 0;  // (never: the engine's vocabularies have text for every id)
+    while (sl->len + blen > sl->cap) {
         sl->cap = sl->cap ? 2 * sl->cap : 256;
         char *t = realloc(sl->text, (size_t)sl->cap + 1);
         if (!t) fatal("engine: out of memory for %d bytes of text", sl->cap);
         sl->text = t;
     }
-    sl->text[sl->len++] = (char)tok;
+    int before = sl->len;
+    if (blen) memcpy(sl->text + sl->len, bytes, (size_t)blen);
+    sl->len += blen;
     sl->text[sl->len] = 0;
     sl->ntok++;
     sl->next_tok = tok;
+    // a stop string that ends inside this token's bytes: the earliest one
+    int cut = -1;
     for (int i = 0; i < r->nstop; i++) {
         int k = r->stop_len[i];
-        if (sl->len >= k && !memcmp(sl->text + sl->len - k, r->stop[i], k)) {
-            sl->len -= k;
-            if (r->logprobs >= 0) sl->nlp -= k;  // one entry per byte of the completion
-            sl->text[sl->len] = 0;
-            if (sl->emitted > sl->len) sl->emitted = sl->len;  // (never: the tail was held)
-            slot_finish(e, sl, "stop");
-            return 1;
-        }
+        for (int end = before + 1 > k ? before + 1 : k; end <= sl->len; end++)
+            if (!memcmp(sl->text + end - k, r->stop[i], k)) {
+                if (cut < 0 || end - k < cut) cut = end - k;
+                break;
+            }
+    }
+    if (cut >= 0) {
+        if (r->logprobs >= 0) sl->nlp -= sl->len - cut;  // one entry per byte of the completion (byte models only)
+        sl->len = cut;
+        sl->text[sl->len] = 0;
+        if (sl->emitted > sl->len) sl->emitted = sl->len;  // (never: the tail was held)
+        slot_finish(e, sl, "stop");
+        return 1;
     }
     if (sl->ntok >= r->max_tokens) {
         slot_finish(e, sl, "length");
@@ -439,8 +519,12 @@ int generate_offline(Model *m, const char *in_path, const char *out_path, const 
     if (!e) {
         fclose(in);
         fclose(out);
-        fprintf(stderr, "glia generate: the model's vocabulary (%d) is not the byte vocabulary; text prompts need V = 256\n",
-                m->cfg.V);
+        char terr[800];
+        Tokenizer t;
+        if (tokenizer_open(&m->cfg, &t, terr, sizeof terr) == 0)
+            snprintf(terr, sizeof terr, "the model's vocabulary (%d) is neither bytes (256) nor GPT-2 BPE (%d)", m->cfg.V,
+                     BPE_VOCAB), tokenizer_free(&t);
+        fprintf(stderr, "glia generate: %s\n", terr);
         return 2;
     }
     int n = 0, cap = 0;
@@ -473,7 +557,8 @@ int generate_offline(Model *m, const char *in_path, const char *out_path, const 
             if (pr.nprompts != 1 || pr.n != 1 || pr.stream || pr.logprobs >= 0 || pr.echo)
                 snprintf(it->error, sizeof it->error,
                          "one prompt and one completion per line (no n, stream, logprobs or echo)");
-            else if (engine_submit(e, &pr.base, it->error, sizeof it->error) >= 0) {
+            else if (engine_resolve(e, &pr, it->error, sizeof it->error) == 0 &&
+                     engine_submit(e, &pr.base, it->error, sizeof it->error) >= 0) {
                 it->prompt = pr.prompts[0], it->plen = pr.prompt_lens[0];
                 pr.prompts[0] = NULL;
             }
@@ -571,8 +656,9 @@ static int bool_field(const Json *j, const char *name, int *out, char *err, size
     return 0;
 }
 
-// One prompt: a string, or an array of token ids (bytes, 0..255).
-static int one_prompt(const Json *p, char **out, int *len, char *err, size_t n) {
+// One prompt: a string, or an array of token ids (checked against the
+// model's vocabulary by engine_resolve / engine_submit).
+static int one_prompt(const Json *p, char **out, int *len, int **ids, int *nids, char *err, size_t n) {
     if (p->type == JSON_STRING) {
         *out = xmalloc((size_t)p->len + 1);
         memcpy(*out, p->str, (size_t)p->len + 1);
@@ -580,24 +666,28 @@ static int one_prompt(const Json *p, char **out, int *len, char *err, size_t n) 
         return 0;
     }
     int k = json_count(p), i = 0;
-    *out = xmalloc((size_t)k + 1);
+    *ids = xmalloc((size_t)(k > 0 ? k : 1) * sizeof(int));
     for (const Json *t = p->child; t; t = t->next, i++) {
-        if (t->type != JSON_NUMBER || t->number != floor(t->number) || t->number < 0 || t->number > 255) {
-            free(*out);
-            return snprintf(err, n, "field 'prompt': token ids must be integers in [0, 255] (the byte vocabulary)"), -1;
+        if (t->type != JSON_NUMBER || t->number != floor(t->number) || t->number < 0 || t->number > 1 << 30) {
+            free(*ids), *ids = NULL;
+            return snprintf(err, n, "field 'prompt': token ids must be non-negative integers"), -1;
         }
-        (*out)[i] = (char)(int)t->number;
+        (*ids)[i] = (int)t->number;
     }
-    (*out)[k] = 0;
-    *len = k;
+    *nids = k;
+    *out = xmalloc(1);
+    (*out)[0] = 0;
+    *len = 0;
     return 0;
 }
 
 void engine_parsed_free(ParsedRequest *pr) {
-    for (int i = 0; i < pr->nprompts; i++) free(pr->prompts[i]);
+    for (int i = 0; i < pr->nprompts; i++) free(pr->prompts[i]), free(pr->prompt_ids[i]);
     free(pr->prompts);
     free(pr->prompt_lens);
-    pr->prompts = NULL, pr->prompt_lens = NULL, pr->nprompts = 0;
+    free(pr->prompt_ids);
+    free(pr->prompt_nids);
+    pr->prompts = NULL, pr->prompt_lens = NULL, pr->prompt_ids = NULL, pr->prompt_nids = NULL, pr->nprompts = 0;
 }
 
 static int parse_prompts(const Json *p, ParsedRequest *pr, char *err, size_t n) {
@@ -609,10 +699,13 @@ static int parse_prompts(const Json *p, ParsedRequest *pr, char *err, size_t n) 
     if (k > 1024) return snprintf(err, n, "field 'prompt' holds more than 1024 prompts"), -1;
     pr->prompts = xcalloc((size_t)k, sizeof(char *));
     pr->prompt_lens = xcalloc((size_t)k, sizeof(int));
+    pr->prompt_ids = xcalloc((size_t)k, sizeof(int *));
+    pr->prompt_nids = xcalloc((size_t)k, sizeof(int));
     const Json *one = many ? p->child : p;
     for (int i = 0; i < k; i++, one = many ? one->next : NULL) {
         if (one->type != JSON_STRING && one->type != JSON_ARRAY) return engine_parsed_free(pr), snprintf(err, n, "%s", shape), -1;
-        if (one_prompt(one, &pr->prompts[i], &pr->prompt_lens[i], err, n)) return engine_parsed_free(pr), -1;
+        if (one_prompt(one, &pr->prompts[i], &pr->prompt_lens[i], &pr->prompt_ids[i], &pr->prompt_nids[i], err, n))
+            return engine_parsed_free(pr), -1;
         pr->nprompts++;
     }
     return 0;
@@ -680,5 +773,6 @@ int engine_parse_request(const Json *j, ParsedRequest *pr, char *err, size_t n) 
     }
     if (parse_prompts(json_get(j, "prompt"), pr, err, n)) return -1;
     r->prompt = pr->prompts[0], r->prompt_len = pr->prompt_lens[0];
+    r->prompt_ids = pr->prompt_ids[0], r->prompt_nids = pr->prompt_nids[0];
     return 0;
 }

@@ -52,8 +52,10 @@ typedef struct {
 } EngineResult;
 
 typedef struct {
-    const char *prompt;  // bytes (V = 256), any byte value; copied at submit. Empty: starts from "\n"
-    int prompt_len;
+    const char *prompt;  // text, copied at submit: any bytes for a byte model, UTF-8 for a BPE one.
+    int prompt_len;      // Empty: starts from "\n" (bytes) or <|endoftext|> (BPE)
+    const int *prompt_ids;  // not NULL: the prompt as token ids instead (prompt_nids of them)
+    int prompt_nids;
     int max_tokens;      // >= 0 (0: only the prompt, e.g. to score it with echo and logprobs)
     SampleParams sp;
     uint64_t seed;
@@ -74,8 +76,12 @@ typedef struct {
 
 typedef struct Engine Engine;
 
-// An engine over model m (byte vocabulary) with `slots` sequence slots and
-// prompts of at most max_prompt bytes. m must outlive the engine.
+// An engine over model m with `slots` sequence slots and prompts of at most
+// max_prompt tokens. Text goes through the model's tokenizer (tokenizer.h):
+// bytes (V = 256) or GPT-2 BPE (V = 50257; completions are decoded token by
+// token, stop strings matched on the decoded text). NULL for any other
+// vocabulary or a BPE model without its ranks file (tokenizer_open says why).
+// m must outlive the engine.
 Engine *engine_new(Model *m, int slots, int max_prompt);
 void engine_free(Engine *e);
 // Queues a request. Returns its id (>= 0), or -1 with a one-line reason in
@@ -123,8 +129,10 @@ int generate_offline(Model *m, const char *prompts_jsonl, const char *out_jsonl,
 typedef struct {
     EngineRequest base;  // every field but the prompt
     int nprompts;
-    char **prompts;      // owned copies, any byte value
+    char **prompts;      // owned copies, any byte value ("" for an id prompt until engine_resolve)
     int *prompt_lens;
+    int **prompt_ids;    // an array-of-ids prompt: its ids (prompt_nids of them); NULL for text
+    int *prompt_nids;
     int n;               // choices per prompt (default 1)
     int stream, echo;    // echo: the answer's text starts with the prompt
     int logprobs;        // -1: none (null)
@@ -142,6 +150,13 @@ typedef struct {
 struct Json;
 int engine_parse_request(const struct Json *j, ParsedRequest *pr, char *err, size_t n);
 void engine_parsed_free(ParsedRequest *pr);
+// Checks every prompt of pr against the engine's model before submitting:
+// text a BPE model can take (valid UTF-8), ids inside the vocabulary, at most
+// max_prompt tokens; an id prompt's text (for echo) becomes its decoded bytes.
+// 0; -1 with a one-line reason (bad prompt: HTTP 400); -2 (too long: 413).
+int engine_resolve(const Engine *e, ParsedRequest *pr, char *err, size_t n);
+// Usage counts: the number of tokens of a text under the engine's tokenizer.
+int engine_is_bpe(const Engine *e);
 
 // JSON-safe copy of bytes: invalid UTF-8 becomes U+FFFD (a zero byte stays
 // a zero byte: *out_len, if not NULL, gets the length). Caller frees.

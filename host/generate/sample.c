@@ -61,23 +61,25 @@ int sample_token(const float *logits, int V, const SampleParams *p, Rng *rng) {
     return tok;
 }
 
-static void emit(FILE *out, int V, int tok) {
+static void emit(FILE *out, const Tokenizer *t, int tok) {
     if (!out) return;
-    if (V <= 256)
-        fputc(tok, out);
+    int len;
+    const unsigned char *b = t ? tokenizer_bytes(t, tok, &len) : NULL;
+    if (b)
+        fwrite(b, 1, (size_t)len, out);  // bytes as they come: a character split over tokens joins up in the stream
     else
         fprintf(out, "%d ", tok);
     fflush(out);
 }
 
 int generate_tokens(Model *m, ModelState *state, const int *prompt, int nprompt, int ntokens,
-                    const SampleParams *p, Rng *rng, FILE *out, int *generated) {
+                    const SampleParams *p, Rng *rng, FILE *out, int *generated, const Tokenizer *t) {
     int V = m->cfg.V;
     model_forward(m, prompt, NULL, 1, nprompt, state);
     int tok = sample_token(model_logits(m, 0, nprompt - 1), V, p, rng);
     for (int i = 0; i < ntokens; i++) {
         if (generated) generated[i] = tok;
-        emit(out, V, tok);
+        emit(out, t, tok);
         if (i + 1 == ntokens || (out && ferror(out))) return i + 1;  // output failed: the caller reports it
         model_forward(m, &tok, NULL, 1, 1, state);
         tok = sample_token(model_logits(m, 0, 0), V, p, rng);

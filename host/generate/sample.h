@@ -5,6 +5,7 @@
 
 #include <stdio.h>
 
+#include "generate/tokenizer.h"
 #include "model/model.h"
 #include "model/rng.h"
 
@@ -19,10 +20,10 @@ int sample_token(const float *logits, int V, const SampleParams *p, Rng *rng);
 
 // Generation for one sequence: the prompt is run once through the model
 // (state carried), then one step per new token. Each new token is written to
-// `out` as it is made (a byte for a byte-level vocabulary, else its id and a
-// space), flushed. The model must have activations for B = 1 and T >= the
+// `out` as it is made (its bytes under tokenizer t; its id and a space when
+// t is NULL or has no text for it), flushed. The model must have activations for B = 1 and T >= the
 // prompt length. Returns the number of tokens generated.
 int generate_tokens(Model *m, ModelState *state, const int *prompt, int nprompt, int ntokens,
-                    const SampleParams *p, Rng *rng, FILE *out, int *generated);
+                    const SampleParams *p, Rng *rng, FILE *out, int *generated, const Tokenizer *t);
 
 #endif

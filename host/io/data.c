@@ -422,8 +422,8 @@ int dataset_window(const Dataset *d, size_t first, int n, int T, int *inputs, in
 
 // ---- byte-level corpora ------------------------------------------------------------
 
-int prepare_bytes(const unsigned char *text, size_t n, double val_frac, const char *dir,
-                  const char *name, char err[DATA_ERR_LEN]) {
+int prepare_tokens(const uint16_t *tok, size_t n, double val_frac, const char *dir, const char *name,
+                   char err[DATA_ERR_LEN]) {
     if (!(val_frac > 0.0 && val_frac < 1.0)) {
         set_err(err, "validation fraction %g: must be between 0 and 1 (exclusive)", val_frac);
         return 2;
@@ -441,13 +441,13 @@ int prepare_bytes(const unsigned char *text, size_t n, double val_frac, const ch
     size_t nval = n - ntrain;
     if (ntrain < 2 || nval < 2) {
         set_err(err,
-                "text of %zu bytes is too short: a validation fraction of %g leaves %zu train and "
+                "text of %zu tokens is too short: a validation fraction of %g leaves %zu train and "
                 "%zu val tokens, and each split needs at least 2",
                 n, val_frac, ntrain, nval);
         return 2;
     }
     if (ntrain > (size_t)INT32_MAX || nval > (size_t)INT32_MAX) {
-        set_err(err, "text of %zu bytes is too long: a shard holds at most %ld tokens", n,
+        set_err(err, "text of %zu tokens is too long: a shard holds at most %ld tokens", n,
                 (long)INT32_MAX);
         return 2;
     }
@@ -455,15 +455,21 @@ int prepare_bytes(const unsigned char *text, size_t n, double val_frac, const ch
 
     size_t cap = strlen(dir) + strlen(name) + 16;
     char *path = xmalloc(cap);
-    uint16_t *tok = xmalloc(n * sizeof *tok);
-    for (size_t i = 0; i < n; i++) tok[i] = text[i];
     int rc = 0;
     snprintf(path, cap, "%s/%s_train.bin", dir, name);
     if (shard_write(path, tok, ntrain, err) != 0) rc = 1;
     snprintf(path, cap, "%s/%s_val.bin", dir, name);
     if (rc == 0 && shard_write(path, tok + ntrain, nval, err) != 0) rc = 1;
-    free(tok);
     free(path);
+    return rc;
+}
+
+int prepare_bytes(const unsigned char *text, size_t n, double val_frac, const char *dir,
+                  const char *name, char err[DATA_ERR_LEN]) {
+    uint16_t *tok = xmalloc((n ? n : 1) * sizeof *tok);
+    for (size_t i = 0; i < n; i++) tok[i] = text[i];
+    int rc = prepare_tokens(tok, n, val_frac, dir, name, err);
+    free(tok);
     return rc;
 }
 
@@ -494,16 +500,7 @@ static int kjv_ready(const char *dir) {
     return 1;
 }
 
-int corpus_default(char *dir, size_t dir_len, char err[DATA_ERR_LEN]) {
-    char cache[4096];
-    data_cache_dir(cache, sizeof cache);
-    int len = snprintf(dir, dir_len, "%s/kjv", cache);
-    if (len < 0 || (size_t)len >= dir_len || (size_t)len + 16 >= sizeof cache) {
-        set_err(err, "default corpus: the data directory path %s/kjv is too long", cache);
-        return -1;
-    }
-    if (kjv_ready(dir)) return 0;
-
+int corpus_default_text(unsigned char **out, size_t *out_n, char err[DATA_ERR_LEN]) {
     FILE *p = popen(KJV_COMMAND " 2>/dev/null", "r");
     if (!p) {
         set_err(err, "default corpus: cannot run '%s': %s", KJV_COMMAND, strerror(errno));
@@ -532,7 +529,6 @@ int corpus_default(char *dir, size_t dir_len, char err[DATA_ERR_LEN]) {
     }
     free(line);
     int status = pclose(p);
-    int rc = -1;
     if (status == -1) {
         set_err(err, "default corpus: cannot run '%s': %s", KJV_COMMAND, strerror(errno));
     } else if (WIFEXITED(status) && WEXITSTATUS(status) == 127) {
@@ -547,14 +543,33 @@ int corpus_default(char *dir, size_t dir_len, char err[DATA_ERR_LEN]) {
                 "KJV); " KJV_INSTALL_HINT,
                 KJV_COMMAND, n, KJV_MIN_BYTES);
     } else {
-        fprintf(stderr, "glia: preparing the default corpus (the King James Bible, %zu bytes) in %s\n",
-                n, dir);
-        char perr[DATA_ERR_LEN];
-        if (prepare_bytes(text, n, 0.1, dir, "kjv", perr) == 0)
-            rc = 0;
-        else
-            set_err(err, "default corpus: %s", perr);
+        *out = text, *out_n = n;
+        return 0;
     }
+    free(text);
+    return -1;
+}
+
+int corpus_default(char *dir, size_t dir_len, char err[DATA_ERR_LEN]) {
+    char cache[4096];
+    data_cache_dir(cache, sizeof cache);
+    int len = snprintf(dir, dir_len, "%s/kjv", cache);
+    if (len < 0 || (size_t)len >= dir_len || (size_t)len + 16 >= sizeof cache) {
+        set_err(err, "default corpus: the data directory path %s/kjv is too long", cache);
+        return -1;
+    }
+    if (kjv_ready(dir)) return 0;
+
+    unsigned char *text;
+    size_t n;
+    if (corpus_default_text(&text, &n, err) != 0) return -1;
+    int rc = -1;
+    fprintf(stderr, "glia: preparing the default corpus (the King James Bible, %zu bytes) in %s\n", n, dir);
+    char perr[DATA_ERR_LEN];
+    if (prepare_bytes(text, n, 0.1, dir, "kjv", perr) == 0)
+        rc = 0;
+    else
+        set_err(err, "default corpus: %s", perr);
     free(text);
     return rc;
 }

@@ -71,6 +71,13 @@ int dataset_check_seq(const Dataset *d, int T, char err[DATA_ERR_LEN]);
 int prepare_bytes(const unsigned char *text, size_t n, double val_frac, const char *dir,
                   const char *name, char err[DATA_ERR_LEN]);
 
+// The same for tokens already made (any tokenizer): tok[0..n) split by position.
+int prepare_tokens(const uint16_t *tok, size_t n, double val_frac, const char *dir, const char *name,
+                   char err[DATA_ERR_LEN]);
+
+// The default corpus's text (malloc'd, *n bytes), read from the bible-kjv
+// packages; 0, or -1 with a one-line reason naming the package to install.
+int corpus_default_text(unsigned char **text, size_t *n, char err[DATA_ERR_LEN]);
 // The default corpus: the King James Bible from Debian's bible-kjv packages
 // (`bible -f gen1:1-rev22:21`, verse references stripped), prepared as byte
 // shards under the data cache directory on first use. Writes the directory

@@ -54,6 +54,10 @@ int ckpt_check_crc_keys(const StFile *f, const char *path, char err[CKPT_ERR_LEN
     return n > 0;
 }
 
+const char *ckpt_tokenizer(const ModelConfig *c) {
+    return c->V == 256 ? "byte" : c->V == 50257 ? "gpt2" : c->V > 256 ? "byte+" : "none";
+}
+
 int ckpt_save_model(const Model *m, const char *path, long step, char err[CKPT_ERR_LEN]) {
     const ModelConfig *c = &m->cfg;
     char buf[8][32];
@@ -69,6 +73,7 @@ int ckpt_save_model(const Model *m, const char *path, long step, char err[CKPT_E
     }
     snprintf(buf[2], 32, "%ld", step);
     st_writer_meta(w, "step", buf[2]);
+    st_writer_meta(w, "tokenizer", ckpt_tokenizer(c));
     for (int i = 0; i < m->ntensors; i++) {
         const ParamTensor *t = &m->tensors[i];
         st_writer_add(w, t->name, t->ndim, t->shape, m->params + t->offset);
@@ -124,6 +129,12 @@ Model *ckpt_load_model(const char *path, long *step, char err[CKPT_ERR_LEN]) {
     char cerr[256];
     if (model_config_check(&cfg, cerr, sizeof cerr)) {
         snprintf(err, CKPT_ERR_LEN, "%s: bad configuration: %s", path, cerr);
+        goto fail;
+    }
+    const char *tk = st_meta(f, "tokenizer");  // files from before it: implied by V
+    if (tk && strcmp(tk, ckpt_tokenizer(&cfg))) {
+        snprintf(err, CKPT_ERR_LEN, "%s: metadata tokenizer '%.40s' does not fit a vocabulary of %d (expected '%s')",
+                 path, tk, cfg.V, ckpt_tokenizer(&cfg));
         goto fail;
     }
     // The file must hold the parameters its configuration asks for before

@@ -2,7 +2,10 @@
 //
 // A model file is a safetensors file: every parameter under its name in the
 // model's table (model.h), F32, and the configuration in the metadata
-// (format "glia-model", model_version, V, Vp, L, C, Nh, F, astro, step).
+// (format "glia-model", model_version, V, Vp, L, C, Nh, F, astro, step,
+// tokenizer: "byte" for V = 256, "gpt2" for GPT-2's BPE at V = 50257, "byte+"
+// for the tasks' byte vocabularies with extra symbols, "none" otherwise; it
+// must agree with V, and a file without it takes the one V implies).
 // Any safetensors tool can read it; glia checks every tensor's presence and
 // shape against the configuration before using a single value. Each tensor's
 // CRC-32C is stored in the metadata as crc32c.<name> (8 hex digits) and
@@ -22,6 +25,8 @@
 
 #define CKPT_ERR_LEN 640
 
+// The tokenizer a model of config c is trained with (see above).
+const char *ckpt_tokenizer(const ModelConfig *c);
 int ckpt_save_model(const Model *m, const char *path, long step, char err[CKPT_ERR_LEN]);
 // Loads a model file into a new Model (parameters only). On failure returns
 // NULL and writes a one-line error naming the file and the problem.

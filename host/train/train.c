@@ -71,6 +71,7 @@
 #include "common/dist.h"
 #include "glia/util.h"
 #include "generate/sample.h"
+#include "io/bpe.h"
 #include "train/train_ckpt.h"
 
 // The first SIGTERM or SIGINT received while training (0: none). A second
@@ -374,7 +375,15 @@ int train_run(const TrainOptions *o) {
     // A task run (tasks.h) has no data: every batch is generated.
     Dataset train = {0}, val = {0};
     if (!o->task) {
-        if (root) rc = train_data_dir(o->data, o->out, dir, sizeof dir, err);
+        if (root && o->cfg.V == BPE_VOCAB && !(o->data && is_dir(o->data))) {  // text would become byte tokens
+            snprintf(err, sizeof err, "a GPT-2 BPE model (vocab %d) trains on GPT-2 shards, not on %s tokenized byte by "
+                     "byte: glia prepare --tokenizer gpt2 %s%s%s--out DIR, then --data DIR", BPE_VOCAB,
+                     o->data ? o->data : "the default corpus", o->data ? "--in '" : "", o->data ? o->data : "",
+                     o->data ? "' " : "");
+            rc = 2;
+        } else if (root) {
+            rc = train_data_dir(o->data, o->out, dir, sizeof dir, err);
+        }
         if ((rc = agree(rc, "%s", err))) goto done;
         dist_bcast_bytes(dir, sizeof dir);
         rc = dataset_open(&train, dir, "train", err) || dataset_open(&val, dir, "val", err) ||
@@ -566,26 +575,34 @@ int train_run(const TrainOptions *o) {
     if (root) printf("glia train: %ld steps in %.1f s; model saved to %s\n", step, now_s() - t_start, path);
 
     if (root && o->sample_tokens > 0 && !o->task) {
+        Tokenizer tk;
+        char terr[800];
+        int have_tk = tokenizer_open(&o->cfg, &tk, terr, sizeof terr) == 0;
+        if (!have_tk) fprintf(stderr, "glia train: sample.txt holds token ids: %s\n", terr);
         model_alloc_acts(m, 1, 1);
         ModelState *st = model_state_new(m, 1);
         Rng rng;
         rng_init(&rng, o->seed);
         SampleParams sp = {.temperature = 0.8f, .top_k = 0, .top_p = 0.95f};
-        int prompt = '\n';
+        int prompt = o->cfg.V == BPE_VOCAB ? BPE_EOT : '\n';
         char spath[4200];
         snprintf(spath, sizeof spath, "%s/sample.txt", o->out);
         int *toks = xmalloc((size_t)o->sample_tokens * sizeof(int));
         printf("---- sample (temperature 0.8, top-p 0.95) ----\n");
-        generate_tokens(m, st, &prompt, 1, o->sample_tokens, &sp, &rng, stdout, toks);
+        generate_tokens(m, st, &prompt, 1, o->sample_tokens, &sp, &rng, stdout, toks, have_tk ? &tk : NULL);
         printf("\n----\n");
         FILE *sf = fopen(spath, "w");
-        if (sf) {
-            for (int i = 0; i < o->sample_tokens; i++)
-                if (o->cfg.V <= 256) fputc(toks[i], sf);
+        if (sf) {  // the text (or ids without a tokenizer)
+            for (int i = 0; i < o->sample_tokens; i++) {
+                int len;
+                const unsigned char *b = have_tk ? tokenizer_bytes(&tk, toks[i], &len) : NULL;
+                if (b) fwrite(b, 1, (size_t)len, sf);
                 else fprintf(sf, "%d ", toks[i]);
+            }
             fclose(sf);
         }
         free(toks);
+        if (have_tk) tokenizer_free(&tk);
         model_state_free(st);
     }
     rc = 0;
