@@ -524,7 +524,7 @@ Test(cuda_model, nccl_allreduce_world1) {
 #endif
 }
 
-// Spike statistics (model_stats) on the GPU equal the CPU's: the same spikes
+// Spike statistics (model_stats, model_spike_sums) on the GPU equal the CPU's: the same spikes
 // (no flip at this seed: check_forward_backward's bounds hold for it), and
 // the per-neuron sums are taken in the same order and precision (double).
 Test(cuda_model, stats_match_cpu) {
@@ -548,6 +548,12 @@ Test(cuda_model, stats_match_cpu) {
         cr_expect(x[0] > 0 && x[0] < 1, "layer %d: a degenerate rate %g", l, x[0]);
     }
     cr_expect_eq(a.sops, b.sops);
+    // the serving engine's counts (model_spike_sums) over a range of positions that starts mid-batch
+    double sa[2], sb[2];
+    model_spike_sums(cpu, 30, 20, &sa[0], &sa[1]);
+    model_spike_sums(gpu, 30, 20, &sb[0], &sb[1]);
+    cr_expect(sa[0] == sb[0] && sa[1] == sb[1] && sa[0] > 0 && sa[1] > 0, "spike sums: cpu %g %g gpu %g %g", sa[0],
+              sa[1], sb[0], sb[1]);
     model_stats_free(&a);
     model_stats_free(&b);
     model_free(cpu);

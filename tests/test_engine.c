@@ -1,10 +1,12 @@
 // test_engine.c: the batched generation engine (host/generate/engine.c): a request's
 // completion is bit-identical whether it runs alone or beside others in the
 // pool, a reused slot starts from a clean state, stop strings and max_tokens
-// are honoured, over-long prompts are refused, and the offline JSONL mode
-// writes the engine's completions in input order.
+// are honoured, over-long prompts are refused, the offline JSONL mode
+// writes the engine's completions in input order, and the served firing
+// rate (engine_spikes) equals a direct count of the same forwards' spikes.
 #include <cjson/cJSON.h>
 #include <criterion/criterion.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -190,6 +192,85 @@ Test(engine, stop_strings_and_limits) {
     Model *m2 = model_new(&c);
     cr_expect_null(engine_new(m2, 2, 16));
     model_free(m2);
+    model_free(m);
+}
+
+// Σ of the 0/1 spikes of positions [row0, row0 + rows) over the layers, counted from host memory.
+static void count_rows(const Model *m, int row0, int rows, double *amsu, double *ffn) {
+    const int C = m->cfg.C, F = m->cfg.F;
+    for (int l = 0; l < m->cfg.L; l++)
+        for (int i = row0; i < row0 + rows; i++) {
+            for (int n = 0; n < C; n++) *amsu += m->acts[l].amsu.s[(size_t)i * C + n] != 0.0f;
+            for (int n = 0; n < F; n++) *ffn += m->acts[l].r[(size_t)i * F + n] != 0.0f;
+        }
+}
+
+// Two greedy requests in a pool of three: A (20 tokens) in slot 0, B (40) in
+// slot 1, slot 2 idle. The oracle replays the engine's forwards on its own
+// models and state (the prefills, then decode steps whose inputs are the
+// completions' bytes, 0 in idle rows) and counts the spikes of every prefill
+// position and of the active rows of decode steps 0, 16 and 32: at 32 only
+// B's row 1 is active, so a count over the whole pool, or from row 0, fails.
+Test(engine, firing_rate_counts_the_active_rows) {
+    Model *m = tiny_model();
+    enum { S = 3 };
+    Engine *e = engine_new(m, S, MAX_PROMPT);
+    EngineSpikes none = engine_spikes(e);
+    cr_expect(none.positions == 0 && isnan(none.amsu_rate) && isnan(none.ffn_rate), "nothing counted yet");
+    const char *prompt[2] = {"the astrocyte ", "calcium rises and falls "};
+    const int max_tokens[2] = {20, 40};
+    Out out[2] = {0};
+    char err[200];
+    for (int i = 0; i < 2; i++) {
+        EngineRequest r = {.prompt = prompt[i], .prompt_len = (int)strlen(prompt[i]), .max_tokens = max_tokens[i],
+                           .sp = {0.0f, 0, 1.0f}, .on_done = collect_done, .user = &out[i]};
+        cr_assert_geq(engine_submit(e, &r, err, sizeof err), 0, "%s", err);
+    }
+    run_all(e);
+    EngineSpikes got = engine_spikes(e);
+    engine_free(e);
+    cr_assert(out[0].tokens == 20 && out[1].tokens == 40 && out[0].len == 20 && out[1].len == 40);
+
+    Model *pre = model_share(m), *dec = model_share(m);
+    model_alloc_acts(pre, 1, ENGINE_PREFILL_CHUNK);
+    model_alloc_acts(dec, S, 1);
+    ModelState *st = model_state_new(dec, S);
+    double pos = 0, amsu = 0, ffn = 0;
+    int tok[S];
+    for (int i = 0; i < 2; i++) {
+        const int T = (int)strlen(prompt[i]);
+        ModelState *view = model_state_slot(st, i);
+        int *ptok = malloc((size_t)T * sizeof(int));
+        for (int t = 0; t < T; t++) ptok[t] = (unsigned char)prompt[i][t];
+        model_forward(pre, ptok, NULL, 1, T, view);
+        free(ptok);
+        count_rows(pre, 0, T, &amsu, &ffn);
+        pos += T;
+        model_state_free(view);
+    }
+    for (int k = 0; k < 39; k++) {  // the first token comes from the prefill; B's last one ends the run
+        tok[0] = k < 19 ? (unsigned char)out[0].text[k] : 0;
+        tok[1] = (unsigned char)out[1].text[k];
+        tok[2] = 0;
+        model_forward(dec, tok, NULL, S, 1, st);
+        if (k % ENGINE_SPIKE_EVERY) continue;
+        int rows = k < 19 ? 2 : 1, row0 = k < 19 ? 0 : 1;
+        count_rows(dec, row0, rows, &amsu, &ffn);
+        pos += rows;
+    }
+    cr_expect_eq(pos, strlen(prompt[0]) + strlen(prompt[1]) + 2 + 2 + 1);
+    cr_expect(got.positions == pos && got.amsu == amsu && got.ffn == ffn,
+              "engine: %g positions, %g AM-SU and %g FFN spikes; counted %g, %g, %g", got.positions, got.amsu, got.ffn,
+              pos, amsu, ffn);
+    const ModelConfig *c = &m->cfg;
+    cr_expect(fabs(got.amsu_rate - amsu / (pos * c->L * c->C)) < 1e-15 &&
+                  fabs(got.ffn_rate - ffn / (pos * c->L * c->F)) < 1e-15,
+              "rates %g %g", got.amsu_rate, got.ffn_rate);
+    cr_expect(got.amsu_rate > 0.01 && got.amsu_rate < 0.99 && got.ffn_rate > 0.01 && got.ffn_rate < 0.99,
+              "degenerate rates %g %g: the case must exercise counting", got.amsu_rate, got.ffn_rate);
+    model_state_free(st);
+    model_free(pre);
+    model_free(dec);
     model_free(m);
 }
 

@@ -7,7 +7,9 @@
 // the answers, keeping lengths), logprobs equal the model's training loss.
 // Also: strict parsing, unknown paths and methods, an over-long prompt, a
 // burst of concurrent clients, cancellation of abandoned requests, 200
-// stalled sockets, the connection cap, a second SIGTERM. A server that does
+// stalled sockets, the connection cap, a second SIGTERM; /metrics read by a
+// strict checker of the Prometheus text format, its counters against the
+// requests sent, and the access log. A server that does
 // not start fails the test; only a missing curl (or GPU, for
 // GLIA_TEST_DEVICE=cuda: ctest's test_serve_cuda, exact fp32 matmuls) skips.
 // The server is killed in the suite's .fini, which runs even when a test
@@ -44,6 +46,8 @@ static pid_t server = -1;
 static int port;
 static const char *skip_reason;
 static char start_error[600];
+static char errlog[320];  // the server's stderr goes here when capture_stderr is set
+static int capture_stderr, silent_model;
 
 static int use_bpe;  // the serve_bpe suite: a GPT-2 BPE model (V = 50257, L 1, C 32)
 
@@ -54,6 +58,15 @@ static Model *tiny_model(void) {
     Model *m = model_new(&c);
     model_init(m, 5);
     return m;
+}
+
+// No current reaches any neuron: every spike tensor is zero (test_stats.c).
+static void silence(Model *m) {
+    for (int l = 0; l < m->cfg.L; l++) {
+        LayerParams *p = &m->layers[l];
+        float *zero[] = {p->W_I, p->W_K, p->W_V, p->W_Q, p->W_1};
+        for (int k = 0; k < 5; k++) memset(zero[k], 0, (size_t)m->cfg.C * (k == 4 ? m->cfg.F : m->cfg.C) * 4);
+    }
 }
 
 static double now_s(void) {
@@ -84,8 +97,11 @@ static void start_with(const char *const *extra) {
     cr_assert(mkdtemp(dir));
     snprintf(ckpt, sizeof ckpt, "%s/model.safetensors", dir);
     Model *m = tiny_model();
+    if (silent_model) silence(m);
     char err[CKPT_ERR_LEN];
     cr_assert_eq(ckpt_save_model(m, ckpt, 0, err), 0, "%s", err);
+    errlog[0] = 0;
+    if (capture_stderr) snprintf(errlog, sizeof errlog, "%s/stderr.txt", dir);
     model_free(m);
     int fd[2];
     cr_assert_eq(pipe(fd), 0);
@@ -96,6 +112,7 @@ static void start_with(const char *const *extra) {
         dup2(fd[1], 1);
         close(fd[0]);
         close(fd[1]);
+        if (errlog[0] && !freopen(errlog, "w", stderr)) _exit(126);
         const char *argv[64] = {GLIA_BIN, "serve", "--ckpt", ckpt, "--port", "0", "--device", device, "--matmul", "fp32"};
         int n = 10;
         for (int i = 0; extra[i] && n < 63; i++) argv[n++] = extra[i];
@@ -1024,4 +1041,323 @@ Test(serve_bpe, text_and_id_prompts) {
     e = http("POST", "/v1/completions", "{\"prompt\": \"x\", \"logprobs\": 1}", &code);
     expect_error(e, code, 400, "byte models only");
     free(e);
+}
+
+// ---- /metrics and the access log ------------------------------------------------------------
+
+// One sample of an exposition: "name{labels}" as written, and its value.
+typedef struct {
+    char key[200];
+    double v;
+} Sample;
+typedef struct {
+    Sample s[256];
+    int n;
+} Expo;
+
+static int name_char(char c, int first) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || c == ':' || (!first && c >= '0' && c <= '9');
+}
+
+// A metric (or, without colons, label) name at p; its length, 0 if none.
+static int name_len(const char *p, int label) {
+    int n = 0;
+    while (name_char(p[n], n == 0) && !(label && p[n] == ':')) n++;
+    return n;
+}
+
+// A sample value: a float as Go's ParseFloat reads it, or NaN, +Inf, -Inf.
+static int parse_value(const char *p, double *v) {
+    if (!strcmp(p, "NaN")) return *v = NAN, 0;
+    if (!strcmp(p, "+Inf")) return *v = INFINITY, 0;
+    if (!strcmp(p, "-Inf")) return *v = -INFINITY, 0;
+    if (!*p || !strchr("+-.0123456789", *p)) return -1;
+    char *end;
+    errno = 0;
+    *v = strtod(p, &end);
+    return *end || errno || isnan(*v) || isinf(*v) ? -1 : 0;
+}
+
+// Checks every line of a text exposition (format 0.0.4) and fills e. HELP
+// and TYPE name a family at most once each, TYPE before its samples; sample
+// names are metric names with their family's suffixes (_bucket, _sum,
+// _count for a histogram); labels are name="value" with \\, \" and \n the
+// only escapes; a family's samples are together; counters are >= 0; a
+// histogram's buckets have ascending le ending at +Inf with non-decreasing
+// counts, and +Inf equals _count. 0, or -1 with the first fault in why.
+#define BAD(cond, ...)                                 \
+    do {                                               \
+        if (!(cond)) {                                 \
+            snprintf(why, WHY_LEN, __VA_ARGS__);       \
+            return -1;                                 \
+        }                                              \
+    } while (0)
+#define WHY_LEN 300
+static int check_exposition(const char *text, Expo *e, char *why) {
+    e->n = 0;
+    BAD(*text && text[strlen(text) - 1] == '\n', "the exposition does not end with a newline");
+    char family[100] = "", type[16] = "", done[64][100];
+    int ndone = 0, nbuckets = 0;
+    double last_le = -INFINITY, last_count = 0, inf_count = -1, count = -1;
+    int have_sum = 0;
+    const char *p = text;
+    for (int ln = 1; *p; ln++) {
+        const char *nl = strchr(p, '\n');
+        char line[512];
+        size_t len = (size_t)(nl - p);
+        BAD(len < sizeof line, "line %d is too long", ln);
+        memcpy(line, p, len);
+        line[len] = 0;
+        p = nl + 1;
+        BAD(len > 0, "line %d is empty", ln);
+        if (line[0] == '#') {
+            char kw[8] = "", nm[100] = "";
+            int off = 0;
+            BAD(sscanf(line, "# %7s %99s %n", kw, nm, &off) == 2 && (!strcmp(kw, "HELP") || !strcmp(kw, "TYPE")),
+                      "line %d: a comment that is not HELP or TYPE: %.200s", ln, line);
+            BAD(name_len(nm, 0) == (int)strlen(nm), "line %d: bad metric name '%s'", ln, nm);
+            if (strcmp(nm, family)) {  // a new family: close the last one
+                if (!strcmp(type, "histogram"))
+                    BAD(nbuckets > 0 && inf_count >= 0 && have_sum && count == inf_count,
+                              "histogram %s: le=\"+Inf\" %g, _count %g, _sum %d", family, inf_count, count, have_sum);
+                for (int i = 0; i < ndone; i++) BAD(strcmp(done[i], nm), "line %d: family %s again", ln, nm);
+                BAD(ndone < 64, "too many families");
+                snprintf(done[ndone++], 100, "%s", nm);
+                snprintf(family, sizeof family, "%s", nm);
+                type[0] = 0, nbuckets = 0, last_le = -INFINITY, last_count = 0, inf_count = -1, count = -1, have_sum = 0;
+            }
+            if (!strcmp(kw, "TYPE")) {
+                BAD(!type[0], "line %d: a second TYPE for %s", ln, nm);
+                const char *t = line + off;
+                BAD(!strcmp(t, "counter") || !strcmp(t, "gauge") || !strcmp(t, "histogram") ||
+                              !strcmp(t, "summary") || !strcmp(t, "untyped"),
+                          "line %d: unknown type '%s'", ln, t);
+                snprintf(type, sizeof type, "%s", t);
+            } else {
+                for (const char *d = line + off; *d; d++)
+                    if (*d == '\\') {
+                        BAD(d[1] == '\\' || d[1] == 'n', "line %d: bad escape in HELP", ln);
+                        d++;
+                    }
+            }
+            continue;
+        }
+        // a sample: name{label="value",...} value
+        int n = name_len(line, 0);
+        BAD(n > 0, "line %d: no metric name: %.200s", ln, line);
+        BAD(type[0], "line %d: a sample before its family's TYPE: %.200s", ln, line);
+        char nm[100];
+        snprintf(nm, sizeof nm, "%.*s", n, line);
+        const char *suffix = !strncmp(nm, family, strlen(family)) ? nm + strlen(family) : NULL;
+        int hist = !strcmp(type, "histogram");
+        BAD(suffix && (hist ? !strcmp(suffix, "_bucket") || !strcmp(suffix, "_sum") || !strcmp(suffix, "_count")
+                                  : !*suffix),
+                  "line %d: sample %s outside its family %s (%s)", ln, nm, family, type);
+        const char *q = line + n;
+        char le[100] = "";
+        if (*q == '{') {
+            q++;
+            while (*q != '}') {
+                int k = name_len(q, 1);
+                BAD(k > 0 && q[k] == '=' && q[k + 1] == '"', "line %d: bad label at '%s'", ln, q);
+                char lname[64];
+                snprintf(lname, sizeof lname, "%.*s", k, q);
+                q += k + 2;
+                char val[100];
+                int vl = 0;
+                for (; *q != '"'; q++) {
+                    BAD(*q, "line %d: unterminated label value", ln);
+                    if (*q == '\\') {
+                        BAD(q[1] == '\\' || q[1] == '"' || q[1] == 'n', "line %d: bad escape", ln);
+                        q++;
+                    }
+                    if (vl < 99) val[vl++] = *q;
+                }
+                val[vl] = 0;
+                q++;
+                if (!strcmp(lname, "le")) snprintf(le, sizeof le, "%s", val);
+                BAD(*q == ',' || *q == '}', "line %d: bad label list at '%s'", ln, q);
+                if (*q == ',') q++;
+            }
+            q++;
+        }
+        BAD(*q == ' ', "line %d: no space before the value: %.200s", ln, line);
+        double v;
+        BAD(parse_value(q + 1, &v) == 0, "line %d: '%s' is not a value", ln, q + 1);
+        if (!strcmp(type, "counter")) BAD(v >= 0, "line %d: a negative counter", ln);
+        if (hist && !strcmp(suffix, "_bucket")) {
+            double b;
+            BAD(le[0] && parse_value(le, &b) == 0, "line %d: a bucket without a valid le", ln);
+            BAD(b > last_le && v >= last_count, "line %d: buckets must ascend in le and count", ln);
+            last_le = b, last_count = v, nbuckets++;
+            if (isinf(b)) inf_count = v;
+        } else if (hist && !strcmp(suffix, "_count")) {
+            count = v;
+        } else if (hist) {
+            have_sum = 1;
+        }
+        BAD(e->n < 256, "too many samples");
+        snprintf(e->s[e->n].key, sizeof e->s[e->n].key, "%.*s", (int)(strchr(line, ' ') - line), line);
+        for (int i = 0; i < e->n; i++) BAD(strcmp(e->s[i].key, e->s[e->n].key), "line %d: a sample again", ln);
+        e->s[e->n++].v = v;
+    }
+    if (!strcmp(type, "histogram"))
+        BAD(nbuckets > 0 && inf_count >= 0 && have_sum && count == inf_count, "histogram %s: le=\"+Inf\" %g, _count %g",
+            family, inf_count, count);
+    return 0;
+}
+#undef BAD
+
+// The value of sample key, or NaN-free default def when it is not there.
+static double sample(const Expo *e, const char *key, double def) {
+    for (int i = 0; i < e->n; i++)
+        if (!strcmp(e->s[i].key, key)) return e->s[i].v;
+    return def;
+}
+
+static void scrape(Expo *e) {
+    int code;
+    char *b = http("GET", "/metrics", NULL, &code);
+    cr_assert_eq(code, 200, "%s", b);
+    char why[WHY_LEN];
+    cr_assert_eq(check_exposition(b, e, why), 0, "/metrics: %s\n%s", why, b);
+    free(b);
+}
+
+// The checker itself: it takes a good exposition and refuses each fault.
+Test(metrics_format, the_checker_refuses_bad_lines) {
+    static const char good[] =
+        "# HELP a_total Things.\n# TYPE a_total counter\na_total{code=\"200\",x=\"q\\\"\"} 3\n"
+        "# TYPE h histogram\nh_bucket{le=\"0.5\"} 1\nh_bucket{le=\"+Inf\"} 2\nh_sum 0.75\nh_count 2\n"
+        "# TYPE g gauge\ng NaN\n";
+    Expo e;
+    char why[WHY_LEN];
+    cr_assert_eq(check_exposition(good, &e, why), 0, "%s", why);
+    cr_expect_eq(e.n, 6);
+    cr_expect_eq(sample(&e, "h_count", -1), 2);
+    static const char *const bad[] = {
+        "# TYPE a counter\na -1\n",                                             // a negative counter
+        "# TYPE a gauge\na 1x\n",                                               // not a number
+        "a 1\n",                                                                // no TYPE
+        "# TYPE a gauge\n1a 1\n",                                               // bad name
+        "# TYPE a gauge\na{l=v} 1\n",                                           // unquoted label
+        "# TYPE h histogram\nh_bucket{le=\"1\"} 2\nh_bucket{le=\"+Inf\"} 1\nh_sum 1\nh_count 1\n",  // count falls
+        "# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 2\nh_sum 1\nh_count 3\n",  // +Inf != _count
+        "# TYPE a gauge\na 1\n# TYPE b gauge\nb 1\n# TYPE a gauge\n",           // a family split
+        "# TYPE a gauge\nb 1\n",                                                // outside its family
+        "# TYPE a gauge\na 1",                                                  // no final newline
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        cr_expect_eq(check_exposition(bad[i], &e, why), -1, "bad exposition %zu was accepted: %s", i, bad[i]);
+}
+
+static void start_metrics(void) {
+    static const char *const extra[] = {"--slots", "2", "--max-tokens", "32", NULL};
+    capture_stderr = 1;
+    start_with(extra);
+    capture_stderr = 0;
+}
+TestSuite(serve_metrics, .init = start_metrics, .fini = stop, .timeout = 120);
+
+// Lines of the server's stderr that contain s.
+static int log_lines(const char *s) {
+    FILE *f = fopen(errlog, "r");
+    cr_assert(f, "no stderr file %s", errlog);
+    char line[512];
+    int n = 0;
+    while (fgets(line, sizeof line, f)) n += strstr(line, s) != NULL;
+    fclose(f);
+    return n;
+}
+
+Test(serve_metrics, counters_follow_the_requests) {
+    NEED_SERVER();
+    Expo a, b;
+    scrape(&a);
+    cr_expect_eq(sample(&a, "glia_slots", -1), 2);
+    cr_expect(isnan(sample(&a, "glia_firing_rate{neurons=\"amsu\"}", 0)), "no token yet: the rate is NaN");
+    // two completions (one streamed), a 400, a 404 and a 405
+    int code;
+    char *r = http("POST", "/v1/completions", "{\"prompt\": \"the astrocyte \", \"max_tokens\": 12}", &code);
+    cr_expect_eq(code, 200, "%s", r);
+    cJSON *j = cJSON_Parse(r);
+    cr_assert(j, "%s", r);
+    cJSON *u = cJSON_GetObjectItem(j, "usage");
+    const int p1 = cJSON_GetObjectItem(u, "prompt_tokens")->valueint, c1 = cJSON_GetObjectItem(u, "completion_tokens")->valueint;
+    cr_expect(p1 == 14 && c1 == 12, "usage %d %d", p1, c1);
+    cJSON_Delete(j);
+    free(r);
+    r = http("POST", "/v1/completions", "{\"prompt\": \"calcium\", \"max_tokens\": 5, \"stream\": true}", &code);
+    cr_expect_eq(code, 200);
+    cr_expect(strstr(r, "data: [DONE]"), "%s", r);
+    free(r);
+    free(http("POST", "/v1/completions", "{\"prompt\": ", &code));
+    cr_expect_eq(code, 400);
+    free(http("GET", "/no/such/path", NULL, &code));
+    cr_expect_eq(code, 404);
+    free(http("POST", "/metrics", "{}", &code));
+    cr_expect_eq(code, 405);
+    scrape(&b);
+
+    // counters only grow, and by what was sent
+    for (int i = 0; i < a.n; i++) {
+        const char *k = a.s[i].key;
+        if (strstr(k, "_total") || strstr(k, "_bucket") || strstr(k, "_count") || strstr(k, "_sum"))
+            cr_expect(sample(&b, k, -1) >= a.s[i].v, "%s fell from %g to %g", k, a.s[i].v, sample(&b, k, -1));
+    }
+#define DELTA(key) (sample(&b, key, 0) - sample(&a, key, 0))
+    cr_expect_eq(DELTA("glia_http_responses_total{code=\"200\"}"), 3, "two completions and the first scrape");
+    cr_expect_eq(DELTA("glia_http_responses_total{code=\"400\"}"), 1);
+    cr_expect_eq(DELTA("glia_http_responses_total{code=\"404\"}"), 1);
+    cr_expect_eq(DELTA("glia_http_responses_total{code=\"405\"}"), 1);
+    cr_expect_eq(DELTA("glia_completions_total{finish_reason=\"length\"}"), 2);
+    cr_expect_eq(DELTA("glia_completions_total{finish_reason=\"cancelled\"}"), 0);
+    cr_expect_eq(DELTA("glia_prompt_tokens_total"), 14 + 7);
+    cr_expect_eq(DELTA("glia_completion_tokens_total"), 12 + 5);
+    cr_expect_eq(DELTA("glia_time_to_first_token_seconds_count"), 2);
+    cr_expect_eq(DELTA("glia_time_per_output_token_seconds_count"), 2);
+    cr_expect_gt(DELTA("glia_time_per_output_token_seconds_sum"), 0);
+    // the prompts' positions and at least the first decode step's
+    cr_expect_geq(DELTA("glia_firing_rate_positions_total"), 14 + 7 + 1);
+    for (int k = 0; k < 2; k++) {
+        double rate = sample(&b, k ? "glia_firing_rate{neurons=\"ffn\"}" : "glia_firing_rate{neurons=\"amsu\"}", -1);
+        cr_expect(rate > 0.01 && rate < 0.99, "firing rate %g", rate);
+    }
+    cr_expect_eq(sample(&b, "glia_slots_busy", -1), 0);
+    cr_expect_eq(sample(&b, "glia_queue_depth", -1), 0);
+#undef DELTA
+
+    // one access-log line per request (written once the answer is sent: give it a moment)
+    double t0 = now_s();
+    while (log_lines("glia serve: GET /metrics 200 0 tokens ") < 2 && now_s() - t0 < 5) usleep(20000);
+    cr_expect_eq(log_lines("glia serve: GET /metrics 200 0 tokens "), 2);
+    cr_expect_eq(log_lines("glia serve: POST /v1/completions 200 26 tokens "), 1, "14 + 12 tokens");
+    cr_expect_eq(log_lines("glia serve: POST /v1/completions 200 12 tokens "), 1, "the stream: 7 + 5 tokens");
+    cr_expect_eq(log_lines("glia serve: POST /v1/completions 400 0 tokens "), 1);
+    cr_expect_eq(log_lines("glia serve: GET /no/such/path 404 0 tokens "), 1);
+    cr_expect_eq(log_lines("glia serve: POST /metrics 405 0 tokens "), 1);
+    cr_expect_eq(log_lines(" ms\n"), 7, "every line ends in milliseconds");
+}
+
+// --quiet: no access log; a model whose neurons never fire serves a rate of exactly 0.
+static void start_quiet_silent(void) {
+    static const char *const extra[] = {"--slots", "2", "--max-tokens", "32", "--quiet", NULL};
+    capture_stderr = silent_model = 1;
+    start_with(extra);
+    capture_stderr = silent_model = 0;
+}
+TestSuite(serve_quiet, .init = start_quiet_silent, .fini = stop, .timeout = 60);
+
+Test(serve_quiet, no_access_log_and_a_silent_model_rates_zero) {
+    NEED_SERVER();
+    int code;
+    free(http("POST", "/v1/completions", "{\"prompt\": \"silence\", \"max_tokens\": 20}", &code));
+    cr_expect_eq(code, 200);
+    Expo e;
+    scrape(&e);
+    cr_expect_eq(sample(&e, "glia_firing_rate{neurons=\"amsu\"}", -1), 0);
+    cr_expect_eq(sample(&e, "glia_firing_rate{neurons=\"ffn\"}", -1), 0);
+    cr_expect_geq(sample(&e, "glia_firing_rate_positions_total", -1), 8);
+    usleep(200000);
+    cr_expect_eq(log_lines("glia serve: "), 0, "--quiet still logged");
 }

@@ -6,7 +6,10 @@
 // should be flat (the context is prefilled in ENGINE_PREFILL_CHUNK pieces,
 // so even 100 000 tokens fit in memory); (3) the state one sequence carries
 // beside the KV cache a transformer of the same width and depth would hold
-// at that context (2·L·C·context fp32 values). Timings are medians.
+// at that context (2·L·C·context fp32 values). Timings are medians. Then
+// the decode steps' spike statistics (model_stats, outside the timed
+// region): firing rates, synaptic operations per token against the dense
+// MACs, and the energy ESTIMATE of model.h.
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,7 +56,22 @@ static double throughput(Model *m, int S, int ntok) {
     return (double)(steps + 1) * S / dt;  // the last step finished every slot
 }
 
-static double time_per_token(Model *m, Model *pre, Model *dec, long context, int steps) {
+// model_stats summed over decode steps.
+typedef struct {
+    double n, amsu_rate, ffn_rate, sops, spike_macs, other_macs, e_spiking, e_dense;
+} OpsSum;
+
+static void ops_add(OpsSum *o, Model *m) {
+    ModelStats st;
+    model_stats(m, &st);
+    for (int l = 0; l < st.L; l++) o->amsu_rate += st.layer[l].amsu_rate / st.L, o->ffn_rate += st.layer[l].ffn_rate / st.L;
+    o->sops += st.sops, o->spike_macs += st.spike_macs, o->other_macs += st.other_macs;
+    o->e_spiking += st.energy_spiking_pj, o->e_dense += st.energy_dense_pj;
+    o->n++;
+    model_stats_free(&st);
+}
+
+static double time_per_token(Model *m, Model *pre, Model *dec, long context, int steps, OpsSum *ops) {
     ModelState *st = model_state_new(m, 1);
     int *toks = xmalloc(ENGINE_PREFILL_CHUNK * sizeof(int));
     Rng rng;
@@ -72,6 +90,7 @@ static double time_per_token(Model *m, Model *pre, Model *dec, long context, int
         model_forward(dec, &tok, NULL, 1, 1, st);
         tok = sample_token(model_logits(dec, 0, 0), m->cfg.V, &sp, &rng);
         t[i] = engine_now() - t0;
+        ops_add(ops, dec);
     }
     qsort(t, steps, sizeof(double), bench_cmp);
     double med = t[steps / 2];
@@ -96,7 +115,8 @@ static int bench_generate(int argc, char **argv) {
     int rc = cli_parse("bench generate",
                        "Measures the serving engine: tokens/s against batch size, time per token\n"
                        "against context length, state memory per sequence against a same-width\n"
-                       "transformer's KV cache. Prints markdown tables.",
+                       "transformer's KV cache, and the decode steps' firing rates, synaptic\n"
+                       "operations against dense MACs, and an energy estimate. Prints markdown tables.",
                        argc, argv, flags, nf);
     if (rc) return rc == 1 ? 0 : 2;
     long batches[32], contexts[32], ntok, steps, threads;
@@ -147,12 +167,30 @@ static int bench_generate(int argc, char **argv) {
     double state_b = 4.0 * (double)model_state_floats(c);
     printf("\n| context (tokens) | ms per token (median of %ld) | state per sequence | KV cache, same-width transformer (fp32) |\n"
            "|---:|---:|---:|---:|\n", steps);
+    OpsSum ops = {0};
     for (int i = 0; i < nc; i++) {
-        double t = time_per_token(m, pre, dec, contexts[i], (int)steps);
+        double t = time_per_token(m, pre, dec, contexts[i], (int)steps, &ops);
         last_t = t;
         double kv = 2.0 * c->L * c->C * (double)contexts[i] * 4.0;
         printf("| %ld | %.3f | %.1f KiB | %.1f KiB |\n", contexts[i], t * 1e3, state_b / 1024, kv / 1024);
         fflush(stdout);
+    }
+    if (ops.n > 0) {
+        const double n = ops.n;
+        printf("\nspikes and operations per generated token, mean of the %.0f decode steps above (model.h, model_stats)\n\n"
+               "| | per token |\n|---|---:|\n"
+               "| firing rate, AM-SU neurons (mean over layers) | %.4f |\n"
+               "| firing rate, FFN neurons (mean over layers) | %.4f |\n"
+               "| synaptic operations (SOPs: W_O, W_2 inputs are spikes; spike × fan-out) | %.0f |\n"
+               "| MACs of the same products with dense inputs | %.0f |\n"
+               "| other MACs (projections, W_1, head) | %.0f |\n"
+               "| energy, ESTIMATE: SOPs × %.1f pJ + other MACs × %.1f pJ | %.1f nJ |\n"
+               "| energy, ESTIMATE, dense inputs: all MACs × %.1f pJ | %.1f nJ |\n\n"
+               "The energy is an estimate from 45 nm figures (Horowitz, ISSCC 2014: %.1f pJ per fp32 add, %.1f pJ\n"
+               "per fp32 multiply-add), not a measurement; it leaves out memory traffic.\n",
+               n, ops.amsu_rate / n, ops.ffn_rate / n, ops.sops / n, ops.spike_macs / n, ops.other_macs / n,
+               MODEL_PJ_PER_AC, MODEL_PJ_PER_MAC, ops.e_spiking / n * 1e-3, MODEL_PJ_PER_MAC, ops.e_dense / n * 1e-3,
+               MODEL_PJ_PER_AC, MODEL_PJ_PER_MAC);
     }
     printf("\nheadline: %s, %.0f tokens/s at %ld slots; %.3f ms per token at context %ld\n",
            be->name, best_tps, best_b, last_t * 1e3, nc ? contexts[nc - 1] : 0L);

@@ -1,6 +1,8 @@
 // cmd_serve.c: `glia serve`, an HTTP endpoint in the shape of OpenAI's
 // completions API (POST /v1/completions, streaming as server-sent events,
-// GET /v1/models) plus GET /health, on libmicrohttpd.
+// GET /v1/models) plus GET /health and GET /metrics (Prometheus text
+// format; docs/SERVING.md lists the series), on libmicrohttpd. One access-log
+// line per request on stderr unless --quiet.
 //
 // Threads: libmicrohttpd runs one thread per connection (at most
 // --max-connections; beyond that a request gets 503); those threads only
@@ -76,9 +78,32 @@ typedef struct Job {
 
 typedef struct ConnRec {  // one open connection, for the cap and the read deadline
     int fd, busy, cut;
+    int status;  // of the response queued for its current request (0: none yet)
     double deadline;
     struct ConnRec *prev, *next;
 } ConnRec;
+
+// A Prometheus histogram: in[i] observations in (le[i-1], le[i]], the last
+// bucket +Inf.
+#define HIST_MAX 16
+typedef struct {
+    int n;  // finite bounds
+    double le[HIST_MAX];
+    long in[HIST_MAX + 1];
+    double sum;
+    long count;
+} Hist;
+
+static void hist_observe(Hist *h, double v) {
+    int i = 0;
+    while (i < h->n && v > h->le[i]) i++;
+    h->in[i]++;
+    h->sum += v;
+    h->count++;
+}
+
+static const char *const FINISH[] = {"length", "stop", "cancelled", "error"};
+#define NFINISH 4
 
 typedef struct {
     pthread_mutex_t mu;
@@ -93,6 +118,13 @@ typedef struct {
     ConnRec *conns;
     int nconn, max_conn;
     double read_timeout;
+    // /metrics, under mu
+    long responses[600];          // by HTTP status
+    long finished[NFINISH];       // completions (choices) by finish reason
+    long prompt_tokens, completion_tokens;
+    Hist ttft, tpot;              // seconds: submit → first token; per output token after the first
+    EngineSpikes spikes;          // published by the engine thread
+    int quiet;                    // no access log
 } Server;
 
 // ---- jobs ------------------------------------------------------------------------------
@@ -232,6 +264,13 @@ static void on_done(void *user, const EngineResult *r) {
     if (j->pr.logprobs >= 0 && r->nlp >= 0 && strcmp(r->finish_reason, "cancelled")) c->logprobs = logprobs_json(r);
     c->done = 1;
     j->ndone++;
+    int f = 0;
+    while (f < NFINISH - 1 && strcmp(FINISH[f], r->finish_reason)) f++;
+    sv->finished[f]++;
+    if (c->index % j->pr.n == 0) sv->prompt_tokens += r->prompt_tokens;  // as the answer's usage counts them
+    sv->completion_tokens += r->completion_tokens;
+    if (r->completion_tokens >= 1) hist_observe(&sv->ttft, r->ttft_s);
+    if (r->completion_tokens >= 2) hist_observe(&sv->tpot, (r->total_s - r->ttft_s) / (r->completion_tokens - 1));
     if (j->pr.stream) {
         sse_event(j, c->index, "", 0, r->finish_reason);
         if (j->ndone == j->nch) buf_add(j, "data: [DONE]\n\n", 14);
@@ -346,6 +385,7 @@ static void *engine_main(void *arg) {
         pthread_mutex_lock(&sv->mu);
         sv->active = engine_active(sv->engine);
         sv->queued = engine_queued(sv->engine);
+        sv->spikes = engine_spikes(sv->engine);
         pthread_mutex_unlock(&sv->mu);
     }
     return NULL;
@@ -408,20 +448,39 @@ static void *watchdog_main(void *arg) {
 
 // ---- HTTP --------------------------------------------------------------------------
 
-typedef struct {
+typedef struct {  // one request
     char *body;
     size_t len;
     int too_large, over_cap;
     Job *job;  // the stream this connection answers, for request_done
+    // the access log
+    char method[16], path[160];
+    double t0;
+    long tokens;  // prompt + completion of a non-streamed answer
 } Conn;
+
+// Counted when queued, so a client that has its answer finds it in /metrics.
+static void record_status(struct MHD_Connection *c, unsigned code) {
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    ConnRec *rec = ci ? ci->socket_context : NULL;
+    pthread_mutex_lock(&g_server->mu);
+    if (rec) rec->status = (int)code;
+    if (code < 600) g_server->responses[code]++;
+    pthread_mutex_unlock(&g_server->mu);
+}
+
+static enum MHD_Result queue(struct MHD_Connection *c, unsigned code, struct MHD_Response *r) {
+    record_status(c, code);
+    enum MHD_Result ok = MHD_queue_response(c, code, r);
+    MHD_destroy_response(r);
+    return ok;
+}
 
 static enum MHD_Result reply(struct MHD_Connection *c, unsigned code, char *body, const char *type) {
     struct MHD_Response *r = MHD_create_response_from_buffer(strlen(body), body, MHD_RESPMEM_MUST_FREE);
     MHD_add_response_header(r, "Content-Type", type);
     if (code == 405) MHD_add_response_header(r, "Allow", "GET, POST");
-    enum MHD_Result ok = MHD_queue_response(c, code, r);
-    MHD_destroy_response(r);
-    return ok;
+    return queue(c, code, r);
 }
 
 static enum MHD_Result reply_json(struct MHD_Connection *c, unsigned code, cJSON *o) {
@@ -539,9 +598,7 @@ static enum MHD_Result completions(Server *sv, struct MHD_Connection *c, Conn *c
         struct MHD_Response *r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, stream_read, j, stream_free);
         MHD_add_response_header(r, "Content-Type", "text/event-stream");
         MHD_add_response_header(r, "Cache-Control", "no-cache");
-        enum MHD_Result ok = MHD_queue_response(c, 200, r);
-        MHD_destroy_response(r);
-        return ok;
+        return queue(c, 200, r);
     }
     while (j->ndone < j->nch) pthread_cond_wait(&j->cv, &sv->mu);
     j->fd = -1;
@@ -582,9 +639,76 @@ static enum MHD_Result completions(Server *sv, struct MHD_Connection *c, Conn *c
     cJSON_AddNumberToObject(u, "prompt_tokens", (double)ptoks);
     cJSON_AddNumberToObject(u, "completion_tokens", (double)ctoks);
     cJSON_AddNumberToObject(u, "total_tokens", (double)(ptoks + ctoks));
+    cn->tokens = ptoks + ctoks;
     job_release(j);
     pthread_mutex_unlock(&sv->mu);
     return reply_json(c, 200, o);
+}
+
+// ---- /metrics: the Prometheus text exposition format (version 0.0.4) -------------------
+
+static void metric_head(FILE *f, const char *name, const char *type, const char *help) {
+    fprintf(f, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static void metric_value(FILE *f, double v) {  // the format's spellings of the special values
+    if (isnan(v)) fputs("NaN", f);
+    else if (isinf(v)) fputs(v > 0 ? "+Inf" : "-Inf", f);
+    else fprintf(f, "%.17g", v);
+}
+
+static void metric_hist(FILE *f, const char *name, const char *help, const Hist *h) {
+    metric_head(f, name, "histogram", help);
+    long cum = 0;
+    for (int i = 0; i <= h->n; i++) {
+        cum += h->in[i];
+        if (i < h->n) fprintf(f, "%s_bucket{le=\"%g\"} %ld\n", name, h->le[i], cum);
+        else fprintf(f, "%s_bucket{le=\"+Inf\"} %ld\n", name, cum);
+    }
+    fprintf(f, "%s_sum ", name);
+    metric_value(f, h->sum);
+    fprintf(f, "\n%s_count %ld\n", name, h->count);
+}
+
+static char *metrics_text(Server *sv) {
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    if (!f) fatal("serve: out of memory for /metrics");
+    pthread_mutex_lock(&sv->mu);
+    metric_head(f, "glia_http_responses_total", "counter", "HTTP responses by status code (every path).");
+    for (int code = 100; code < 600; code++)
+        if (sv->responses[code]) fprintf(f, "glia_http_responses_total{code=\"%d\"} %ld\n", code, sv->responses[code]);
+    metric_head(f, "glia_completions_total", "counter",
+                "Completions (choices) by finish reason: length, stop, cancelled (client gone, or a stop at once), error.");
+    for (int i = 0; i < NFINISH; i++) fprintf(f, "glia_completions_total{finish_reason=\"%s\"} %ld\n", FINISH[i], sv->finished[i]);
+    metric_head(f, "glia_prompt_tokens_total", "counter", "Prompt tokens, counted as the answers' usage counts them.");
+    fprintf(f, "glia_prompt_tokens_total %ld\n", sv->prompt_tokens);
+    metric_head(f, "glia_completion_tokens_total", "counter", "Completion tokens generated.");
+    fprintf(f, "glia_completion_tokens_total %ld\n", sv->completion_tokens);
+    metric_head(f, "glia_slots", "gauge", "Sequence slots of the engine (--slots).");
+    fprintf(f, "glia_slots %d\n", sv->slots);
+    metric_head(f, "glia_slots_busy", "gauge", "Slots generating now.");
+    fprintf(f, "glia_slots_busy %d\n", sv->active);
+    metric_head(f, "glia_queue_depth", "gauge", "Completions accepted and waiting for a slot.");
+    fprintf(f, "glia_queue_depth %d\n", sv->queued + sv->npending);
+    metric_hist(f, "glia_time_to_first_token_seconds", "Seconds from a completion's submission to its first token.",
+                &sv->ttft);
+    metric_hist(f, "glia_time_per_output_token_seconds",
+                "Seconds per output token after the first, per completion of two tokens or more.", &sv->tpot);
+    metric_head(f, "glia_firing_rate", "gauge",
+                "Spikes per neuron and token position of the served model since start, AM-SU or FFN neurons "
+                "(every prefill position, every 16th decode step).");
+    fputs("glia_firing_rate{neurons=\"amsu\"} ", f);
+    metric_value(f, sv->spikes.amsu_rate);
+    fputs("\nglia_firing_rate{neurons=\"ffn\"} ", f);
+    metric_value(f, sv->spikes.ffn_rate);
+    fputc('\n', f);
+    metric_head(f, "glia_firing_rate_positions_total", "counter", "Token positions the firing rate counts.");
+    fprintf(f, "glia_firing_rate_positions_total %.0f\n", sv->spikes.positions);
+    pthread_mutex_unlock(&sv->mu);
+    if (fclose(f)) fatal("serve: out of memory for /metrics");
+    return text;
 }
 
 static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *url, const char *method,
@@ -593,6 +717,9 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
     Conn *cn = *state;
     if (!cn) {  // first call: headers only
         cn = *state = xcalloc(1, sizeof(Conn));
+        cn->t0 = engine_now();
+        snprintf(cn->method, sizeof cn->method, "%s", method);
+        snprintf(cn->path, sizeof cn->path, "%s", url);
         pthread_mutex_lock(&sv->mu);
         cn->over_cap = sv->nconn > sv->max_conn;
         pthread_mutex_unlock(&sv->mu);
@@ -635,6 +762,10 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
         pthread_mutex_unlock(&sv->mu);
         return reply_json(c, 200, o);
     }
+    if (!strcmp(url, "/metrics")) {
+        if (!get) return reply_error(c, 405, "use GET for /metrics");
+        return reply(c, 200, metrics_text(sv), "text/plain; version=0.0.4; charset=utf-8");
+    }
     if (!strcmp(url, "/v1/models")) {
         if (!get) return reply_error(c, 405, "use GET for /v1/models");
         cJSON *o = cJSON_CreateObject();
@@ -653,16 +784,30 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
         return completions(sv, c, cn);
     }
     char msg[200];
-    snprintf(msg, sizeof msg, "no such endpoint: %.100s (try POST /v1/completions, GET /v1/models or GET /health)", url);
+    snprintf(msg, sizeof msg, "no such endpoint: %.100s (try POST /v1/completions, GET /v1/models, GET /health or GET /metrics)", url);
     return reply_error(c, 404, msg);
+}
+
+// Client-chosen text in the access log: printable ASCII, no spaces.
+static void log_clean(char *s) {
+    for (; *s; s++)
+        if (*s <= ' ' || *s > '~') *s = '?';
 }
 
 static void request_done(void *cls, struct MHD_Connection *c, void **state, enum MHD_RequestTerminationCode t) {
     Server *sv = cls;
     Conn *cn = *state;
     ConnRec *rec = conn_rec(c);
+    (void)t;
     pthread_mutex_lock(&sv->mu);
-    if (rec) rec->busy = 0, rec->deadline = engine_now() + sv->read_timeout;  // the next request's deadline
+    int status = rec ? rec->status : 0;
+    if (rec) rec->busy = 0, rec->status = 0, rec->deadline = engine_now() + sv->read_timeout;  // the next request's
+    if (cn && cn->job) {  // a stream's tokens: what its choices got
+        for (int i = 0; i < cn->job->nch; i++) {
+            const Choice *h = &cn->job->ch[i];
+            cn->tokens += (i % cn->job->pr.n == 0 ? h->prompt_tokens : 0) + h->completion_tokens;
+        }
+    }
     if (cn && cn->job) {  // before libmicrohttpd closes the socket: the engine thread stops polling it
         cn->job->fd = -1;
         if (cn->job->ndone < cn->job->nch) cn->job->cancelled = 1;
@@ -671,6 +816,15 @@ static void request_done(void *cls, struct MHD_Connection *c, void **state, enum
     }
     pthread_mutex_unlock(&sv->mu);
     if (!cn) return;
+    if (!sv->quiet) {  // one line, written whole
+        log_clean(cn->method), log_clean(cn->path);
+        char line[320], st[12] = "-";
+        if (status > 0) snprintf(st, sizeof st, "%d", status);
+        int n = snprintf(line, sizeof line, "glia serve: %s %s %s %ld tokens %.1f ms\n", cn->method, cn->path, st,
+                         cn->tokens, (engine_now() - cn->t0) * 1e3);
+        ssize_t w = write(2, line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
+        (void)w;
+    }
     free(cn->body);
     free(cn);
     *state = NULL;
@@ -721,12 +875,14 @@ int cmd_serve(int argc, char **argv) {
         {"--threads", "N", "compute threads (OpenMP and BLAS; they wait passively)", NULL},
         {"--device", "DEV", "cpu, cuda, or auto (cuda when a GPU is found)", "auto"},
         {"--matmul", "MODE", "GPU matmuls: tf32 or bf16 (tensor cores, fp32 accumulation) or fp32 (exact)", "tf32"},
+        {"--quiet", NULL, "no access log (one line per request on stderr: method, path, status, tokens, ms)", NULL},
     };
     int nf = sizeof flags / sizeof flags[0];
     int rc = cli_parse("serve",
                        "Serves a model over HTTP: POST /v1/completions (OpenAI completions shape;\n"
-                       "\"stream\": true answers as server-sent events), GET /v1/models and GET\n"
-                       "/health. Requests share one batched engine (docs/SERVING.md). Ctrl-C stops\n"
+                       "\"stream\": true answers as server-sent events), GET /v1/models, GET /health\n"
+                       "and GET /metrics (Prometheus text format). Requests share one batched engine\n"
+                       "(docs/SERVING.md); one access-log line per request on stderr. Ctrl-C stops\n"
                        "it after the accepted requests; a second Ctrl-C at once.",
                        argc, argv, flags, nf);
     if (rc) return rc == 1 ? 0 : 2;
@@ -764,7 +920,10 @@ int cmd_serve(int argc, char **argv) {
     }
     Server sv = {.slots = (int)slots, .max_prompt = (int)max_prompt, .max_tokens = (int)max_tokens,
                  .limit = (int)(slots + queue), .threads = (int)threads, .max_conn = (int)max_conn,
-                 .read_timeout = read_timeout};
+                 .read_timeout = read_timeout, .quiet = GET("--quiet") != NULL,
+                 .ttft = {11, {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}},
+                 .tpot = {11, {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5}},
+                 .spikes = {0, 0, 0, NAN, NAN}};
     Tokenizer tk;
     if (tokenizer_open(&m->cfg, &tk, err, sizeof err) == 0) tokenizer_free(&tk);
     else {

@@ -478,8 +478,8 @@ static void eval_stats(Model *m, const Dataset *val, int B, int T, long batches)
                a->amsu_always / w, a->ffn_rate / w, a->ffn_never / w, a->ffn_always / w, a->astro_share / w);
     }
     printf("\nper token: %.0f synaptic operations (W_O, W_2) against %.0f multiply-accumulates with dense inputs "
-           "(%.3f); other MACs %.0f\nenergy, ESTIMATED (45 nm: %.1f pJ per add, %.1f pJ per multiply-add): %.1f nJ "
-           "per token spiking against %.1f nJ dense\n",
+           "(%.3f); other MACs %.0f\nenergy, ESTIMATED (45 nm, Horowitz ISSCC 2014: %.1f pJ per add, %.1f pJ per "
+           "multiply-add; not a measurement): %.1f nJ per token spiking against %.1f nJ dense\n",
            sops / w, spike_macs, sops / w / spike_macs, other, MODEL_PJ_PER_AC, MODEL_PJ_PER_MAC, e_s / w * 1e-3,
            e_d * 1e-3);
     free(acc);

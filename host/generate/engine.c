@@ -61,6 +61,8 @@ struct Engine {
     long next_id;
     int *step_tokens;   // (S)
     Tokenizer tok;
+    long decode_steps;
+    double sp_pos, sp_amsu, sp_ffn;  // engine_spikes
 };
 
 double engine_now(void) {
@@ -167,6 +169,20 @@ int engine_resolve(const Engine *e, ParsedRequest *pr, char *err, size_t n) {
         free(t);
     }
     return 0;
+}
+
+static void count_spikes(Engine *e, Model *m, int row0, int rows) {
+    double a, f;
+    model_spike_sums(m, row0, rows, &a, &f);
+    e->sp_pos += rows, e->sp_amsu += a, e->sp_ffn += f;
+}
+
+EngineSpikes engine_spikes(const Engine *e) {
+    const ModelConfig *c = &e->dec->cfg;
+    EngineSpikes s = {e->sp_pos, e->sp_amsu, e->sp_ffn, NAN, NAN};
+    if (e->sp_pos > 0)
+        s.amsu_rate = e->sp_amsu / (e->sp_pos * c->L * c->C), s.ffn_rate = e->sp_ffn / (e->sp_pos * c->L * c->F);
+    return s;
 }
 
 int engine_active(const Engine *e) { return e->active; }
@@ -375,6 +391,7 @@ static void slot_admit(Engine *e, int s) {
     for (int off = 0; off < r->ntokens; off += T) {
         T = r->ntokens - off < ENGINE_PREFILL_CHUNK ? r->ntokens - off : ENGINE_PREFILL_CHUNK;
         model_forward(e->pre, r->tokens + off, NULL, 1, T, sl->view);
+        count_spikes(e, e->pre, 0, T);
         if (r->echo && r->prompt_bytes > 0)  // position t predicts prompt token off + t + 1
             for (int t = 0; t < T && off + t + 1 < r->ntokens; t++)
                 record_lp(sl, model_logits(e->pre, 0, t), r->tokens[off + t + 1], r->logprobs, 0);
@@ -418,6 +435,11 @@ int engine_step(Engine *e) {
     if (e->active > 0) {
         for (int s = 0; s < e->S; s++) e->step_tokens[s] = e->slots[s].req ? e->slots[s].next_tok : 0;
         model_forward(e->dec, e->step_tokens, NULL, e->S, 1, e->state);
+        if (e->decode_steps++ % ENGINE_SPIKE_EVERY == 0)  // each run of adjacent active slots
+            for (int s = 0, n; s < e->S; s += n + 1) {
+                for (n = 0; s + n < e->S && e->slots[s + n].req; n++) {}
+                if (n) count_spikes(e, e->dec, s, n);
+            }
         for (int s = 0; s < e->S; s++) {
             Slot *sl = &e->slots[s];
             if (!sl->req) continue;

@@ -101,6 +101,19 @@ int engine_max_prompt(const Engine *e);
 // -1 when no such request is in the engine (already done).
 int engine_cancel(Engine *e, long id);
 
+// The served model's spikes, for its firing rate: every prefill position
+// is counted, and of the decode steps every ENGINE_SPIKE_EVERY-th (the
+// first, then every 16th), its active slots only (idle slots run dummy
+// tokens). model_spike_sums reduces on the model's backend, so a counted
+// step costs 2·L small reductions and their sums' transfers.
+#define ENGINE_SPIKE_EVERY 16
+typedef struct {
+    double positions;            // token positions counted
+    double amsu, ffn;            // spikes there, summed over the layers
+    double amsu_rate, ffn_rate;  // spikes / (positions · L · C or F); NaN before any position
+} EngineSpikes;
+EngineSpikes engine_spikes(const Engine *e);
+
 // Seconds on a monotonic clock.
 double engine_now(void);
 

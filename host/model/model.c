@@ -576,6 +576,24 @@ void model_stats(Model *m, ModelStats *st) {
     st->energy_dense_pj = (st->spike_macs + st->other_macs) * MODEL_PJ_PER_MAC;
 }
 
+void model_spike_sums(Model *m, int row0, int rows, double *amsu, double *ffn) {
+    const ModelConfig *c = &m->cfg;
+    const int C = c->C, F = c->F;
+    if (row0 < 0 || rows < 1 || row0 + rows > m->last_B * m->last_T)
+        fatal("model_spike_sums: positions %d..%d outside the last forward's %d", row0, row0 + rows,
+              m->last_B * m->last_T);
+    double *sum = xmalloc((size_t)(C > F ? C : F) * sizeof(double));
+    *amsu = *ffn = 0.0;
+    for (int l = 0; l < c->L; l++) {
+        const LayerActs *a = &m->acts[l];
+        m->be->column_sums(sum, a->amsu.s + (size_t)row0 * C, rows, C, 0);
+        for (int n = 0; n < C; n++) *amsu += sum[n];
+        m->be->column_sums(sum, a->r + (size_t)row0 * F, rows, F, 0);
+        for (int n = 0; n < F; n++) *ffn += sum[n];
+    }
+    free(sum);
+}
+
 void model_stats_free(ModelStats *st) {
     free(st->layer);
     st->layer = NULL;

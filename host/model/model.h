@@ -228,6 +228,11 @@ typedef struct {
 } ModelStats;
 void model_stats(Model *m, ModelStats *st);
 void model_stats_free(ModelStats *st);
+// Spikes of positions [row0, row0 + rows) of the last forward (its B·T
+// positions, sequence-major), summed over the layers: AM-SU spikes into
+// *amsu, FFN spikes into *ffn (the serving engine's firing rate). One
+// column_sums per layer and kind on the backend; only the sums come back.
+void model_spike_sums(Model *m, int row0, int rows, double *amsu, double *ffn);
 
 // Logits row of sequence b at position t of the last forward, (V), on the
 // host (valid until the next call).
