@@ -21,7 +21,11 @@
 // shared memory without the kernel's cudaFuncAttributeMaxDynamicSharedMemorySize
 // opt-in fails with cudaErrorInvalidValue; a block larger than the kernel's
 // __launch_bounds__ (cu2cpp.pl passes the bound to the kernel's entry) fails
-// with cudaErrorLaunchOutOfResources and runs nothing.
+// with cudaErrorLaunchOutOfResources and runs nothing; two threads of a
+// block touching one shared word with no barrier between them, at least one
+// writing, end the process (the race check in emu.cpp, as racecheck reports
+// it: __syncthreads orders the block, a warp barrier the lanes of its warp,
+// atomics are no race).
 //
 // GLIA_EMU_MEM_BYTES (environment) caps the bytes cudaMalloc hands out, to
 // exercise out-of-memory paths; GLIA_EMU_DEVICES=0 makes the device vanish.
@@ -157,6 +161,9 @@ void check_mask(unsigned mask, const char *what);
 // At a kernel's entry (cu2cpp.pl): whether the block exceeds the kernel's
 // __launch_bounds__ (then the launch's error is set and every thread returns).
 bool launch_bounds_exceeded(long max_threads);
+// Registers a static __shared__ array for the race check (cu2cpp.pl emits
+// the call after the declaration); returns true.
+bool shared_static(const void *p, size_t bytes, const char *name);
 }  // namespace glia_emu
 template <class T> inline T __shfl_sync(unsigned m, T v, int src, int width = 32) {
     int lane = (int)(threadIdx.x % 32u), base = lane / width * width;
@@ -177,6 +184,11 @@ template <class T> inline T __shfl_down_sync(unsigned m, T v, unsigned delta, in
 inline unsigned __ballot_sync(unsigned m, int pred) { return glia_emu::warp_ballot(pred, m, "__ballot_sync"); }
 inline int __any_sync(unsigned m, int pred) { return glia_emu::warp_ballot(pred, m, "__any_sync") != 0; }
 inline int __all_sync(unsigned m, int pred) { return glia_emu::warp_ballot(!pred, m, "__all_sync") == 0; }
+// Atomics (emu.cpp, outside the race check's view: an atomic is no race)
+int atomicAdd(int *p, int v);
+unsigned atomicAdd(unsigned *p, unsigned v);
+float atomicAdd(float *p, float v);
+double atomicAdd(double *p, double v);
 template <class T> inline T __ldg(const T *p) { return *p; }
 inline float __expf(float x) { return expf(x); }
 inline float __logf(float x) { return logf(x); }
