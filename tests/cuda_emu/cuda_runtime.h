@@ -93,6 +93,12 @@ typedef struct glia_emu_event *cudaEvent_t;
 #define cudaStreamNonBlocking 0x01
 #define cudaEventDisableTiming 0x02
 
+typedef enum { cudaDevAttrMaxThreadsPerMultiProcessor = 39 } cudaDeviceAttr;
+struct cudaFuncAttributes {
+    size_t sharedSizeBytes, constSizeBytes, localSizeBytes;
+    int maxThreadsPerBlock, numRegs;
+};
+
 struct cudaDeviceProp {
     char name[256];
     size_t totalGlobalMem, sharedMemPerBlock, sharedMemPerBlockOptin;
@@ -105,6 +111,7 @@ cudaError_t cudaGetDeviceCount(int *n);
 cudaError_t cudaSetDevice(int d);
 cudaError_t cudaGetDevice(int *d);
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int d);
+cudaError_t cudaDeviceGetAttribute(int *value, cudaDeviceAttr attr, int d);
 cudaError_t cudaGetLastError(void);
 cudaError_t cudaPeekAtLastError(void);
 cudaError_t cudaMalloc(void **p, size_t bytes);
@@ -139,6 +146,22 @@ cudaError_t set_max_dynamic_smem(const void *kernel, int bytes);
 // any is (progressing them), and waiting for all.
 bool nccl_busy(void);
 void nccl_drain(void);
+}
+namespace glia_emu {
+int occupancy(const void *kernel, int threads, size_t smem);
+}
+// Occupancy as an H100's thread, block and shared-memory limits allow it,
+// with no registers and no static shared memory counted: not meaningful.
+template <class F> inline cudaError_t cudaFuncGetAttributes(cudaFuncAttributes *a, F) {
+    memset(a, 0, sizeof *a);
+    a->maxThreadsPerBlock = 1024;
+    return cudaSuccess;
+}
+template <class F>
+inline cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int *n, F kernel, int threads, size_t smem) {
+    if (threads < 1 || threads > 1024) return cudaErrorInvalidValue;
+    *n = glia_emu::occupancy(reinterpret_cast<const void *>(kernel), threads, smem);
+    return cudaSuccess;
 }
 template <class F> inline cudaError_t cudaFuncSetAttribute(F kernel, cudaFuncAttribute attr, int value) {
     if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize) return cudaErrorInvalidValue;

@@ -365,6 +365,16 @@ bool shared_static(const void *p, size_t bytes, const char *name) {
     return true;
 }
 
+// An H100's SM: 2048 threads, 32 blocks, 228 KiB of shared memory with
+// 1 KiB reserved per block.
+int occupancy(const void *kernel, int threads, size_t smem) {
+    if (smem > max_dynamic_smem(kernel)) return 0;
+    int n = 2048 / ((threads + 31) / 32 * 32);
+    const int by_smem = (int)(228 * 1024 / (smem + 1024));
+    n = n < by_smem ? n : by_smem;
+    return n < 32 ? n : 32;
+}
+
 void *dynamic_smem(void) {
     uintptr_t p = (uintptr_t)cur->smem.data();
     return (void *)((p + 15) & ~(uintptr_t)15);
@@ -504,6 +514,11 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int) {
     p->major = 9, p->minor = 0;
     p->maxThreadsPerBlock = 1024;
     p->warpSize = 32;
+    return cudaSuccess;
+}
+cudaError_t cudaDeviceGetAttribute(int *value, cudaDeviceAttr attr, int) {
+    if (attr != cudaDevAttrMaxThreadsPerMultiProcessor) return cudaErrorInvalidValue;
+    *value = 2048;
     return cudaSuccess;
 }
 cudaError_t cudaGetLastError(void) {
