@@ -12,9 +12,9 @@
 #       -> removed, and the kernel's body starts with
 #          `if (glia_emu::launch_bounds_exceeded(N)) return;` (the launch fails)
 # A launch must keep `kernel<<<...>>>(` on one line, a bounded kernel's
-# signature must end with `) {`, and a `__shared__` declaration that is
-# neither form above is an error (it would escape the race check). A #line directive keeps compiler messages
-# pointing at the .cu file.
+# signature must end with `) {`, and a `__shared__` declaration of neither
+# form above is an error (it would escape the race check). A #line
+# directive keeps compiler messages pointing at the .cu file.
 use strict;
 use warnings;
 my $src = shift @ARGV;

@@ -105,11 +105,11 @@ std::vector<Static> statics;  // the registered static __shared__ arrays
 std::vector<Cell> st_cells;
 uintptr_t st_lo = UINTPTR_MAX, st_hi;  // their bounding box
 
-// Whether an access of thread u at epochs (be, we) is unordered with one now by thread t.
 // The check runs at every load and store of the kernels: built with -O2
 // (CMakeLists.txt) and without the sanitizers' own checks.
 #define GLIA_EMU_HOT __attribute__((no_sanitize("address", "undefined")))
 
+// Whether an access of thread u at epochs (be, we) is unordered with one now by thread t.
 GLIA_EMU_HOT inline bool concurrent(int32_t u, uint32_t be, uint32_t we, int t) {
     return be == block_epoch && u != t && (u / 32 != t / 32 || we == warp_epoch[t / 32]);
 }
