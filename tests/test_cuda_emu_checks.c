@@ -8,6 +8,11 @@
 //   fails the launch with cudaErrorInvalidValue, as on the GPU;
 // - a block larger than the kernel's __launch_bounds__ fails the launch
 //   with cudaErrorLaunchOutOfResources and runs nothing.
+// - two threads of a block touching one shared word with no barrier between
+//   them, at least one writing, end the process (racecheck's hazards):
+//   through static or dynamic shared memory, read after write, write after
+//   write, write after read; __syncwarp orders only the lanes of one warp;
+//   atomics are no race.
 // The real kernels pass these checks in every other emulator test.
 // Only a GLIA_CUDA_EMU build has the emulator: elsewhere every test skips.
 #include <criterion/criterion.h>
@@ -22,6 +27,12 @@ int emu_shfl_after_exit(float *out, unsigned mask, int live, int vote);
 int emu_shfl_half_warps(float *out);
 int emu_big_smem(float *out, int smem_bytes, int opt_in);
 int emu_bounded(float *out, int threads);
+int emu_neighbour(float *out, int threads, int shift, int sync);
+int emu_dynamic_neighbour(float *out, int at, int sync);
+int emu_all_write(float *out, int only_first);
+int emu_shift(float *out, int sync);
+int emu_read_then_overwrite(float *out, int sync);
+int emu_atomic_count(float *out);
 
 enum { kInvalidValue = 1, kLaunchOutOfResources = 701 };
 
@@ -118,5 +129,98 @@ Test(cuda_emu_checks, block_above_launch_bounds_fails, EMU_ONLY) {
     cr_expect_eq(emu_bounded(out, 64), 0);
     cuda_download(h, out, sizeof h);
     for (int i = 0; i < 64; i++) cr_expect_eq(h[i], 1.0f, "thread %d did not run", i);
+#endif
+}
+
+// ---- shared-memory races -----------------------------------------------------------------------
+
+enum { kNone = 0, kSyncwarp = 1, kSyncthreads = 2 };
+
+#ifdef GLIA_CUDA_EMU
+// out[t] must be what thread (t + shift) % threads published
+static void expect_neighbours(int threads, int shift) {
+    float h[64];
+    cuda_download(h, out, threads * sizeof(float));
+    for (int t = 0; t < threads; t++)
+        cr_expect_eq(h[t], (float)((t + shift) % threads), "thread %d read %g", t, h[t]);
+}
+#endif
+
+Test(cuda_emu_checks, shared_exchange_behind_barriers_passes, EMU_ONLY) {
+#ifdef GLIA_CUDA_EMU
+    cr_assert_eq(emu_neighbour(out, 64, 1, kSyncthreads), 0);
+    expect_neighbours(64, 1);
+    cr_assert_eq(emu_neighbour(out, 64, 32, kSyncthreads), 0);
+    expect_neighbours(64, 32);
+    // a warp barrier orders the lanes of its warp: an exchange inside one warp
+    cr_assert_eq(emu_neighbour(out, 32, 1, kSyncwarp), 0);
+    expect_neighbours(32, 1);
+    cr_assert_eq(emu_neighbour(out, 64, 0, kNone), 0, "a thread reading its own write is no race");
+    expect_neighbours(64, 0);
+    cr_assert_eq(emu_dynamic_neighbour(out, 4096, 1), 0);
+    expect_neighbours(64, 1);
+    cr_assert_eq(emu_all_write(out, 1), 0);
+    cr_assert_eq(emu_read_then_overwrite(out, 1), 0);
+    cr_assert_eq(emu_shift(out, 1), 0);
+    float h[64];
+    cuda_download(h, out, sizeof h);
+    for (int t = 0; t < 64; t++) cr_expect_eq(h[t], (float)(t + 1), "shift: thread %d got %g", t, h[t]);
+#endif
+}
+
+// thread t reads s[t + 1], written by thread t + 1, with no barrier (read after write)
+Test(cuda_emu_checks, shared_read_without_barrier_fails, ABORTS) {
+#ifdef GLIA_CUDA_EMU
+    emu_neighbour(out, 64, 1, kNone);
+#endif
+}
+
+// inside one warp, with no __syncwarp
+Test(cuda_emu_checks, shared_exchange_in_a_warp_without_syncwarp_fails, ABORTS) {
+#ifdef GLIA_CUDA_EMU
+    emu_neighbour(out, 32, 1, kNone);
+#endif
+}
+
+// __syncwarp between a write and a read of the other warp's word orders nothing
+Test(cuda_emu_checks, shared_exchange_across_warps_behind_syncwarp_fails, ABORTS) {
+#ifdef GLIA_CUDA_EMU
+    emu_neighbour(out, 64, 32, kSyncwarp);
+#endif
+}
+
+Test(cuda_emu_checks, dynamic_shared_read_without_barrier_fails, ABORTS) {
+#ifdef GLIA_CUDA_EMU
+    emu_dynamic_neighbour(out, 4096, 0);
+#endif
+}
+
+// every thread writes one word (write after write)
+Test(cuda_emu_checks, shared_write_by_every_thread_fails, ABORTS) {
+#ifdef GLIA_CUDA_EMU
+    emu_all_write(out, 0);
+#endif
+}
+
+// s[t] = s[t + 1] in place with no barrier between the read and the write (write after read)
+Test(cuda_emu_checks, shared_shift_in_place_without_barrier_fails, ABORTS) {
+#ifdef GLIA_CUDA_EMU
+    emu_shift(out, 0);
+#endif
+}
+
+// thread 0 reads a word that thread 1 then overwrites (only a write after read)
+Test(cuda_emu_checks, shared_overwrite_of_a_word_read_fails, ABORTS) {
+#ifdef GLIA_CUDA_EMU
+    emu_read_then_overwrite(out, 0);
+#endif
+}
+
+Test(cuda_emu_checks, shared_atomics_are_no_race, EMU_ONLY) {
+#ifdef GLIA_CUDA_EMU
+    cr_assert_eq(emu_atomic_count(out), 0);
+    float h[64];
+    cuda_download(h, out, sizeof h);
+    for (int t = 0; t < 64; t++) cr_expect_eq(h[t], 64.0f, "thread %d counted %g", t, h[t]);
 #endif
 }

@@ -43,6 +43,15 @@
 // - determinism: rmsnorm_backward_cuda and grad_norm_sq_cuda run twice from
 //   the same inputs give bit-identical results.
 //
+// - occupancy (cuda.h, CudaOccupancy): each kernel at the launch shape its
+//   launcher uses (D threads for the AM-SU, whose backward takes
+//   4·(D·(D + 1) + 32·D + D) bytes of dynamic shared memory; 128 for the
+//   LIF; 256 for an RMSNorm row of 768) fits at least one block per SM, and
+//   the warp fraction is blocks × warps per block / 64. On the emulator the
+//   blocks are exactly the H100 limits' (2048 threads, 32 blocks, 228 KiB
+//   with 1 KiB per block) and there are no registers; on a GPU the
+//   registers are 1..255.
+//
 // Built without CUDA, every test skips; with CUDA but no device, too.
 #include <criterion/criterion.h>
 #include <math.h>
@@ -625,5 +634,45 @@ Test(cuda_ops, grad_norm_and_scale) {
     uint64_t seed = 600;
     for (size_t i = 0; i < sizeof ns / sizeof ns[0]; i++) norm_scale_case(ns[i], seed++, &worst);
     cr_log_info("grad_norm_sq: worst rel err %.2e (tolerance %.0e)", worst, NORM_TOL);
+#endif
+}
+
+#ifdef GLIA_HAVE_CUDA
+static void check_occupancy(const CudaOccupancy *o, const char *name, int threads, size_t smem) {
+    cr_expect_str_eq(o->name, name);
+    cr_expect_eq(o->threads, threads, "%s: %d threads", name, o->threads);
+    cr_expect_eq(o->smem, smem, "%s: %zu B of dynamic shared memory, want %zu", name, o->smem, smem);
+    cr_expect_geq(o->blocks_per_sm, 1, "%s: no block fits on an SM", name);
+    const double warps = (double)o->blocks_per_sm * ((threads + 31) / 32);
+    cr_expect(fabs(o->warp_fraction - warps / 64.0) < 1e-12 && o->warp_fraction <= 1.0,
+              "%s: warp fraction %g for %d blocks", name, o->warp_fraction, o->blocks_per_sm);
+#ifdef GLIA_CUDA_EMU
+    int want = 2048 / ((threads + 31) / 32 * 32);
+    if ((int)(228 * 1024 / (smem + 1024)) < want) want = (int)(228 * 1024 / (smem + 1024));
+    if (want > 32) want = 32;
+    cr_expect_eq(o->blocks_per_sm, want, "%s: %d blocks per SM, the limits allow %d", name, o->blocks_per_sm,
+                 want);
+    cr_expect_eq(o->regs, 0, "%s: the emulator knows no registers", name);
+#else
+    cr_expect(o->regs >= 1 && o->regs <= 255, "%s: %d registers", name, o->regs);
+#endif
+}
+#endif
+
+Test(cuda_ops, occupancy) {
+    test_require_gpu();
+#ifdef GLIA_HAVE_CUDA
+    for (int D = 8; D <= 128; D *= 2) {
+        CudaOccupancy o[3];
+        amsu_occupancy_cuda(o, D);
+        check_occupancy(&o[0], "amsu forward", D, 0);
+        check_occupancy(&o[1], "amsu backward", D, 4 * ((size_t)D * (D + 1) + 32 * D + D));
+        check_occupancy(&o[2], "lif forward", 128, 0);
+        cr_log_info("D %d: amsu forward %d blocks/SM, backward %d (%d regs)", D, o[0].blocks_per_sm,
+                    o[1].blocks_per_sm, o[1].regs);
+    }
+    CudaOccupancy r;
+    rmsnorm_occupancy_cuda(&r, 768);
+    check_occupancy(&r, "rmsnorm forward", 256, 0);
 #endif
 }

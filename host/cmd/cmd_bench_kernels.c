@@ -24,7 +24,8 @@
 // spike-flip rule (bench_check.h: a spike within 1e-4 of θ may flip, and is
 // counted apart). A mismatch fails the benchmark (exit 1), but the kernels
 // are timed all the same, their rows marked UNCHECKED: a first run on a
-// device must bring back the numbers whatever the check says.
+// device must bring back the numbers whatever the check says. Each kernel's
+// occupancy (blocks per SM, fraction of its warps, registers) comes first.
 #ifdef GLIA_HAVE_CUDA
 
 #include <math.h>
@@ -159,6 +160,22 @@ static void row(const char *name, double sec, double bytes, double flops, double
            100.0 * flops / sec / rate);
 }
 
+// How each timed kernel fills an SM at this shape (cuda.h, CudaOccupancy).
+static void print_occupancy(int D, int C) {
+    CudaOccupancy occ[4];
+    amsu_occupancy_cuda(occ, D);
+    rmsnorm_occupancy_cuda(&occ[3], C);
+#ifdef GLIA_CUDA_EMU
+    printf("occupancy per SM (emulator: thread and shared-memory limits only, no registers: not meaningful)\n");
+#else
+    printf("occupancy per SM\n");
+#endif
+    for (int i = 0; i < 4; i++)
+        printf("  %-16s %4d threads %7zu B dyn. smem %4d regs: %2d blocks/SM, %5.1f%% of the SM's warps\n",
+               occ[i].name, occ[i].threads, occ[i].smem, occ[i].regs, occ[i].blocks_per_sm,
+               100.0 * occ[i].warp_fraction);
+}
+
 // The AM-SU forward and backward against the CPU on the lab's inputs: o and
 // u within 1e-4 (u up to each neuron's first legitimate spike flip), spikes
 // by the flip rule, the backward (fed the CPU's activations, so no spike can
@@ -284,6 +301,7 @@ int bench_kernels(int argc, char **argv) {
     cuda_device_describe(dn, sizeof dn);
     printf("device: %s\nshape: B %ld T %ld C %ld Nh %ld (D %ld); median of %ld batches of %ld calls\n",
            dn, B, T, C, Nh, C / Nh, reps, inner);
+    print_occupancy((int)(C / Nh), (int)C);
 
     Lab l = {.B = (int)B, .T = (int)T, .C = (int)C, .Nh = (int)Nh};
     Rng rng;

@@ -635,6 +635,26 @@ extern "C" void amsu_recurrence_backward_cuda(float *dI, float *dk, float *dv, f
     cuda_check(cudaGetLastError());
 }
 
+template <int D> static void amsu_occupancy_at(CudaOccupancy out[3]) {
+    out[0] = occupancy_of("amsu forward", amsu_recurrence_forward_kernel<D>, D, 0);
+    out[1] = occupancy_of("amsu backward", amsu_recurrence_backward_kernel<D>, D,
+                          amsu_bwd_smem_floats(D) * sizeof(float));
+}
+
+extern "C" void amsu_occupancy_cuda(CudaOccupancy out[3], int D) {
+    switch (D) {
+    case 8: amsu_occupancy_at<8>(out); break;
+    case 16: amsu_occupancy_at<16>(out); break;
+    case 32: amsu_occupancy_at<32>(out); break;
+    case 64: amsu_occupancy_at<64>(out); break;
+    case 128: amsu_occupancy_at<128>(out); break;
+    default:
+        fprintf(stderr, "amsu_occupancy_cuda: head size %d is not one the kernels run (8..128)\n", D);
+        exit(1);
+    }
+    out[2] = occupancy_of("lif forward", lif_forward_kernel, LIF_THREADS, 0);
+}
+
 // ---- the layer ------------------------------------------------------------------------
 // The AM-SU token mixer around the recurrence, as kernels/cpu/amsu.c builds it:
 // projections I, k, v, q of the normalised input (cuBLAS), the fused

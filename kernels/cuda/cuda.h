@@ -52,6 +52,23 @@ void cuda_stream_wait(void *stream, void *event);
 // The device's name and memory, for messages: "NVIDIA H100 80GB HBM3, 79.2 GiB".
 void cuda_device_describe(char *buf, size_t len);
 
+// ---- occupancy (kernels/cuda/amsu.cu, ops.cu) -----------------------------------
+// How a kernel fills one SM at the launch shape the backend gives it: the
+// blocks resident at once (cudaOccupancyMaxActiveBlocksPerMultiprocessor),
+// the fraction of the SM's warp slots they hold, registers per thread. The
+// emulator answers from thread and shared-memory limits alone, with no
+// registers (0): its numbers are not meaningful.
+typedef struct {
+    const char *name;
+    int threads, regs, blocks_per_sm;
+    size_t smem;           // dynamic shared memory per block, bytes
+    double warp_fraction;  // blocks_per_sm × warps per block / the SM's warp slots
+} CudaOccupancy;
+// The AM-SU recurrence forward and backward at head size D (8..128), the LIF forward.
+void amsu_occupancy_cuda(CudaOccupancy out[3], int D);
+// The RMSNorm forward at width C.
+void rmsnorm_occupancy_cuda(CudaOccupancy *out, int C);
+
 // ---- matmuls (cuBLAS; kernels/cuda/device.cu) ---------------------------------
 // The compute mode of later matmuls (storage stays fp32 in every mode):
 // MATMUL_FP32 (the default): exact fp32 products, parity with the CPU;

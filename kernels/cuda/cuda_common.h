@@ -20,6 +20,7 @@
 #include <stdlib.h>
 
 #include "common/check.h"
+#include "cuda/cuda.h"  // CudaOccupancy
 
 static inline const char *cublas_message(cublasStatus_t status) { return cublasGetStatusString(status); }
 #define cuda_check(call) GLIA_CHECK("CUDA", cudaError_t, cudaSuccess, cudaGetErrorString, call)
@@ -29,6 +30,25 @@ static inline const char *cublas_message(cublasStatus_t status) { return cublasG
 __host__ __device__ static inline int ceil_div(int a, int b) { return (a + b - 1) / b; }
 __host__ __device__ static inline size_t ceil_div_size(size_t a, size_t b) {
     return (a + b - 1) / b;
+}
+
+// A kernel's occupancy (cuda.h, CudaOccupancy) at `threads` per block and
+// `smem` bytes of dynamic shared memory (opted in above 48 KiB, as its
+// launcher does).
+template <class F>
+static CudaOccupancy occupancy_of(const char *name, F kernel, int threads, size_t smem) {
+    CudaOccupancy r = {name, threads, 0, 0, smem, 0.0};
+    int dev = 0, max_threads = 0;
+    cuda_check(cudaGetDevice(&dev));
+    cuda_check(cudaDeviceGetAttribute(&max_threads, cudaDevAttrMaxThreadsPerMultiProcessor, dev));
+    cudaFuncAttributes a;
+    cuda_check(cudaFuncGetAttributes(&a, kernel));
+    if (smem > 48 * 1024)
+        cuda_check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    cuda_check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&r.blocks_per_sm, kernel, threads, smem));
+    r.regs = a.numRegs;
+    r.warp_fraction = (double)r.blocks_per_sm * ceil_div(threads, 32) / (max_threads / 32);
+    return r;
 }
 
 #endif

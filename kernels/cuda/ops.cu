@@ -191,6 +191,10 @@ extern "C" void rmsnorm_forward_cuda(float *out, float *rstd, const float *x, co
     cuda_check(cudaGetLastError());
 }
 
+extern "C" void rmsnorm_occupancy_cuda(CudaOccupancy *out, int C) {
+    *out = occupancy_of("rmsnorm forward", rmsnorm_forward_kernel, row_threads(C, ROW_THREADS), 0);
+}
+
 extern "C" size_t rmsnorm_backward_scratch_floats(int N, int C) {
     if (N <= 0 || C <= 0) return 0;
     return (size_t)rmsnorm_backward_blocks(N) * C;

@@ -41,7 +41,107 @@ __global__ void __launch_bounds__(64) bounded_kernel(float *out) {
     out[threadIdx.x] = 1.0f;
 }
 
+// ---- shared-memory races -------------------------------------------------------------------
+
+// Thread t publishes t in s[t], then reads its neighbour's s[(t + shift) % n]; `sync`
+// selects what orders the two: 0 nothing (a race), 1 __syncwarp (enough only within a
+// warp), 2 __syncthreads.
+__global__ void neighbour_kernel(float *out, int shift, int sync) {
+    __shared__ float s[64];
+    const int t = threadIdx.x, n = blockDim.x;
+    s[t] = (float)t;
+    if (sync == 1) __syncwarp();
+    if (sync == 2) __syncthreads();
+    out[t] = s[(t + shift) % n];
+}
+
+// The same through dynamic shared memory, at byte offset `at`.
+__global__ void dynamic_neighbour_kernel(float *out, int at, int sync) {
+    extern __shared__ float dyn[];
+    float *s = dyn + at / 4;
+    const int t = threadIdx.x, n = blockDim.x;
+    s[t] = (float)t;
+    if (sync) __syncthreads();
+    out[t] = s[(t + 1) % n];
+}
+
+// Every thread writes s[0] (write after write), or only thread 0 does.
+__global__ void all_write_kernel(float *out, int only_first) {
+    __shared__ float s0[1];
+    if (!only_first || threadIdx.x == 0) s0[0] = (float)threadIdx.x;
+    __syncthreads();
+    out[threadIdx.x] = s0[0];
+}
+
+// Shift left in place: s[t] = s[t + 1]. Broken without the barrier between the
+// read of the neighbour and the write over it (write after read).
+__global__ void shift_kernel(float *out, int sync) {
+    __shared__ float sh[65];
+    const int t = threadIdx.x;
+    sh[t] = (float)t;
+    if (t == 0) sh[blockDim.x] = (float)blockDim.x;
+    __syncthreads();
+    const float v = sh[t + 1];
+    if (sync) __syncthreads();
+    sh[t] = v;
+    __syncthreads();
+    out[t] = sh[t];
+}
+
+// After a barrier, thread 0 reads s[1] and thread 1 overwrites it: thread 0
+// runs first in either order of the emulator (the barrier's last arrival goes
+// on first), so only the write can see the race (write after read).
+__global__ void read_then_overwrite_kernel(float *out, int sync) {
+    __shared__ float s1[64];
+    const int t = threadIdx.x;
+    s1[t] = (float)t;
+    __syncthreads();
+    if (t == 0) out[0] = s1[1];
+    if (sync) __syncthreads();
+    if (t == 1) s1[1] = -1.0f;
+}
+
+// Every thread adds 1 to one shared counter with atomicAdd: not a race.
+__global__ void atomic_count_kernel(float *out) {
+    __shared__ int count[1];
+    if (threadIdx.x == 0) count[0] = 0;
+    __syncthreads();
+    atomicAdd(&count[0], 1);
+    __syncthreads();
+    out[threadIdx.x] = (float)count[0];
+}
+
 extern "C" {
+
+int emu_neighbour(float *out, int threads, int shift, int sync) {
+    neighbour_kernel<<<2, threads>>>(out, shift, sync);
+    return (int)cudaGetLastError();
+}
+
+int emu_dynamic_neighbour(float *out, int at, int sync) {
+    dynamic_neighbour_kernel<<<1, 64, at + 64 * sizeof(float)>>>(out, at, sync);
+    return (int)cudaGetLastError();
+}
+
+int emu_all_write(float *out, int only_first) {
+    all_write_kernel<<<1, 64>>>(out, only_first);
+    return (int)cudaGetLastError();
+}
+
+int emu_shift(float *out, int sync) {
+    shift_kernel<<<1, 64>>>(out, sync);
+    return (int)cudaGetLastError();
+}
+
+int emu_read_then_overwrite(float *out, int sync) {
+    read_then_overwrite_kernel<<<1, 64>>>(out, sync);
+    return (int)cudaGetLastError();
+}
+
+int emu_atomic_count(float *out) {
+    atomic_count_kernel<<<2, 64>>>(out);
+    return (int)cudaGetLastError();
+}
 
 int emu_shfl_mask(float *out, unsigned mask) {
     shfl_mask_kernel<<<1, 32>>>(out, mask);

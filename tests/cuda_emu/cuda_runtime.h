@@ -21,7 +21,11 @@
 // shared memory without the kernel's cudaFuncAttributeMaxDynamicSharedMemorySize
 // opt-in fails with cudaErrorInvalidValue; a block larger than the kernel's
 // __launch_bounds__ (cu2cpp.pl passes the bound to the kernel's entry) fails
-// with cudaErrorLaunchOutOfResources and runs nothing.
+// with cudaErrorLaunchOutOfResources and runs nothing; two threads of a
+// block touching one shared word with no barrier between them, at least one
+// writing, end the process (the race check in emu.cpp, as racecheck reports
+// it: __syncthreads orders the block, a warp barrier the lanes of its warp,
+// atomics are no race).
 //
 // GLIA_EMU_MEM_BYTES (environment) caps the bytes cudaMalloc hands out, to
 // exercise out-of-memory paths; GLIA_EMU_DEVICES=0 makes the device vanish.
@@ -89,6 +93,12 @@ typedef struct glia_emu_event *cudaEvent_t;
 #define cudaStreamNonBlocking 0x01
 #define cudaEventDisableTiming 0x02
 
+typedef enum { cudaDevAttrMaxThreadsPerMultiProcessor = 39 } cudaDeviceAttr;
+struct cudaFuncAttributes {
+    size_t sharedSizeBytes, constSizeBytes, localSizeBytes;
+    int maxThreadsPerBlock, numRegs;
+};
+
 struct cudaDeviceProp {
     char name[256];
     size_t totalGlobalMem, sharedMemPerBlock, sharedMemPerBlockOptin;
@@ -101,6 +111,7 @@ cudaError_t cudaGetDeviceCount(int *n);
 cudaError_t cudaSetDevice(int d);
 cudaError_t cudaGetDevice(int *d);
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int d);
+cudaError_t cudaDeviceGetAttribute(int *value, cudaDeviceAttr attr, int d);
 cudaError_t cudaGetLastError(void);
 cudaError_t cudaPeekAtLastError(void);
 cudaError_t cudaMalloc(void **p, size_t bytes);
@@ -136,6 +147,22 @@ cudaError_t set_max_dynamic_smem(const void *kernel, int bytes);
 bool nccl_busy(void);
 void nccl_drain(void);
 }
+namespace glia_emu {
+int occupancy(const void *kernel, int threads, size_t smem);
+}
+// Occupancy as an H100's thread, block and shared-memory limits allow it,
+// with no registers and no static shared memory counted: not meaningful.
+template <class F> inline cudaError_t cudaFuncGetAttributes(cudaFuncAttributes *a, F) {
+    memset(a, 0, sizeof *a);
+    a->maxThreadsPerBlock = 1024;
+    return cudaSuccess;
+}
+template <class F>
+inline cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int *n, F kernel, int threads, size_t smem) {
+    if (threads < 1 || threads > 1024) return cudaErrorInvalidValue;
+    *n = glia_emu::occupancy(reinterpret_cast<const void *>(kernel), threads, smem);
+    return cudaSuccess;
+}
 template <class F> inline cudaError_t cudaFuncSetAttribute(F kernel, cudaFuncAttribute attr, int value) {
     if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize) return cudaErrorInvalidValue;
     return glia_emu::set_max_dynamic_smem(reinterpret_cast<const void *>(kernel), value);
@@ -157,6 +184,9 @@ void check_mask(unsigned mask, const char *what);
 // At a kernel's entry (cu2cpp.pl): whether the block exceeds the kernel's
 // __launch_bounds__ (then the launch's error is set and every thread returns).
 bool launch_bounds_exceeded(long max_threads);
+// Registers a static __shared__ array for the race check (cu2cpp.pl emits
+// the call after the declaration); returns true.
+bool shared_static(const void *p, size_t bytes, const char *name);
 }  // namespace glia_emu
 template <class T> inline T __shfl_sync(unsigned m, T v, int src, int width = 32) {
     int lane = (int)(threadIdx.x % 32u), base = lane / width * width;
@@ -177,6 +207,11 @@ template <class T> inline T __shfl_down_sync(unsigned m, T v, unsigned delta, in
 inline unsigned __ballot_sync(unsigned m, int pred) { return glia_emu::warp_ballot(pred, m, "__ballot_sync"); }
 inline int __any_sync(unsigned m, int pred) { return glia_emu::warp_ballot(pred, m, "__any_sync") != 0; }
 inline int __all_sync(unsigned m, int pred) { return glia_emu::warp_ballot(!pred, m, "__all_sync") == 0; }
+// Atomics (emu.cpp, outside the race check's view: an atomic is no race)
+int atomicAdd(int *p, int v);
+unsigned atomicAdd(unsigned *p, unsigned v);
+float atomicAdd(float *p, float v);
+double atomicAdd(double *p, double v);
 template <class T> inline T __ldg(const T *p) { return *p; }
 inline float __expf(float x) { return expf(x); }
 inline float __logf(float x) { return logf(x); }

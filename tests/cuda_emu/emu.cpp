@@ -19,6 +19,18 @@
 #include <memory>
 #include <vector>
 
+// AddressSanitizer's checks and stack printer, when it is linked in
+// (GLIA_SANITIZE). Declared under other names: GCC knows the real ones as builtins.
+extern "C" {
+#define GLIA_EMU_ASAN(n)                                                                       \
+    void asan_load##n(const void *) __asm__("__asan_load" #n) __attribute__((weak));           \
+    void asan_store##n(const void *) __asm__("__asan_store" #n) __attribute__((weak));
+GLIA_EMU_ASAN(1) GLIA_EMU_ASAN(2) GLIA_EMU_ASAN(4) GLIA_EMU_ASAN(8) GLIA_EMU_ASAN(16)
+void asan_loadN(const void *, size_t) __asm__("__asan_loadN") __attribute__((weak));
+void asan_storeN(const void *, size_t) __asm__("__asan_storeN") __attribute__((weak));
+void __sanitizer_print_stack_trace(void) __attribute__((weak));
+}
+
 namespace {
 
 // One CUDA thread of the block being run: a fiber with its own stack.
@@ -38,8 +50,9 @@ struct Fiber {
 struct Barrier {
     int expected = 0, arrived = 0;
     unsigned long gen = 0;
+    uint32_t *epoch = nullptr;  // the race check's epoch this barrier advances
     void reset(int n) { expected = n, arrived = 0, gen++; }
-    void release() { arrived = 0, gen++; }
+    void release() { arrived = 0, gen++, ++*epoch; }
 };
 
 struct Grid {
@@ -56,6 +69,101 @@ struct Grid {
 };
 
 Grid *cur;  // the grid being run (one at a time: launches are synchronous)
+
+// ---- shared-memory race check ---------------------------------------------------------
+// The kernels' translation units carry -fsanitize=thread's instrumentation
+// without its runtime (CMakeLists.txt): each load and store calls a
+// __tsan_readN / __tsan_writeN hook, defined at the end of this file. A hook
+// checks accesses to shared memory (the block's dynamic shared memory and the
+// static arrays cu2cpp.pl registers) and hands every access on to
+// AddressSanitizer's check when it is linked in.
+//
+// Order is tracked by epochs: the block epoch advances at each block's start
+// and at every release of __syncthreads, a warp's epoch at every release of
+// its warp barrier (__syncwarp, shuffles, votes). Accesses of two threads to
+// one 4-byte word are ordered when a block epoch lies between them or, for
+// two lanes of one warp, a warp epoch. Each word keeps its last write and
+// its reads since (one thread, several lanes of one warp, or several warps):
+// enough to see a conflict whenever one exists, as racecheck reports it.
+struct Cell {
+    uint32_t wbe, wwe;  // the last write's block and warp epochs (wbe 0: none)
+    uint32_t rbe, rwe;  // the reads': block epoch (0: none), warp epoch of the newest
+    int32_t wt, rt;     // the writer; the reader, or kLanes / kWarps
+    int32_t rwarp;      // the readers' warp (rt != kWarps)
+};
+const int32_t kLanes = -1, kWarps = -2;  // reads by several lanes of rwarp / several warps
+
+uint32_t block_epoch = 1, warp_epoch[32];
+uintptr_t dyn_lo, dyn_len;  // the block's dynamic shared memory (len 0: no launch)
+std::vector<Cell> dyn_cells;
+struct Static {
+    uintptr_t lo, len;
+    size_t cell0;  // its first word in st_cells
+    const char *name;
+};
+std::vector<Static> statics;  // the registered static __shared__ arrays
+std::vector<Cell> st_cells;
+uintptr_t st_lo = UINTPTR_MAX, st_hi;  // their bounding box
+
+// The check runs at every load and store of the kernels: built with -O2
+// (CMakeLists.txt) and without the sanitizers' own checks.
+#define GLIA_EMU_HOT __attribute__((no_sanitize("address", "undefined")))
+
+// Whether an access of thread u at epochs (be, we) is unordered with one now by thread t.
+GLIA_EMU_HOT inline bool concurrent(int32_t u, uint32_t be, uint32_t we, int t) {
+    return be == block_epoch && u != t && (u / 32 != t / 32 || we == warp_epoch[t / 32]);
+}
+
+[[noreturn]] void race(int t, bool write, int32_t other, bool other_wrote, const char *name, size_t byte) {
+    char who[48];
+    if (other >= 0) snprintf(who, sizeof who, "thread %d", other);
+    else snprintf(who, sizeof who, "%s", other == kLanes ? "other lanes of its warp" : "threads of other warps");
+    fprintf(stderr, "glia CUDA emulator: shared-memory race in block (%u, %u, %u): thread %d %s %s%s%s at byte "
+                    "%zu, which %s %s with no barrier between them (a %s hazard, as racecheck reports it)\n",
+            blockIdx.x, blockIdx.y, blockIdx.z, t, write ? "writes" : "reads", name ? "`" : "",
+            name ? name : "dynamic shared memory", name ? "`" : "", byte, who, other_wrote ? "wrote" : "read",
+            write ? (other_wrote ? "write-after-write" : "write-after-read") : "read-after-write");
+    if (__sanitizer_print_stack_trace) __sanitizer_print_stack_trace();
+    abort();
+}
+
+GLIA_EMU_HOT void check_word(Cell &c, bool write, const char *name, size_t byte) {
+    const int t = cur->running, w = t / 32;
+    if (concurrent(c.wt, c.wbe, c.wwe, t)) race(t, write, c.wt, true, name, byte);
+    if (write) {
+        if (c.rbe == block_epoch &&
+            (c.rt == kWarps || c.rwarp != w || (c.rwe == warp_epoch[w] && c.rt != t)))
+            race(t, true, c.rt, false, name, byte);
+        c.wt = t, c.wbe = block_epoch, c.wwe = warp_epoch[w], c.rbe = 0;
+    } else if (c.rbe != block_epoch) {
+        c.rbe = block_epoch, c.rwe = warp_epoch[w], c.rt = t, c.rwarp = w;
+    } else if (c.rt != kWarps) {
+        if (c.rwarp != w) c.rt = kWarps;
+        else if (c.rwe != warp_epoch[w]) c.rt = t, c.rwe = warp_epoch[w];  // the older reads are ordered
+        else if (c.rt != t) c.rt = kLanes;
+    }
+}
+
+// An access of n bytes at a by the running thread.
+GLIA_EMU_HOT inline void shared_access(const void *a, size_t n, bool write) {
+    const uintptr_t p = (uintptr_t)a;
+    Cell *cells;
+    size_t off, len;
+    const char *name = nullptr;
+    if (p - dyn_lo < dyn_len) {
+        cells = dyn_cells.data(), off = p - dyn_lo, len = dyn_len;
+    } else if (p - st_lo < st_hi - st_lo && cur) {
+        const Static *s = nullptr;
+        for (const Static &r : statics)
+            if (p - r.lo < r.len) s = &r;
+        if (!s) return;
+        cells = st_cells.data() + s->cell0, off = p - s->lo, len = s->len, name = s->name;
+    } else {
+        return;
+    }
+    const size_t end = off + n < len ? off + n : len;
+    for (size_t word = off / 4; word * 4 < end; word++) check_word(cells[word], write, name, off);
+}
 
 // A fiber's stack. Small matters: under ASan every swapcontext clears the
 // shadow of the whole stack being entered (kStack / 8 bytes), which was
@@ -200,8 +308,12 @@ void run_grid(dim3 grid, dim3 block, size_t smem, const void *kernel, const std:
     g.nthreads = (int)nthreads;
     g.nwarps = (int)((nthreads + 31) / 32);
     g.warps = std::vector<Barrier>(g.nwarps);
+    g.block_bar.epoch = &block_epoch;
+    for (int i = 0; i < g.nwarps; i++) g.warps[i].epoch = &warp_epoch[i];
     g.exchange.assign((size_t)g.nwarps * 32, 0.0);
     g.smem.assign(smem + 16, 0xFF);
+    dyn_lo = (uintptr_t)g.smem.data(), dyn_len = g.smem.size();
+    if (dyn_cells.size() < dyn_len / 4 + 1) dyn_cells.resize(dyn_len / 4 + 1);
     g.fibers = std::vector<Fiber>(g.nthreads);
     for (int t = 0; t < g.nthreads; t++) {
         g.fibers[t].stack = pool_stack(t);
@@ -216,6 +328,7 @@ void run_grid(dim3 grid, dim3 block, size_t smem, const void *kernel, const std:
         blockIdx = {(unsigned)(blk % grid.x), (unsigned)(blk / grid.x % grid.y),
                     (unsigned)(blk / ((long)grid.x * grid.y))};
         g.block_bar.reset(g.nthreads);
+        block_epoch++;  // nothing orders this block's accesses after the last block's
         for (int i = 0; i < g.nwarps; i++) {
             int n = g.nthreads - 32 * i;
             g.warps[i].reset(n < 32 ? n : 32);
@@ -241,6 +354,25 @@ void run_grid(dim3 grid, dim3 block, size_t smem, const void *kernel, const std:
                 }
     }
     cur = nullptr;
+    dyn_len = 0;
+}
+
+bool shared_static(const void *p, size_t bytes, const char *name) {
+    statics.push_back({(uintptr_t)p, bytes, st_cells.size(), name});
+    st_cells.resize(st_cells.size() + bytes / 4 + 1);
+    if ((uintptr_t)p < st_lo) st_lo = (uintptr_t)p;
+    if ((uintptr_t)p + bytes > st_hi) st_hi = (uintptr_t)p + bytes;
+    return true;
+}
+
+// An H100's SM: 2048 threads, 32 blocks, 228 KiB of shared memory with
+// 1 KiB reserved per block.
+int occupancy(const void *kernel, int threads, size_t smem) {
+    if (smem > max_dynamic_smem(kernel)) return 0;
+    int n = 2048 / ((threads + 31) / 32 * 32);
+    const int by_smem = (int)(228 * 1024 / (smem + 1024));
+    n = n < by_smem ? n : by_smem;
+    return n < 32 ? n : 32;
 }
 
 void *dynamic_smem(void) {
@@ -305,10 +437,25 @@ bool launch_bounds_exceeded(long max_threads) {
 long long clock64(void) { return (long long)(now_ms() * 1e6); }
 
 void __syncthreads(void) { barrier_wait(&cur->block_bar); }
+// The mask is checked while every live lane is still inside the call (a
+// second barrier), as in warp_exchange: a lane released first could exit.
 void __syncwarp(unsigned mask) {
     barrier_wait(&cur->warps[cur->running / 32]);
     glia_emu::check_mask(mask, "__syncwarp");
+    barrier_wait(&cur->warps[cur->running / 32]);
 }
+
+// Fibers switch only at barriers, so a read-modify-write here is atomic; this
+// file is not instrumented, so the race check does not see it.
+template <class T> static T fetch_add(T *p, T v) {
+    T old = *p;
+    *p = old + v;
+    return old;
+}
+int atomicAdd(int *p, int v) { return fetch_add(p, v); }
+unsigned atomicAdd(unsigned *p, unsigned v) { return fetch_add(p, v); }
+float atomicAdd(float *p, float v) { return fetch_add(p, v); }
+double atomicAdd(double *p, double v) { return fetch_add(p, v); }
 
 // ---- runtime API ------------------------------------------------------------------
 
@@ -367,6 +514,11 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int) {
     p->major = 9, p->minor = 0;
     p->maxThreadsPerBlock = 1024;
     p->warpSize = 32;
+    return cudaSuccess;
+}
+cudaError_t cudaDeviceGetAttribute(int *value, cudaDeviceAttr attr, int) {
+    if (attr != cudaDevAttrMaxThreadsPerMultiProcessor) return cudaErrorInvalidValue;
+    *value = 2048;
     return cudaSuccess;
 }
 cudaError_t cudaGetLastError(void) {
@@ -494,4 +646,46 @@ cudaError_t cudaEventQuery(cudaEvent_t) { return glia_emu::nccl_busy() ? cudaErr
 cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t a, cudaEvent_t b) {
     *ms = (float)(b->ms - a->ms);
     return cudaSuccess;
+}
+
+// ---- the instrumentation's hooks (see "shared-memory race check" above) ----------------
+// Named by asm labels: GCC knows __tsan_* as builtins, with its own prototypes.
+extern "C" {
+void tsan_init(void) __asm__("__tsan_init");
+void tsan_init(void) {}
+void tsan_func_entry(void *) __asm__("__tsan_func_entry");
+void tsan_func_entry(void *) {}
+void tsan_func_exit(void *) __asm__("__tsan_func_exit");
+void tsan_func_exit(void *) {}
+#define GLIA_EMU_HOOKS(n)                                                                      \
+    void tsan_read##n(void *p) __asm__("__tsan_read" #n);                                      \
+    GLIA_EMU_HOT void tsan_read##n(void *p) {                                                  \
+        shared_access(p, n, false);                                                            \
+        if (asan_load##n) asan_load##n(p);                                                     \
+    }                                                                                          \
+    void tsan_write##n(void *p) __asm__("__tsan_write" #n);                                    \
+    GLIA_EMU_HOT void tsan_write##n(void *p) {                                                 \
+        shared_access(p, n, true);                                                             \
+        if (asan_store##n) asan_store##n(p);                                                   \
+    }                                                                                          \
+    void tsan_unaligned_read##n(void *p) __asm__("__tsan_unaligned_read" #n);                  \
+    void tsan_unaligned_read##n(void *p) { tsan_read##n(p); }                                  \
+    void tsan_unaligned_write##n(void *p) __asm__("__tsan_unaligned_write" #n);                \
+    void tsan_unaligned_write##n(void *p) { tsan_write##n(p); }
+GLIA_EMU_HOOKS(1) GLIA_EMU_HOOKS(2) GLIA_EMU_HOOKS(4) GLIA_EMU_HOOKS(8) GLIA_EMU_HOOKS(16)
+// the guard of a function-local static (the registrations cu2cpp.pl emits)
+unsigned char tsan_atomic8_load(const volatile unsigned char *p, int) __asm__("__tsan_atomic8_load");
+unsigned char tsan_atomic8_load(const volatile unsigned char *p, int) {
+    return __atomic_load_n(p, __ATOMIC_ACQUIRE);
+}
+void tsan_read_range(void *p, size_t n) __asm__("__tsan_read_range");
+void tsan_read_range(void *p, size_t n) {
+    shared_access(p, n, false);
+    if (asan_loadN) asan_loadN(p, n);
+}
+void tsan_write_range(void *p, size_t n) __asm__("__tsan_write_range");
+void tsan_write_range(void *p, size_t n) {
+    shared_access(p, n, true);
+    if (asan_storeN) asan_storeN(p, n);
+}
 }
