@@ -187,6 +187,16 @@ int amsu_recurrence_forward_cuda_host(float *o, float *u, float *s, float *Hckpt
                                       float *s_state, int B, int T, int C, int Nh, int astro);
 
 
+// ---- the chunked AM-SU recurrence (kernels/cuda/amsu_chunk.cu) --------------------
+// The same function as amsu_recurrence_forward_cuda from zero state (training,
+// prefill), computed in chunks of GLIA_CHUNK steps with matrix products on
+// the tensor cores (3xTF32: fp32-level accuracy). Same arguments and Hckpt,
+// without the streaming state. 1 if it runs head size D.
+int amsu_chunk_head_size_supported(int D);
+void amsu_chunk_forward_cuda(float *o, float *u, float *s, float *Hckpt, const float *I, const float *k,
+                             const float *v, const float *q, const float *a_lambda, const float *a_beta, int B,
+                             int T, int C, int Nh, void *stream);
+
 // ---- the AM-SU token mixer, one layer (kernels/cuda/amsu.cu) -------------------
 // cpu.h's amsu_forward / amsu_backward on the GPU: the structs hold device
 // pointers (acts carved with amsu_acts_bind from device memory). The forward

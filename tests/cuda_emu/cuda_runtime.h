@@ -209,4 +209,6 @@ struct Launch {
 };
 }  // namespace glia_emu
 
+#include "mma.h"  // nvcuda::wmma (warp matrix operations)
+
 #endif
