@@ -16,6 +16,14 @@
 // - s: equal, except where the oracle's potential |u + o − θ| < 1e-4, where
 //   rounding may flip a spike (test_cuda_amsu.c's rule); a flip changes that
 //   neuron's reset, so its u and s after it are not compared; u ≤ 1e-5.
+// - backward (amsu_chunk_backward_cuda, from dout = ∂L/∂o ~ N(0, 1) and the
+//   CPU scan's checkpoints): dq, dk, dv, da_lambda ≤ 1e-5 against
+//   astro_backward and astro_backward_chunk; da_lambda starts from random
+//   values (it is added into). The oracle for the gradients is this parity:
+//   both CPU backwards have their own finite-difference checks
+//   (test_gradcheck.c), which run on the CPU backend only (its smooth-spike
+//   test mode). The neuron's part (dI, dβ) is neuron_backward_cuda's, checked
+//   in the layer by test_backend_ops.c's chunk row.
 // Device outputs start as NaN, so an entry the kernel forgets fails.
 //
 // Built without CUDA, or without a device, every test skips with its reason.
@@ -197,6 +205,67 @@ static void check_fwd_head_size(int D, int Nh) {
     check_fwd((Case){.B = 2, .T = 80, .Nh = Nh, .D = D, .spread = 0}, 201 + 10 * D);
 }
 
+// ---- backward -------------------------------------------------------------------
+// The astrocyte's backward from dout = ∂L/∂o ~ N(0, 1) and the CPU scan's
+// checkpoints, against astro_backward (scan) and astro_backward_chunk (CPU
+// chunk): dq, dk, dv and da_lambda, which starts from random values (it is
+// added into).
+
+typedef struct {
+    float *dk, *dv, *dq, *dal;  // (B, T, C) and (C)
+} Bwd;
+
+static void bwd_free(Bwd *r) { free(r->dk), free(r->dv), free(r->dq), free(r->dal); }
+
+static void check_bwd(Case cs, uint64_t seed) {
+    const int B = cs.B, T = cs.T, Nh = cs.Nh, D = cs.D, C = Nh * D;
+    const size_t n = (size_t)B * T * C, nH = (size_t)B * Nh * glia_nchunks(T) * D * D;
+    char name[96];
+    snprintf(name, sizeof name, "backward B=%d T=%d Nh=%d D=%d%s", B, T, Nh, D, cs.spread ? " λ spread" : "");
+    Inputs in = make_inputs(cs, seed);
+    TestRng r;
+    rng_seed(&r, seed + 7);
+    float *dout = host_floats(n), *dal0 = host_floats(C), *o = host_floats(n), *H = host_floats(nH);
+    fill_normal(dout, n, 1.0f, &r);
+    fill_normal(dal0, C, 0.1f, &r);
+    astro_forward(o, H, in.k, in.v, in.q, in.a_lambda, NULL, B, T, C, Nh);
+    Bwd ref[2];
+    for (int m = 0; m < 2; m++) {
+        ref[m] = (Bwd){host_floats(n), host_floats(n), host_floats(n), host_floats(C)};
+        memcpy(ref[m].dal, dal0, C * sizeof(float));
+        (m ? astro_backward_chunk : astro_backward)(ref[m].dk, ref[m].dv, ref[m].dq, ref[m].dal, dout, in.k, in.v,
+                                                    in.q, in.a_lambda, H, B, T, C, Nh);
+    }
+    float *d_do = dev_copy_of(dout, n), *d_k = dev_copy_of(in.k, n), *d_v = dev_copy_of(in.v, n);
+    float *d_q = dev_copy_of(in.q, n), *d_al = dev_copy_of(in.a_lambda, C), *d_H = dev_copy_of(H, nH);
+    float *d_dal = dev_copy_of(dal0, C), *d_dk = dev_floats(n), *d_dv = dev_floats(n), *d_dq = dev_floats(n);
+    float *d_scr = dev_floats((size_t)B * C);
+    amsu_chunk_backward_cuda(d_dk, d_dv, d_dq, d_dal, d_scr, d_do, d_k, d_v, d_q, d_al, d_H, B, T, C, Nh, NULL);
+    cuda_synchronize();
+    Bwd got = {host_floats(n), host_floats(n), host_floats(n), host_floats(C)};
+    download(got.dk, d_dk, n), download(got.dv, d_dv, n), download(got.dq, d_dq, n), download(got.dal, d_dal, C);
+    for (int m = 0; m < 2; m++) {
+        const char *what = m ? "CPU chunk" : "CPU scan";
+        const double e[4] = {rel_err(got.dq, ref[m].dq, n), rel_err(got.dk, ref[m].dk, n),
+                             rel_err(got.dv, ref[m].dv, n), rel_err(got.dal, ref[m].dal, C)};
+        static const char *const names[4] = {"dq", "dk", "dv", "da_lambda"};
+        cr_log_info("%s vs %s: dq %.2e dk %.2e dv %.2e da_lambda %.2e", name, what, e[0], e[1], e[2], e[3]);
+        for (int x = 0; x < 4; x++)
+            cr_assert(e[x] <= TOL, "%s vs %s: %s rel err %.3e > %.0e", name, what, names[x], e[x], TOL);
+    }
+    float *bufs[] = {d_do, d_k, d_v, d_q, d_al, d_H, d_dal, d_dk, d_dv, d_dq, d_scr};
+    for (size_t x = 0; x < sizeof bufs / sizeof bufs[0]; x++) cuda_free(bufs[x]);
+    bwd_free(&got), bwd_free(&ref[0]), bwd_free(&ref[1]);
+    free(dout), free(dal0), free(o), free(H);
+    free_inputs(&in);
+}
+
+static void check_bwd_head_size(int D, int Nh) {
+    for (size_t i = 0; i < sizeof TS / sizeof TS[0]; i++)
+        check_bwd((Case){.B = 1, .T = TS[i], .Nh = 1, .D = D, .spread = 1}, 500 + 10 * D + i);
+    check_bwd((Case){.B = 2, .T = 80, .Nh = Nh, .D = D, .spread = 0}, 600 + 10 * D);
+}
+
 #endif  // GLIA_HAVE_CUDA
 
 Test(cuda_amsu_chunk, forward_head_size_8) {
@@ -235,6 +304,43 @@ Test(cuda_amsu_chunk, forward_head_size_128) {
     test_require_gpu();
 #ifdef GLIA_HAVE_CUDA
     check_fwd((Case){.B = 1, .T = 33, .Nh = 1, .D = 128, .spread = 1}, 3128);
+#endif
+}
+
+Test(cuda_amsu_chunk, backward_head_size_8) {
+    test_require_gpu();
+#ifdef GLIA_HAVE_CUDA
+    check_bwd_head_size(8, 3);
+#endif
+}
+
+Test(cuda_amsu_chunk, backward_head_size_16) {
+    test_require_gpu();
+#ifdef GLIA_HAVE_CUDA
+    check_bwd_head_size(16, 2);
+#endif
+}
+
+Test(cuda_amsu_chunk, backward_head_size_32) {
+    test_require_gpu();
+#ifdef GLIA_HAVE_CUDA
+    check_bwd((Case){.B = 1, .T = 80, .Nh = 1, .D = 32, .spread = 1}, 732);
+    check_bwd((Case){.B = 2, .T = 33, .Nh = 2, .D = 32, .spread = 0}, 733);
+#endif
+}
+
+Test(cuda_amsu_chunk, backward_head_size_64) {
+    test_require_gpu();
+#ifdef GLIA_HAVE_CUDA
+    check_bwd((Case){.B = 1, .T = 80, .Nh = 1, .D = 64, .spread = 1}, 764);
+    check_bwd((Case){.B = 1, .T = 31, .Nh = 2, .D = 64, .spread = 0}, 765);
+#endif
+}
+
+Test(cuda_amsu_chunk, backward_head_size_128) {
+    test_require_gpu();
+#ifdef GLIA_HAVE_CUDA
+    check_bwd((Case){.B = 1, .T = 33, .Nh = 1, .D = 128, .spread = 1}, 7128);
 #endif
 }
 

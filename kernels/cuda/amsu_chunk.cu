@@ -210,6 +210,202 @@ amsu_chunk_forward_kernel(float *__restrict__ o,              // (B, T, C)
     }
 }
 
+// Floats of dynamic shared memory of the backward: dS (DT²), S (DT², only
+// for D < 128: at D = 128 the fragments of S are read from Hckpt itself, to
+// stay under the 227 KB a block may have), pw ((L+1)·DT), λ (DT), q, k', K̄,
+// v, dO, X (L·DT each), A and dA (L² each).
+__host__ __device__ constexpr bool chunk_bwd_s_shared(int D) { return D < 128; }
+__host__ __device__ constexpr int chunk_bwd_smem_floats(int D) {
+    return (chunk_bwd_s_shared(D) ? 2 : 1) * chunk_dt(D) * chunk_dt(D) + (LC + 1) * chunk_dt(D) + chunk_dt(D) +
+           6 * LC * chunk_dt(D) + 2 * LC * LC;
+}
+
+// The chunked astrocyte backward (astro_chunk.c's astro_backward_chunk): one
+// block per (sequence b, head h), the chunks from the last, dS = ∂L/∂S_next
+// in shared memory. Per chunk, with its checkpoint S:
+//   dA = (dO Vᵀ) masked;  dv = Aᵀ dO + K̄ dS                  (tensor cores)
+//   X = dO Sᵀ;  dq = Σ_{σ<τ} dA[τ,σ] k'_σ λ^{τ−σ} + dA[τ,τ] k'_τ + λ^{τ+1} ⊙ X
+//   X = V dSᵀ;  dk' = Σ_{u>τ} dA[u,τ] q_u λ^{u−τ} + dA[τ,τ] q_τ + λ^{L−1−τ} ⊙ X
+//   X = Q̃ (each entry written by the thread that read it)
+//   dS ← diag(λ^L) dS + Q̃ᵀ dO                                 (tensor cores)
+// and thread i (i < D) accumulates λ_i·∂L/∂λ_i's position-weighted sums and
+// Σ k dk' over the chunks (the CPU's formula; the intra-chunk diagonal stays
+// out of the weighted sums). dlam_part (B, C) gets ∂L/∂λ per sequence.
+template <int D>
+__global__ void __launch_bounds__(CHUNK_THREADS, 1)
+amsu_chunk_backward_kernel(float *__restrict__ dk,              // (B, T, C)
+                           float *__restrict__ dv,              // (B, T, C)
+                           float *__restrict__ dq,              // (B, T, C)
+                           float *__restrict__ dlam_part,       // (B, C)
+                           const float *__restrict__ dout,      // (B, T, C): ∂L/∂o
+                           const float *__restrict__ k,         // (B, T, C)
+                           const float *__restrict__ v,         // (B, T, C)
+                           const float *__restrict__ q,         // (B, T, C)
+                           const float *__restrict__ a_lambda,  // (Nh, D)
+                           const float *__restrict__ Hckpt,     // (B, Nh, nch, D, D)
+                           int T, int C, int Nh, int nch) {
+    constexpr int DT = chunk_dt(D), NTC = DT / 16;
+    constexpr bool kS = chunk_bwd_s_shared(D);
+    const int bh = blockIdx.x, b = bh / Nh, h = bh % Nh;
+    const int tid = threadIdx.x, warp = tid / 32;
+
+    extern __shared__ __align__(32) float chunk_smem[];
+    float *dS = chunk_smem;                          // (DT, DT)
+    float *Ss = dS + DT * DT;                        // (DT, DT) when kS
+    float *pw = Ss + (kS ? DT * DT : 0);             // (L + 1, DT)
+    float *lam = pw + (LC + 1) * DT;                 // (DT)
+    float *Q = lam + DT;                             // (L, DT): q
+    float *K = Q + LC * DT;                          // (L, DT): k'
+    float *Kb = K + LC * DT;                         // (L, DT): K̄
+    float *V = Kb + LC * DT;                         // (L, DT)
+    float *dO = V + LC * DT;                         // (L, DT)
+    float *X = dO + LC * DT;                         // (L, DT): dv, dO Sᵀ, V dSᵀ, Q̃ in turn
+    float *A = X + LC * DT;                          // (L, L)
+    float *dA = A + LC * LC;                         // (L, L)
+
+    for (int x = tid; x < DT * DT; x += CHUNK_THREADS) dS[x] = 0.0f;
+    if (tid < DT) {
+        const float l = tid < D ? step_sigmoid(a_lambda[h * D + tid]) : 0.0f;
+        lam[tid] = l;
+        float p = 1.0f;
+        pw[tid] = p;
+        for (int d = 1; d <= LC; d++) pw[d * DT + tid] = p = p * l;
+    }
+    float wsum = 0.0f, direct = 0.0f;  // thread i < D: λ_i·∂L/∂λ_i's weighted sums, Σ k dk'
+    const size_t head = (size_t)b * T * C + (size_t)h * D;
+    __syncthreads();
+
+    for (int ch = nch - 1; ch >= 0; ch--) {
+        const int t0 = ch * LC, len = min(LC, T - t0);
+        const float *ck = Hckpt + ((size_t)bh * nch + ch) * D * D;
+        const float *S = kS ? Ss : ck;
+        const int ldS = kS ? DT : D;
+        // 1. the chunk's rows and its checkpoint, zeros past T and in the padding
+        for (int x = tid; x < LC * DT; x += CHUNK_THREADS) {
+            const int tau = x / DT, i = x % DT;
+            float qq = 0.0f, kk = 0.0f, vv = 0.0f, dd = 0.0f;
+            if (tau < len && i < D) {
+                const size_t g = head + (size_t)(t0 + tau) * C + i;
+                qq = q[g];
+                kk = (1.0f - lam[i]) * k[g];
+                vv = v[g];
+                dd = dout[g];
+            }
+            Q[x] = qq, K[x] = kk, V[x] = vv, dO[x] = dd;
+            Kb[x] = tau < len ? kk * pw[(len - 1 - tau) * DT + i] : 0.0f;
+        }
+        if (kS)
+            for (int x = tid; x < DT * DT; x += CHUNK_THREADS)
+                Ss[x] = x / DT < D && x % DT < D ? ck[(x / DT) * D + x % DT] : 0.0f;
+        __syncthreads();
+        // 2. A, pairwise (as the forward)
+        for (int x = tid; x < LC * LC; x += CHUNK_THREADS) {
+            const int tau = x / LC, sg = x % LC;
+            float acc = 0.0f;
+            if (sg <= tau) {
+                const float *qr = Q + tau * DT, *kr = K + sg * DT, *pd = pw + (tau - sg) * DT;
+#pragma unroll 8
+                for (int i = 0; i < D; i++) acc += qr[i] * kr[i] * pd[i];
+            }
+            A[x] = acc;
+        }
+        __syncthreads();
+        // 3. dA = dO Vᵀ (4 tiles), then dv = Aᵀ dO + K̄ dS into X
+        for (int tile = warp; tile < 4 + (LC / 16) * NTC; tile += CHUNK_WARPS) {
+            FragC acc;
+            wmma::fill_fragment(acc, 0.0f);
+            if (tile < 4) {
+                const int r0 = tile / 2 * 16, c0 = tile % 2 * 16;
+                mma3<wmma::row_major, wmma::col_major>(acc, dO + r0 * DT, DT, V + c0 * DT, DT, DT);
+                wmma::store_matrix_sync(dA + r0 * LC + c0, acc, LC, wmma::mem_row_major);
+            } else {
+                const int r0 = (tile - 4) / NTC * 16, c0 = (tile - 4) % NTC * 16;
+                mma3<wmma::col_major, wmma::row_major>(acc, A + r0, LC, dO + c0, DT, LC);
+                mma3<wmma::row_major, wmma::row_major>(acc, Kb + r0 * DT, DT, dS + c0, DT, DT);
+                wmma::store_matrix_sync(X + r0 * DT + c0, acc, DT, wmma::mem_row_major);
+            }
+        }
+        __syncthreads();
+        for (int x = tid; x < len * D; x += CHUNK_THREADS)
+            dv[head + (size_t)(t0 + x / D) * C + x % D] = X[(x / D) * DT + x % D];
+        __syncthreads();
+        // 4. X = dO Sᵀ; then dq, row by row, in thread i's column
+        for (int tile = warp; tile < (LC / 16) * NTC; tile += CHUNK_WARPS) {
+            const int r0 = tile / NTC * 16, c0 = tile % NTC * 16;
+            FragC acc;
+            wmma::fill_fragment(acc, 0.0f);
+            mma3<wmma::row_major, wmma::col_major>(acc, dO + r0 * DT, DT, S + c0 * ldS, ldS, DT);
+            wmma::store_matrix_sync(X + r0 * DT + c0, acc, DT, wmma::mem_row_major);
+        }
+        __syncthreads();
+        const int i = tid;
+        if (i < D) {
+            for (int tau = 0; tau < len; tau++) {
+                float gq = 0.0f;
+                for (int sg = 0; sg < tau; sg++) gq += dA[tau * LC + sg] * K[sg * DT + i] * pw[(tau - sg) * DT + i];
+                const float qi = Q[tau * DT + i], inter = pw[(tau + 1) * DT + i] * X[tau * DT + i];
+                dq[head + (size_t)(t0 + tau) * C + i] = gq + dA[tau * LC + tau] * K[tau * DT + i] + inter;
+                wsum += (float)tau * qi * gq + (float)(tau + 1) * qi * inter;
+            }
+        }
+        __syncthreads();
+        // 5. X = V dSᵀ; then dk', dk, and the state's term of dλ; X becomes Q̃
+        for (int tile = warp; tile < (LC / 16) * NTC; tile += CHUNK_WARPS) {
+            const int r0 = tile / NTC * 16, c0 = tile % NTC * 16;
+            FragC acc;
+            wmma::fill_fragment(acc, 0.0f);
+            mma3<wmma::row_major, wmma::col_major>(acc, V + r0 * DT, DT, dS + c0 * DT, DT, DT);
+            wmma::store_matrix_sync(X + r0 * DT + c0, acc, DT, wmma::mem_row_major);
+        }
+        __syncthreads();
+        if (i < D) {
+            const float one_m_lam = 1.0f - lam[i];
+            for (int tau = 0; tau < len; tau++) {
+                float gk = 0.0f;
+                for (int u = tau + 1; u < len; u++) gk += dA[u * LC + tau] * Q[u * DT + i] * pw[(u - tau) * DT + i];
+                const float kp = K[tau * DT + i], qi = Q[tau * DT + i];
+                const float state = pw[(len - 1 - tau) * DT + i] * X[tau * DT + i];
+                const float dkp = gk + dA[tau * LC + tau] * qi + state;
+                const size_t g = head + (size_t)(t0 + tau) * C + i;
+                dk[g] = one_m_lam * dkp;
+                wsum += -(float)tau * kp * gk + (float)(len - 1 - tau) * kp * state;
+                direct += k[g] * dkp;
+                X[tau * DT + i] = qi * pw[(tau + 1) * DT + i];  // Q̃, in the entry this thread alone reads
+            }
+            float acc = 0.0f;  // L λ^L Σ_j S[i,j] dS[i,j]
+            for (int j = 0; j < D; j++) acc += S[i * ldS + j] * dS[i * DT + j];
+            wsum += (float)len * pw[len * DT + i] * acc;
+        }
+        __syncthreads();  // X is Q̃: zero past len and in the padding, as V dSᵀ was there
+        // 6. dS ← diag(λ^len) dS + Q̃ᵀ dO, each warp on its own tiles
+        const float *pL = pw + len * DT;
+        for (int tile = warp; tile < NTC * NTC; tile += CHUNK_WARPS) {
+            const int r0 = tile / NTC * 16, c0 = tile % NTC * 16;
+            float *St = dS + r0 * DT + c0;
+            for (int e = tid % 32; e < 256; e += 32) St[(e / 16) * DT + e % 16] *= pL[r0 + e / 16];
+            __syncwarp();
+            FragC acc;
+            wmma::load_matrix_sync(acc, St, DT, wmma::mem_row_major);
+            mma3<wmma::col_major, wmma::row_major>(acc, X + r0, DT, dO + c0, DT, LC);
+            wmma::store_matrix_sync(St, acc, DT, wmma::mem_row_major);
+        }
+        __syncthreads();
+    }
+    if (tid < D) dlam_part[(size_t)b * C + h * D + tid] = wsum / lam[tid] - direct;
+}
+
+// da_lambda[c] += σ'(a_λ[c])·Σ_b dlam_part[b][c], b ascending (the CPU's order).
+__global__ void chunk_lambda_grads_kernel(float *__restrict__ da_lambda,        // (C)
+                                          const float *__restrict__ dlam_part,  // (B, C)
+                                          const float *__restrict__ a_lambda,   // (C)
+                                          int B, int C) {
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    float t = 0.0f;
+    for (int b = 0; b < B; b++) t += dlam_part[(size_t)b * C + c];
+    da_lambda[c] += step_sigmoid_grad(t, step_sigmoid(a_lambda[c]));
+}
+
 // ---- launchers ----------------------------------------------------------------------
 
 extern "C" int amsu_chunk_head_size_supported(int D) { return amsu_head_size_supported(D); }
@@ -260,4 +456,37 @@ extern "C" void amsu_chunk_forward_cuda(float *o, float *u, float *s, float *Hck
     default: exit(1);  // unreachable: chunk_check_shape rejected it with a message
     }
 #undef CHUNK_FWD
+}
+
+template <int D>
+static void chunk_backward_launch(float *dk, float *dv, float *dq, float *dlam_part, const float *dout,
+                                  const float *k, const float *v, const float *q, const float *a_lambda,
+                                  const float *Hckpt, int B, int T, int C, int Nh, cudaStream_t stream) {
+    const int smem = chunk_bwd_smem_floats(D) * (int)sizeof(float);
+    if (smem > 48 * 1024)
+        cuda_check(cudaFuncSetAttribute(amsu_chunk_backward_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        smem));
+    amsu_chunk_backward_kernel<D><<<B * Nh, CHUNK_THREADS, smem, stream>>>(dk, dv, dq, dlam_part, dout, k, v, q, a_lambda, Hckpt, T, C, Nh, glia_nchunks(T));
+    cuda_check(cudaGetLastError());
+}
+
+extern "C" void amsu_chunk_backward_cuda(float *dk, float *dv, float *dq, float *da_lambda, float *scratch,
+                                         const float *dout, const float *k, const float *v, const float *q,
+                                         const float *a_lambda, const float *Hckpt, int B, int T, int C, int Nh,
+                                         void *stream) {
+    if (chunk_check_shape("amsu_chunk_backward_cuda", B, T, C, Nh) != 0) exit(1);
+    cudaStream_t st = (cudaStream_t)stream;
+#define CHUNK_BWD(D_) \
+    chunk_backward_launch<D_>(dk, dv, dq, scratch, dout, k, v, q, a_lambda, Hckpt, B, T, C, Nh, st)
+    switch (C / Nh) {
+    case 8: CHUNK_BWD(8); break;
+    case 16: CHUNK_BWD(16); break;
+    case 32: CHUNK_BWD(32); break;
+    case 64: CHUNK_BWD(64); break;
+    case 128: CHUNK_BWD(128); break;
+    default: exit(1);  // unreachable: chunk_check_shape rejected it with a message
+    }
+#undef CHUNK_BWD
+    chunk_lambda_grads_kernel<<<ceil_div(C, 256), 256, 0, st>>>(da_lambda, scratch, a_lambda, B, C);
+    cuda_check(cudaGetLastError());
 }
