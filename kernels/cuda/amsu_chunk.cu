@@ -81,11 +81,33 @@ __device__ __forceinline__ void mma3(FragC &acc, const float *a, int lda, const 
 // Tile width: WMMA's 16, or D.
 __host__ __device__ constexpr int chunk_dt(int D) { return D < 16 ? 16 : D; }
 
+// Row stride of the transposed copies of k' and of the powers (DT × KT): one
+// more than L, so a warp writing a column or reading a row hits 32 banks.
+enum { KT = LC + 1 };
+
+// The chunk's A[τ,σ] = Σ_i q_τ[i] k'_σ[i] λ_i^{τ−σ} (σ ≤ τ, else 0), pairwise
+// in fp32, ascending i, the CPU's product order. A warp takes one row τ and
+// lane σ: q_τ[i] is a broadcast, k' and the powers come from their
+// transposes Kt[i][σ] and pwT[i][d], so the 32 lanes read 32 banks.
+template <int D, int DT>
+__device__ __forceinline__ void chunk_form_A(float *A, const float *Q, const float *Kt, const float *pwT, int tid) {
+    for (int x = tid; x < LC * LC; x += CHUNK_THREADS) {
+        const int tau = x / LC, sg = x % LC;
+        float acc = 0.0f;
+        if (sg <= tau) {
+#pragma unroll 8
+            for (int i = 0; i < D; i++) acc += Q[tau * DT + i] * Kt[i * KT + sg] * pwT[i * KT + tau - sg];
+        }
+        A[x] = acc;
+    }
+}
+
 // Floats of dynamic shared memory of the forward: S (DT²), pw ((L+1)·DT),
-// λ (DT), q, k', v, o (L·DT each), A (L²). Every part a multiple of 8 floats,
-// so every tile starts 32-byte aligned as WMMA needs.
+// λ (DT), q, k', v, o (L·DT each), A (L²), Kt and pwT (DT·KT each). Every part
+// a multiple of 8 floats, so every tile starts 32-byte aligned as WMMA needs.
 __host__ __device__ constexpr int chunk_fwd_smem_floats(int D) {
-    return chunk_dt(D) * chunk_dt(D) + (LC + 1) * chunk_dt(D) + chunk_dt(D) + 4 * LC * chunk_dt(D) + LC * LC;
+    return chunk_dt(D) * chunk_dt(D) + (LC + 1) * chunk_dt(D) + chunk_dt(D) + 4 * LC * chunk_dt(D) + LC * LC +
+           2 * chunk_dt(D) * KT;
 }
 
 // One block per (sequence b, head h), blockIdx.x = b·Nh + h; CHUNK_THREADS
@@ -116,14 +138,16 @@ amsu_chunk_forward_kernel(float *__restrict__ o,              // (B, T, C)
     float *V = K + LC * DT;          // (L, DT)
     float *O = V + LC * DT;          // (L, DT): o of the chunk
     float *A = O + LC * DT;          // (L, L)
+    float *Kt = A + LC * LC;         // (DT, KT): k' transposed
+    float *pwT = Kt + DT * KT;       // (DT, KT): pw transposed
 
     for (int x = tid; x < DT * DT; x += CHUNK_THREADS) S[x] = 0.0f;
     if (tid < DT) {
         const float l = tid < D ? step_sigmoid(a_lambda[h * D + tid]) : 0.0f;
         lam[tid] = l;
         float p = 1.0f;
-        pw[tid] = p;
-        for (int d = 1; d <= LC; d++) pw[d * DT + tid] = p = p * l;
+        pw[tid] = pwT[tid * KT] = p;
+        for (int d = 1; d <= LC; d++) pw[d * DT + tid] = pwT[tid * KT + d] = p = p * l;
     }
     const int c = h * D + tid;  // thread tid < D: neuron c
     const float beta = tid < D ? step_sigmoid(a_beta[c]) : 0.0f;
@@ -149,19 +173,11 @@ amsu_chunk_forward_kernel(float *__restrict__ o,              // (B, T, C)
                 vv = v[g];
             }
             Q[x] = qq, K[x] = kk, V[x] = vv;
+            Kt[i * KT + tau] = kk;
         }
         __syncthreads();
-        // 3. A, pairwise, ascending i (the CPU's order up to its vectorisation)
-        for (int x = tid; x < LC * LC; x += CHUNK_THREADS) {
-            const int tau = x / LC, sg = x % LC;
-            float acc = 0.0f;
-            if (sg <= tau) {
-                const float *qr = Q + tau * DT, *kr = K + sg * DT, *pd = pw + (tau - sg) * DT;
-#pragma unroll 8
-                for (int i = 0; i < D; i++) acc += qr[i] * kr[i] * pd[i];
-            }
-            A[x] = acc;
-        }
+        // 3. A, pairwise
+        chunk_form_A<D, DT>(A, Q, Kt, pwT, tid);
         __syncthreads();
         // Q̃ and K̄ in place (row σ ≥ len of K is zero: no power needed)
         for (int x = tid; x < LC * DT; x += CHUNK_THREADS) {
@@ -213,11 +229,11 @@ amsu_chunk_forward_kernel(float *__restrict__ o,              // (B, T, C)
 // Floats of dynamic shared memory of the backward: dS (DT²), S (DT², only
 // for D < 128: at D = 128 the fragments of S are read from Hckpt itself, to
 // stay under the 227 KB a block may have), pw ((L+1)·DT), λ (DT), q, k', K̄,
-// v, dO, X (L·DT each), A and dA (L² each).
+// v, dO, X (L·DT each), A and dA (L² each), Kt and pwT (DT·KT each).
 __host__ __device__ constexpr bool chunk_bwd_s_shared(int D) { return D < 128; }
 __host__ __device__ constexpr int chunk_bwd_smem_floats(int D) {
     return (chunk_bwd_s_shared(D) ? 2 : 1) * chunk_dt(D) * chunk_dt(D) + (LC + 1) * chunk_dt(D) + chunk_dt(D) +
-           6 * LC * chunk_dt(D) + 2 * LC * LC;
+           6 * LC * chunk_dt(D) + 2 * LC * LC + 2 * chunk_dt(D) * KT;
 }
 
 // The chunked astrocyte backward (astro_chunk.c's astro_backward_chunk): one
@@ -262,14 +278,16 @@ amsu_chunk_backward_kernel(float *__restrict__ dk,              // (B, T, C)
     float *X = dO + LC * DT;                         // (L, DT): dv, dO Sᵀ, V dSᵀ, Q̃ in turn
     float *A = X + LC * DT;                          // (L, L)
     float *dA = A + LC * LC;                         // (L, L)
+    float *Kt = dA + LC * LC;                        // (DT, KT): k' transposed
+    float *pwT = Kt + DT * KT;                       // (DT, KT): pw transposed
 
     for (int x = tid; x < DT * DT; x += CHUNK_THREADS) dS[x] = 0.0f;
     if (tid < DT) {
         const float l = tid < D ? step_sigmoid(a_lambda[h * D + tid]) : 0.0f;
         lam[tid] = l;
         float p = 1.0f;
-        pw[tid] = p;
-        for (int d = 1; d <= LC; d++) pw[d * DT + tid] = p = p * l;
+        pw[tid] = pwT[tid * KT] = p;
+        for (int d = 1; d <= LC; d++) pw[d * DT + tid] = pwT[tid * KT + d] = p = p * l;
     }
     float wsum = 0.0f, direct = 0.0f;  // thread i < D: λ_i·∂L/∂λ_i's weighted sums, Σ k dk'
     const size_t head = (size_t)b * T * C + (size_t)h * D;
@@ -292,6 +310,7 @@ amsu_chunk_backward_kernel(float *__restrict__ dk,              // (B, T, C)
                 dd = dout[g];
             }
             Q[x] = qq, K[x] = kk, V[x] = vv, dO[x] = dd;
+            Kt[i * KT + tau] = kk;
             Kb[x] = tau < len ? kk * pw[(len - 1 - tau) * DT + i] : 0.0f;
         }
         if (kS)
@@ -299,16 +318,7 @@ amsu_chunk_backward_kernel(float *__restrict__ dk,              // (B, T, C)
                 Ss[x] = x / DT < D && x % DT < D ? ck[(x / DT) * D + x % DT] : 0.0f;
         __syncthreads();
         // 2. A, pairwise (as the forward)
-        for (int x = tid; x < LC * LC; x += CHUNK_THREADS) {
-            const int tau = x / LC, sg = x % LC;
-            float acc = 0.0f;
-            if (sg <= tau) {
-                const float *qr = Q + tau * DT, *kr = K + sg * DT, *pd = pw + (tau - sg) * DT;
-#pragma unroll 8
-                for (int i = 0; i < D; i++) acc += qr[i] * kr[i] * pd[i];
-            }
-            A[x] = acc;
-        }
+        chunk_form_A<D, DT>(A, Q, Kt, pwT, tid);
         __syncthreads();
         // 3. dA = dO Vᵀ (4 tiles), then dv = Aᵀ dO + K̄ dS into X
         for (int tile = warp; tile < 4 + (LC / 16) * NTC; tile += CHUNK_WARPS) {
@@ -372,8 +382,11 @@ amsu_chunk_backward_kernel(float *__restrict__ dk,              // (B, T, C)
                 direct += k[g] * dkp;
                 X[tau * DT + i] = qi * pw[(tau + 1) * DT + i];  // Q̃, in the entry this thread alone reads
             }
-            float acc = 0.0f;  // L λ^L Σ_j S[i,j] dS[i,j]
-            for (int j = 0; j < D; j++) acc += S[i * ldS + j] * dS[i * DT + j];
+            float acc = 0.0f;  // L λ^L Σ_j S[i,j] dS[i,j], j from i on (lanes on distinct banks)
+            for (int jj = 0; jj < D; jj++) {
+                const int j = (i + jj) % D;
+                acc += S[i * ldS + j] * dS[i * DT + j];
+            }
             wsum += (float)len * pw[len * DT + i] * acc;
         }
         __syncthreads();  // X is Q̃: zero past len and in the padding, as V dSᵀ was there
