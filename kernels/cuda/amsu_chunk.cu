@@ -3,7 +3,8 @@
 // function as amsu.cu's fused per-timestep kernel, which stays the reference
 // and runs streaming (state in and out) and AMSU_SCAN.
 //
-// One block per (sequence b, head h), CHUNK_THREADS threads (4 warps),
+// One block per (sequence b, head h), max(D, 32) threads (one warp per 32
+// channels: the neurons need D, the tiles have work for about that many),
 // walking the chunks of L = GLIA_CHUNK steps in order, with the math of
 // kernels/cpu/astro_chunk.c (its header derives every formula). Per chunk,
 // with its incoming state S (D × D, fp32, shared memory):
@@ -42,8 +43,10 @@
 
 namespace wmma = nvcuda::wmma;
 
-#define CHUNK_THREADS 128
-#define CHUNK_WARPS (CHUNK_THREADS / 32)
+// Threads of a block for head size D: one per neuron, at least a warp.
+template <int D> struct Chunk {
+    static constexpr int threads = D < 32 ? 32 : D, warps = threads / 32;
+};
 enum { LC = GLIA_CHUNK };
 static_assert(LC % 16 == 0, "the chunk must be a whole number of 16-row tiles");
 
@@ -91,7 +94,7 @@ enum { KT = LC + 1 };
 // transposes Kt[i][σ] and pwT[i][d], so the 32 lanes read 32 banks.
 template <int D, int DT>
 __device__ __forceinline__ void chunk_form_A(float *A, const float *Q, const float *Kt, const float *pwT, int tid) {
-    for (int x = tid; x < LC * LC; x += CHUNK_THREADS) {
+    for (int x = tid; x < LC * LC; x += Chunk<D>::threads) {
         const int tau = x / LC, sg = x % LC;
         float acc = 0.0f;
         if (sg <= tau) {
@@ -110,10 +113,10 @@ __host__ __device__ constexpr int chunk_fwd_smem_floats(int D) {
            2 * chunk_dt(D) * KT;
 }
 
-// One block per (sequence b, head h), blockIdx.x = b·Nh + h; CHUNK_THREADS
+// One block per (sequence b, head h), blockIdx.x = b·Nh + h; Chunk<D>::threads
 // threads. See the top comment.
 template <int D>
-__global__ void __launch_bounds__(CHUNK_THREADS)
+__global__ void __launch_bounds__(Chunk<D>::threads)
 amsu_chunk_forward_kernel(float *__restrict__ o,              // (B, T, C)
                           float *__restrict__ u,              // (B, T, C)
                           float *__restrict__ s,              // (B, T, C)
@@ -126,6 +129,7 @@ amsu_chunk_forward_kernel(float *__restrict__ o,              // (B, T, C)
                           const float *__restrict__ a_beta,   // (C)
                           int T, int C, int Nh, int nch) {
     constexpr int DT = chunk_dt(D), NTC = DT / 16;  // tile columns of a (·, DT) matrix
+    constexpr int NT = Chunk<D>::threads, NW = Chunk<D>::warps;
     const int bh = blockIdx.x, b = bh / Nh, h = bh % Nh;
     const int tid = threadIdx.x, warp = tid / 32;
 
@@ -141,7 +145,7 @@ amsu_chunk_forward_kernel(float *__restrict__ o,              // (B, T, C)
     float *Kt = A + LC * LC;         // (DT, KT): k' transposed
     float *pwT = Kt + DT * KT;       // (DT, KT): pw transposed
 
-    for (int x = tid; x < DT * DT; x += CHUNK_THREADS) S[x] = 0.0f;
+    for (int x = tid; x < DT * DT; x += NT) S[x] = 0.0f;
     if (tid < DT) {
         const float l = tid < D ? step_sigmoid(a_lambda[h * D + tid]) : 0.0f;
         lam[tid] = l;
@@ -160,10 +164,10 @@ amsu_chunk_forward_kernel(float *__restrict__ o,              // (B, T, C)
         // 1. the checkpoint, coalesced
         if (Hckpt) {
             float *dst = Hckpt + ((size_t)bh * nch + ch) * D * D;
-            for (int x = tid; x < D * D; x += CHUNK_THREADS) dst[x] = S[(x / D) * DT + x % D];
+            for (int x = tid; x < D * D; x += NT) dst[x] = S[(x / D) * DT + x % D];
         }
         // 2. the chunk's rows, zeros past T and in the padding
-        for (int x = tid; x < LC * DT; x += CHUNK_THREADS) {
+        for (int x = tid; x < LC * DT; x += NT) {
             const int tau = x / DT, i = x % DT;
             float qq = 0.0f, kk = 0.0f, vv = 0.0f;
             if (tau < len && i < D) {
@@ -180,14 +184,14 @@ amsu_chunk_forward_kernel(float *__restrict__ o,              // (B, T, C)
         chunk_form_A<D, DT>(A, Q, Kt, pwT, tid);
         __syncthreads();
         // Q̃ and K̄ in place (row σ ≥ len of K is zero: no power needed)
-        for (int x = tid; x < LC * DT; x += CHUNK_THREADS) {
+        for (int x = tid; x < LC * DT; x += NT) {
             const int tau = x / DT, i = x % DT;
             Q[x] *= pw[(tau + 1) * DT + i];
             if (tau < len) K[x] *= pw[(len - 1 - tau) * DT + i];
         }
         __syncthreads();
         // 4. o = A V + Q̃ S, one 16 × 16 tile of o per warp at a time
-        for (int tile = warp; tile < (LC / 16) * NTC; tile += CHUNK_WARPS) {
+        for (int tile = warp; tile < (LC / 16) * NTC; tile += NW) {
             const int r0 = tile / NTC * 16, c0 = tile % NTC * 16;
             FragC acc;
             wmma::fill_fragment(acc, 0.0f);
@@ -198,7 +202,7 @@ amsu_chunk_forward_kernel(float *__restrict__ o,              // (B, T, C)
         __syncthreads();  // every read of S for o is done
         // 5. S ← diag(λ^len) S + K̄ᵀ V, each warp on its own tiles of S
         const float *pL = pw + len * DT;
-        for (int tile = warp; tile < NTC * NTC; tile += CHUNK_WARPS) {
+        for (int tile = warp; tile < NTC * NTC; tile += NW) {
             const int r0 = tile / NTC * 16, c0 = tile % NTC * 16;
             float *St = S + r0 * DT + c0;
             for (int e = tid % 32; e < 256; e += 32) St[(e / 16) * DT + e % 16] *= pL[r0 + e / 16];
@@ -248,7 +252,7 @@ __host__ __device__ constexpr int chunk_bwd_smem_floats(int D) {
 // Σ k dk' over the chunks (the CPU's formula; the intra-chunk diagonal stays
 // out of the weighted sums). dlam_part (B, C) gets ∂L/∂λ per sequence.
 template <int D>
-__global__ void __launch_bounds__(CHUNK_THREADS, 1)
+__global__ void __launch_bounds__(Chunk<D>::threads, 1)
 amsu_chunk_backward_kernel(float *__restrict__ dk,              // (B, T, C)
                            float *__restrict__ dv,              // (B, T, C)
                            float *__restrict__ dq,              // (B, T, C)
@@ -261,6 +265,7 @@ amsu_chunk_backward_kernel(float *__restrict__ dk,              // (B, T, C)
                            const float *__restrict__ Hckpt,     // (B, Nh, nch, D, D)
                            int T, int C, int Nh, int nch) {
     constexpr int DT = chunk_dt(D), NTC = DT / 16;
+    constexpr int NT = Chunk<D>::threads, NW = Chunk<D>::warps;
     constexpr bool kS = chunk_bwd_s_shared(D);
     const int bh = blockIdx.x, b = bh / Nh, h = bh % Nh;
     const int tid = threadIdx.x, warp = tid / 32;
@@ -281,7 +286,7 @@ amsu_chunk_backward_kernel(float *__restrict__ dk,              // (B, T, C)
     float *Kt = dA + LC * LC;                        // (DT, KT): k' transposed
     float *pwT = Kt + DT * KT;                       // (DT, KT): pw transposed
 
-    for (int x = tid; x < DT * DT; x += CHUNK_THREADS) dS[x] = 0.0f;
+    for (int x = tid; x < DT * DT; x += NT) dS[x] = 0.0f;
     if (tid < DT) {
         const float l = tid < D ? step_sigmoid(a_lambda[h * D + tid]) : 0.0f;
         lam[tid] = l;
@@ -299,7 +304,7 @@ amsu_chunk_backward_kernel(float *__restrict__ dk,              // (B, T, C)
         const float *S = kS ? Ss : ck;
         const int ldS = kS ? DT : D;
         // 1. the chunk's rows and its checkpoint, zeros past T and in the padding
-        for (int x = tid; x < LC * DT; x += CHUNK_THREADS) {
+        for (int x = tid; x < LC * DT; x += NT) {
             const int tau = x / DT, i = x % DT;
             float qq = 0.0f, kk = 0.0f, vv = 0.0f, dd = 0.0f;
             if (tau < len && i < D) {
@@ -314,14 +319,14 @@ amsu_chunk_backward_kernel(float *__restrict__ dk,              // (B, T, C)
             Kb[x] = tau < len ? kk * pw[(len - 1 - tau) * DT + i] : 0.0f;
         }
         if (kS)
-            for (int x = tid; x < DT * DT; x += CHUNK_THREADS)
+            for (int x = tid; x < DT * DT; x += NT)
                 Ss[x] = x / DT < D && x % DT < D ? ck[(x / DT) * D + x % DT] : 0.0f;
         __syncthreads();
         // 2. A, pairwise (as the forward)
         chunk_form_A<D, DT>(A, Q, Kt, pwT, tid);
         __syncthreads();
         // 3. dA = dO Vᵀ (4 tiles), then dv = Aᵀ dO + K̄ dS into X
-        for (int tile = warp; tile < 4 + (LC / 16) * NTC; tile += CHUNK_WARPS) {
+        for (int tile = warp; tile < 4 + (LC / 16) * NTC; tile += NW) {
             FragC acc;
             wmma::fill_fragment(acc, 0.0f);
             if (tile < 4) {
@@ -336,11 +341,11 @@ amsu_chunk_backward_kernel(float *__restrict__ dk,              // (B, T, C)
             }
         }
         __syncthreads();
-        for (int x = tid; x < len * D; x += CHUNK_THREADS)
+        for (int x = tid; x < len * D; x += NT)
             dv[head + (size_t)(t0 + x / D) * C + x % D] = X[(x / D) * DT + x % D];
         __syncthreads();
         // 4. X = dO Sᵀ; then dq, row by row, in thread i's column
-        for (int tile = warp; tile < (LC / 16) * NTC; tile += CHUNK_WARPS) {
+        for (int tile = warp; tile < (LC / 16) * NTC; tile += NW) {
             const int r0 = tile / NTC * 16, c0 = tile % NTC * 16;
             FragC acc;
             wmma::fill_fragment(acc, 0.0f);
@@ -360,7 +365,7 @@ amsu_chunk_backward_kernel(float *__restrict__ dk,              // (B, T, C)
         }
         __syncthreads();
         // 5. X = V dSᵀ; then dk', dk, and the state's term of dλ; X becomes Q̃
-        for (int tile = warp; tile < (LC / 16) * NTC; tile += CHUNK_WARPS) {
+        for (int tile = warp; tile < (LC / 16) * NTC; tile += NW) {
             const int r0 = tile / NTC * 16, c0 = tile % NTC * 16;
             FragC acc;
             wmma::fill_fragment(acc, 0.0f);
@@ -392,7 +397,7 @@ amsu_chunk_backward_kernel(float *__restrict__ dk,              // (B, T, C)
         __syncthreads();  // X is Q̃: zero past len and in the padding, as V dSᵀ was there
         // 6. dS ← diag(λ^len) dS + Q̃ᵀ dO, each warp on its own tiles
         const float *pL = pw + len * DT;
-        for (int tile = warp; tile < NTC * NTC; tile += CHUNK_WARPS) {
+        for (int tile = warp; tile < NTC * NTC; tile += NW) {
             const int r0 = tile / NTC * 16, c0 = tile % NTC * 16;
             float *St = dS + r0 * DT + c0;
             for (int e = tid % 32; e < 256; e += 32) St[(e / 16) * DT + e % 16] *= pL[r0 + e / 16];
@@ -450,7 +455,7 @@ static void chunk_forward_launch(float *o, float *u, float *s, float *Hckpt, con
     if (smem > 48 * 1024)
         cuda_check(cudaFuncSetAttribute(amsu_chunk_forward_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         smem));
-    amsu_chunk_forward_kernel<D><<<B * Nh, CHUNK_THREADS, smem, stream>>>(o, u, s, Hckpt, I, k, v, q, a_lambda, a_beta, T, C, Nh, glia_nchunks(T));
+    amsu_chunk_forward_kernel<D><<<B * Nh, Chunk<D>::threads, smem, stream>>>(o, u, s, Hckpt, I, k, v, q, a_lambda, a_beta, T, C, Nh, glia_nchunks(T));
     cuda_check(cudaGetLastError());
 }
 
@@ -479,7 +484,7 @@ static void chunk_backward_launch(float *dk, float *dv, float *dq, float *dlam_p
     if (smem > 48 * 1024)
         cuda_check(cudaFuncSetAttribute(amsu_chunk_backward_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         smem));
-    amsu_chunk_backward_kernel<D><<<B * Nh, CHUNK_THREADS, smem, stream>>>(dk, dv, dq, dlam_part, dout, k, v, q, a_lambda, Hckpt, T, C, Nh, glia_nchunks(T));
+    amsu_chunk_backward_kernel<D><<<B * Nh, Chunk<D>::threads, smem, stream>>>(dk, dv, dq, dlam_part, dout, k, v, q, a_lambda, Hckpt, T, C, Nh, glia_nchunks(T));
     cuda_check(cudaGetLastError());
 }
 
