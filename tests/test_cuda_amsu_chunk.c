@@ -29,6 +29,7 @@
 // Built without CUDA, or without a device, every test skips with its reason.
 #include <criterion/criterion.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -349,6 +350,20 @@ Test(cuda_amsu_chunk, rejects_unsupported_head_size, .exit_code = 1) {
 #ifdef GLIA_HAVE_CUDA
     cr_assert(!amsu_chunk_head_size_supported(24) && amsu_chunk_head_size_supported(64));
     amsu_chunk_forward_cuda(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 1, 2, 48, 2, NULL);
+#else
+    exit(1);  // nothing to check without CUDA
+#endif
+}
+
+// At D = 128 the backward's tensor cores read the checkpoints in place: an
+// Hckpt not 32-byte aligned is refused (the layer then runs the fused
+// backward); smaller heads stage them in shared memory and take any address.
+Test(cuda_amsu_chunk, backward_refuses_unaligned_checkpoints_at_128, .exit_code = 1) {
+#ifdef GLIA_HAVE_CUDA
+    const float *aligned = (const float *)(uintptr_t)256, *off = aligned + 1;
+    cr_assert(amsu_chunk_backward_ok(128, aligned) && !amsu_chunk_backward_ok(128, off));
+    cr_assert(amsu_chunk_backward_ok(64, off) && amsu_chunk_backward_ok(8, off));
+    amsu_chunk_backward_cuda(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, off, 1, 2, 128, 1, NULL);
 #else
     exit(1);  // nothing to check without CUDA
 #endif

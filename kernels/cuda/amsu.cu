@@ -685,7 +685,10 @@ extern "C" void amsu_backward_cuda(float *dz, AmsuGrads *g, float *scratch, cons
     float *ds = scratch, *dI = ds + btc, *dk = dI + btc, *dv = dk + btc, *dq = dv + btc;
     float *rec = dq + btc;
     matmul_backward_cuda(ds, g->dW_O, dy, a->s, w->W_O, M, C, C, 1.0f, 0, stream);  // y = s W_Oᵀ
-    if (sh.astro && amsu_mode == AMSU_CHUNK) {  // the neuron, then the astrocyte from dm = ∂L/∂o
+    // chunked: the neuron, then the astrocyte from dm = ∂L/∂o; the fused
+    // backward where the chunked one cannot read this Hckpt in place (it
+    // reads the same checkpoints, so it follows either forward)
+    if (sh.astro && amsu_mode == AMSU_CHUNK && amsu_chunk_backward_ok(C / sh.Nh, a->Hckpt)) {
         float *dm = rec, *part = dm + btc;
         neuron_backward_cuda(dI, dm, g->da_beta, part, ds, a->u, a->o, a->s, w->a_beta, sh.B, sh.T, C,
                              stream);

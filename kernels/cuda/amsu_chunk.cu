@@ -488,11 +488,19 @@ static void chunk_backward_launch(float *dk, float *dv, float *dq, float *dlam_p
     cuda_check(cudaGetLastError());
 }
 
+extern "C" int amsu_chunk_backward_ok(int D, const float *Hckpt) {
+    return chunk_bwd_s_shared(D) || ((uintptr_t)Hckpt & 31u) == 0;
+}
+
 extern "C" void amsu_chunk_backward_cuda(float *dk, float *dv, float *dq, float *da_lambda, float *scratch,
                                          const float *dout, const float *k, const float *v, const float *q,
                                          const float *a_lambda, const float *Hckpt, int B, int T, int C, int Nh,
                                          void *stream) {
     if (chunk_check_shape("amsu_chunk_backward_cuda", B, T, C, Nh) != 0) exit(1);
+    if (!amsu_chunk_backward_ok(C / Nh, Hckpt)) {
+        fprintf(stderr, "amsu_chunk_backward_cuda: Hckpt must be 32-byte aligned at D = %d\n", C / Nh);
+        exit(1);
+    }
     cudaStream_t st = (cudaStream_t)stream;
 #define CHUNK_BWD(D_) \
     chunk_backward_launch<D_>(dk, dv, dq, scratch, dout, k, v, q, a_lambda, Hckpt, B, T, C, Nh, st)

@@ -200,7 +200,10 @@ void amsu_chunk_forward_cuda(float *o, float *u, float *s, float *Hckpt, const f
 // pointers): from dout = ∂L/∂o and the forward's Hckpt, writes dk, dv, dq
 // (B, T, C) and ADDS into da_lambda (Nh, D), chained through λ's sigmoid,
 // from per-sequence partials summed in a fixed order. The neuron's backward
-// (dI, dβ, ∂L/∂o) is neuron_backward_cuda's. scratch: B·C floats.
+// (dI, dβ, ∂L/∂o) is neuron_backward_cuda's. scratch: B·C floats. At D = 128
+// the tensor cores read Hckpt in place, which needs it 32-byte aligned:
+// amsu_chunk_backward_ok says whether it can run (else it exits with a message).
+int amsu_chunk_backward_ok(int D, const float *Hckpt);
 void amsu_chunk_backward_cuda(float *dk, float *dv, float *dq, float *da_lambda, float *scratch,
                               const float *dout, const float *k, const float *v, const float *q,
                               const float *a_lambda, const float *Hckpt, int B, int T, int C, int Nh,
