@@ -23,7 +23,8 @@
 //   both CPU backwards have their own finite-difference checks
 //   (test_gradcheck.c), which run on the CPU backend only (its smooth-spike
 //   test mode). The neuron's part (dI, dβ) is neuron_backward_cuda's, checked
-//   in the layer by test_backend_ops.c's chunk row.
+//   in the layer by test_backend_ops.c's chunk row. backward_deterministic
+//   runs one backward twice: the same bits (no atomics, fixed orders).
 // Device outputs start as NaN, so an entry the kernel forgets fails.
 //
 // Built without CUDA, or without a device, every test skips with its reason.
@@ -218,7 +219,25 @@ typedef struct {
 
 static void bwd_free(Bwd *r) { free(r->dk), free(r->dv), free(r->dq), free(r->dal); }
 
-static void check_bwd(Case cs, uint64_t seed) {
+// The chunked backward on device copies; outputs start as NaN.
+static Bwd bwd_gpu(Case cs, const Inputs *in, const float *dout, const float *dal0, const float *H) {
+    const int B = cs.B, T = cs.T, Nh = cs.Nh, C = Nh * cs.D;
+    const size_t n = (size_t)B * T * C, nH = (size_t)B * Nh * glia_nchunks(T) * cs.D * cs.D;
+    float *d_do = dev_copy_of(dout, n), *d_k = dev_copy_of(in->k, n), *d_v = dev_copy_of(in->v, n);
+    float *d_q = dev_copy_of(in->q, n), *d_al = dev_copy_of(in->a_lambda, C), *d_H = dev_copy_of(H, nH);
+    float *d_dal = dev_copy_of(dal0, C), *d_dk = dev_floats(n), *d_dv = dev_floats(n), *d_dq = dev_floats(n);
+    float *d_scr = dev_floats((size_t)B * C);
+    amsu_chunk_backward_cuda(d_dk, d_dv, d_dq, d_dal, d_scr, d_do, d_k, d_v, d_q, d_al, d_H, B, T, C, Nh, NULL);
+    cuda_synchronize();
+    Bwd got = {host_floats(n), host_floats(n), host_floats(n), host_floats(C)};
+    download(got.dk, d_dk, n), download(got.dv, d_dv, n), download(got.dq, d_dq, n), download(got.dal, d_dal, C);
+    float *bufs[] = {d_do, d_k, d_v, d_q, d_al, d_H, d_dal, d_dk, d_dv, d_dq, d_scr};
+    for (size_t x = 0; x < sizeof bufs / sizeof bufs[0]; x++) cuda_free(bufs[x]);
+    return got;
+}
+
+// twice: run the GPU backward a second time and require the same bits.
+static void check_bwd(Case cs, uint64_t seed, int twice) {
     const int B = cs.B, T = cs.T, Nh = cs.Nh, D = cs.D, C = Nh * D;
     const size_t n = (size_t)B * T * C, nH = (size_t)B * Nh * glia_nchunks(T) * D * D;
     char name[96];
@@ -237,14 +256,14 @@ static void check_bwd(Case cs, uint64_t seed) {
         (m ? astro_backward_chunk : astro_backward)(ref[m].dk, ref[m].dv, ref[m].dq, ref[m].dal, dout, in.k, in.v,
                                                     in.q, in.a_lambda, H, B, T, C, Nh);
     }
-    float *d_do = dev_copy_of(dout, n), *d_k = dev_copy_of(in.k, n), *d_v = dev_copy_of(in.v, n);
-    float *d_q = dev_copy_of(in.q, n), *d_al = dev_copy_of(in.a_lambda, C), *d_H = dev_copy_of(H, nH);
-    float *d_dal = dev_copy_of(dal0, C), *d_dk = dev_floats(n), *d_dv = dev_floats(n), *d_dq = dev_floats(n);
-    float *d_scr = dev_floats((size_t)B * C);
-    amsu_chunk_backward_cuda(d_dk, d_dv, d_dq, d_dal, d_scr, d_do, d_k, d_v, d_q, d_al, d_H, B, T, C, Nh, NULL);
-    cuda_synchronize();
-    Bwd got = {host_floats(n), host_floats(n), host_floats(n), host_floats(C)};
-    download(got.dk, d_dk, n), download(got.dv, d_dv, n), download(got.dq, d_dq, n), download(got.dal, d_dal, C);
+    Bwd got = bwd_gpu(cs, &in, dout, dal0, H);
+    if (twice) {
+        Bwd again = bwd_gpu(cs, &in, dout, dal0, H);
+        cr_assert(!memcmp(got.dq, again.dq, n * sizeof(float)) && !memcmp(got.dk, again.dk, n * sizeof(float)) &&
+                      !memcmp(got.dv, again.dv, n * sizeof(float)) && !memcmp(got.dal, again.dal, C * sizeof(float)),
+                  "%s: two runs differ (no atomics: the same bits every run)", name);
+        bwd_free(&again);
+    }
     for (int m = 0; m < 2; m++) {
         const char *what = m ? "CPU chunk" : "CPU scan";
         const double e[4] = {rel_err(got.dq, ref[m].dq, n), rel_err(got.dk, ref[m].dk, n),
@@ -254,8 +273,6 @@ static void check_bwd(Case cs, uint64_t seed) {
         for (int x = 0; x < 4; x++)
             cr_assert(e[x] <= TOL, "%s vs %s: %s rel err %.3e > %.0e", name, what, names[x], e[x], TOL);
     }
-    float *bufs[] = {d_do, d_k, d_v, d_q, d_al, d_H, d_dal, d_dk, d_dv, d_dq, d_scr};
-    for (size_t x = 0; x < sizeof bufs / sizeof bufs[0]; x++) cuda_free(bufs[x]);
     bwd_free(&got), bwd_free(&ref[0]), bwd_free(&ref[1]);
     free(dout), free(dal0), free(o), free(H);
     free_inputs(&in);
@@ -263,8 +280,8 @@ static void check_bwd(Case cs, uint64_t seed) {
 
 static void check_bwd_head_size(int D, int Nh) {
     for (size_t i = 0; i < sizeof TS / sizeof TS[0]; i++)
-        check_bwd((Case){.B = 1, .T = TS[i], .Nh = 1, .D = D, .spread = 1}, 500 + 10 * D + i);
-    check_bwd((Case){.B = 2, .T = 80, .Nh = Nh, .D = D, .spread = 0}, 600 + 10 * D);
+        check_bwd((Case){.B = 1, .T = TS[i], .Nh = 1, .D = D, .spread = 1}, 500 + 10 * D + i, 0);
+    check_bwd((Case){.B = 2, .T = 80, .Nh = Nh, .D = D, .spread = 0}, 600 + 10 * D, 0);
 }
 
 #endif  // GLIA_HAVE_CUDA
@@ -325,23 +342,23 @@ Test(cuda_amsu_chunk, backward_head_size_16) {
 Test(cuda_amsu_chunk, backward_head_size_32) {
     test_require_gpu();
 #ifdef GLIA_HAVE_CUDA
-    check_bwd((Case){.B = 1, .T = 80, .Nh = 1, .D = 32, .spread = 1}, 732);
-    check_bwd((Case){.B = 2, .T = 33, .Nh = 2, .D = 32, .spread = 0}, 733);
+    check_bwd((Case){.B = 1, .T = 80, .Nh = 1, .D = 32, .spread = 1}, 732, 0);
+    check_bwd((Case){.B = 2, .T = 33, .Nh = 2, .D = 32, .spread = 0}, 733, 0);
 #endif
 }
 
 Test(cuda_amsu_chunk, backward_head_size_64) {
     test_require_gpu();
 #ifdef GLIA_HAVE_CUDA
-    check_bwd((Case){.B = 1, .T = 80, .Nh = 1, .D = 64, .spread = 1}, 764);
-    check_bwd((Case){.B = 1, .T = 31, .Nh = 2, .D = 64, .spread = 0}, 765);
+    check_bwd((Case){.B = 1, .T = 80, .Nh = 1, .D = 64, .spread = 1}, 764, 0);
+    check_bwd((Case){.B = 1, .T = 31, .Nh = 2, .D = 64, .spread = 0}, 765, 0);
 #endif
 }
 
 Test(cuda_amsu_chunk, backward_head_size_128) {
     test_require_gpu();
 #ifdef GLIA_HAVE_CUDA
-    check_bwd((Case){.B = 1, .T = 33, .Nh = 1, .D = 128, .spread = 1}, 7128);
+    check_bwd((Case){.B = 1, .T = 33, .Nh = 1, .D = 128, .spread = 1}, 7128, 0);
 #endif
 }
 
@@ -352,6 +369,13 @@ Test(cuda_amsu_chunk, rejects_unsupported_head_size, .exit_code = 1) {
     amsu_chunk_forward_cuda(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 1, 2, 48, 2, NULL);
 #else
     exit(1);  // nothing to check without CUDA
+#endif
+}
+
+Test(cuda_amsu_chunk, backward_deterministic) {
+    test_require_gpu();
+#ifdef GLIA_HAVE_CUDA
+    check_bwd((Case){.B = 2, .T = 70, .Nh = 2, .D = 16, .spread = 0}, 800, 1);
 #endif
 }
 
