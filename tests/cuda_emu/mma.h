@@ -67,7 +67,7 @@ template <class Use, int M, int N, int K, class T, class Layout = void> struct f
 
 // The GPU's cvt.rna.tf32.f32: round to 10 mantissa bits, to nearest, ties
 // away from zero; the low 13 bits of the result are zero. Inf and NaN pass.
-inline float __float_to_tf32(float f) {
+__attribute__((optimize("O2"))) inline float __float_to_tf32(float f) {
     uint32_t b;
     memcpy(&b, &f, sizeof b);
     if ((b & 0x7f800000u) != 0x7f800000u) b = (b + 0x1000u) & 0xffffe000u;
@@ -80,12 +80,29 @@ inline int lane(void) {
     return (int)((threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z)) % 32u);
 }
 // What the tensor cores read of a TF32 operand: its top 19 bits.
-inline float tf32_operand(float f) {
+__attribute__((optimize("O2"))) inline float tf32_operand(float f) {
     uint32_t b;
     memcpy(&b, &f, sizeof b);
     b &= 0xffffe000u;
     memcpy(&f, &b, sizeof f);
     return f;
+}
+// d = a·b + c on whole tiles (d may be c), the operands read as TF32. Every
+// lane runs it, so it is compiled optimised even in a Debug build: it is
+// most of the emulator's time in a kernel on the tensor cores (and reads only
+// the fragments, whose bounds are fixed, so AddressSanitizer skips it).
+template <int M, int N, int K>
+__attribute__((optimize("O2"), no_sanitize_address)) inline void mma_tile(float *d, const float *a, const float *b, const float *c) {
+    float at[M * K], bt[K * N], out[M * N];
+    for (int e = 0; e < M * K; e++) at[e] = tf32_operand(a[e]);
+    for (int e = 0; e < K * N; e++) bt[e] = tf32_operand(b[e]);
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) {
+            float acc = c[i * N + j];
+            for (int k = 0; k < K; k++) acc += at[i * K + k] * bt[k * N + j];
+            out[i * N + j] = acc;
+        }
+    memcpy(d, out, sizeof out);
 }
 }  // namespace detail
 
@@ -131,16 +148,7 @@ inline void mma_sync(fragment<accumulator, M, N, K, float> &d, const fragment<ma
                      const fragment<matrix_b, M, N, K, precision::tf32, LB> &b,
                      const fragment<accumulator, M, N, K, float> &c) {
     __syncwarp();
-    float at[M * K], bt[K * N], out[M * N];
-    for (int e = 0; e < M * K; e++) at[e] = detail::tf32_operand(a.x[e]);
-    for (int e = 0; e < K * N; e++) bt[e] = detail::tf32_operand(b.x[e]);
-    for (int i = 0; i < M; i++)
-        for (int j = 0; j < N; j++) {
-            float acc = c.x[i * N + j];
-            for (int k = 0; k < K; k++) acc += at[i * K + k] * bt[k * N + j];
-            out[i * N + j] = acc;
-        }
-    memcpy(d.x, out, sizeof out);
+    detail::mma_tile<M, N, K>(d.x, a.x, b.x, c.x);
 }
 
 }  // namespace wmma
