@@ -250,7 +250,14 @@ static void amsu_case(const Backend *be, int shape, int astro, Outputs *o) {
     for (int i = 0; i < 5; i++) free(hw[i]);
     free(dw0), free(al), free(ab), free(z), free(dy);
 }
-static void row_amsu(const Backend *be, int shape, Outputs *o) { amsu_case(be, shape, 1, o); }
+// The astrocyte per timestep and in chunks (set_amsu), each backend against the CPU's same mode.
+static void amsu_mode_case(const Backend *be, int shape, int mode, Outputs *o) {
+    cr_assert_eq(be->set_amsu(mode), 0, "the %s backend lacks AM-SU mode %d", be->name, mode);
+    amsu_case(be, shape, 1, o);
+    be->set_amsu(AMSU_CHUNK);  // the default again
+}
+static void row_amsu_scan(const Backend *be, int shape, Outputs *o) { amsu_mode_case(be, shape, AMSU_SCAN, o); }
+static void row_amsu_chunk(const Backend *be, int shape, Outputs *o) { amsu_mode_case(be, shape, AMSU_CHUNK, o); }
 static void row_amsu_ablation(const Backend *be, int shape, Outputs *o) { amsu_case(be, shape, 0, o); }
 
 static void row_xent(const Backend *be, int shape, Outputs *o) {
@@ -338,7 +345,8 @@ static const Row rows[] = {
     {"rmsnorm_forward, rmsnorm_backward", row_rmsnorm},
     {"embedding_forward, embedding_backward", row_embedding},
     {"neuron_forward, neuron_backward", row_neuron},
-    {"amsu_forward, amsu_backward", row_amsu},
+    {"amsu_forward, amsu_backward (scan)", row_amsu_scan},
+    {"amsu_forward, amsu_backward (chunk)", row_amsu_chunk},
     {"amsu_forward, amsu_backward (astro off)", row_amsu_ablation},
     {"xent_forward, xent_backward", row_xent},
     {"adamw, grad_norm_sq, scale", row_optimizer},

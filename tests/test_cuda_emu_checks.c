@@ -7,12 +7,16 @@
 // - more than 48 KiB of dynamic shared memory without the kernel's opt-in
 //   fails the launch with cudaErrorInvalidValue, as on the GPU;
 // - a block larger than the kernel's __launch_bounds__ fails the launch
-//   with cudaErrorLaunchOutOfResources and runs nothing.
+//   with cudaErrorLaunchOutOfResources and runs nothing;
 // - two threads of a block touching one shared word with no barrier between
 //   them, at least one writing, end the process (racecheck's hazards):
 //   through static or dynamic shared memory, read after write, write after
 //   write, write after read; __syncwarp orders only the lanes of one warp;
-//   atomics are no race.
+//   atomics are no race;
+// - WMMA (mma.h): a warp's 16 × 16 × 8 TF32 product is exact on values TF32
+//   holds; mma_sync reads an fp32 operand as the tensor cores do (its low 13
+//   bits dropped), __float_to_tf32 rounds to nearest (ties away from zero);
+//   a call only some lanes of the warp make deadlocks and ends the process.
 // The real kernels pass these checks in every other emulator test.
 // Only a GLIA_CUDA_EMU build has the emulator: elsewhere every test skips.
 #include <criterion/criterion.h>
@@ -33,6 +37,7 @@ int emu_all_write(float *out, int only_first);
 int emu_shift(float *out, int sync);
 int emu_read_then_overwrite(float *out, int sync);
 int emu_atomic_count(float *out);
+int emu_wmma(float *out, const float *a, const float *b, int round, int diverge);
 
 enum { kInvalidValue = 1, kLaunchOutOfResources = 701 };
 
@@ -222,5 +227,62 @@ Test(cuda_emu_checks, shared_atomics_are_no_race, EMU_ONLY) {
     float h[64];
     cuda_download(h, out, sizeof h);
     for (int t = 0; t < 64; t++) cr_expect_eq(h[t], 64.0f, "thread %d counted %g", t, h[t]);
+#endif
+}
+
+// ---- warp matrix operations -----------------------------------------------------------------
+
+#ifdef GLIA_CUDA_EMU
+// out = a (16 × 8) · b (8 × 16) on the emulator's WMMA; returns the launch's error.
+static int wmma_product(float *h_out, const float *ha, const float *hb, int round, int diverge) {
+    float *a = cuda_alloc(128 * sizeof(float)), *b = cuda_alloc(128 * sizeof(float));
+    cr_assert(a && b);
+    cuda_upload(a, ha, 128 * sizeof(float));
+    cuda_upload(b, hb, 128 * sizeof(float));
+    int rc = emu_wmma(out, a, b, round, diverge);
+    cuda_download(h_out, out, 256 * sizeof(float));
+    cuda_free(a), cuda_free(b);
+    return rc;
+}
+#endif
+
+// Small integers: every product and sum exact, so the result is exactly a·b.
+Test(cuda_emu_checks, wmma_product_is_exact_on_tf32_values, EMU_ONLY) {
+#ifdef GLIA_CUDA_EMU
+    float a[128], b[128], c[256];
+    for (int i = 0; i < 128; i++) a[i] = (float)(i % 7 - 3), b[i] = (float)(i % 5 - 2);
+    cr_assert_eq(wmma_product(c, a, b, 0, 0), 0);
+    for (int i = 0; i < 16; i++)
+        for (int j = 0; j < 16; j++) {
+            float want = 0.0f;
+            for (int k = 0; k < 8; k++) want += a[i * 8 + k] * b[k * 16 + j];
+            cr_expect_eq(c[i * 16 + j], want, "(%d, %d): %g, want %g", i, j, c[i * 16 + j], want);
+        }
+#endif
+}
+
+// a = 1 + 3·2⁻¹² (between TF32's 1 and 1 + 2⁻¹⁰, nearer the latter), b = 1 on
+// the diagonal of its first 8 columns: unconverted, the tensor cores read 1;
+// rounded, 1 + 2⁻¹⁰; and 1 + 2⁻¹¹ (a tie) rounds away from zero to 1 + 2⁻¹⁰.
+Test(cuda_emu_checks, wmma_reads_tf32_and_rounds_to_nearest, EMU_ONLY) {
+#ifdef GLIA_CUDA_EMU
+    float a[128], b[128] = {0}, c[256];
+    for (int i = 0; i < 128; i++) a[i] = 1.0f + 3.0f * 0x1p-12f;
+    a[8] = 1.0f + 0x1p-11f;  // row 1, k = 0
+    for (int k = 0; k < 8; k++) b[k * 16 + k] = 1.0f;
+    cr_assert_eq(wmma_product(c, a, b, 0, 0), 0);
+    cr_expect_eq(c[0], 1.0f, "unconverted: %.10g", c[0]);
+    cr_expect_eq(c[16], 1.0f, "unconverted tie: %.10g", c[16]);
+    cr_assert_eq(wmma_product(c, a, b, 1, 0), 0);
+    cr_expect_eq(c[0], 1.0f + 0x1p-10f, "rounded: %.10g", c[0]);
+    cr_expect_eq(c[16], 1.0f + 0x1p-10f, "rounded tie: %.10g", c[16]);
+#endif
+}
+
+// Only lanes 0..15 call the warp-collective operations
+Test(cuda_emu_checks, wmma_divergent_call_fails, ABORTS) {
+#ifdef GLIA_CUDA_EMU
+    float a[128] = {0}, b[128] = {0}, c[256];
+    wmma_product(c, a, b, 0, 1);
 #endif
 }

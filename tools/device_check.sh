@@ -45,7 +45,8 @@
 #    then timed whatever the check says (rows marked UNCHECKED on a
 #    failure); headlines give fractions of the floors measured in the run.
 # 3. compute-sanitizer: memcheck, racecheck, synccheck and initcheck, each on
-#    small GPU tests (all of test_cuda_ops, test_cuda_amsu at head size 16,
+#    small GPU tests (all of test_cuda_ops, test_cuda_amsu and
+#    test_cuda_amsu_chunk at head size 16,
 #    one model forward/backward), each run capped (SANITIZER_CAP_S, 40 s).
 # 4. a `small` model trained 30 steps on the GPU, then `glia bench generate`.
 #
@@ -345,7 +346,8 @@ run_bench "glia bench kernels" 150 "$BUILD/glia" bench kernels
 
 # ---- 3. compute-sanitizer ----------------------------------------------------------------
 # Each tool on small GPU tests: every kernel of test_cuda_ops, the AM-SU at
-# head size 16 (forward, streaming, backward), one model forward/backward.
+# head size 16 (forward, streaming, backward; the chunked kernels' WMMA and
+# shared memory too), one model forward/backward.
 # --target-processes all follows Criterion's forked test processes. A tool
 # fails on a non-zero exit or any error or hazard its summary counts.
 say "compute-sanitizer"
@@ -353,6 +355,7 @@ SAN_CAP=${SANITIZER_CAP_S:-40}
 SAN_RUNS=(
     "test_cuda_ops|"
     "test_cuda_amsu|cuda_amsu/*head_size_16"
+    "test_cuda_amsu_chunk|cuda_amsu_chunk/*head_size_16"
     "test_cuda_model|cuda_model/forward_backward_astro_on"
 )
 if ! command -v compute-sanitizer >/dev/null 2>&1 && [ -x /usr/local/cuda/bin/compute-sanitizer ]; then

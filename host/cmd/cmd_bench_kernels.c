@@ -19,8 +19,10 @@
 // training default) and with bf16 ones: tokens/s and model FLOPs
 // utilisation (6·params·tokens for the matmuls, plus the recurrence) over
 // the bf16-storage GEMM rate.
-// Correctness first: the AM-SU forward and backward are compared with the
-// CPU backend on the same inputs, the forward's spikes by the tests'
+// The AM-SU runs both ways, the fused per-timestep kernels (scan) and the
+// chunked ones (chunk, amsu_chunk.cu), side by side, each with its fraction
+// of the memory floor. Correctness first: each AM-SU forward and backward is
+// compared with the CPU backend on the same inputs, the forward's spikes by the tests'
 // spike-flip rule (bench_check.h: a spike within 1e-4 of θ may flip, and is
 // counted apart). A mismatch fails the benchmark (exit 1), but the kernels
 // are timed all the same, their rows marked UNCHECKED: a first run on a
@@ -114,6 +116,7 @@ typedef struct {
     float *I, *k, *v, *q, *a_lambda, *a_beta;  // device inputs
     float *o, *u, *s, *Hckpt;                  // forward outputs
     float *ds, *dI, *dk, *dv, *dq, *dlam, *dbeta, *scratch;  // backward
+    float *dm, *part;                                        // the chunked backward's ∂L/∂o (B, T, C), partials (B, C)
     float *copy_src, *copy_dst;
     size_t copy_n;
     float *A, *Bm, *Cm;
@@ -144,6 +147,19 @@ static void k_amsu_bwd(void *p) {
                                   l->u, l->o, l->s, l->k, l->v, l->q, l->Hckpt, l->a_lambda,
                                   l->a_beta, l->B, l->T, l->C, l->Nh, NULL);
 }
+// The chunked AM-SU (amsu_chunk.cu): the forward; the backward as the layer
+// runs it, the neuron's (dI, dβ, dm = ∂L/∂o) then the astrocyte's from dm.
+static void k_chunk_fwd(void *p) {
+    Lab *l = p;
+    amsu_chunk_forward_cuda(l->o, l->u, l->s, l->Hckpt, l->I, l->k, l->v, l->q, l->a_lambda, l->a_beta, l->B, l->T,
+                            l->C, l->Nh, NULL);
+}
+static void k_chunk_bwd(void *p) {
+    Lab *l = p;
+    neuron_backward_cuda(l->dI, l->dm, l->dbeta, l->part, l->ds, l->u, l->o, l->s, l->a_beta, l->B, l->T, l->C, NULL);
+    amsu_chunk_backward_cuda(l->dk, l->dv, l->dq, l->dlam, l->part, l->dm, l->k, l->v, l->q, l->a_lambda, l->Hckpt,
+                             l->B, l->T, l->C, l->Nh, NULL);
+}
 static void k_lif_fwd(void *p) {
     Lab *l = p;
     amsu_recurrence_forward_cuda(NULL, l->u, l->s, NULL, l->I, NULL, NULL, NULL, NULL, l->a_beta,
@@ -155,7 +171,7 @@ static void k_rmsnorm_fwd(void *p) {
 }
 
 static void row(const char *name, double sec, double bytes, double flops, double bw, double rate) {
-    printf("%-22s %10.1f us %9.1f GB/s %6.1f%% of copy %10.2f TFLOP/s %6.1f%% of fp32 GEMM\n", name,
+    printf("%-30s %10.1f us %9.1f GB/s %6.1f%% of copy %10.2f TFLOP/s %6.1f%% of fp32 GEMM\n", name,
            sec * 1e6, bytes / sec * 1e-9, 100.0 * bytes / sec / bw, flops / sec * 1e-12,
            100.0 * flops / sec / rate);
 }
@@ -176,12 +192,14 @@ static void print_occupancy(int D, int C) {
                100.0 * occ[i].warp_fraction);
 }
 
-// The AM-SU forward and backward against the CPU on the lab's inputs: o and
-// u within 1e-4 (u up to each neuron's first legitimate spike flip), spikes
-// by the flip rule, the backward (fed the CPU's activations, so no spike can
-// differ) within 1e-4 on dI and dq. 0 if all hold.
-static int check_amsu(Lab *l, const float *hI, const float *hk, const float *hv, const float *hq,
-                      const float *hl, const float *hb, const float *hds) {
+// An AM-SU forward and backward (the scan's or the chunked kernels) against
+// the CPU on the lab's inputs: o and u within 1e-4 (u up to each neuron's
+// first legitimate spike flip), spikes by the flip rule, the backward (fed
+// the CPU's activations, so no spike can differ) within 1e-4 on dI and dq.
+// 0 if all hold.
+static int check_amsu(Lab *l, const char *name, void (*fwd)(void *), void (*bwd)(void *), const float *hI,
+                      const float *hk, const float *hv, const float *hq, const float *hl, const float *hb,
+                      const float *hds) {
     const size_t n = (size_t)l->B * l->T * l->C;
     const int D = l->C / l->Nh;
     const size_t nH = (size_t)l->B * l->Nh * glia_nchunks(l->T) * D * D;
@@ -189,7 +207,7 @@ static int check_amsu(Lab *l, const float *hI, const float *hk, const float *hv,
     float *go = xmalloc(n * 4), *gu = xmalloc(n * 4), *gs = xmalloc(n * 4);
     astro_forward(o, H, hk, hv, hq, hl, NULL, l->B, l->T, l->C, l->Nh);
     neuron_forward(u, s, hI, o, hb, NULL, NULL, l->B, l->T, l->C, NULL);
-    k_amsu_fwd(l);
+    fwd(l);
     cuda_download(go, l->o, n * 4);
     cuda_download(gu, l->u, n * 4);
     cuda_download(gs, l->s, n * 4);
@@ -206,13 +224,13 @@ static int check_amsu(Lab *l, const float *hI, const float *hk, const float *hv,
     cuda_upload(l->Hckpt, H, nH * 4);
     cuda_memset(l->dlam, 0, (size_t)l->C * 4, NULL);
     cuda_memset(l->dbeta, 0, (size_t)l->C * 4, NULL);
-    k_amsu_bwd(l);
+    bwd(l);
     cuda_download(go, l->dI, n * 4);
     cuda_download(gu, l->dq, n * 4);
     double edI = rel(go, dI, n), edq = rel(gu, dq, n);
     int ok = eo <= 1e-4 && fc.err_u <= 1e-4 && fc.mismatches == 0 && edI <= 1e-4 && edq <= 1e-4;
-    printf("check vs CPU: %s: forward o %.1e u %.1e, spikes: %zu near-threshold flips (allowed, |m| < %.0e), "
-           "%zu mismatches; backward dI %.1e dq %.1e (bound 1e-4)\n", ok ? "ok" : "FAILED", eo, fc.err_u, fc.flips,
+    printf("check vs CPU (%s): %s: forward o %.1e u %.1e, spikes: %zu near-threshold flips (allowed, |m| < %.0e), "
+           "%zu mismatches; backward dI %.1e dq %.1e (bound 1e-4)\n", name, ok ? "ok" : "FAILED", eo, fc.err_u, fc.flips,
            (double)BENCH_SPIKE_MARGIN, fc.mismatches, edI, edq);
     float *bufs[] = {o, u, s, H, go, gu, gs, dI, dm, dk, dv, dq, dl, db};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
@@ -358,26 +376,43 @@ int bench_kernels(int argc, char **argv) {
     l.dI = dev_zeros(n), l.dk = dev_zeros(n), l.dv = dev_zeros(n), l.dq = dev_zeros(n);
     l.dlam = dev_zeros((size_t)C), l.dbeta = dev_zeros((size_t)C);
     l.scratch = dev_zeros(amsu_backward_scratch_floats((int)B, (int)T, (int)C, (int)Nh));
-    int bad = check_amsu(&l, hI, hk, hv, hq, hl, hb, hds);
-    if (bad) printf("FAILED: the CUDA AM-SU does not match the CPU; its timings below are marked UNCHECKED\n");
+    l.dm = dev_zeros(n), l.part = dev_zeros((size_t)B * C);
+    static const struct {
+        const char *name;
+        void (*fwd)(void *), (*bwd)(void *);
+    } modes[2] = {{"scan", k_amsu_fwd, k_amsu_bwd}, {"chunk", k_chunk_fwd, k_chunk_bwd}};
+    int bad[2];
+    for (int m = 0; m < 2; m++) {
+        bad[m] = check_amsu(&l, modes[m].name, modes[m].fwd, modes[m].bwd, hI, hk, hv, hq, hl, hb, hds);
+        if (bad[m])
+            printf("FAILED: the CUDA AM-SU (%s) does not match the CPU; its timings below are marked UNCHECKED\n",
+                   modes[m].name);
+    }
 
-    printf("%-22s %13s %14s %15s %16s\n", "kernel", "time", "bandwidth", "", "compute");
+    printf("%-30s %13s %14s %15s %16s\n", "kernel", "time", "bandwidth", "", "compute");
     double tok_flops = 5.0 * B * T * Nh * (double)D * D;
-    {
-        double f = time_it(k_amsu_fwd, &l, (int)reps, (int)inner);
-        row(bad ? "amsu forward UNCHECKED" : "amsu forward", f, 4.0 * (7.0 * n + nH), tok_flops, bw, rate);
-        double b = time_it(k_amsu_bwd, &l, (int)reps, (int)inner);
-        // reads ds u o s k v q (7n) and Hckpt; writes dI dk dv dq (4n)
-        row(bad ? "amsu backward UNCHECKED" : "amsu backward", b, 4.0 * (11.0 * n + nH), 2.0 * tok_flops, bw, rate);
+    // Bytes are the floor's, as docs/CUDA.md counts them, for both modes: the
+    // forward reads I k v q (4n), writes o u s (3n) and Hckpt; the backward
+    // reads ds u o s k v q (7n) and Hckpt, writes dI dk dv dq (4n). So "% of
+    // copy" is each kernel's fraction of the memory floor.
+    for (int m = 0; m < 2; m++) {
+        char fn[64], bn[64];
+        snprintf(fn, sizeof fn, "amsu %s forward%s", modes[m].name, bad[m] ? " UNCHECKED" : "");
+        snprintf(bn, sizeof bn, "amsu %s backward%s", modes[m].name, bad[m] ? " UNCHECKED" : "");
+        double f = time_it(modes[m].fwd, &l, (int)reps, (int)inner);
+        row(fn, f, 4.0 * (7.0 * n + nH), tok_flops, bw, rate);
+        double b = time_it(modes[m].bwd, &l, (int)reps, (int)inner);
+        row(bn, b, 4.0 * (11.0 * n + nH), 2.0 * tok_flops, bw, rate);
         double floor_s = 4.0 * (18.0 * n + 2.0 * nH) / bw;
-        printf("headline: %samsu forward+backward %.1f us at B %ld T %ld C %ld (floor by bytes %.1f us: %.0f%% of "
-               "it)\n", bad ? "UNCHECKED " : "", (f + b) * 1e6, B, T, C, floor_s * 1e6, 100.0 * floor_s / (f + b));
+        printf("headline: %samsu %s forward+backward %.1f us at B %ld T %ld C %ld (floor by bytes %.1f us: %.0f%% of "
+               "it)\n", bad[m] ? "UNCHECKED " : "", modes[m].name, (f + b) * 1e6, B, T, C, floor_s * 1e6,
+               100.0 * floor_s / (f + b));
     }
     row("lif forward", time_it(k_lif_fwd, &l, (int)reps, (int)inner), 4.0 * 3.0 * n, 3.0 * n, bw, rate);
     row("rmsnorm forward", time_it(k_rmsnorm_fwd, &l, (int)reps, (int)inner), 4.0 * 2.0 * n, 4.0 * n, bw,
         rate);
     float *bufs[] = {l.I, l.k, l.v, l.q, l.a_lambda, l.a_beta, l.ds, l.o, l.u, l.s, l.Hckpt,
-                     l.dI, l.dk, l.dv, l.dq, l.dlam, l.dbeta, l.scratch};
+                     l.dI, l.dk, l.dv, l.dq, l.dlam, l.dbeta, l.scratch, l.dm, l.part};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) cuda_free(bufs[i]);
     float *hbufs[] = {hI, hk, hv, hq, hl, hb, hds};
     for (size_t i = 0; i < sizeof hbufs / sizeof hbufs[0]; i++) free(hbufs[i]);
@@ -395,7 +430,7 @@ int bench_kernels(int argc, char **argv) {
         bench_step(size, (int)B, (int)T, reps < 5 ? (int)reps : 5, "bf16", rate_bf16s);
         matmul_set_mode(MATMUL_FP32);
     }
-    return bad ? 1 : 0;
+    return bad[0] || bad[1] ? 1 : 0;
 }
 
 #else  // a glia built without CUDA has no kernel lab

@@ -91,6 +91,7 @@
 //
 // Registers, shared memory, bytes and FLOPs of both kernels at the model's
 // shapes: docs/CUDA.md, "The fused per-timestep kernel".
+#include "common/backend.h"  // AMSU_SCAN, AMSU_CHUNK
 #include "common/step.h"
 #include "common/types.h"  // GLIA_CHUNK, glia_nchunks: the checkpoint convention
 #include "cuda/cuda.h"
@@ -661,11 +662,17 @@ extern "C" void amsu_occupancy_cuda(CudaOccupancy out[3], int D) {
 // recurrence, and y = W_O s; the backward in reverse. Same contracts as the
 // CPU's amsu_forward / amsu_backward (cpu.h), on device pointers.
 
+// AMSU_CHUNK (amsu_chunk.cu) or AMSU_SCAN for training and prefill; streaming
+// (a state in and out) always runs the fused per-timestep kernel.
+static int amsu_mode = AMSU_CHUNK;
+extern "C" void amsu_set_mode_cuda(int mode) { amsu_mode = mode; }
+
 extern "C" size_t amsu_scratch_floats_cuda(AmsuShape sh) {
     const size_t btc = (size_t)sh.B * sh.T * sh.C;
     size_t rec = sh.astro ? amsu_backward_scratch_floats(sh.B, sh.T, sh.C, sh.Nh)
                           : (size_t)sh.B * sh.C;  // neuron_backward_cuda's partials
-    return 5 * btc + rec;  // ds, dI, dk, dv, dq, then the recurrence's scratch
+    const size_t chunk = btc + (size_t)sh.B * sh.C;  // dm, then the partials of dβ and of dλ in turn
+    return 5 * btc + (rec > chunk ? rec : chunk);  // ds, dI, dk, dv, dq, then the recurrence's scratch
 }
 
 extern "C" void amsu_forward_cuda(float *y, AmsuActs *a, const float *z, const AmsuWeights *w,
@@ -678,10 +685,15 @@ extern "C" void amsu_forward_cuda(float *y, AmsuActs *a, const float *z, const A
         matmul_forward_cuda(a->v, z, w->W_V, M, C, C, 1.0f, 0, stream);
         matmul_forward_cuda(a->q, z, w->W_Q, M, C, C, 1.0f, 0, stream);
     }
-    amsu_recurrence_forward_cuda(a->o, a->u, a->s, state ? nullptr : a->Hckpt, a->I, a->k, a->v,
-                                 a->q, w->a_lambda, w->a_beta, state ? state->H : nullptr,
-                                 state ? state->u : nullptr, state ? state->s : nullptr, sh.B,
-                                 sh.T, C, sh.Nh, sh.astro, stream);
+    if (sh.astro && !state && amsu_mode == AMSU_CHUNK)
+        amsu_chunk_forward_cuda(a->o, a->u, a->s, a->Hckpt, a->I, a->k, a->v, a->q, w->a_lambda,
+                                w->a_beta, sh.B, sh.T, C, sh.Nh, stream);
+    else
+        amsu_recurrence_forward_cuda(a->o, a->u, a->s, state ? nullptr : a->Hckpt, a->I, a->k,
+                                     a->v, a->q, w->a_lambda, w->a_beta,
+                                     state ? state->H : nullptr, state ? state->u : nullptr,
+                                     state ? state->s : nullptr, sh.B, sh.T, C, sh.Nh, sh.astro,
+                                     stream);
     matmul_forward_cuda(y, a->s, w->W_O, M, C, C, 1.0f, accumulate, stream);
 }
 
@@ -693,7 +705,16 @@ extern "C" void amsu_backward_cuda(float *dz, AmsuGrads *g, float *scratch, cons
     float *ds = scratch, *dI = ds + btc, *dk = dI + btc, *dv = dk + btc, *dq = dv + btc;
     float *rec = dq + btc;
     matmul_backward_cuda(ds, g->dW_O, dy, a->s, w->W_O, M, C, C, 1.0f, 0, stream);  // y = s W_Oᵀ
-    if (sh.astro)
+    // chunked: the neuron, then the astrocyte from dm = ∂L/∂o; the fused
+    // backward where the chunked one cannot read this Hckpt in place (it
+    // reads the same checkpoints, so it follows either forward)
+    if (sh.astro && amsu_mode == AMSU_CHUNK && amsu_chunk_backward_ok(C / sh.Nh, a->Hckpt)) {
+        float *dm = rec, *part = dm + btc;
+        neuron_backward_cuda(dI, dm, g->da_beta, part, ds, a->u, a->o, a->s, w->a_beta, sh.B, sh.T, C,
+                             stream);
+        amsu_chunk_backward_cuda(dk, dv, dq, g->da_lambda, part, dm, a->k, a->v, a->q,
+                                 w->a_lambda, a->Hckpt, sh.B, sh.T, C, sh.Nh, stream);
+    } else if (sh.astro)
         amsu_recurrence_backward_cuda(dI, dk, dv, dq, g->da_lambda, g->da_beta, rec, ds, a->u,
                                       a->o, a->s, a->k, a->v, a->q, a->Hckpt, w->a_lambda,
                                       w->a_beta, sh.B, sh.T, C, sh.Nh, stream);

@@ -14,8 +14,13 @@
 static void dev_copy(void *dst, const void *src, size_t bytes) { cuda_copy(dst, src, bytes, NULL); }
 static void dev_zero(void *p, size_t bytes) { cuda_memset(p, 0, bytes, NULL); }
 
-// The fused per-timestep kernel only, so far (docs/CUDA.md).
-static int dev_amsu(int mode) { return mode == AMSU_SCAN ? 0 : -1; }
+// Training and prefill run the chunked kernels (amsu_chunk.cu) or the fused
+// per-timestep ones (amsu.cu); streaming always runs the latter.
+static int dev_amsu(int mode) {
+    if (mode != AMSU_SCAN && mode != AMSU_CHUNK) return -1;
+    amsu_set_mode_cuda(mode);
+    return 0;
+}
 
 static void mm_fwd(float *out, const float *inp, const float *W, int M, int K, int N, float alpha, int acc) {
     matmul_forward_cuda(out, inp, W, M, K, N, alpha, acc, NULL);

@@ -204,6 +204,28 @@ int amsu_recurrence_forward_cuda_host(float *o, float *u, float *s, float *Hckpt
                                       float *s_state, int B, int T, int C, int Nh, int astro);
 
 
+// ---- the chunked AM-SU recurrence (kernels/cuda/amsu_chunk.cu) --------------------
+// The same function as amsu_recurrence_forward_cuda from zero state (training,
+// prefill), computed in chunks of GLIA_CHUNK steps with matrix products on
+// the tensor cores (3xTF32: fp32-level accuracy). Same arguments and Hckpt,
+// without the streaming state. 1 if it runs head size D.
+int amsu_chunk_head_size_supported(int D);
+void amsu_chunk_forward_cuda(float *o, float *u, float *s, float *Hckpt, const float *I, const float *k,
+                             const float *v, const float *q, const float *a_lambda, const float *a_beta, int B,
+                             int T, int C, int Nh, void *stream);
+// The astrocyte's backward in chunks (cpu.h astro_backward_chunk on device
+// pointers): from dout = ∂L/∂o and the forward's Hckpt, writes dk, dv, dq
+// (B, T, C) and ADDS into da_lambda (Nh, D), chained through λ's sigmoid,
+// from per-sequence partials summed in a fixed order. The neuron's backward
+// (dI, dβ, ∂L/∂o) is neuron_backward_cuda's. scratch: B·C floats. At D = 128
+// the tensor cores read Hckpt in place, which needs it 32-byte aligned:
+// amsu_chunk_backward_ok says whether it can run (else it exits with a message).
+int amsu_chunk_backward_ok(int D, const float *Hckpt);
+void amsu_chunk_backward_cuda(float *dk, float *dv, float *dq, float *da_lambda, float *scratch,
+                              const float *dout, const float *k, const float *v, const float *q,
+                              const float *a_lambda, const float *Hckpt, int B, int T, int C, int Nh,
+                              void *stream);
+
 // ---- the AM-SU token mixer, one layer (kernels/cuda/amsu.cu) -------------------
 // cpu.h's amsu_forward / amsu_backward on the GPU: the structs hold device
 // pointers (acts carved with amsu_acts_bind from device memory). The forward
@@ -212,6 +234,9 @@ int amsu_recurrence_forward_cuda_host(float *o, float *u, float *s, float *Hckpt
 // The backward overwrites dz and adds into the parameter gradients.
 // scratch: amsu_scratch_floats_cuda(sh) floats.
 size_t amsu_scratch_floats_cuda(AmsuShape sh);
+// Which recurrence amsu_forward_cuda / amsu_backward_cuda run from zero state:
+// AMSU_CHUNK (the default, amsu_chunk.cu) or AMSU_SCAN (common/backend.h).
+void amsu_set_mode_cuda(int mode);
 void amsu_forward_cuda(float *y, AmsuActs *a, const float *z, const AmsuWeights *w,
                        AmsuShape sh, AmsuState *state, int accumulate, void *stream);
 void amsu_backward_cuda(float *dz, AmsuGrads *g, float *scratch, const float *dy, const float *z,

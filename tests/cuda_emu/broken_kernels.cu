@@ -111,6 +111,31 @@ __global__ void atomic_count_kernel(float *out) {
     out[threadIdx.x] = (float)count[0];
 }
 
+// ---- warp matrix operations (mma.h) ---------------------------------------------------------
+
+// One warp: out (16 × 16) = a (16 × 8, row-major) · b (8 × 16, row-major)
+// in TF32, the operands converted with __float_to_tf32 when `round`, else
+// as they are. Broken when `diverge`: only lanes 0..15 take part, the others
+// wait at __syncthreads.
+__global__ void wmma_kernel(float *out, const float *a, const float *b, int round, int diverge) {
+    namespace wmma = nvcuda::wmma;
+    if (!diverge || threadIdx.x < 16) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> fa;
+        wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major> fb;
+        wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc;
+        wmma::fill_fragment(acc, 0.0f);
+        wmma::load_matrix_sync(fa, a, 8);
+        wmma::load_matrix_sync(fb, b, 16);
+        if (round) {
+            for (int e = 0; e < fa.num_elements; e++) fa.x[e] = wmma::__float_to_tf32(fa.x[e]);
+            for (int e = 0; e < fb.num_elements; e++) fb.x[e] = wmma::__float_to_tf32(fb.x[e]);
+        }
+        wmma::mma_sync(acc, fa, fb, acc);
+        wmma::store_matrix_sync(out, acc, 16, wmma::mem_row_major);
+    }
+    __syncthreads();
+}
+
 extern "C" {
 
 int emu_neighbour(float *out, int threads, int shift, int sync) {
@@ -140,6 +165,11 @@ int emu_read_then_overwrite(float *out, int sync) {
 
 int emu_atomic_count(float *out) {
     atomic_count_kernel<<<2, 64>>>(out);
+    return (int)cudaGetLastError();
+}
+
+int emu_wmma(float *out, const float *a, const float *b, int round, int diverge) {
+    wmma_kernel<<<1, 32>>>(out, a, b, round, diverge);
     return (int)cudaGetLastError();
 }
 

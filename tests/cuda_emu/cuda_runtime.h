@@ -244,4 +244,6 @@ struct Launch {
 };
 }  // namespace glia_emu
 
+#include "mma.h"  // nvcuda::wmma (warp matrix operations)
+
 #endif
