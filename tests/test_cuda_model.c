@@ -411,8 +411,13 @@ Test(cuda_model, tf32_and_bf16_training) {
 #ifdef GLIA_HAVE_CUDA
     char dir[] = "/tmp/glia_cuda_mp_XXXXXX", out[16384], corpus[300];
     temp_corpus(dir, corpus, sizeof corpus, 12000);
+    // The matmul modes are what this test is about, so every run takes the
+    // per-timestep AM-SU: on the emulator the chunked kernels' WMMA makes a
+    // step 2.5x slower (this test took 300 s of CI). The chunked AM-SU trains
+    // in commands_with_device_cuda (the default) and is checked kernel by
+    // kernel in test_cuda_amsu_chunk.
     const char *common = "train --size tiny --steps 20 --batch 8 --seq 16 --lr 1e-2 --warmup 5 --seed 3 "
-                         "--eval-every 0 --ckpt-every 0 --sample-tokens 0 --threads 1 --quiet";
+                         "--eval-every 0 --ckpt-every 0 --sample-tokens 0 --threads 1 --quiet --amsu scan";
     static const char *const runs[][2] = {{"cpu", "fp32"}, {"cuda", "tf32"}, {"cuda", "bf16"}};
     double loss[3][64];
     const int n = 20;
