@@ -80,15 +80,6 @@ static void expect_error_status(int status, int want, const char *a, const char 
 }
 #define expect_error(status, a, b) expect_error_status(status, 2, a, b)
 
-static int sh(const char *fmt, ...) {
-    char cmd[4096];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd, fmt, ap);
-    va_end(ap);
-    return system(cmd);
-}
-
 
 // A run of `steps` steps that never stopped, in dir/<name>.
 static void reference_run(const char *name, int steps) {
@@ -104,7 +95,7 @@ static void expect_same_run(const char *a, const char *b, int steps) {
     for (int i = 0; i < steps; i++) cr_expect_eq(la[i], lb[i], "step %d: %.6f vs %.6f", i + 1, la[i], lb[i]);
     free(la);
     free(lb);
-    cr_expect_eq(sh("cmp -s '%s/model.safetensors' '%s/model.safetensors'", a, b), 0,
+    cr_expect_eq(test_sh("cmp -s '%s/model.safetensors' '%s/model.safetensors'", a, b), 0,
                  "the final model files differ");
 }
 
@@ -129,10 +120,10 @@ Test(checkpoint, resume_is_bit_identical) {
     // stop after step 5 as if killed right after that save, then resume
     cr_assert_eq(run_glia(RUN_FLAGS " --data '%s/shards' --out '%s' --steps 12 --stop-after 5", dir, b), 0,
                  "%s", err_text);
-    cr_assert_eq(sh("test -f '%s/ckpt/step_00000005/COMPLETE'", b), 0);
+    cr_assert_eq(test_sh("test -f '%s/ckpt/step_00000005/COMPLETE'", b), 0);
     // --keep 3 (default): steps 3, 4, 5 remain
-    cr_expect_neq(sh("test -e '%s/ckpt/step_00000002'", b), 0, "old checkpoints are deleted");
-    cr_expect_eq(sh("test -f '%s/ckpt/step_00000003/COMPLETE'", b), 0);
+    cr_expect_neq(test_sh("test -e '%s/ckpt/step_00000002'", b), 0, "old checkpoints are deleted");
+    cr_expect_eq(test_sh("test -f '%s/ckpt/step_00000003/COMPLETE'", b), 0);
     // the options come from the checkpoint: none but the run's own flags given
     cr_assert_eq(run_glia("train --device cpu --resume --out '%s' --data '%s/shards' --threads 1 --quiet --eval-every 0 "
                           "--sample-tokens 0 --ckpt-every 4 --keep 1", b, dir), 0, "%s", err_text);
@@ -140,7 +131,7 @@ Test(checkpoint, resume_is_bit_identical) {
     char full[300];
     snprintf(full, sizeof full, "%s/full", dir);
     expect_same_run(full, b, 12);
-    cr_expect_eq(sh("test -f '%s/ckpt/step_00000012/COMPLETE' && test ! -e '%s/ckpt/step_00000008'", b, b), 0,
+    cr_expect_eq(test_sh("test -f '%s/ckpt/step_00000012/COMPLETE' && test ! -e '%s/ckpt/step_00000008'", b, b), 0,
                  "--keep 1 keeps only the newest");
     // resuming a finished run has nothing to do
     cr_expect_eq(run_glia("train --device cpu --resume-from '%s' --out '%s' --data '%s/shards' --threads 1 --quiet "
@@ -242,7 +233,7 @@ static void good_run(void) {
 static const char *copy_good(const char *name) {
     static char ck[400];
     good_run();
-    cr_assert_eq(sh("rm -rf '%s/%s' && cp -r '%s/good' '%s/%s'", dir, name, dir, dir, name), 0);
+    cr_assert_eq(test_sh("rm -rf '%s/%s' && cp -r '%s/good' '%s/%s'", dir, name, dir, dir, name), 0);
     snprintf(ck, sizeof ck, "%s/%s/ckpt/step_00000003", dir, name);
     return ck;
 }
@@ -292,10 +283,10 @@ static void recomplete(const char *ck) {
 
 Test(checkpoint, truncated_file) {
     const char *ck = copy_good("trunc");
-    cr_assert_eq(sh("truncate -s -100 '%s/state.rank0.safetensors'", ck), 0);
+    cr_assert_eq(test_sh("truncate -s -100 '%s/state.rank0.safetensors'", ck), 0);
     expect_error(resume("trunc", NULL), "state.rank0.safetensors", "truncated");
     // a truncated model file, as glia generate sees it
-    cr_assert_eq(sh("truncate -s -100 '%s/model.safetensors'", ck), 0);
+    cr_assert_eq(test_sh("truncate -s -100 '%s/model.safetensors'", ck), 0);
     expect_error(run_glia("generate --device cpu --ckpt '%s/model.safetensors'", ck), "model.safetensors", "truncated");
 }
 
@@ -344,12 +335,12 @@ Test(checkpoint, wrong_format_or_version) {
 
     // not a safetensors file at all
     ck = copy_good("magic");
-    cr_assert_eq(sh("head -c 4000 /dev/urandom > '%s/model.safetensors'", ck), 0);
+    cr_assert_eq(test_sh("head -c 4000 /dev/urandom > '%s/model.safetensors'", ck), 0);
     recomplete(ck);
     expect_error(resume("magic", NULL), "model.safetensors", NULL);
     // and a COMPLETE that is not one: the checkpoint is incomplete, so the older one is used
     ck = copy_good("badcomplete");
-    cr_assert_eq(sh("echo garbage > '%s/COMPLETE'", ck), 0);
+    cr_assert_eq(test_sh("echo garbage > '%s/COMPLETE'", ck), 0);
     cr_expect_eq(resume("badcomplete", NULL), 0, "%s", err_text);
     cr_expect(strstr(out_text, "step_00000002"), "resumes from the older checkpoint: %s", out_text);
 }
@@ -367,26 +358,26 @@ Test(checkpoint, config_and_options_must_match) {
     // and the saved run is untouched
     expect_error(run_glia(RUN_FLAGS " --data '%s/shards' --out '%s/cfg' --steps 2", dir, dir), "cfg/ckpt",
                  "earlier run");
-    cr_expect_eq(sh("test -f '%s/cfg/ckpt/step_00000003/COMPLETE'", dir), 0, "the saved run is intact");
+    cr_expect_eq(test_sh("test -f '%s/cfg/ckpt/step_00000003/COMPLETE'", dir), 0, "the saved run is intact");
 }
 
 Test(checkpoint, empty_directory_missing_unreadable) {
     const char *ck = copy_good("empty");
-    cr_assert_eq(sh(": > '%s/model.safetensors'", ck), 0);
+    cr_assert_eq(test_sh(": > '%s/model.safetensors'", ck), 0);
     expect_error(resume("empty", NULL), "model.safetensors", "empty");
     expect_error(run_glia("generate --device cpu --ckpt '%s/model.safetensors'", ck), "model.safetensors", "0 bytes");
 
     ck = copy_good("isdir");
-    cr_assert_eq(sh("rm '%s/model.safetensors' && mkdir '%s/model.safetensors'", ck, ck), 0);
+    cr_assert_eq(test_sh("rm '%s/model.safetensors' && mkdir '%s/model.safetensors'", ck, ck), 0);
     expect_error(resume("isdir", NULL), "model.safetensors", "is a directory");
     expect_error(run_glia("generate --device cpu --ckpt '%s'", ck), "step_00000003", "is a directory");
 
     expect_error(run_glia("generate --device cpu --ckpt '%s/none.safetensors'", dir), "none.safetensors", "No such file");
     expect_error(resume("nowhere", NULL), "nowhere/ckpt", "no checkpoint to resume from");
-    cr_assert_eq(sh("mkdir -p '%s/hollow/ckpt/step_00000004'", dir), 0);  // only an incomplete one
+    cr_assert_eq(test_sh("mkdir -p '%s/hollow/ckpt/step_00000004'", dir), 0);  // only an incomplete one
     expect_error(resume("hollow", NULL), "hollow/ckpt", "no complete checkpoint");
     ck = copy_good("gone");
-    cr_assert_eq(sh("rm '%s/state.rank0.safetensors'", ck), 0);
+    cr_assert_eq(test_sh("rm '%s/state.rank0.safetensors'", ck), 0);
     expect_error(resume("gone", NULL), "state.rank0.safetensors", "No such file");
     // unreadable files: tests/test_permissions.c (it skips, saying so, as root)
 }
@@ -404,8 +395,8 @@ Test(checkpoint, full_disk_keeps_the_previous_checkpoint) {
     int st = run_glia_with("ulimit -f 16;", "train --device cpu --resume --out '%s' --data '%s/shards' --threads 1 --quiet "
                            "--eval-every 0 --sample-tokens 0 --ckpt-every 1", b, dir);
     expect_error_status(st, 1, "cannot save the checkpoint of step 3", "File too large");
-    cr_expect_neq(sh("test -e '%s/ckpt/step_00000003/COMPLETE'", b), 0, "no COMPLETE for the failed save");
-    cr_expect_eq(sh("test -f '%s/ckpt/step_00000002/COMPLETE'", b), 0, "the previous checkpoint is kept");
+    cr_expect_neq(test_sh("test -e '%s/ckpt/step_00000003/COMPLETE'", b), 0, "no COMPLETE for the failed save");
+    cr_expect_eq(test_sh("test -f '%s/ckpt/step_00000002/COMPLETE'", b), 0, "the previous checkpoint is kept");
     // ... and it resumes into the run that never failed
     cr_assert_eq(run_glia("train --device cpu --resume --out '%s' --data '%s/shards' --threads 1 --quiet --eval-every 0 "
                           "--sample-tokens 0 --ckpt-every 1", b, dir), 0, "%s", err_text);
@@ -521,20 +512,20 @@ Test(checkpoint, resume_auto_fresh_then_continues) {
     snprintf(straight, sizeof straight, "%s/straight", dir);
     expect_same_run(straight, b, 10);
     // an empty directory is fresh too
-    cr_assert_eq(sh("mkdir -p '%s/emptyrun'", dir), 0);
+    cr_assert_eq(test_sh("mkdir -p '%s/emptyrun'", dir), 0);
     cr_expect_eq(run_glia(RUN_FLAGS " --data '%s/shards' --out '%s/emptyrun' --steps 2 --resume auto", dir, dir), 0,
                  "%s", err_text);
     cr_expect(strstr(out_text, "starting a fresh run"), "%s", out_text);
     // ambiguous: a model file whose checkpoints are gone (only an incomplete one)
     copy_good("orphan");
-    cr_assert_eq(sh("cd '%s/orphan/ckpt' && rm step_00000003/COMPLETE && rm -r step_00000001 step_00000002", dir), 0);
+    cr_assert_eq(test_sh("cd '%s/orphan/ckpt' && rm step_00000003/COMPLETE && rm -r step_00000001 step_00000002", dir), 0);
     expect_error(run_glia(RUN_FLAGS " --data '%s/shards' --out '%s/orphan' --steps 3 --resume auto", dir, dir),
                  "--resume auto", "model.safetensors");
     // ambiguous: a directory of something else
-    cr_assert_eq(sh("mkdir -p '%s/other' && echo hello > '%s/other/notes.txt'", dir, dir), 0);
+    cr_assert_eq(test_sh("mkdir -p '%s/other' && echo hello > '%s/other/notes.txt'", dir, dir), 0);
     expect_error(run_glia(RUN_FLAGS " --data '%s/shards' --out '%s/other' --steps 3 --resume auto", dir, dir),
                  "--resume auto", "notes.txt");
-    cr_expect_eq(sh("test -f '%s/other/notes.txt'", dir), 0, "nothing is touched");
+    cr_expect_eq(test_sh("test -f '%s/other/notes.txt'", dir), 0, "nothing is touched");
     // --init starts the run the first time only; the same command line then resumes
     for (int i = 0; i < 2; i++) {
         cr_expect_eq(run_glia(RUN_FLAGS " --data '%s/shards' --out '%s/inited' --steps 4 --stop-after 2 "
@@ -561,10 +552,10 @@ Test(checkpoint, resume_restores_data_and_options) {
     snprintf(ref, sizeof ref, "%s/ref8", dir);
     expect_same_run(ref, b, 8);
     // --ckpt-every 1 and --keep 2 restored: steps 7 and 8 (the defaults would keep 3 and save only step 8)
-    cr_expect_eq(sh("test -f '%s/ckpt/step_00000007/COMPLETE' && test -f '%s/ckpt/step_00000008/COMPLETE' && "
+    cr_expect_eq(test_sh("test -f '%s/ckpt/step_00000007/COMPLETE' && test -f '%s/ckpt/step_00000008/COMPLETE' && "
                     "test $(ls '%s/ckpt' | wc -l) -eq 2", b, b, b), 0, "--ckpt-every 1 --keep 2 are restored");
     // --eval-every 2 restored: evaluations at steps 4, 6 and 8 after the resume
-    cr_expect_eq(sh("grep -q '\"step\": 6, \"val_loss\"' '%s/metrics.jsonl'", b), 0, "--eval-every 2 is restored");
+    cr_expect_eq(test_sh("grep -q '\"step\": 6, \"val_loss\"' '%s/metrics.jsonl'", b), 0, "--eval-every 2 is restored");
     // the same --data given again is fine
     cr_expect_eq(run_glia("train --device cpu --resume --out '%s' --data '%s/shards' --threads 1 --quiet", b, dir), 0, "%s", err_text);
 }
@@ -605,9 +596,9 @@ static void signal_then_resume(const char *name, int sig, int second) {
     double loss[2048];
     int n = read_losses(out, loss, 2048);
     cr_assert(n > 20 && n < steps, "stopped after %d steps", n);
-    cr_expect_eq(sh("test -f '%s/ckpt/step_%08d/COMPLETE'", out, n), 0, "the checkpoint of the last step, %d", n);
+    cr_expect_eq(test_sh("test -f '%s/ckpt/step_%08d/COMPLETE'", out, n), 0, "the checkpoint of the last step, %d", n);
     cr_expect_eq(verify_complete_checkpoints(out), n >= 1000 ? 2 : 1);
-    cr_expect_neq(sh("test -e '%s/sample.txt'", out), 0, "an interrupted run samples nothing");
+    cr_expect_neq(test_sh("test -e '%s/sample.txt'", out), 0, "an interrupted run samples nothing");
     cr_assert_eq(run_glia("train --device cpu --resume auto --out '%s' --threads 1 --quiet", out), 0, "%s", err_text);
     expect_same_run(ref, out, steps);
 }
@@ -629,12 +620,12 @@ Test(checkpoint, stale_temporary_files_removed_at_save) {
     snprintf(b, sizeof b, "%s/stale", dir);
     cr_assert_eq(run_glia(RUN_FLAGS " --data '%s/shards' --out '%s' --steps 4 --stop-after 2", dir, b), 0, "%s",
                  err_text);
-    cr_assert_eq(sh("cd '%s' && touch model.safetensors.tmp.999999 metrics.jsonl.tmp.12 keep.tmp.txt "
+    cr_assert_eq(test_sh("cd '%s' && touch model.safetensors.tmp.999999 metrics.jsonl.tmp.12 keep.tmp.txt "
                     "ckpt/COMPLETE.tmp.4242 ckpt/step_00000002/state.rank0.safetensors.tmp.31337", b), 0);
     cr_assert_eq(run_glia("train --device cpu --resume --out '%s' --steps 4 --threads 1 --quiet --sample-tokens 0", b), 0, "%s",
                  err_text);
-    cr_expect_eq(sh("cd '%s' && test ! -e model.safetensors.tmp.999999 && test ! -e metrics.jsonl.tmp.12 && "
+    cr_expect_eq(test_sh("cd '%s' && test ! -e model.safetensors.tmp.999999 && test ! -e metrics.jsonl.tmp.12 && "
                     "test ! -e ckpt/COMPLETE.tmp.4242 && test ! -e ckpt/step_00000002/state.rank0.safetensors.tmp.31337",
                     b), 0, "stale temporary files remain");
-    cr_expect_eq(sh("test -f '%s/keep.tmp.txt'", b), 0, "a file that is not a temporary of a save stays");
+    cr_expect_eq(test_sh("test -f '%s/keep.tmp.txt'", b), 0, "a file that is not a temporary of a save stays");
 }

@@ -47,15 +47,6 @@
 static char dir[256];
 static char out[16384];
 
-static int sh(const char *fmt, ...) {
-    char cmd[8192];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd, fmt, ap);
-    va_end(ap);
-    return system(cmd);
-}
-
 static void mk(void) {
     snprintf(dir, sizeof dir, "%s/glia_crash_XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
     cr_assert(mkdtemp(dir));
@@ -64,7 +55,7 @@ static void mk(void) {
     memcpy(dir, real, strlen(real) + 1);
 }
 
-static void rm(void) { cr_assert_eq(sh("rm -rf '%s'", dir), 0); }
+static void rm(void) { cr_assert_eq(test_sh("rm -rf '%s'", dir), 0); }
 
 TestSuite(crash, .init = mk, .fini = rm, .timeout = 120);
 
@@ -188,7 +179,7 @@ static void copy_file(const char *from, const char *to) {
 
 // Writes the disk a crash now would leave: root's durable tree, under image.
 static void build_image(const char *root, const char *image, const char *snaps) {
-    cr_assert_eq(sh("rm -rf '%s' && mkdir -p '%s'", image, image), 0);
+    cr_assert_eq(test_sh("rm -rf '%s' && mkdir -p '%s'", image, image), 0);
     size_t rl = strlen(root);
     for (int pass = 0; pass < 2; pass++)  // directories first, shortest first
         for (size_t depth = 1; depth < 16; depth++)
@@ -272,7 +263,7 @@ Test(crash, every_crash_point_leaves_a_loadable_checkpoint) {
     snprintf(log, sizeof log, "%s/trace.log", dir);
     snprintf(image, sizeof image, "%s/image", dir);
     cr_assert_eq(glia_run(out, sizeof out, "prepare --in '%s' --out '%s/shards'", corpus, dir), 0, "%s", out);
-    cr_assert_eq(sh("mkdir -p '%s' '%s'", root, snaps), 0);  // the run directory exists (and is durable)
+    cr_assert_eq(test_sh("mkdir -p '%s' '%s'", root, snaps), 0);  // the run directory exists (and is durable)
     const long steps = 4;
     int st = traced_run(log, root, snaps, RUN_FLAGS " --steps %ld --data '%s/shards' --out '%s'", steps, dir, root);
     cr_assert_eq(st, 0, "%s", out);
@@ -331,7 +322,7 @@ Test(crash, resume_after_a_crash_mid_save) {
     snprintf(image, sizeof image, "%s/image", dir);
     snprintf(whole, sizeof whole, "%s/whole", dir);
     cr_assert_eq(glia_run(out, sizeof out, "prepare --in '%s' --out '%s/shards'", corpus, dir), 0, "%s", out);
-    cr_assert_eq(sh("mkdir -p '%s' '%s'", root, snaps), 0);
+    cr_assert_eq(test_sh("mkdir -p '%s' '%s'", root, snaps), 0);
     cr_assert_eq(traced_run(log, root, snaps, RUN_FLAGS " --steps 3 --data '%s/shards' --out '%s'", dir, root), 0,
                  "%s", out);
     FILE *f = fopen(log, "r");
@@ -379,7 +370,7 @@ Test(crash, first_checkpoint_durable_at_its_commit) {
     snprintf(log, sizeof log, "%s/trace.log", dir);
     snprintf(image, sizeof image, "%s/image", dir);
     cr_assert_eq(glia_run(out, sizeof out, "prepare --in '%s' --out '%s/shards'", corpus, dir), 0, "%s", out);
-    cr_assert_eq(sh("mkdir -p '%s' '%s'", root, snaps), 0);
+    cr_assert_eq(test_sh("mkdir -p '%s' '%s'", root, snaps), 0);
     cr_assert_eq(traced_run(log, root, snaps, RUN_FLAGS " --steps 2 --data '%s/shards' --out '%s'", dir, root), 0,
                  "%s", out);
     FILE *f = fopen(log, "r");

@@ -60,25 +60,16 @@
 static char dir[256];
 static char out_text[16384], err_text[16384];
 
-static int sh(const char *fmt, ...) {
-    char cmd[4096];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd, fmt, ap);
-    va_end(ap);
-    return system(cmd);
-}
-
 static void mk(void) {
     snprintf(dir, sizeof dir, "%s/glia_dist_XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
     cr_assert(mkdtemp(dir));
     char path[512];
     snprintf(path, sizeof path, "%s/corpus.txt", dir);
     cr_assert_eq(write_word_corpus(path, 6000), 0, "cannot write %s", path);
-    cr_assert_eq(sh("'%s' prepare --in '%s' --out '%s/shards' > /dev/null", GLIA_BIN, path, dir), 0);
+    cr_assert_eq(test_sh("'%s' prepare --in '%s' --out '%s/shards' > /dev/null", GLIA_BIN, path, dir), 0);
 }
 
-static void rm(void) { cr_assert_eq(sh("rm -rf '%s'", dir), 0); }
+static void rm(void) { cr_assert_eq(test_sh("rm -rf '%s'", dir), 0); }
 
 TestSuite(dist, .init = mk, .fini = rm, .timeout = 120);
 
@@ -140,24 +131,6 @@ static void train(const char *name, int np, const char *extra) {
     cr_assert_eq(st, 0, "np %d %s: exit %d: %s", np, extra, st, err_text);
 }
 
-// The "loss" and "grad_norm" of each step in run/metrics.jsonl; returns the count.
-static int read_metrics(const char *name, double *loss, double *norm, int max) {
-    char path[400], line[512];
-    snprintf(path, sizeof path, "%s/%s/metrics.jsonl", dir, name);
-    FILE *f = fopen(path, "r");
-    cr_assert(f, "%s", path);
-    int n = 0;
-    long step;
-    while (n < max && fgets(line, sizeof line, f)) {
-        const char *g = strstr(line, "\"grad_norm\": ");
-        if (g && sscanf(line, "{\"step\": %ld, \"loss\": %lf", &step, &loss[n]) == 2 &&
-            sscanf(g, "\"grad_norm\": %lf", &norm[n]) == 1)
-            n++;
-    }
-    fclose(f);
-    return n;
-}
-
 // Compares runs a and b: parameters within param_tol (rel_err), losses
 // within loss_tol at every step and, with `early`, loss and gradient norm
 // within EARLY_TOL over the first EARLY_STEPS steps.
@@ -170,8 +143,8 @@ static void expect_close(const char *a, const char *b, double param_tol, double 
     model_free(ma);
     model_free(mb);
     double la[16], lb[16], na[16], nb[16];
-    cr_assert_eq(read_metrics(a, la, na, 16), 10);
-    cr_assert_eq(read_metrics(b, lb, nb, 16), 10);
+    cr_assert_eq(read_step_metrics(dir, a, la, na, 16), 10);
+    cr_assert_eq(read_step_metrics(dir, b, lb, nb, 16), 10);
     for (int i = 0; i < 10; i++) {
         cr_expect(fabs(la[i] - lb[i]) <= loss_tol, "step %d: loss %.6f vs %.6f", i + 1, la[i], lb[i]);
         if (early && i < EARLY_STEPS) {
@@ -204,7 +177,7 @@ Test(dist, two_ranks_match_one_process) {
     expect_close("two", "one", PARAM_TOL, LOSS_TOL, 1);
     char p[400];
     snprintf(p, sizeof p, "%s/two/ckpt/step_00000010", dir);
-    cr_expect_eq(sh("test -f '%s/state.rank0.safetensors' && test -f '%s/state.rank1.safetensors' && "
+    cr_expect_eq(test_sh("test -f '%s/state.rank0.safetensors' && test -f '%s/state.rank1.safetensors' && "
                     "grep -q '^world 2$' '%s/COMPLETE' && grep -q state.rank1 '%s/COMPLETE'", p, p, p, p), 0);
 }
 
@@ -258,7 +231,7 @@ Test(dist, zero1_matches_one_process) {
     // each rank's state holds its half of the padded moments, not all of them
     char p[400];
     snprintf(p, sizeof p, "%s/zero/ckpt/step_00000010", dir);
-    cr_expect_eq(sh("test $(stat -c %%s '%s/state.rank0.safetensors') -lt $(stat -c %%s '%s/model.safetensors')",
+    cr_expect_eq(test_sh("test $(stat -c %%s '%s/state.rank0.safetensors') -lt $(stat -c %%s '%s/model.safetensors')",
                     p, p), 0, "a ZeRO-1 state file holds only the rank's shard");
 }
 
@@ -287,7 +260,7 @@ Test(dist, resume_needs_the_same_world_size) {
     train("fullz", 2, "--zero 1");
     expect_identical("fullz", "partz", "an np 2 --zero 1 run resumed continues bit for bit");
     for (int r = 0; r < 2; r++)
-        cr_expect_eq(sh("cmp -s '%s/fullz/ckpt/step_00000010/state.rank%d.safetensors' "
+        cr_expect_eq(test_sh("cmp -s '%s/fullz/ckpt/step_00000010/state.rank%d.safetensors' "
                         "'%s/partz/ckpt/step_00000010/state.rank%d.safetensors'", dir, r, dir, r), 0,
                      "rank %d: the resumed run's ZeRO-1 moment shard differs from the uninterrupted run's", r);
     st = run(0, FLAGS " --out '%s/part' --resume", dir);
@@ -367,7 +340,7 @@ Test(dist, killed_rank_ends_the_job) {
     double took = now_s() - t0;
     if (!got) {
         kill(job, SIGKILL);
-        sh("pkill -KILL -f '%s'", out);  // never leave the job behind (it holds a unique --out path)
+        test_sh("pkill -KILL -f '%s'", out);  // never leave the job behind (it holds a unique --out path)
         waitpid(job, &status, 0);
     }
     cr_assert(got == job, "mpirun still running %.0f s after rank 1 was killed", KILL_BOUND_S);
@@ -409,9 +382,9 @@ Test(dist, rank_killed_during_a_save_resumes) {
     cr_assert(WIFEXITED(status) && WEXITSTATUS(status) != 0 && WEXITSTATUS(status) != 124,
               "the job fails (not hangs) when rank 1 is killed mid-save: status %d: %s", status, err_text);
     cr_expect(strstr(err_text, "signal 9"), "mpirun names the signal: %s", err_text);
-    cr_assert_eq(sh("test -f '%s/ckpt/step_00000005/COMPLETE'", out), 0, "step 5's checkpoint is complete");
-    cr_assert_neq(sh("test -e '%s/ckpt/step_00000006/COMPLETE'", out), 0, "step 6's save was cut short");
-    cr_assert_eq(sh("test -e '%s/ckpt/step_00000006/model.safetensors'", out), 0,
+    cr_assert_eq(test_sh("test -f '%s/ckpt/step_00000005/COMPLETE'", out), 0, "step 5's checkpoint is complete");
+    cr_assert_neq(test_sh("test -e '%s/ckpt/step_00000006/COMPLETE'", out), 0, "step 6's save was cut short");
+    cr_assert_eq(test_sh("test -e '%s/ckpt/step_00000006/model.safetensors'", out), 0,
                  "rank 0 had begun step 6's save when rank 1 died");
     cr_assert_eq(run(2, SAVE_FLAGS " --out '%s' --resume", out), 0, "resume: %s", err_text);
     cr_expect(strstr(out_text, "step_00000005"), "resumes from step 5: %s", out_text);
@@ -536,7 +509,7 @@ Test(dist, sigterm_to_one_rank_stops_all_resumable) {
     cr_expect(strstr(out_text, "resuming from"), "%s", out_text);
     expect_identical("sig_ref", "sig", "SIGTERM, then --resume auto: bit-identical to the run never stopped (np 2)");
     static double la[512], lb[512], na[512], nb[512];
-    cr_assert_eq(read_metrics("sig_ref", la, na, 512), steps);
-    cr_assert_eq(read_metrics("sig", lb, nb, 512), steps);
+    cr_assert_eq(read_step_metrics(dir, "sig_ref", la, na, 512), steps);
+    cr_assert_eq(read_step_metrics(dir, "sig", lb, nb, 512), steps);
     for (int i = 0; i < steps; i++) cr_expect_eq(la[i], lb[i], "step %d: loss %.6f vs %.6f", i + 1, la[i], lb[i]);
 }

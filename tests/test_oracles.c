@@ -285,23 +285,6 @@ Test(oracles, global_norm_clip_by_hand) {
 #define ACCUM_PRINT_TOL 2e-6
 #define ACCUM_PARAM_TOL 1e-5
 
-static int read_metrics(const char *name, double *loss, double *norm, int max) {
-    char path[400], line[512];
-    snprintf(path, sizeof path, "%s/%s/metrics.jsonl", dir, name);
-    FILE *f = fopen(path, "r");
-    cr_assert(f, "%s", path);
-    int n = 0;
-    long step;
-    while (n < max && fgets(line, sizeof line, f)) {
-        const char *g = strstr(line, "\"grad_norm\": ");
-        if (g && sscanf(line, "{\"step\": %ld, \"loss\": %lf", &step, &loss[n]) == 2 &&
-            sscanf(g, "\"grad_norm\": %lf", &norm[n]) == 1)
-            n++;
-    }
-    fclose(f);
-    return n;
-}
-
 Test(oracles, accum_matches_the_larger_batch, .init = mk, .fini = rm, .timeout = 60) {
     char out[16384];
     const char *runs[2] = {"b4", "b2a2"}, *flags[2] = {"--batch 4 --accum 1", "--batch 2 --accum 2"};
@@ -311,8 +294,8 @@ Test(oracles, accum_matches_the_larger_batch, .init = mk, .fini = rm, .timeout =
         cr_assert_eq(st, 0, "%s: %s", flags[k], out);
     }
     double la[32], lb[32], na[32], nb[32];
-    cr_assert_eq(read_metrics("b4", la, na, 32), ACCUM_STEPS);
-    cr_assert_eq(read_metrics("b2a2", lb, nb, 32), ACCUM_STEPS);
+    cr_assert_eq(read_step_metrics(dir, "b4", la, na, 32), ACCUM_STEPS);
+    cr_assert_eq(read_step_metrics(dir, "b2a2", lb, nb, 32), ACCUM_STEPS);
     for (int i = 0; i < ACCUM_STEPS; i++) {
         cr_expect(fabs(la[i] - lb[i]) <= ACCUM_PRINT_TOL, "step %d: loss %.6f (accum 1) vs %.6f (accum 2)", i + 1,
                   la[i], lb[i]);

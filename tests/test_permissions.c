@@ -6,7 +6,6 @@
 // skipped, with the reason, rather than passing without checking; run the
 // suite as an ordinary user to exercise it.
 #include <criterion/criterion.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,15 +16,6 @@
 static char dir[256];
 static char out[16384];
 
-static int sh(const char *fmt, ...) {
-    char cmd[4096];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd, fmt, ap);
-    va_end(ap);
-    return system(cmd);
-}
-
 static void mk(void) {
     snprintf(dir, sizeof dir, "%s/glia_perm_XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
     cr_assert(mkdtemp(dir));
@@ -35,8 +25,8 @@ static void mk(void) {
 }
 
 static void rm(void) {
-    sh("chmod -R u+rwX '%s' 2>/dev/null", dir);
-    cr_assert_eq(sh("rm -rf '%s'", dir), 0);
+    test_sh("chmod -R u+rwX '%s' 2>/dev/null", dir);
+    cr_assert_eq(test_sh("rm -rf '%s'", dir), 0);
 }
 
 TestSuite(permissions, .init = mk, .fini = rm, .timeout = 60);
@@ -64,7 +54,7 @@ Test(permissions, unreadable_model_file) {
     stopped_run("noread");
     char ck[400];
     snprintf(ck, sizeof ck, "%s/noread/ckpt/step_00000002", dir);
-    cr_assert_eq(sh("chmod 000 '%s/model.safetensors'", ck), 0);
+    cr_assert_eq(test_sh("chmod 000 '%s/model.safetensors'", ck), 0);
     expect_error(glia_run(out, sizeof out, RUN " --resume --out '%s/noread'", dir, dir), 2,
                  "model.safetensors", "Permission denied");
     expect_error(glia_run(out, sizeof out, "generate --ckpt '%s/model.safetensors' --tokens 4", ck), 2,
@@ -74,9 +64,9 @@ Test(permissions, unreadable_model_file) {
 Test(permissions, unwritable_checkpoint_directory) {
     require_permissions();
     stopped_run("nowrite");
-    cr_assert_eq(sh("chmod 555 '%s/nowrite/ckpt'", dir), 0);
+    cr_assert_eq(test_sh("chmod 555 '%s/nowrite/ckpt'", dir), 0);
     int st = glia_run(out, sizeof out, RUN " --resume --out '%s/nowrite'", dir, dir);
-    cr_assert_eq(sh("chmod 755 '%s/nowrite/ckpt'", dir), 0);
+    cr_assert_eq(test_sh("chmod 755 '%s/nowrite/ckpt'", dir), 0);
     expect_error(st, 1, "step_00000003", "Permission denied");
-    cr_expect_eq(sh("test -f '%s/nowrite/ckpt/step_00000002/COMPLETE'", dir), 0, "the previous checkpoint is kept");
+    cr_expect_eq(test_sh("test -f '%s/nowrite/ckpt/step_00000002/COMPLETE'", dir), 0, "the previous checkpoint is kept");
 }

@@ -82,6 +82,32 @@ int read_losses(const char *dir, double *loss, int max) {
     return n;
 }
 
+int read_step_metrics(const char *dir, const char *name, double *loss, double *norm, int max) {
+    char path[4096], line[512];
+    snprintf(path, sizeof path, "%s/%s/metrics.jsonl", dir, name);
+    FILE *f = fopen(path, "r");
+    cr_assert(f, "%s", path);
+    int n = 0;
+    long step;
+    while (n < max && fgets(line, sizeof line, f)) {
+        const char *g = strstr(line, "\"grad_norm\": ");
+        if (g && sscanf(line, "{\"step\": %ld, \"loss\": %lf", &step, &loss[n]) == 2 &&
+            sscanf(g, "\"grad_norm\": %lf", &norm[n]) == 1)
+            n++;
+    }
+    fclose(f);
+    return n;
+}
+
+int test_sh(const char *fmt, ...) {
+    char cmd[8192];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    return system(cmd);
+}
+
 int write_word_corpus(const char *path, int words) {
     FILE *f = fopen(path, "w");
     if (!f) return -1;

@@ -28,6 +28,14 @@ size_t spike_mismatches(const float *a, const float *b, size_t n);
 // how many (at most max), or -1 when the file cannot be read.
 int read_losses(const char *dir, double *loss, int max);
 
+// The "loss" and "grad_norm" of each step in DIR/NAME/metrics.jsonl, in order;
+// returns how many (at most max). Asserts that the file opens.
+int read_step_metrics(const char *dir, const char *name, double *loss, double *norm, int max);
+
+// Runs a printf-formatted command line through the shell (system(3)); returns
+// its status as system does.
+int test_sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
 // Training state for one process (model_alloc_train over all parameters); asserts.
 void test_alloc_train(Model *m);
 
