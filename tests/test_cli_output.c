@@ -3,8 +3,10 @@
 // once, with no batch run), writes prompts and completions holding NUL
 // bytes whole (JSONL read back with lengths), and generate, eval and
 // prepare exit non-zero when their standard output cannot be written
-// (/dev/full).
+// (/dev/full). `glia bench kernels --step` on the CPU: its step breakdown
+// adds up to 100 % and counts every matrix product of the step.
 #include <criterion/criterion.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -149,4 +151,39 @@ Test(cli_output, commands_fail_when_stdout_cannot_be_written) {
     cr_expect_neq(rc, 0, "generate exits 0 with stdout full: %s", out);
     rc = run_stdout_to(out, sizeof out, ">&-", args);
     cr_expect_neq(rc, 0, "generate exits 0 with stdout closed: %s", out);
+}
+
+// The breakdown of `bench kernels --step tiny --device cpu` over 2 profiled
+// steps: shares (the host row included) sum to 100 % ± 0.5; the matmul
+// entries' calls are the step's products counted from the model's structure:
+// forward W_1 and W_2 in each of the L layers plus the tied head (the AM-SU's
+// projections run inside amsu_forward, one call per layer), backward the same.
+Test(cli_output, bench_step_breakdown_adds_up) {
+    char out[16384];
+    int rc = glia_run(out, sizeof out, "bench kernels --device cpu --step tiny --batch 2 --seq 16 --reps 2 --threads 1");
+    cr_assert_eq(rc, 0, "%s", out);
+    ModelConfig c;
+    model_config_named("tiny", &c);
+    const char *p = strstr(out, "where the time goes: 2 steps");
+    cr_assert(p, "%s", out);
+    double share_sum = 0.0;
+    long mm_fwd = -1, mm_bwd = -1, amsu_fwd = -1;
+    int rows = 0;
+    for (p = strstr(p, "\n  "); p; p = strstr(p + 1, "\n  ")) {
+        char name[40], calls[16];
+        double ms, share;
+        if (sscanf(p, " (host, between) %15s %lf %lf%%", calls, &ms, &share) == 3) strcpy(name, "host");
+        else if (sscanf(p, " %39s %15s %lf %lf%%", name, calls, &ms, &share) != 4) continue;
+        cr_expect(ms >= 0.0, "%s: %.3f ms", name, ms);
+        share_sum += share, rows++;
+        if (!strcmp(name, "matmul_forward")) mm_fwd = atol(calls);
+        if (!strcmp(name, "matmul_backward")) mm_bwd = atol(calls);
+        if (!strcmp(name, "amsu_forward")) amsu_fwd = atol(calls);
+    }
+    cr_expect(rows >= 10, "%d rows: %s", rows, out);
+    cr_expect(fabs(share_sum - 100.0) <= 0.5, "shares sum to %.2f %%: %s", share_sum, out);
+    cr_expect_eq(mm_fwd, 2 * (2 * c.L + 1), "matmul_forward calls %ld: %s", mm_fwd, out);
+    cr_expect_eq(mm_bwd, 2 * (2 * c.L + 1), "matmul_backward calls %ld: %s", mm_bwd, out);
+    cr_expect_eq(amsu_fwd, 2 * c.L, "amsu_forward calls %ld", amsu_fwd);
+    cr_expect(strstr(out, "MFU"), "%s", out);
 }

@@ -1,7 +1,8 @@
 // test_cuda_model.c: the whole model (host/model/model.c) on the CUDA backend
 // against the CPU backend: loss, logits, every parameter's gradient, AdamW
 // steps, streaming generation, the commands with --device cuda, and the
-// NCCL all-reduce with one rank.
+// NCCL all-reduce with one rank; the kernel lab's timing backend forwards
+// every entry intact.
 //
 // Two copies of one randomly initialised model (test_model_randomise: spikes
 // in every layer), one moved to the GPU, see the same batches. Measures and
@@ -49,6 +50,7 @@
 #include "cuda/cuda.h"
 #include "common/dist.h"
 #include "generate/engine.h"
+#include "cmd/bench_profile.h"
 #endif
 #include "testutil.h"
 
@@ -182,6 +184,44 @@ Test(cuda_model, adamw_steps_match) {
     cr_assert(em <= 1e-4, "first moments after 3 steps: rel err %.2e", em);
     model_free(cpu);
     model_free(gpu);
+#endif
+}
+
+// The lab's timing backend (host/cmd/bench_profile.c) forwards every entry
+// with its arguments intact: a step through it on the GPU leaves exactly the
+// parameters and moments of the same step on the plain backend.
+Test(cuda_model, profiled_step_is_the_plain_step) {
+    test_require_gpu();
+#ifdef GLIA_HAVE_CUDA
+    ModelConfig c = config(1, 256);
+    const int B = 2, T = 24;
+    Model *m[2];
+    int tok[B * T], tgt[B * T];
+    batch(tok, tgt, B * T, c.V, 5);
+    float *p[2], *mom[2][2];
+    for (int i = 0; i < 2; i++) {
+        Model *cpu;
+        make_pair(c, B, T, 31, &cpu, &m[i]);
+        model_free(cpu);
+        if (i) m[i]->be = profile_backend(backend_cuda(), cuda_synchronize);
+        model_zero_grad(m[i]);
+        model_forward(m[i], tok, tgt, B, T, NULL);
+        model_backward(m[i], tok, 1.0f);
+        model_step(m[i], 1e-2f, 0.1f, 0.5f, 1);
+        m[i]->be = backend_cuda();
+        model_sync_host(m[i]);
+        const float *m1, *m2;
+        model_moments_host(m[i], &m1, &m2);
+        p[i] = m[i]->params;
+        for (int k = 0; k < 2; k++) {
+            mom[i][k] = malloc(m[i]->nparams * sizeof(float));
+            memcpy(mom[i][k], k ? m2 : m1, m[i]->nparams * sizeof(float));
+        }
+    }
+    size_t bytes = m[0]->nparams * sizeof(float);
+    cr_expect(memcmp(p[0], p[1], bytes) == 0, "the profiled step's parameters differ");
+    for (int k = 0; k < 2; k++) cr_expect(memcmp(mom[0][k], mom[1][k], bytes) == 0, "moment %d differs", k + 1);
+    for (int i = 0; i < 2; i++) free(mom[i][0]), free(mom[i][1]), model_free(m[i]);
 #endif
 }
 

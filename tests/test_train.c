@@ -13,6 +13,7 @@
 #include "common/backend.h"  // AMSU_SCAN, AMSU_CHUNK
 #include "cpu/cpu.h"
 #include "model/checkpoint.h"
+#include "model/model.h"
 #include "testutil.h"
 #include "train/train.h"
 
@@ -121,6 +122,62 @@ Test(train, dry_run_prints_memory_and_allocates_nothing) {
     char path[400];
     snprintf(path, sizeof path, "%s/dry", dir);
     cr_expect_neq(access(path, F_OK), 0, "--dry-run created %s", path);
+}
+
+// --dry-run's activation table: one row per kept tensor kind, its bytes
+// summing to the activations line and that to model_memory's; the grand
+// total the sum of its five lines. The oracle for the activations is the
+// model's structure counted by hand (SPEC, "Whole model"): per layer x_in,
+// z1, x_mid, z2 and the AM-SU's I k v q o u s (11 of B·T·C), rstd1, rstd2
+// (B·T), Hckpt (B·Nh·T/32·D²), c w r (3 of B·T·F); then x_out, zf (B·T·C),
+// rstdf, losses (B·T), logits (B·T·V), and the ids (2·B·T int32). And
+// model_alloc_acts carves exactly model_memory's bytes (tiny, astro on and off).
+Test(train, dry_run_activation_table) {
+    char out[16384];
+    int rc = glia_run(out, sizeof out, "train --size 124m --batch 8 --seq 1024 --device cpu --dry-run --out %s/dry", dir);
+    cr_assert_eq(rc, 0, "%s", out);
+    ModelConfig c;
+    model_config_named("124m", &c);
+    const size_t B = 8, T = 1024, bt = B * T, D = c.C / c.Nh;
+    const size_t layer = 11 * bt * c.C + 2 * bt + B * c.Nh * (T / 32) * D * D + 3 * bt * c.F;
+    const size_t want = 4 * (c.L * layer + 2 * bt * c.C + 2 * bt + bt * c.V) + 2 * bt * 4;
+    size_t rows = 0, sum = 0, each, total, count;
+    char name[32], dims[32], num[64], type[8];
+    for (const char *p = strstr(out, "\n  "); p; p = strstr(p + 1, "\n  ")) {
+        if (sscanf(p, " %31s %31s %63s %7s %zu %zu %zu", name, dims, num, type, &each, &count, &total) != 7) continue;
+        cr_expect_eq(total, each * count, "%s: %zu x %zu != %zu", name, each, count, total);
+        cr_expect(count == 1 || count == (size_t)c.L, "%s: x %zu", name, count);
+        rows++, sum += total;
+    }
+    const char *names[] = {"\n  x_in ", "\n  I ", "\n  k ", "\n  Hckpt ", "\n  r ", "\n  logits ", "\n  tokens,targets "};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) cr_expect(strstr(out, names[i]), "no row%s", names[i]);
+    cr_expect_eq(rows, 23, "%zu rows: %s", rows, out);
+    ModelMemory mm;
+    model_memory(&c, backend_cpu(), (int)B, (int)T, 1, 0, &mm);
+    size_t v[6];
+    const char *lines[6] = {"parameters", "gradients", "AdamW moments", "activations", "backward scratch", "total"};
+    for (int i = 0; i < 6; i++) {
+        char key[40];
+        snprintf(key, sizeof key, "\n  %s ", lines[i]);
+        const char *p = strstr(out, key);
+        double gib;
+        cr_assert(p && sscanf(p + strlen(key), " %lf GiB %zu bytes", &gib, &v[i]) == 2, "no %s line: %s", lines[i], out);
+    }
+    cr_expect_eq(sum, want, "the rows sum to %zu bytes, the model's structure to %zu", sum, want);
+    cr_expect_eq(v[3], sum, "activations line %zu, rows %zu", v[3], sum);
+    cr_expect_eq(v[3], mm.acts, "activations line %zu, model_memory %zu", v[3], mm.acts);
+    cr_expect_eq(v[5], v[0] + v[1] + v[2] + v[3] + v[4], "total %zu", v[5]);
+    cr_expect_eq(v[5], mm.params + mm.grads + mm.moments + mm.acts + mm.scratch, "total %zu", v[5]);
+    for (int astro = 0; astro < 2; astro++) {
+        model_config_named("tiny", &c);
+        c.astro = astro;
+        Model *m = model_new(&c);
+        model_alloc_acts(m, 3, 40);
+        model_memory(&c, backend_cpu(), 3, 40, 1, 0, &mm);
+        cr_expect_eq(m->acts_bytes, mm.acts, "astro %d: model_alloc_acts carved %zu bytes, model_memory says %zu", astro,
+                     m->acts_bytes, mm.acts);
+        model_free(m);
+    }
 }
 
 Test(train, same_seed_same_threads_bit_identical) {

@@ -18,7 +18,11 @@
 // training step of the `124m` model at that batch, with TF32 matmuls (the
 // training default) and with bf16 ones: tokens/s and model FLOPs
 // utilisation (6·params·tokens for the matmuls, plus the recurrence) over
-// the bf16-storage GEMM rate.
+// the bf16-storage GEMM rate. Then the same step again through a timing
+// Backend (bench_profile.h; every call synchronised): calls, time, share of
+// the step and GEMM rate of each backend entry. --device cpu runs only the
+// step (with the CPU's fp32 GEMM rate at 1024^3 as the ceiling), so the
+// breakdown works, and is tested, without a GPU.
 // The AM-SU runs both ways, the fused per-timestep kernels (scan) and the
 // chunked ones (chunk, amsu_chunk.cu), side by side, each with its fraction
 // of the memory floor. Correctness first: each AM-SU forward and backward is
@@ -28,23 +32,80 @@
 // are timed all the same, their rows marked UNCHECKED: a first run on a
 // device must bring back the numbers whatever the check says. Each kernel's
 // occupancy (blocks per SM, fraction of its warps, registers) comes first.
-#ifdef GLIA_HAVE_CUDA
-
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-#include "cmd/bench_check.h"
 #include "cmd/bench.h"
+#include "cmd/bench_profile.h"
 #include "cmd/cli.h"
 #include "cmd/commands.h"
 #include "cpu/cpu.h"
-#include "cuda/cuda.h"
 #include "glia/util.h"
 #include "model/model.h"
 #include "model/rng.h"
+
+// A whole training step of a named size on `be` (sync: NULL, or waits for the
+// device): forward, backward, AdamW; the median of `reps`, then `reps` more
+// through the timing Backend. MFU over `peak` FLOP/s (named by peak_name).
+static void bench_step(const Backend *be, void (*sync)(void), const char *size, int B, int T, int reps,
+                       const char *mode, double peak, const char *peak_name) {
+    ModelConfig cfg;
+    model_config_named(size, &cfg);
+    Model *m = model_new(&cfg);
+    model_init(m, 1);
+    char err[512];
+    if (model_to_backend(m, be, err, sizeof err) ||
+        model_alloc_train(m, 0, 1, 0, 0, m->nparams, m->nparams, err, sizeof err))
+        fatal("glia bench kernels: %s", err);
+    model_alloc_acts(m, B, T);
+    int *tok = xmalloc((size_t)B * T * sizeof(int)), *tgt = xmalloc((size_t)B * T * sizeof(int));
+    Rng rng;
+    rng_init(&rng, 7);
+    for (int i = 0; i < B * T; i++) tok[i] = (int)(rng_u64(&rng) % (uint64_t)cfg.V);
+    for (int i = 0; i < B * T; i++) tgt[i] = (int)(rng_u64(&rng) % (uint64_t)cfg.V);
+    double *t = xmalloc((size_t)(reps + 1) * sizeof(double)), profiled = 0.0;
+    for (int r = 0; r <= 2 * reps; r++) {  // the first is the warm-up; the last `reps` are profiled
+        if (r == reps + 1) m->be = profile_backend(be, sync);  // the same memory: it forwards to `be`
+        double t0 = bench_now();
+        if (r > reps) profile_begin();
+        model_zero_grad(m);
+        model_forward(m, tok, tgt, B, T, NULL);
+        model_backward(m, tok, 1.0f);
+        model_step(m, 1e-4f, 0.1f, 1.0f, r + 1);
+        if (sync) sync();
+        if (r > reps) profile_end();
+        if (r <= reps) t[r] = bench_now() - t0;
+        else profiled += bench_now() - t0;
+    }
+    m->be = be;
+    qsort(t + 1, (size_t)reps, sizeof(double), bench_cmp);
+    double sec = t[1 + reps / 2], tokens = (double)B * T;
+    int D = cfg.C / cfg.Nh;
+    // matmuls 6·N per token (forward 2N, backward 4N) plus the recurrence:
+    // forward 5·Nh·D² per token and layer, backward about twice that again
+    double flops = 6.0 * (double)m->nparams * tokens +
+                   3.0 * 5.0 * cfg.Nh * (double)D * D * cfg.L * tokens;
+    printf("step %-6s %s B %d T %d: %8.1f ms  %10.0f tokens/s  %6.2f TFLOP/s  MFU %5.1f%% of the "
+           "%s\n",
+           size, mode, B, T, sec * 1e3, tokens / sec, flops / sec * 1e-12, 100.0 * flops / sec / peak, peak_name);
+    printf("where the time goes: %d step%s through the timing backend, %.1f ms each (every call synchronised):\n",
+           reps, reps > 1 ? "s" : "", profiled / reps * 1e3);
+    profile_print(profiled);
+    printf("headline: %s step (%s matmuls) %.0f tokens/s, MFU %.1f%%\n", size, mode, tokens / sec,
+           100.0 * flops / sec / peak);
+    free(t);
+    free(tok);
+    free(tgt);
+    model_free(m);
+}
+
+#ifdef GLIA_HAVE_CUDA
+
+#include "cmd/bench_check.h"
+#include "cuda/cuda.h"
 
 typedef void (*KernelFn)(void *ctx);
 
@@ -237,82 +298,16 @@ static int check_amsu(Lab *l, const char *name, void (*fwd)(void *), void (*bwd)
     return ok ? 0 : -1;
 }
 
-// A whole training step of a named size: forward, backward, AdamW.
-static void bench_step(const char *size, int B, int T, int reps, const char *mode, double bf16_rate) {
-    ModelConfig cfg;
-    model_config_named(size, &cfg);
-    Model *m = model_new(&cfg);
-    model_init(m, 1);
-    char err[512];
-    if (model_to_backend(m, backend_cuda(), err, sizeof err) ||
-        model_alloc_train(m, 0, 1, 0, 0, m->nparams, m->nparams, err, sizeof err))
-        fatal("glia bench kernels: %s", err);
-    model_alloc_acts(m, B, T);
-    int *tok = xmalloc((size_t)B * T * sizeof(int)), *tgt = xmalloc((size_t)B * T * sizeof(int));
-    Rng rng;
-    rng_init(&rng, 7);
-    for (int i = 0; i < B * T; i++) tok[i] = (int)(rng_u64(&rng) % (uint64_t)cfg.V);
-    for (int i = 0; i < B * T; i++) tgt[i] = (int)(rng_u64(&rng) % (uint64_t)cfg.V);
-    double *t = xmalloc((size_t)(reps + 1) * sizeof(double));
-    for (int r = 0; r <= reps; r++) {  // the first is the warm-up
-        double t0 = bench_now();
-        model_zero_grad(m);
-        model_forward(m, tok, tgt, B, T, NULL);
-        model_backward(m, tok, 1.0f);
-        model_step(m, 1e-4f, 0.1f, 1.0f, r + 1);
-        cuda_synchronize();
-        t[r] = bench_now() - t0;
-    }
-    qsort(t + 1, (size_t)reps, sizeof(double), bench_cmp);
-    double sec = t[1 + reps / 2], tokens = (double)B * T;
-    int D = cfg.C / cfg.Nh;
-    // matmuls 6·N per token (forward 2N, backward 4N) plus the recurrence:
-    // forward 5·Nh·D² per token and layer, backward about twice that again
-    double flops = 6.0 * (double)m->nparams * tokens +
-                   3.0 * 5.0 * cfg.Nh * (double)D * D * cfg.L * tokens;
-    printf("step %-6s %s B %d T %d: %8.1f ms  %10.0f tokens/s  %6.2f TFLOP/s  MFU %5.1f%% of the "
-           "bf16 GEMM rate\n",
-           size, mode, B, T, sec * 1e3, tokens / sec, flops / sec * 1e-12,
-           100.0 * flops / sec / bf16_rate);
-    printf("headline: %s step (%s matmuls) %.0f tokens/s, MFU %.1f%%\n", size, mode, tokens / sec,
-           100.0 * flops / sec / bf16_rate);
-    free(t);
-    free(tok);
-    free(tgt);
-    model_free(m);
-}
-
-int bench_kernels(int argc, char **argv) {
-    CliFlag flags[] = {
-        {"--batch", "B", "sequences", "8"},
-        {"--seq", "T", "tokens per sequence", "1024"},
-        {"--width", "C", "layer width", "768"},
-        {"--heads", "NH", "astrocyte heads", "12"},
-        {"--reps", "N", "timed batches (the median is reported)", "20"},
-        {"--inner", "N", "calls per timed batch", "5"},
-        {"--step", "SIZE", "also time a whole training step of this named size ('none': skip)", "124m"},
-    };
-    int nf = sizeof flags / sizeof flags[0];
-    int rc = cli_parse("bench kernels",
-                       "The CUDA kernel lab: each kernel checked against the CPU, then timed against\n"
-                       "the copy bandwidth and the cuBLAS GEMM rates measured in the same run.",
-                       argc, argv, flags, nf);
-    if (rc) return rc == 1 ? 0 : 2;
-    long B, T, C, Nh, reps, inner;
-    if (cli_int("bench kernels", "--batch", cli_get(flags, nf, "--batch"), 1, 1 << 16, &B) ||
-        cli_int("bench kernels", "--seq", cli_get(flags, nf, "--seq"), 1, 1 << 20, &T) ||
-        cli_int("bench kernels", "--width", cli_get(flags, nf, "--width"), 1, 1 << 16, &C) ||
-        cli_int("bench kernels", "--heads", cli_get(flags, nf, "--heads"), 1, 1 << 16, &Nh) ||
-        cli_int("bench kernels", "--reps", cli_get(flags, nf, "--reps"), 1, 10000, &reps) ||
-        cli_int("bench kernels", "--inner", cli_get(flags, nf, "--inner"), 1, 10000, &inner))
-        return 2;
+// The CUDA lab at shape (B, T, C, Nh), then the step of `size` (NULL: none).
+// 0, 1 when a kernel does not match the CPU, 2 when it cannot run.
+static int cuda_lab(long B, long T, long C, long Nh, long reps, long inner, const char *size) {
     if (C % Nh || !amsu_head_size_supported((int)(C / Nh))) {
         fprintf(stderr, "glia bench kernels: head size %ld (C %ld / Nh %ld) is not one the kernels run (8..128)\n",
                 C / (Nh ? Nh : 1), C, Nh);
         return 2;
     }
     if (cuda_device_count() == 0) {
-        fprintf(stderr, "glia bench kernels: no CUDA device found\n");
+        fprintf(stderr, "glia bench kernels: no CUDA device found (--device cpu times the step on the CPU)\n");
         return 2;
     }
     char dn[300];
@@ -417,30 +412,100 @@ int bench_kernels(int argc, char **argv) {
     float *hbufs[] = {hI, hk, hv, hq, hl, hb, hds};
     for (size_t i = 0; i < sizeof hbufs / sizeof hbufs[0]; i++) free(hbufs[i]);
 
-    const char *size = cli_get(flags, nf, "--step");
-    if (strcmp(size, "none")) {
-        ModelConfig cfg;
-        if (model_config_named(size, &cfg)) {
-            fprintf(stderr, "glia bench kernels: --step: '%s' is not a named size\n", size);
-            return 2;
-        }
+    if (size) {
         matmul_set_mode(MATMUL_TF32);
-        bench_step(size, (int)B, (int)T, reps < 5 ? (int)reps : 5, "tf32", rate_bf16s);
+        bench_step(backend_cuda(), cuda_synchronize, size, (int)B, (int)T, reps < 5 ? (int)reps : 5, "tf32",
+                   rate_bf16s, "bf16 GEMM rate");
         matmul_set_mode(MATMUL_BF16);
-        bench_step(size, (int)B, (int)T, reps < 5 ? (int)reps : 5, "bf16", rate_bf16s);
+        bench_step(backend_cuda(), cuda_synchronize, size, (int)B, (int)T, reps < 5 ? (int)reps : 5, "bf16",
+                   rate_bf16s, "bf16 GEMM rate");
         matmul_set_mode(MATMUL_FP32);
     }
     return bad[0] || bad[1] ? 1 : 0;
 }
 
-#else  // a glia built without CUDA has no kernel lab
-#include <stdio.h>
+#endif  // GLIA_HAVE_CUDA
 
-#include "cmd/commands.h"
+// The CPU backend's fp32 GEMM rate at n³, FLOP/s (median of reps).
+static double cpu_gemm_rate(int n, int reps) {
+    const size_t nn = (size_t)n * n;
+    float *a = xmalloc(3 * nn * sizeof(float)), *b = a + nn, *c = b + nn;
+    Rng rng;
+    rng_init(&rng, 1);
+    for (size_t i = 0; i < 2 * nn; i++) a[i] = (float)rng_gauss(&rng);
+    double *t = xmalloc((size_t)reps * sizeof(double));
+    for (int r = -1; r < reps; r++) {  // -1: warm-up
+        double t0 = bench_now();
+        backend_cpu()->matmul_forward(c, a, b, n, n, n, 1.0f, 0);
+        if (r >= 0) t[r] = bench_now() - t0;
+    }
+    qsort(t, (size_t)reps, sizeof(double), bench_cmp);
+    double rate = 2.0 * nn * n / t[reps / 2];
+    free(t);
+    free(a);
+    return rate;
+}
 
 int bench_kernels(int argc, char **argv) {
-    (void)argc, (void)argv;
-    fprintf(stderr, "glia bench kernels: this glia was built without CUDA (no nvcc at build time)\n");
+    CliFlag flags[] = {
+        {"--batch", "B", "sequences", "8"},
+        {"--seq", "T", "tokens per sequence", "1024"},
+        {"--width", "C", "layer width", "768"},
+        {"--heads", "NH", "astrocyte heads", "12"},
+        {"--reps", "N", "timed batches (the median is reported)", "20"},
+        {"--inner", "N", "calls per timed batch", "5"},
+        {"--step", "SIZE", "also time a whole training step of this named size ('none': skip)", "124m"},
+        {"--device", "DEV", "cuda: the kernel lab and the step; cpu: the step only, on the CPU backend", "cuda"},
+        {"--threads", "N", "CPU threads (--device cpu; default: all cores)", NULL},
+    };
+    int nf = sizeof flags / sizeof flags[0];
+    int rc = cli_parse("bench kernels",
+                       "The CUDA kernel lab: each kernel checked against the CPU, then timed against\n"
+                       "the copy bandwidth and the cuBLAS GEMM rates measured in the same run; then a\n"
+                       "training step and where its time goes, entry by entry of the backend.",
+                       argc, argv, flags, nf);
+    if (rc) return rc == 1 ? 0 : 2;
+    long B, T, C, Nh, reps, inner, threads;
+    if (cli_int("bench kernels", "--batch", cli_get(flags, nf, "--batch"), 1, 1 << 16, &B) ||
+        cli_int("bench kernels", "--seq", cli_get(flags, nf, "--seq"), 1, 1 << 20, &T) ||
+        cli_int("bench kernels", "--width", cli_get(flags, nf, "--width"), 1, 1 << 16, &C) ||
+        cli_int("bench kernels", "--heads", cli_get(flags, nf, "--heads"), 1, 1 << 16, &Nh) ||
+        cli_int("bench kernels", "--reps", cli_get(flags, nf, "--reps"), 1, 10000, &reps) ||
+        cli_int("bench kernels", "--inner", cli_get(flags, nf, "--inner"), 1, 10000, &inner))
+        return 2;
+    const char *size = cli_get(flags, nf, "--step"), *dev = cli_get(flags, nf, "--device");
+    ModelConfig cfg;
+    if (!strcmp(size, "none")) size = NULL;
+    else if (model_config_named(size, &cfg)) {
+        fprintf(stderr, "glia bench kernels: --step: '%s' is not a named size\n", size);
+        return 2;
+    }
+    if (!strcmp(dev, "cpu")) {
+        if (!size) {
+            fprintf(stderr, "glia bench kernels: --device cpu times only the step: --step needs a named size\n");
+            return 2;
+        }
+        if (cli_get(flags, nf, "--threads")) {
+            if (cli_int("bench kernels", "--threads", cli_get(flags, nf, "--threads"), 1, 4096, &threads)) return 2;
+            cpu_set_threads((int)threads);
+        }
+        char dn[300];
+        backend_cpu()->describe(dn, sizeof dn);
+        double rate = cpu_gemm_rate(1024, reps < 5 ? (int)reps : 5);
+        printf("device: %s\nceiling: CPU fp32 GEMM 1024^3 %.1f GFLOP/s\n", dn, rate * 1e-9);
+        bench_step(backend_cpu(), NULL, size, (int)B, (int)T, reps < 5 ? (int)reps : 5, "fp32", rate,
+                   "CPU fp32 GEMM rate");
+        return 0;
+    }
+    if (strcmp(dev, "cuda")) {
+        fprintf(stderr, "glia bench kernels: --device: '%s' is not cuda or cpu\n", dev);
+        return 2;
+    }
+#ifdef GLIA_HAVE_CUDA
+    return cuda_lab(B, T, C, Nh, reps, inner, size);
+#else
+    fprintf(stderr, "glia bench kernels: this glia was built without CUDA (no nvcc at build time); --device cpu "
+                    "times the step on the CPU\n");
     return 2;
+#endif
 }
-#endif  // GLIA_HAVE_CUDA

@@ -98,24 +98,46 @@ static const char *TRAIN_SUMMARY =
 
 // Parses the flags of `glia train` into *po. Returns -1 when training should
 // run, else the exit status (0 for --help).
-// --dry-run: the size and what one rank holds in the backend's memory.
+// --dry-run: the size and what one rank holds in the backend's memory: each
+// kind of saved activation from model_acts_list (the list model_alloc_acts
+// carves), then the totals of model_memory, which sums the same list.
 static void dry_run(const TrainOptions *o) {
     const Dist *d = dist_self();
-    const int world = d->world, B = o->batch / world > 0 ? o->batch / world : 1;
+    const int world = d->world, B = o->batch / world > 0 ? o->batch / world : 1, T = o->seq;
     ModelMemory mm;
-    model_memory(&o->cfg, o->backend, B, o->seq, world, o->zero, &mm);
+    model_memory(&o->cfg, o->backend, B, T, world, o->zero, &mm);
     if (d->rank) return;
     const double GiB = 1073741824.0;
     printf("glia train --dry-run: %s model, %.2f M parameters (L %d, C %d, heads %d, FFN %d, vocab %d padded to %d)\n",
            o->cfg.astro ? "AM-SU" : "LIF", model_config_nparams(&o->cfg) / 1e6, o->cfg.L, o->cfg.C, o->cfg.Nh,
            o->cfg.F, o->cfg.V, o->cfg.Vp);
     printf("per rank (%d rank%s%s), on %s, %d sequences x %d tokens, fp32 throughout:\n", world, world > 1 ? "s" : "",
-           o->zero ? ", ZeRO-1" : "", o->backend->name, B, o->seq);
-    printf("  parameters         %9.3f GiB\n  gradients          %9.3f GiB\n  AdamW moments      %9.3f GiB\n"
-           "  activations        %9.3f GiB  (kept for the backward)\n  backward scratch   %9.3f GiB\n"
-           "  total              %9.3f GiB\n",
-           mm.params / GiB, mm.grads / GiB, mm.moments / GiB, mm.acts / GiB, mm.scratch / GiB,
-           (mm.params + mm.grads + mm.moments + mm.acts + mm.scratch) / GiB);
+           o->zero ? ", ZeRO-1" : "", o->backend->name, B, T);
+    ActsTensor e[MODEL_ACTS_MAX];
+    int nl, n = model_acts_list(&o->cfg, B, T, e, &nl);
+    printf("activations kept for the backward (x %d: once per layer):\n  %-15s %-14s %-20s %-6s %14s %4s %14s %10s\n",
+           o->cfg.L, "tensor", "shape", "", "type", "bytes each", "x", "bytes", "MiB");
+    for (int i = 0; i <= n; i++) {  // the last row: the token ids
+        char num[64] = "", *q = num;
+        size_t each, count = i < nl ? (size_t)o->cfg.L : 1;
+        if (i < n) {
+            for (int k = 0; k < e[i].ndim; k++) q += sprintf(q, "%s%zu", k ? "x" : "", e[i].shape[k]);
+            each = acts_numel(&e[i]) * sizeof(float);
+        } else {
+            snprintf(num, sizeof num, "2x%dx%d", B, T);
+            each = model_ids_bytes(B, T);
+        }
+        printf("  %-15s %-14s %-20s %-6s %14zu %4zu %14zu %10.1f\n", i < n ? e[i].name : "tokens,targets",
+               i < n ? e[i].dims : "2,B,T", num, i < n ? "fp32" : "int32", each, count, each * count,
+               each * count / 1048576.0);
+    }
+    const size_t total = mm.params + mm.grads + mm.moments + mm.acts + mm.scratch;
+    printf("  parameters         %9.3f GiB %16zu bytes\n  gradients          %9.3f GiB %16zu bytes\n"
+           "  AdamW moments      %9.3f GiB %16zu bytes%s\n  activations        %9.3f GiB %16zu bytes  (the table)\n"
+           "  backward scratch   %9.3f GiB %16zu bytes\n  total              %9.3f GiB %16zu bytes\n",
+           mm.params / GiB, mm.params, mm.grads / GiB, mm.grads, mm.moments / GiB, mm.moments,
+           o->zero ? "  (this rank's slice)" : "", mm.acts / GiB, mm.acts, mm.scratch / GiB, mm.scratch, total / GiB,
+           total);
 }
 
 static int train_parse(int argc, char **argv, TrainOptions *po) {

@@ -360,12 +360,48 @@ static void free_acts(Model *m) {
     m->B = m->T = 0;
 }
 
-// Floats of the activations for B × T (model_alloc_acts's layout below).
+// The activations model_alloc_acts carves for B × T, in order: one layer's
+// (bound to *a; each layer carves them again), then the head's (bound to
+// *h's fields). Returns how many; *nlayer of them are the layer's.
+static int acts_list(const ModelConfig *c, int B, int T, LayerActs *a, Model *h, ActsTensor *e, int *nlayer) {
+    const size_t b = B, t = T, C = c->C, F = c->F, V = c->V;
+    int n = 0;
+    e[n++] = (ActsTensor){"x_in", "B,T,C", 3, {b, t, C}, &a->x_in};
+    e[n++] = (ActsTensor){"z1", "B,T,C", 3, {b, t, C}, &a->z1};
+    e[n++] = (ActsTensor){"rstd1", "B,T", 2, {b, t}, &a->rstd1};
+    n += amsu_acts_list((AmsuShape){B, T, c->C, c->Nh, c->astro}, &a->amsu, e + n);
+    e[n++] = (ActsTensor){"x_mid", "B,T,C", 3, {b, t, C}, &a->x_mid};
+    e[n++] = (ActsTensor){"z2", "B,T,C", 3, {b, t, C}, &a->z2};
+    e[n++] = (ActsTensor){"rstd2", "B,T", 2, {b, t}, &a->rstd2};
+    e[n++] = (ActsTensor){"c", "B,T,F", 3, {b, t, F}, &a->c};
+    e[n++] = (ActsTensor){"w", "B,T,F", 3, {b, t, F}, &a->w};
+    e[n++] = (ActsTensor){"r", "B,T,F", 3, {b, t, F}, &a->r};
+    *nlayer = n;
+    e[n++] = (ActsTensor){"x_out", "B,T,C", 3, {b, t, C}, &h->x_out};
+    e[n++] = (ActsTensor){"zf", "B,T,C", 3, {b, t, C}, &h->zf};
+    e[n++] = (ActsTensor){"rstdf", "B,T", 2, {b, t}, &h->rstdf};
+    e[n++] = (ActsTensor){"losses", "B,T", 2, {b, t}, &h->losses};
+    e[n++] = (ActsTensor){"logits", "B,T,V", 3, {b, t, V}, &h->logits};
+    return n;
+}
+
+int model_acts_list(const ModelConfig *c, int B, int T, ActsTensor *out, int *nlayer) {
+    LayerActs a;
+    Model h;
+    int n = acts_list(c, B, T, &a, &h, out, nlayer);
+    for (int i = 0; i < n; i++) out[i].dst = NULL;
+    return n;
+}
+
+size_t model_ids_bytes(int B, int T) { return 2 * (size_t)B * T * sizeof(int); }
+
+// Floats of the activations for B × T: the list's, each layer's L times.
 static size_t acts_floats(const ModelConfig *c, int B, int T) {
-    size_t bt = (size_t)B * T, btc = bt * c->C, btf = bt * c->F, btv = bt * c->V;
-    AmsuShape sh = {B, T, c->C, c->Nh, c->astro};
-    size_t per_layer = 4 * btc + 2 * bt + amsu_acts_size(sh) + 3 * btf;
-    return c->L * per_layer + 2 * btc + 2 * bt + btv;
+    ActsTensor e[MODEL_ACTS_MAX];
+    int nl, n = model_acts_list(c, B, T, e, &nl);
+    size_t total = 0;
+    for (int i = 0; i < n; i++) total += (i < nl ? (size_t)c->L : 1) * acts_numel(&e[i]);
+    return total;
 }
 
 // Floats of the backward's scratch for B × T on `be` (alloc_grad_scratch's layout).
@@ -381,7 +417,7 @@ void model_memory(const ModelConfig *c, const Backend *be, int B, int T, int wor
     mm->params = padded * sizeof(float);
     mm->grads = padded * sizeof(float);
     mm->moments = 2 * (zero ? padded / world : P) * sizeof(float);
-    mm->acts = acts_floats(c, B, T) * sizeof(float) + 2 * (size_t)B * T * sizeof(int);
+    mm->acts = acts_floats(c, B, T) * sizeof(float) + model_ids_bytes(B, T);
     mm->scratch = grad_scratch_floats(c, be, B, T) * sizeof(float) + be->embedding_scratch(B * T) * sizeof(int);
 }
 
@@ -391,24 +427,20 @@ void model_alloc_acts(Model *m, int B, int T) {
     m->B = B, m->T = T;
     const ModelConfig *c = &m->cfg;
     const Backend *be = m->be;
-    size_t bt = (size_t)B * T, btc = bt * c->C, btf = bt * c->F, btv = bt * c->V;
-    AmsuShape sh = amsu_shape(m, B, T);
+    const size_t bt = (size_t)B * T;
     size_t total = acts_floats(c, B, T);
     m->acts_mem = be_alloc_or_die(be, total * sizeof(float), "activations");
     m->acts = xcalloc(c->L, sizeof(LayerActs));
     float *p = m->acts_mem;
-#define TAKE(n) (p += (n), p - (n))
+    ActsTensor e[MODEL_ACTS_MAX];
+    int nl = 0, n = 0;
     for (int l = 0; l < c->L; l++) {
-        LayerActs *a = &m->acts[l];
-        a->x_in = TAKE(btc), a->z1 = TAKE(btc), a->rstd1 = TAKE(bt);
-        amsu_acts_bind(&a->amsu, sh, TAKE(amsu_acts_size(sh)));
-        a->x_mid = TAKE(btc), a->z2 = TAKE(btc), a->rstd2 = TAKE(bt);
-        a->c = TAKE(btf), a->w = TAKE(btf), a->r = TAKE(btf);
+        n = acts_list(c, B, T, &m->acts[l], m, e, &nl);
+        p = acts_carve(e, nl, p);
     }
-    m->x_out = TAKE(btc), m->zf = TAKE(btc), m->rstdf = TAKE(bt), m->losses = TAKE(bt);
-    m->logits = TAKE(btv);
-#undef TAKE
-    m->tokens = be_alloc_or_die(be, 2 * bt * sizeof(int), "token ids");
+    p = acts_carve(e + nl, n - nl, p);
+    m->acts_bytes = (size_t)(p - m->acts_mem) * sizeof(float) + model_ids_bytes(B, T);
+    m->tokens = be_alloc_or_die(be, model_ids_bytes(B, T), "token ids");
     m->targets = m->tokens + bt;
     m->host_targets = xmalloc(bt * sizeof(int));
     m->host_losses = xmalloc(bt * sizeof(float));

@@ -20,6 +20,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/acts.h"
 #include "common/backend.h"
 
 #define MODEL_VERSION 1  // SPEC.md model_version
@@ -117,6 +118,7 @@ typedef struct {
     int B, T;
     int last_B, last_T, last_scored;  // the last forward's batch; whether it can be backpropagated
     float *acts_mem;
+    size_t acts_bytes;  // what model_alloc_acts carved, token ids included
     LayerActs *acts;  // (L)
     float *x_out;     // (B, T, C) residual stream after the last layer
     float *zf;        // (B, T, C)
@@ -187,6 +189,13 @@ typedef struct {
 void model_memory(const ModelConfig *cfg, const Backend *be, int B, int T, int world, int zero, ModelMemory *mm);
 // (Re)allocate activations for B sequences of T tokens.
 void model_alloc_acts(Model *m, int B, int T);
+// The tensors model_alloc_acts carves for B × T, in its order (dst NULL):
+// the first *nlayer are one layer's (held once per layer), the rest the
+// head's, held once. Returns how many (at most MODEL_ACTS_MAX). The token
+// ids beside them (tokens and targets, int32) take model_ids_bytes.
+#define MODEL_ACTS_MAX 32
+int model_acts_list(const ModelConfig *cfg, int B, int T, ActsTensor *out, int *nlayer);
+size_t model_ids_bytes(int B, int T);
 const ParamTensor *model_find(const Model *m, const char *name);
 
 // Forward over tokens (B, T) with B, T at most the allocated sizes. With

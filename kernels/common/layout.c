@@ -1,26 +1,50 @@
 // layout.c: how one AM-SU layer's saved activations are carved from one
-// buffer (types.h); the same offsets on every backend.
-#include "common/types.h"
+// buffer (types.h, acts.h): one list, the same offsets on every backend.
+#include "common/acts.h"
+
+size_t acts_numel(const ActsTensor *t) {
+    size_t n = 1;
+    for (int i = 0; i < t->ndim; i++) n *= t->shape[i];
+    return n;
+}
+
+float *acts_carve(const ActsTensor *t, int n, float *mem) {
+    for (int i = 0; i < n; i++) {
+        if (t[i].dst) *t[i].dst = mem;
+        mem += acts_numel(&t[i]);
+    }
+    return mem;
+}
+
+int amsu_acts_list(AmsuShape sh, AmsuActs *a, ActsTensor *e) {
+    const size_t B = sh.B, T = sh.T, C = sh.C;
+    int n = 0;
+    e[n++] = (ActsTensor){"I", "B,T,C", 3, {B, T, C}, &a->I};
+    e[n++] = (ActsTensor){"o", "B,T,C", 3, {B, T, C}, &a->o};
+    e[n++] = (ActsTensor){"u", "B,T,C", 3, {B, T, C}, &a->u};
+    e[n++] = (ActsTensor){"s", "B,T,C", 3, {B, T, C}, &a->s};
+    if (!sh.astro) {
+        a->k = a->v = a->q = a->Hckpt = NULL;
+        return n;
+    }
+    const size_t D = C / sh.Nh;
+    e[n++] = (ActsTensor){"k", "B,T,C", 3, {B, T, C}, &a->k};
+    e[n++] = (ActsTensor){"v", "B,T,C", 3, {B, T, C}, &a->v};
+    e[n++] = (ActsTensor){"q", "B,T,C", 3, {B, T, C}, &a->q};
+    e[n++] = (ActsTensor){"Hckpt", "B,Nh,T/32,D,D", 5, {B, sh.Nh, glia_nchunks(sh.T), D, D}, &a->Hckpt};
+    return n;
+}
 
 size_t amsu_acts_size(AmsuShape sh) {
-    size_t btc = (size_t)sh.B * sh.T * sh.C;
-    if (!sh.astro) return 4 * btc;  // I, o, u, s
-    size_t D = sh.C / sh.Nh;
-    return 7 * btc + (size_t)sh.B * sh.Nh * glia_nchunks(sh.T) * D * D;
+    AmsuActs a;
+    ActsTensor e[ACTS_AMSU_MAX];
+    int n = amsu_acts_list(sh, &a, e);
+    size_t total = 0;
+    for (int i = 0; i < n; i++) total += acts_numel(&e[i]);
+    return total;
 }
 
 void amsu_acts_bind(AmsuActs *a, AmsuShape sh, float *mem) {
-    size_t btc = (size_t)sh.B * sh.T * sh.C;
-    a->I = mem;
-    a->o = mem + btc;
-    a->u = mem + 2 * btc;
-    a->s = mem + 3 * btc;
-    if (sh.astro) {
-        a->k = mem + 4 * btc;
-        a->v = mem + 5 * btc;
-        a->q = mem + 6 * btc;
-        a->Hckpt = mem + 7 * btc;
-    } else {
-        a->k = a->v = a->q = a->Hckpt = NULL;
-    }
+    ActsTensor e[ACTS_AMSU_MAX];
+    acts_carve(e, amsu_acts_list(sh, a, e), mem);
 }

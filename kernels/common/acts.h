@@ -1,0 +1,36 @@
+// acts.h: saved activations as a list of named fp32 tensors carved in order
+// from one buffer. The list is the one description that sizes the buffer,
+// carves it and reports it (model_alloc_acts, `glia train --dry-run`).
+#ifndef GLIA_ACTS_H
+#define GLIA_ACTS_H
+
+#include <stddef.h>
+
+#include "common/types.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct {
+    const char *name;  // "x_in"
+    const char *dims;  // the shape in symbols: "B,T,C"
+    int ndim;
+    size_t shape[5];
+    float **dst;  // the pointer acts_carve sets; NULL: counted only
+} ActsTensor;
+
+#define ACTS_AMSU_MAX 8
+
+size_t acts_numel(const ActsTensor *t);
+// Points each of the n tensors' dst at its place in mem, in order; returns the end.
+float *acts_carve(const ActsTensor *t, int n, float *mem);
+// The AM-SU layer's tensors, bound to a's fields (those absent without the
+// astrocyte are set NULL here); at most ACTS_AMSU_MAX, returns how many.
+int amsu_acts_list(AmsuShape sh, AmsuActs *a, ActsTensor *out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
