@@ -148,7 +148,8 @@ static void transpose(float *dst, const float *src, int rows, int cols) {
         for (int c = 0; c < cols; c++) dst[(size_t)c * rows + r] = src[(size_t)r * cols + c];
 }
 
-// One shape in one mode: matmul_forward_cuda (plain and accumulating) and
+// One shape in one mode: matmul_forward_cuda (plain, accumulating in place and
+// adding another buffer out of place) and
 // matmul_backward_cuda (dinp accumulating, dW adding). Returns the worst
 // normalised error over all four; asserts each against the mode's bound.
 static double matmul_case(int mode, int M, int K, int N, uint64_t seed) {
@@ -174,18 +175,29 @@ static double matmul_case(int mode, int M, int K, int N, uint64_t seed) {
     const double bound_fwd = 2.01 * unit[mode] + (K + 2) * 0x1p-24;
     double worst = 0.0, e;
     // forward into a poisoned output, then accumulating onto y0
-    matmul_forward_cuda(d_y, d_x, d_w, M, K, N, alpha, 0, NULL);
+    matmul_forward_cuda(d_y, d_x, d_w, M, K, N, alpha, NULL, NULL);
     down(got, d_y, (size_t)M * N * 4);
     e = gemm_worst(got, x, w, NULL, alpha, 0.0f, M, K, N, 0);
     cr_assert(e <= bound_fwd, "%s matmul forward M %d K %d N %d: %.3e > %.3e", names[mode], M, K, N, e,
               bound_fwd);
     worst = e > worst ? e : worst;
     cuda_upload(d_y, y0, (size_t)M * N * 4);
-    matmul_forward_cuda(d_y, d_x, d_w, M, K, N, alpha, 1, NULL);
+    matmul_forward_cuda(d_y, d_x, d_w, M, K, N, alpha, d_y, NULL);
     down(got, d_y, (size_t)M * N * 4);
     e = gemm_worst(got, x, w, y0, alpha, 1.0f, M, K, N, N);
     cr_assert(e <= bound_fwd, "%s matmul forward (accumulate): %.3e > %.3e", names[mode], e, bound_fwd);
     worst = e > worst ? e : worst;
+    // out of place: a poisoned output = y0 (another buffer, left as it was) + the product
+    float *d_y0 = dev_up(y0, (size_t)M * N * 4);
+    cuda_memset(d_y, 0xFF, (size_t)M * N * 4, NULL);
+    matmul_forward_cuda(d_y, d_x, d_w, M, K, N, alpha, d_y0, NULL);
+    down(got, d_y, (size_t)M * N * 4);
+    e = gemm_worst(got, x, w, y0, alpha, 1.0f, M, K, N, N);
+    cr_assert(e <= bound_fwd, "%s matmul forward (out of place): %.3e > %.3e", names[mode], e, bound_fwd);
+    worst = e > worst ? e : worst;
+    down(got, d_y0, (size_t)M * N * 4);
+    cr_assert(!memcmp(got, y0, (size_t)M * N * 4), "%s matmul forward (out of place) wrote its add", names[mode]);
+    cuda_free(d_y0);
 
     // backward: dx (M, K) = dx0 + alpha · dy @ w, i.e. dy (M, N) @ (wᵀ) (K, N)ᵀ;
     // dw (N, K) = dw0 + alpha · dyᵀ @ x, i.e. dyᵀ (N, M) @ (xᵀ) (K, M)ᵀ

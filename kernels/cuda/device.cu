@@ -134,10 +134,12 @@ static void gemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, i
 }
 
 extern "C" void matmul_forward_cuda(float *out, const float *inp, const float *W, int M, int K,
-                                    int N, float alpha, int accumulate, void *stream) {
-    // column-major: outᵀ (N, M) = W (N, K as Wᵀ of the stored (K, N)) · inpᵀ (K, M)
-    gemm(handle(stream), CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, alpha, W, K, inp, K,
-         accumulate ? 1.0f : 0.0f, out, N);
+                                    int N, float alpha, const float *add, void *stream) {
+    // column-major: outᵀ (N, M) = addᵀ + W (N, K as Wᵀ of the stored (K, N)) · inpᵀ (K, M);
+    // cublasGemmEx only adds in place
+    if (add && add != out) cuda_copy(out, add, (size_t)M * N * sizeof(float), stream);
+    gemm(handle(stream), CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, alpha, W, K, inp, K, add ? 1.0f : 0.0f,
+         out, N);
 }
 
 extern "C" void matmul_backward_cuda(float *dinp, float *dW, const float *dout, const float *inp,
