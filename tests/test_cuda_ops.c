@@ -40,6 +40,8 @@
 //   most (2u + u²)·|a·b|, and fp32 accumulation of K terms by (K + 2)·2^-24·S.
 //   bf16 mode must also show bf16-sized error somewhere (worst normalised
 //   error above 2^-12): a mode that silently ran in fp32 would fail.
+// - the matmuls' plan cache: one plan per GEMM kind (matmul_plans_cuda), and
+//   the emulator's cuBLASLt refuses an algorithm chosen for another kind.
 // - determinism: rmsnorm_backward_cuda and grad_norm_sq_cuda run twice from
 //   the same inputs give bit-identical results.
 //
@@ -568,6 +570,41 @@ Test(cuda_ops, matmul_modes) {
             cr_assert(worst > 0x1p-12, "bf16 mode shows no bf16 rounding (worst %.2e): it ran in fp32",
                       worst);
     }
+#endif
+}
+
+// The plan cache (device.cu): a GEMM of a new kind adds one plan, the same
+// kind again none. Each cached plan's algorithm is checked by the emulator's
+// cuBLASLt to be the heuristic's answer for exactly that call's descriptors.
+Test(cuda_ops, matmul_plan_cache) {
+    test_require_gpu();
+#ifdef GLIA_HAVE_CUDA
+    float *x = dev_poison(6 * 7 * 4), *w = dev_poison(3 * 7 * 4), *y = dev_poison(6 * 3 * 4);
+    float *r = dev_poison(6 * 3 * 4);
+    cuda_memset(x, 0, 6 * 7 * 4, NULL), cuda_memset(w, 0, 3 * 7 * 4, NULL), cuda_memset(r, 0, 6 * 3 * 4, NULL);
+    const int n0 = matmul_plans_cuda();
+    matmul_forward_cuda(y, x, w, 5, 7, 3, 1.0f, NULL, NULL);
+    cr_assert_eq(matmul_plans_cuda(), n0 + 1);
+    matmul_forward_cuda(y, x, w, 5, 7, 3, 0.5f, NULL, NULL);  // alpha is not part of the kind
+    cr_assert_eq(matmul_plans_cuda(), n0 + 1, "the same GEMM again made a new plan");
+    matmul_forward_cuda(y, x, w, 6, 7, 3, 1.0f, NULL, NULL);  // another M
+    cr_assert_eq(matmul_plans_cuda(), n0 + 2);
+    matmul_forward_cuda(y, x, w, 5, 7, 3, 1.0f, y, NULL);  // beta 1, in place
+    cr_assert_eq(matmul_plans_cuda(), n0 + 3);
+    matmul_forward_cuda(y, x, w, 5, 7, 3, 1.0f, r, NULL);  // beta 1, C != D
+    cr_assert_eq(matmul_plans_cuda(), n0 + 4);
+    matmul_set_mode(MATMUL_TF32);
+    matmul_forward_cuda(y, x, w, 5, 7, 3, 1.0f, NULL, NULL);  // another compute type
+    matmul_set_mode(MATMUL_FP32);
+    cr_assert_eq(matmul_plans_cuda(), n0 + 5);
+    matmul_forward_cuda(y, x, w, 5, 7, 3, 1.0f, NULL, NULL);
+    matmul_forward_cuda(y, x, w, 6, 7, 3, 1.0f, NULL, NULL);
+    matmul_forward_cuda(y, x, w, 5, 7, 3, 1.0f, r, NULL);
+    cr_assert_eq(matmul_plans_cuda(), n0 + 5, "a GEMM seen before made a new plan");
+    float got[18];
+    down(got, y, sizeof got);
+    for (int i = 0; i < 15; i++) cr_assert_eq(got[i], 0.0f);
+    cuda_free(x), cuda_free(w), cuda_free(y), cuda_free(r);
 #endif
 }
 

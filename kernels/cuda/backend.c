@@ -1,5 +1,5 @@
 // backend.c: the CUDA backend's table (common/backend.h): device memory,
-// the kernels of cuda.h on the default stream, cuBLAS for the matmuls and
+// the kernels of cuda.h on the default stream, cuBLASLt for the matmuls and
 // NCCL for the collectives. Every entry is asynchronous with respect to the
 // host except the copies to the host and grad_norm_sq, which return values.
 // The wrappers below only drop the stream argument (everything runs on the

@@ -79,7 +79,7 @@ enum { MATMUL_FP32 = 0, MATMUL_TF32 = 1, MATMUL_BF16 = 2 };
 void matmul_set_mode(int mode);
 // The CPU backend's contract (cpu.h), on device pointers, fp32 storage:
 // out (M, N) = add + alpha · inp (M, K) @ W (N, K)ᵀ; add: NULL, out or another
-// buffer (not overlapping out).
+// buffer (cuBLASLt's C != D: no copy).
 void matmul_forward_cuda(float *out, const float *inp, const float *W, int M, int K, int N,
                          float alpha, const float *add, void *stream);
 // dinp (M, K) = alpha · dout @ W (added if `accumulate`; skipped if NULL),
@@ -91,6 +91,10 @@ void matmul_backward_cuda(float *dinp, float *dW, const float *dout, const float
 // both operands stored as bf16 bit patterns, fp32 accumulation and output.
 void matmul_forward_bf16_cuda(float *out, const uint16_t *inp, const uint16_t *W, int M, int K,
                               int N, void *stream);
+// How many GEMM shapes the matmuls' plan cache holds (device.cu): one per
+// distinct (transposes, sizes, leading dimensions, types, mode, beta != 0,
+// C != D, alignments), each with the heuristic's algorithm chosen once.
+int matmul_plans_cuda(void);
 
 // ---- the other model ops (kernels/cuda/ops.cu) ---------------------------------
 // Same contracts as their CPU counterparts in cpu.h, on device pointers.
