@@ -42,6 +42,9 @@
 //   error above 2^-12): a mode that silently ran in fp32 would fail.
 // - the matmuls' plan cache: one plan per GEMM kind (matmul_plans_cuda), and
 //   the emulator's cuBLASLt refuses an algorithm chosen for another kind.
+// - bf16 operands (matmul_forward_bf16_cuda) from spikes (0 or 1, exact in
+//   bf16) and bf16-rounded weights: the fp32 product of the same values to
+//   fp32 accumulation, (K + 2)·2^-24·Σ|s·w|; bit-equal on the emulator.
 // - determinism: rmsnorm_backward_cuda and grad_norm_sq_cuda run twice from
 //   the same inputs give bit-identical results.
 //
@@ -605,6 +608,72 @@ Test(cuda_ops, matmul_plan_cache) {
     down(got, y, sizeof got);
     for (int i = 0; i < 15; i++) cr_assert_eq(got[i], 0.0f);
     cuda_free(x), cuda_free(w), cuda_free(y), cuda_free(r);
+#endif
+}
+
+// bf16 bits of x, rounded to nearest even (finite x).
+static uint16_t bf16_bits(float x) {
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+
+// Spikes are exact in bf16 (0 or 1), so the W_O and W_2 products on bf16
+// operands (matmul_forward_bf16_cuda: cuBLASLt with A and B CUDA_R_16BF, C
+// and D fp32) equal the fp32 products of the same spikes and of the weights
+// rounded to bf16: within fp32 accumulation, (K + 2)·2^-24·Σ|s·w| per entry,
+// of each other and of a double-precision oracle; bit-equal on the emulator,
+// which sums both in one order.
+Test(cuda_ops, bf16_operands_spikes_exact) {
+    test_require_gpu();
+#ifdef GLIA_HAVE_CUDA
+    static const int shapes[][3] = {{66, 64, 64}, {66, 256, 64}, {7, 33, 5}};  // M, K, N: W_O, W_2, odd
+    for (size_t c = 0; c < sizeof shapes / sizeof shapes[0]; c++) {
+        const int M = shapes[c][0], K = shapes[c][1], N = shapes[c][2];
+        const size_t mk = (size_t)M * K, nk = (size_t)N * K, mn = (size_t)M * N;
+        TestRng rng;
+        rng_seed(&rng, 1700 + c);
+        float *s = floats(mk), *w = floats(nk), *got16 = floats(mn), *got32 = floats(mn);
+        uint16_t *s16 = xalloc(mk * 2), *w16 = xalloc(nk * 2);
+        fill_normal(w, nk, 0.2f, &rng);
+        for (size_t i = 0; i < mk; i++) {
+            s[i] = rng_uniform(&rng) < 0.3 ? 1.0f : 0.0f;
+            s16[i] = bf16_bits(s[i]);
+        }
+        for (size_t i = 0; i < nk; i++) {
+            w16[i] = bf16_bits(w[i]);
+            uint32_t u = (uint32_t)w16[i] << 16;
+            memcpy(&w[i], &u, 4);  // the bf16 weight, as fp32
+        }
+        float *d_s = dev_up(s, mk * 4), *d_w = dev_up(w, nk * 4), *d_y = dev_poison(mn * 4);
+        uint16_t *d_s16 = dev_up(s16, mk * 2), *d_w16 = dev_up(w16, nk * 2);
+        float *d_y16 = dev_poison(mn * 4);
+        matmul_set_mode(MATMUL_FP32);
+        matmul_forward_cuda(d_y, d_s, d_w, M, K, N, 1.0f, NULL, NULL);
+        matmul_forward_bf16_cuda(d_y16, d_s16, d_w16, M, K, N, NULL);
+        down(got32, d_y, mn * 4);
+        down(got16, d_y16, mn * 4);
+        const double bound = (K + 2) * 0x1p-24;
+        double e16 = gemm_worst(got16, s, w, NULL, 1.0f, 0.0f, M, K, N, 0);
+        double e32 = gemm_worst(got32, s, w, NULL, 1.0f, 0.0f, M, K, N, 0);
+        cr_assert(e16 <= bound && e32 <= bound, "M %d K %d N %d: bf16 operands %.3e, fp32 %.3e > %.3e", M, K, N,
+                  e16, e32, bound);
+        double worst = 0.0;
+        for (int i = 0; i < M; i++)
+            for (int j = 0; j < N; j++) {
+                double S = 0.0;
+                for (int k = 0; k < K; k++) S += fabs((double)s[(size_t)i * K + k] * w[(size_t)j * K + k]);
+                double e = fabs((double)got16[(size_t)i * N + j] - got32[(size_t)i * N + j]) / (S > 0 ? S : 1.0);
+                worst = e > worst || isnan(e) ? e : worst;
+            }
+        cr_log_info("spikes M %d K %d N %d: bf16 against fp32 operands, worst %.2e", M, K, N, worst);
+        cr_assert(worst <= 2 * bound, "M %d K %d N %d: bf16 and fp32 products differ by %.3e", M, K, N, worst);
+#ifdef GLIA_CUDA_EMU
+        cr_assert(!memcmp(got16, got32, mn * 4), "M %d K %d N %d: not bit-equal on the emulator", M, K, N);
+#endif
+        cuda_free(d_s), cuda_free(d_w), cuda_free(d_y), cuda_free(d_s16), cuda_free(d_w16), cuda_free(d_y16);
+        free(s), free(w), free(got16), free(got32), free(s16), free(w16);
+    }
 #endif
 }
 
