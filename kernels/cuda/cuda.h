@@ -69,7 +69,7 @@ void amsu_occupancy_cuda(CudaOccupancy out[3], int D);
 // The RMSNorm forward at width C.
 void rmsnorm_occupancy_cuda(CudaOccupancy *out, int C);
 
-// ---- matmuls (cuBLAS; kernels/cuda/device.cu) ---------------------------------
+// ---- matmuls (cuBLASLt; kernels/cuda/device.cu) -------------------------------
 // The compute mode of later matmuls (storage stays fp32 in every mode):
 // MATMUL_FP32 (the default): exact fp32 products, parity with the CPU;
 // MATMUL_TF32: tensor cores, operands rounded to a 10-bit mantissa;
