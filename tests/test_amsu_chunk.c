@@ -153,7 +153,7 @@ Test(amsu_chunk, layer_switch) {
         y[m] = nans(n);
         AmsuActs a;
         amsu_acts_bind(&a, sh, mem[m]);
-        amsu_forward(y[m], &a, z, &w, sh, NULL, 0, NULL);
+        amsu_forward(y[m], &a, z, &w, sh, NULL, NULL, NULL);
     }
     cpu_set_amsu(AMSU_SCAN);
     AmsuActs a0, a1;

@@ -110,8 +110,8 @@ static void row_matmul(const Backend *be, int shape, Outputs *o) {
     float *X = up(be, x, (size_t)M * K), *W = up(be, w, (size_t)N * K), *Y = nan_buf(be, (size_t)M * N);
     float *Ya = up(be, y0, (size_t)M * N), *DY = up(be, dy, (size_t)M * N);
     float *DX = up(be, dx0, (size_t)M * K), *DW = up(be, dw0, (size_t)N * K), *DX2 = nan_buf(be, (size_t)M * K);
-    be->matmul_forward(Y, X, W, M, K, N, 0.5f, 0);
-    be->matmul_forward(Ya, X, W, M, K, N, 1.0f, 1);
+    be->matmul_forward(Y, X, W, M, K, N, 0.5f, NULL);
+    be->matmul_forward(Ya, X, W, M, K, N, 1.0f, Ya);
     be->matmul_backward(DX, DW, DY, X, W, M, K, N, 0.5f, 1);
     be->matmul_backward(DX2, NULL, DY, X, W, M, K, N, 1.0f, 0);
     emit(o, be, "out", Y, (size_t)M * N, TOL, 0);
@@ -220,11 +220,23 @@ static void amsu_case(const Backend *be, int shape, int astro, Outputs *o) {
     float *Z = up(be, z, n), *Y = nan_buf(be, n), *ACT = nan_buf(be, na);
     AmsuActs a;
     amsu_acts_bind(&a, sh, ACT);
-    be->amsu_forward(Y, &a, Z, &w, sh, NULL, 0, NULL);
+    be->amsu_forward(Y, &a, Z, &w, sh, NULL, NULL, NULL);
+    // the residual add (the model's x_mid = x + AMSU(z)) out of place: x + y to
+    // rounding, x left as it was
+    float *x = host_normal(n, 1.0f, 144 + shape), *X = up(be, x, n), *YX = nan_buf(be, n);
+    be->amsu_forward(YX, &a, Z, &w, sh, NULL, X, NULL);
+    float *hy = malloc(n * sizeof(float)), *hyx = malloc(n * sizeof(float)), *hx = malloc(n * sizeof(float));
+    be->download(hy, Y, n * sizeof(float)), be->download(hyx, YX, n * sizeof(float));
+    be->download(hx, X, n * sizeof(float));
+    cr_assert(!memcmp(hx, x, n * sizeof(float)), "%s amsu_forward wrote its add", be->name);
+    for (size_t i = 0; i < n; i++) hy[i] += x[i];
+    cr_assert(rel_err(hyx, hy, n) <= TOL, "%s amsu_forward with add: rel err %.3g", be->name, rel_err(hyx, hy, n));
+    free(hy), free(hyx), free(hx), free(x), be->free(X);
     emit(o, be, "o", a.o, n, TOL, 0);
     emit(o, be, "u", a.u, n, TOL, 0);
     emit(o, be, "s", a.s, n, 0.0, 1);
     emit(o, be, "y", Y, n, TOL, 0);
+    emit(o, be, "y (residual add)", YX, n, TOL, 0);
     // the backward on the CPU's activations (rows run the CPU first: see run_row)
     static float *cpu_acts;
     static size_t cpu_na;
@@ -244,6 +256,7 @@ static void amsu_case(const Backend *be, int shape, int astro, Outputs *o) {
     emit(o, be, "dz", DZ, n, SEQ_TOL, 0);
     emit(o, be, "weight gradients", G, 5 * cc + 2 * (size_t)C, SEQ_TOL, 0);
     be->free(S), be->free(DY), be->free(Z), be->free(ACT), be->free(Y), be->free(DZ), be->free(G);
+    be->free(YX);
     for (int i = 0; i < 5; i++) be->free(W[i]);
     if (astro) be->free((float *)w.a_lambda);
     be->free((float *)w.a_beta);
@@ -410,6 +423,52 @@ Test(backend_ops, every_entry_on_every_backend, .timeout = 600) {
             outputs_free(&got);
         }
 }
+
+// matmul_forward's add on one backend (fp32 mode) against a double-precision
+// oracle: out = add + alpha · x @ wᵀ with add NULL (none), add = out (in
+// place) and add another buffer (out of place, left as it was). Each entry
+// within (K + 2) · 2^-24 · S, S = |add| + Σ |alpha · x · w| (fp32
+// accumulation in any order).
+static void matmul_add_on(const Backend *be) {
+    static const int dims[][3] = {{7, 5, 3}, {33, 128, 96}};
+    const float alpha = 0.75f;
+    for (int d = 0; d < 2; d++) {
+        const int M = dims[d][0], K = dims[d][1], N = dims[d][2];
+        const size_t mn = (size_t)M * N;
+        float *x = host_normal((size_t)M * K, 1.0f, 200 + d), *w = host_normal((size_t)N * K, 0.3f, 210 + d);
+        float *add = host_normal(mn, 1.0f, 220 + d);
+        float *X = up(be, x, (size_t)M * K), *W = up(be, w, (size_t)N * K), *A = up(be, add, mn);
+        float *Y0 = nan_buf(be, mn), *YI = up(be, add, mn), *YO = nan_buf(be, mn);
+        be->matmul_forward(Y0, X, W, M, K, N, alpha, NULL);
+        be->matmul_forward(YI, X, W, M, K, N, alpha, YI);
+        be->matmul_forward(YO, X, W, M, K, N, alpha, A);
+        float *got[3], *a_after = malloc(mn * sizeof(float));
+        float *dev[3] = {Y0, YI, YO};
+        static const char *const what[3] = {"no add", "in place", "out of place"};
+        for (int c = 0; c < 3; c++) be->download(got[c] = malloc(mn * sizeof(float)), dev[c], mn * sizeof(float));
+        be->download(a_after, A, mn * sizeof(float));
+        cr_assert(!memcmp(a_after, add, mn * sizeof(float)), "%s: matmul_forward out of place wrote its add",
+                  be->name);
+        for (int c = 0; c < 3; c++)
+            for (int i = 0; i < M; i++)
+                for (int j = 0; j < N; j++) {
+                    double ref = c ? add[(size_t)i * N + j] : 0.0, S = fabs(ref);
+                    for (int k = 0; k < K; k++) {
+                        double p = (double)alpha * x[(size_t)i * K + k] * w[(size_t)j * K + k];
+                        ref += p, S += fabs(p);
+                    }
+                    double e = fabs(got[c][(size_t)i * N + j] - ref);
+                    cr_assert(e <= (K + 2) * 0x1p-24 * S, "%s matmul_forward (%s) M %d K %d N %d [%d, %d]: %g vs %g",
+                              be->name, what[c], M, K, N, i, j, got[c][(size_t)i * N + j], ref);
+                }
+        for (int c = 0; c < 3; c++) free(got[c]), be->free(dev[c]);
+        be->free(X), be->free(W), be->free(A);
+        free(x), free(w), free(add), free(a_after);
+    }
+}
+
+Test(backend_ops, matmul_add_cpu) { matmul_add_on(backend_cpu()); }
+Test(backend_ops, matmul_add_other_backend) { matmul_add_on(other_backend()); }
 
 // The table itself: every entry filled on every backend this glia has.
 Test(backend_ops, tables_are_complete) {

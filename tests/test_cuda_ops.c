@@ -40,6 +40,11 @@
 //   most (2u + u²)·|a·b|, and fp32 accumulation of K terms by (K + 2)·2^-24·S.
 //   bf16 mode must also show bf16-sized error somewhere (worst normalised
 //   error above 2^-12): a mode that silently ran in fp32 would fail.
+// - the matmuls' plan cache: one plan per GEMM kind (matmul_plans_cuda), and
+//   the emulator's cuBLASLt refuses an algorithm chosen for another kind.
+// - bf16 operands (matmul_forward_bf16_cuda) from spikes (0 or 1, exact in
+//   bf16) and bf16-rounded weights: the fp32 product of the same values to
+//   fp32 accumulation, (K + 2)·2^-24·Σ|s·w|; bit-equal on the emulator.
 // - determinism: rmsnorm_backward_cuda and grad_norm_sq_cuda run twice from
 //   the same inputs give bit-identical results.
 //
@@ -148,7 +153,8 @@ static void transpose(float *dst, const float *src, int rows, int cols) {
         for (int c = 0; c < cols; c++) dst[(size_t)c * rows + r] = src[(size_t)r * cols + c];
 }
 
-// One shape in one mode: matmul_forward_cuda (plain and accumulating) and
+// One shape in one mode: matmul_forward_cuda (plain, accumulating in place and
+// adding another buffer out of place) and
 // matmul_backward_cuda (dinp accumulating, dW adding). Returns the worst
 // normalised error over all four; asserts each against the mode's bound.
 static double matmul_case(int mode, int M, int K, int N, uint64_t seed) {
@@ -174,18 +180,29 @@ static double matmul_case(int mode, int M, int K, int N, uint64_t seed) {
     const double bound_fwd = 2.01 * unit[mode] + (K + 2) * 0x1p-24;
     double worst = 0.0, e;
     // forward into a poisoned output, then accumulating onto y0
-    matmul_forward_cuda(d_y, d_x, d_w, M, K, N, alpha, 0, NULL);
+    matmul_forward_cuda(d_y, d_x, d_w, M, K, N, alpha, NULL, NULL);
     down(got, d_y, (size_t)M * N * 4);
     e = gemm_worst(got, x, w, NULL, alpha, 0.0f, M, K, N, 0);
     cr_assert(e <= bound_fwd, "%s matmul forward M %d K %d N %d: %.3e > %.3e", names[mode], M, K, N, e,
               bound_fwd);
     worst = e > worst ? e : worst;
     cuda_upload(d_y, y0, (size_t)M * N * 4);
-    matmul_forward_cuda(d_y, d_x, d_w, M, K, N, alpha, 1, NULL);
+    matmul_forward_cuda(d_y, d_x, d_w, M, K, N, alpha, d_y, NULL);
     down(got, d_y, (size_t)M * N * 4);
     e = gemm_worst(got, x, w, y0, alpha, 1.0f, M, K, N, N);
     cr_assert(e <= bound_fwd, "%s matmul forward (accumulate): %.3e > %.3e", names[mode], e, bound_fwd);
     worst = e > worst ? e : worst;
+    // out of place: a poisoned output = y0 (another buffer, left as it was) + the product
+    float *d_y0 = dev_up(y0, (size_t)M * N * 4);
+    cuda_memset(d_y, 0xFF, (size_t)M * N * 4, NULL);
+    matmul_forward_cuda(d_y, d_x, d_w, M, K, N, alpha, d_y0, NULL);
+    down(got, d_y, (size_t)M * N * 4);
+    e = gemm_worst(got, x, w, y0, alpha, 1.0f, M, K, N, N);
+    cr_assert(e <= bound_fwd, "%s matmul forward (out of place): %.3e > %.3e", names[mode], e, bound_fwd);
+    worst = e > worst ? e : worst;
+    down(got, d_y0, (size_t)M * N * 4);
+    cr_assert(!memcmp(got, y0, (size_t)M * N * 4), "%s matmul forward (out of place) wrote its add", names[mode]);
+    cuda_free(d_y0);
 
     // backward: dx (M, K) = dx0 + alpha · dy @ w, i.e. dy (M, N) @ (wᵀ) (K, N)ᵀ;
     // dw (N, K) = dw0 + alpha · dyᵀ @ x, i.e. dyᵀ (N, M) @ (xᵀ) (K, M)ᵀ
@@ -555,6 +572,107 @@ Test(cuda_ops, matmul_modes) {
         if (mode == MATMUL_BF16)
             cr_assert(worst > 0x1p-12, "bf16 mode shows no bf16 rounding (worst %.2e): it ran in fp32",
                       worst);
+    }
+#endif
+}
+
+// The plan cache (device.cu): a GEMM of a new kind adds one plan, the same
+// kind again none. Each cached plan's algorithm is checked by the emulator's
+// cuBLASLt to be the heuristic's answer for exactly that call's descriptors.
+Test(cuda_ops, matmul_plan_cache) {
+    test_require_gpu();
+#ifdef GLIA_HAVE_CUDA
+    float *x = dev_poison(6 * 7 * 4), *w = dev_poison(3 * 7 * 4), *y = dev_poison(6 * 3 * 4);
+    float *r = dev_poison(6 * 3 * 4);
+    cuda_memset(x, 0, 6 * 7 * 4, NULL), cuda_memset(w, 0, 3 * 7 * 4, NULL), cuda_memset(r, 0, 6 * 3 * 4, NULL);
+    const int n0 = matmul_plans_cuda();
+    matmul_forward_cuda(y, x, w, 5, 7, 3, 1.0f, NULL, NULL);
+    cr_assert_eq(matmul_plans_cuda(), n0 + 1);
+    matmul_forward_cuda(y, x, w, 5, 7, 3, 0.5f, NULL, NULL);  // alpha is not part of the kind
+    cr_assert_eq(matmul_plans_cuda(), n0 + 1, "the same GEMM again made a new plan");
+    matmul_forward_cuda(y, x, w, 6, 7, 3, 1.0f, NULL, NULL);  // another M
+    cr_assert_eq(matmul_plans_cuda(), n0 + 2);
+    matmul_forward_cuda(y, x, w, 5, 7, 3, 1.0f, y, NULL);  // beta 1, in place
+    cr_assert_eq(matmul_plans_cuda(), n0 + 3);
+    matmul_forward_cuda(y, x, w, 5, 7, 3, 1.0f, r, NULL);  // beta 1, C != D
+    cr_assert_eq(matmul_plans_cuda(), n0 + 4);
+    matmul_set_mode(MATMUL_TF32);
+    matmul_forward_cuda(y, x, w, 5, 7, 3, 1.0f, NULL, NULL);  // another compute type
+    matmul_set_mode(MATMUL_FP32);
+    cr_assert_eq(matmul_plans_cuda(), n0 + 5);
+    matmul_forward_cuda(y, x, w, 5, 7, 3, 1.0f, NULL, NULL);
+    matmul_forward_cuda(y, x, w, 6, 7, 3, 1.0f, NULL, NULL);
+    matmul_forward_cuda(y, x, w, 5, 7, 3, 1.0f, r, NULL);
+    cr_assert_eq(matmul_plans_cuda(), n0 + 5, "a GEMM seen before made a new plan");
+    float got[18];
+    down(got, y, sizeof got);
+    for (int i = 0; i < 15; i++) cr_assert_eq(got[i], 0.0f);
+    cuda_free(x), cuda_free(w), cuda_free(y), cuda_free(r);
+#endif
+}
+
+// bf16 bits of x, rounded to nearest even (finite x).
+static uint16_t bf16_bits(float x) {
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+
+// Spikes are exact in bf16 (0 or 1), so the W_O and W_2 products on bf16
+// operands (matmul_forward_bf16_cuda: cuBLASLt with A and B CUDA_R_16BF, C
+// and D fp32) equal the fp32 products of the same spikes and of the weights
+// rounded to bf16: within fp32 accumulation, (K + 2)·2^-24·Σ|s·w| per entry,
+// of each other and of a double-precision oracle; bit-equal on the emulator,
+// which sums both in one order.
+Test(cuda_ops, bf16_operands_spikes_exact) {
+    test_require_gpu();
+#ifdef GLIA_HAVE_CUDA
+    static const int shapes[][3] = {{66, 64, 64}, {66, 256, 64}, {7, 33, 5}};  // M, K, N: W_O, W_2, odd
+    for (size_t c = 0; c < sizeof shapes / sizeof shapes[0]; c++) {
+        const int M = shapes[c][0], K = shapes[c][1], N = shapes[c][2];
+        const size_t mk = (size_t)M * K, nk = (size_t)N * K, mn = (size_t)M * N;
+        TestRng rng;
+        rng_seed(&rng, 1700 + c);
+        float *s = floats(mk), *w = floats(nk), *got16 = floats(mn), *got32 = floats(mn);
+        uint16_t *s16 = xalloc(mk * 2), *w16 = xalloc(nk * 2);
+        fill_normal(w, nk, 0.2f, &rng);
+        for (size_t i = 0; i < mk; i++) {
+            s[i] = rng_uniform(&rng) < 0.3 ? 1.0f : 0.0f;
+            s16[i] = bf16_bits(s[i]);
+        }
+        for (size_t i = 0; i < nk; i++) {
+            w16[i] = bf16_bits(w[i]);
+            uint32_t u = (uint32_t)w16[i] << 16;
+            memcpy(&w[i], &u, 4);  // the bf16 weight, as fp32
+        }
+        float *d_s = dev_up(s, mk * 4), *d_w = dev_up(w, nk * 4), *d_y = dev_poison(mn * 4);
+        uint16_t *d_s16 = dev_up(s16, mk * 2), *d_w16 = dev_up(w16, nk * 2);
+        float *d_y16 = dev_poison(mn * 4);
+        matmul_set_mode(MATMUL_FP32);
+        matmul_forward_cuda(d_y, d_s, d_w, M, K, N, 1.0f, NULL, NULL);
+        matmul_forward_bf16_cuda(d_y16, d_s16, d_w16, M, K, N, NULL);
+        down(got32, d_y, mn * 4);
+        down(got16, d_y16, mn * 4);
+        const double bound = (K + 2) * 0x1p-24;
+        double e16 = gemm_worst(got16, s, w, NULL, 1.0f, 0.0f, M, K, N, 0);
+        double e32 = gemm_worst(got32, s, w, NULL, 1.0f, 0.0f, M, K, N, 0);
+        cr_assert(e16 <= bound && e32 <= bound, "M %d K %d N %d: bf16 operands %.3e, fp32 %.3e > %.3e", M, K, N,
+                  e16, e32, bound);
+        double worst = 0.0;
+        for (int i = 0; i < M; i++)
+            for (int j = 0; j < N; j++) {
+                double S = 0.0;
+                for (int k = 0; k < K; k++) S += fabs((double)s[(size_t)i * K + k] * w[(size_t)j * K + k]);
+                double e = fabs((double)got16[(size_t)i * N + j] - got32[(size_t)i * N + j]) / (S > 0 ? S : 1.0);
+                worst = e > worst || isnan(e) ? e : worst;
+            }
+        cr_log_info("spikes M %d K %d N %d: bf16 against fp32 operands, worst %.2e", M, K, N, worst);
+        cr_assert(worst <= 2 * bound, "M %d K %d N %d: bf16 and fp32 products differ by %.3e", M, K, N, worst);
+#ifdef GLIA_CUDA_EMU
+        cr_assert(!memcmp(got16, got32, mn * 4), "M %d K %d N %d: not bit-equal on the emulator", M, K, N);
+#endif
+        cuda_free(d_s), cuda_free(d_w), cuda_free(d_y), cuda_free(d_s16), cuda_free(d_w16), cuda_free(d_y16);
+        free(s), free(w), free(got16), free(got32), free(s16), free(w16);
     }
 #endif
 }

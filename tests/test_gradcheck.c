@@ -83,7 +83,7 @@ static const char *amsu_names[7] = {"W_I", "W_K", "W_V", "W_Q", "W_O", "a_lambda
 
 static double amsu_loss(void *ctx) {
     AmsuCase *a = ctx;
-    amsu_forward(a->y, &a->acts, a->z, &a->w, a->sh, NULL, 0, &a->test);
+    amsu_forward(a->y, &a->acts, a->z, &a->w, a->sh, NULL, NULL, &a->test);
     return dot_d(a->dy, a->y, (size_t)a->sh.B * a->sh.T * a->sh.C);
 }
 
@@ -116,10 +116,10 @@ static void check_amsu(AmsuShape sh, uint64_t seed) {
 
     // unperturbed smooth forward fixes the reset factors
     a.test = (NeuronTestMode){.smooth = 1, .keep = NULL};
-    amsu_forward(a.y, &a.acts, a.z, &a.w, sh, NULL, 0, &a.test);
+    amsu_forward(a.y, &a.acts, a.z, &a.w, sh, NULL, NULL, &a.test);
     keep_from_spikes(a.keep, a.acts.s, sh.B, sh.T, C);
     a.test.keep = a.keep;
-    amsu_forward(a.y, &a.acts, a.z, &a.w, sh, NULL, 0, &a.test);
+    amsu_forward(a.y, &a.acts, a.z, &a.w, sh, NULL, NULL, &a.test);
 
     float *grads[7], *dz = malloc(btc * sizeof(float));
     for (int p = 0; p < 7; p++) grads[p] = calloc(psize[p], sizeof(float));

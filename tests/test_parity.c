@@ -78,7 +78,7 @@ static void check_amsu_case(const char *name, int astro) {
     float *scratch = mem + amsu_acts_size(sh), *y = scratch + amsu_scratch_size(sh);
     float *dz = y + n, *gp = dz + n;
     AmsuGrads g = {gp, gp + cc, gp + 2 * cc, gp + 3 * cc, gp + 4 * cc, gp + 5 * cc, gp + 5 * cc + C};
-    amsu_forward(y, &acts, tensor(in, "z", 0), &w, sh, NULL, 0, NULL);
+    amsu_forward(y, &acts, tensor(in, "z", 0), &w, sh, NULL, NULL, NULL);
     amsu_backward(dz, &g, scratch, tensor(in, "dy", 0), tensor(in, "z", 0), &acts, &w, sh, NULL);
 
     expect_spikes(ref, "s", acts.s, n);

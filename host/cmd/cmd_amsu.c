@@ -80,7 +80,7 @@ static int amsu_run(const Backend *be, float *y, AmsuActs *acts, float *dz, Amsu
     be->upload(dy_d, dy, n * sizeof(float));
     be->zero(gp, (5 * ncc + 2 * C) * sizeof(float));
     AmsuGrads gd = {gp, gp + ncc, gp + 2 * ncc, gp + 3 * ncc, gp + 4 * ncc, gp + 5 * ncc, gp + 5 * ncc + C};
-    be->amsu_forward(y_d, &a, z_d, &w, sh, NULL, 0, NULL);
+    be->amsu_forward(y_d, &a, z_d, &w, sh, NULL, NULL, NULL);
     be->amsu_backward(dz_d, &gd, scratch, dy_d, z_d, &a, &w, sh, NULL);
     be->download(y, y_d, n * sizeof(float));
     be->download(acts->s, a.s, n * sizeof(float));

@@ -57,7 +57,7 @@ static void run(Shape s, int reps, double out[2][3]) {
     for (int i = 0; i < C; i++) al[i] = (float)(2.0 + rng_gauss(&r));
     AmsuWeights w = {W, W + cc, W + 2 * cc, W + 3 * cc, W + 4 * cc, al, ab};
     AmsuGrads g = {G, G + cc, G + 2 * cc, G + 3 * cc, G + 4 * cc, G + 5 * cc, G + 5 * cc + C};
-    amsu_forward(y, &a, z, &w, sh, NULL, 0, NULL);  // the activations the recurrence reads
+    amsu_forward(y, &a, z, &w, sh, NULL, NULL, NULL);  // the activations the recurrence reads
     double *t = xmalloc((size_t)(reps + 1) * 6 * sizeof(double));
     for (int rep = 0; rep <= reps; rep++)  // rep 0 warms up
         for (int mode = 0; mode < 2; mode++) {
@@ -70,7 +70,7 @@ static void run(Shape s, int reps, double out[2][3]) {
             (mode ? astro_backward_chunk : astro_backward)(dk, dv, dq, g.da_lambda, dm, a.k, a.v, a.q, al, a.Hckpt, B,
                                                             T, C, Nh);
             double t2 = bench_now();
-            amsu_forward(y, &a, z, &w, sh, NULL, 0, NULL);
+            amsu_forward(y, &a, z, &w, sh, NULL, NULL, NULL);
             amsu_backward(dz, &g, scratch, dy, z, &a, &w, sh, NULL);
             double t3 = bench_now();
             double *row = t + ((size_t)rep * 2 + mode) * 3;

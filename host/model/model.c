@@ -507,7 +507,6 @@ double model_forward(Model *m, const int *tokens, const int *targets, int B, int
     if (state && state->B != B) fatal("model_forward: state holds %d sequences, batch has %d", state->B, B);
     if (state && state->be != be) fatal("model_forward: the state is on another backend than the model");
     const int C = c->C, F = c->F, V = c->V, M = B * T;
-    const size_t btc = (size_t)M * C;
     const AmsuShape sh = amsu_shape(m, B, T);
     NeuronTestMode tb;
     m->last_B = B, m->last_T = T, m->last_scored = targets != NULL && !state;
@@ -522,17 +521,16 @@ double model_forward(Model *m, const int *tokens, const int *targets, int B, int
         float *x_next = l + 1 < c->L ? m->acts[l + 1].x_in : m->x_out;
         // token mixer: x_mid = x_in + AMSU(RMSNorm(x_in))
         be->rmsnorm_forward(a->z1, a->rstd1, a->x_in, p->norm1, M, C);
-        be->copy(a->x_mid, a->x_in, btc * sizeof(float));
-        be->amsu_forward(a->x_mid, &a->amsu, a->z1, &w, sh, ls ? &ls->amsu : NULL, 1, test_for(m, l, 0, &tb));
+        be->amsu_forward(a->x_mid, &a->amsu, a->z1, &w, sh, ls ? &ls->amsu : NULL, a->x_in,
+                         test_for(m, l, 0, &tb));
         test_record(m, l, 0, a->amsu.s, B, T, C);
         // channel mixer: x_next = x_mid + r W_2ᵀ, r = LIF(RMSNorm(x_mid) W_1ᵀ)
         be->rmsnorm_forward(a->z2, a->rstd2, a->x_mid, p->norm2, M, C);
-        be->matmul_forward(a->c, a->z2, p->W_1, M, C, F, 1.0f, 0);
+        be->matmul_forward(a->c, a->z2, p->W_1, M, C, F, 1.0f, NULL);
         be->neuron_forward(a->w, a->r, a->c, NULL, p->a_beta_ffn, ls ? ls->w : NULL, ls ? ls->r : NULL, B, T, F,
                            test_for(m, l, 1, &tb));
         test_record(m, l, 1, a->r, B, T, F);
-        be->copy(x_next, a->x_mid, btc * sizeof(float));
-        be->matmul_forward(x_next, a->r, p->W_2, M, F, C, 1.0f, 1);
+        be->matmul_forward(x_next, a->r, p->W_2, M, F, C, 1.0f, a->x_mid);
     }
     be->rmsnorm_forward(m->zf, m->rstdf, m->x_out, m->norm_f, M, C);
     be->matmul_forward(m->logits, m->zf, m->E, M, C, V, 1.0f, 0);  // tied head, real rows only

@@ -45,9 +45,9 @@ typedef struct Backend {
     int (*set_amsu)(int mode);                // AMSU_SCAN or AMSU_CHUNK: 0, or -1 where the backend lacks it
 
     // ---- ops
-    // out (M, N) = alpha · inp (M, K) @ W (N, K)ᵀ, plus out if `accumulate`
+    // out (M, N) = add + alpha · inp (M, K) @ W (N, K)ᵀ; add (M, N): NULL, out (in place) or another buffer
     void (*matmul_forward)(float *out, const float *inp, const float *W, int M, int K, int N, float alpha,
-                           int accumulate);
+                           const float *add);
     // dinp (M, K) = alpha · dout @ W (+= with accumulate; skipped if NULL); dW (N, K) += alpha · doutᵀ @ inp
     void (*matmul_backward)(float *dinp, float *dW, const float *dout, const float *inp, const float *W, int M,
                             int K, int N, float alpha, int accumulate);
@@ -73,7 +73,7 @@ typedef struct Backend {
     int (*amsu_head_ok)(int D);            // 1 if it runs heads of size D = C / Nh
     size_t (*amsu_scratch)(AmsuShape sh);  // floats
     void (*amsu_forward)(float *y, AmsuActs *a, const float *z, const AmsuWeights *w, AmsuShape sh,
-                         AmsuState *state, int accumulate, const NeuronTestMode *test);
+                         AmsuState *state, const float *add, const NeuronTestMode *test);
     void (*amsu_backward)(float *dz, AmsuGrads *g, float *scratch, const float *dy, const float *z,
                           const AmsuActs *a, const AmsuWeights *w, AmsuShape sh, const NeuronTestMode *test);
     // losses (M) = −log softmax(logits row)[target] in nats, 0 where target < 0

@@ -136,7 +136,7 @@ size_t amsu_scratch_size(AmsuShape sh) {
 }
 
 void amsu_forward(float *y, AmsuActs *a, const float *z, const AmsuWeights *w, AmsuShape sh,
-                  AmsuState *state, int accumulate, const NeuronTestMode *test) {
+                  AmsuState *state, const float *add, const NeuronTestMode *test) {
     int M = sh.B * sh.T, C = sh.C;
     matmul_forward(a->I, z, w->W_I, M, C, C, 1.0f, 0);
     if (sh.astro) {
@@ -154,7 +154,7 @@ void amsu_forward(float *y, AmsuActs *a, const float *z, const AmsuWeights *w, A
     }
     neuron_forward(a->u, a->s, a->I, sh.astro ? a->o : NULL, w->a_beta, state ? state->u : NULL,
                    state ? state->s : NULL, sh.B, sh.T, C, test);
-    matmul_forward(y, a->s, w->W_O, M, C, C, 1.0f, accumulate);
+    matmul_forward(y, a->s, w->W_O, M, C, C, 1.0f, add);
 }
 
 void amsu_backward(float *dz, AmsuGrads *g, float *scratch, const float *dy, const float *z,

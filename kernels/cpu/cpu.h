@@ -29,9 +29,10 @@ void cpu_set_threads(int n);
 // recognise some newer x86 cores and falls back to SSE3 kernels, or to AVX2
 // ones on a CPU with AVX-512 (docs/TRAINING.md, "Threads and BLAS").
 const char *cpu_blas_better_core(void);
-// out (M, N) = alpha · inp (M, K) @ W (N, K)ᵀ, plus out if `accumulate`.
+// out (M, N) = add + alpha · inp (M, K) @ W (N, K)ᵀ; add (M, N): NULL for none,
+// out itself to accumulate in place, else another buffer (not overlapping out).
 void matmul_forward(float *out, const float *inp, const float *W, int M, int K, int N,
-                    float alpha, int accumulate);
+                    float alpha, const float *add);
 // With dout (M, N) the gradient of out = alpha · inp @ Wᵀ:
 // dinp (M, K) = alpha · dout @ W (added to dinp if `accumulate`; skipped if NULL),
 // dW (N, K) += alpha · doutᵀ @ inp (skipped if NULL).
@@ -111,12 +112,12 @@ void scale_inplace(float *x, size_t n, float s);
 // Floats of scratch the backward needs.
 size_t amsu_scratch_size(AmsuShape sh);
 
-// z (B, T, C) is the already-normalised layer input; y (B, T, C) = W_O s, or
-// y += W_O s with `accumulate` (the residual stream).
+// z (B, T, C) is the already-normalised layer input; y (B, T, C) = add + W_O s,
+// add as matmul_forward's (the residual stream: y = x + W_O s, out of place).
 // state: NULL to start from zero (training), else read before step 1 and
 // written after step T. acts->Hckpt may be NULL when no backward follows.
 void amsu_forward(float *y, AmsuActs *acts, const float *z, const AmsuWeights *w, AmsuShape sh,
-                  AmsuState *state, int accumulate, const NeuronTestMode *test);
+                  AmsuState *state, const float *add, const NeuronTestMode *test);
 // dz (B, T, C) overwritten; parameter gradients added into g.
 void amsu_backward(float *dz, AmsuGrads *g, float *scratch, const float *dy, const float *z,
                    const AmsuActs *acts, const AmsuWeights *w, AmsuShape sh,

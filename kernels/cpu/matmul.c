@@ -32,10 +32,11 @@ void cpu_set_threads(int n) {
 }
 
 void matmul_forward(float *out, const float *inp, const float *W, int M, int K, int N,
-                    float alpha, int accumulate) {
-    // out (M, N) = alpha · inp (M, K) @ W (N, K)ᵀ [+ out]
+                    float alpha, const float *add) {
+    // out (M, N) = [add +] alpha · inp (M, K) @ W (N, K)ᵀ; BLAS only adds in place
+    if (add && add != out) memcpy(out, add, (size_t)M * N * sizeof(float));
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, alpha, inp, K, W, K,
-                accumulate ? 1.0f : 0.0f, out, N);
+                add ? 1.0f : 0.0f, out, N);
 }
 
 void matmul_backward(float *dinp, float *dW, const float *dout, const float *inp,

@@ -676,7 +676,7 @@ extern "C" size_t amsu_scratch_floats_cuda(AmsuShape sh) {
 }
 
 extern "C" void amsu_forward_cuda(float *y, AmsuActs *a, const float *z, const AmsuWeights *w,
-                                  AmsuShape sh, AmsuState *state, int accumulate, void *stream) {
+                                  AmsuShape sh, AmsuState *state, const float *add, void *stream) {
     const int M = sh.B * sh.T, C = sh.C;
     matmul_forward_cuda(a->I, z, w->W_I, M, C, C, 1.0f, 0, stream);
     if (sh.astro) {
@@ -694,7 +694,7 @@ extern "C" void amsu_forward_cuda(float *y, AmsuActs *a, const float *z, const A
                                      state ? state->H : nullptr, state ? state->u : nullptr,
                                      state ? state->s : nullptr, sh.B, sh.T, C, sh.Nh, sh.astro,
                                      stream);
-    matmul_forward_cuda(y, a->s, w->W_O, M, C, C, 1.0f, accumulate, stream);
+    matmul_forward_cuda(y, a->s, w->W_O, M, C, C, 1.0f, add, stream);
 }
 
 extern "C" void amsu_backward_cuda(float *dz, AmsuGrads *g, float *scratch, const float *dy,

@@ -1,5 +1,5 @@
 // backend.c: the CUDA backend's table (common/backend.h): device memory,
-// the kernels of cuda.h on the default stream, cuBLAS for the matmuls and
+// the kernels of cuda.h on the default stream, cuBLASLt for the matmuls and
 // NCCL for the collectives. Every entry is asynchronous with respect to the
 // host except the copies to the host and grad_norm_sq, which return values.
 // The wrappers below only drop the stream argument (everything runs on the
@@ -22,8 +22,9 @@ static int dev_amsu(int mode) {
     return 0;
 }
 
-static void mm_fwd(float *out, const float *inp, const float *W, int M, int K, int N, float alpha, int acc) {
-    matmul_forward_cuda(out, inp, W, M, K, N, alpha, acc, NULL);
+static void mm_fwd(float *out, const float *inp, const float *W, int M, int K, int N, float alpha,
+                   const float *add) {
+    matmul_forward_cuda(out, inp, W, M, K, N, alpha, add, NULL);
 }
 static void mm_bwd(float *dinp, float *dW, const float *dout, const float *inp, const float *W, int M, int K,
                    int N, float alpha, int acc) {
@@ -74,9 +75,9 @@ static void lif_bwd(float *dcurrent, float *dm, float *da_beta, float *scratch, 
     neuron_backward_cuda(dcurrent, dm, da_beta, scratch, ds, u, o, s, a_beta, B, T, N, NULL);
 }
 static void amsu_fwd(float *y, AmsuActs *a, const float *z, const AmsuWeights *w, AmsuShape sh, AmsuState *state,
-                     int accumulate, const NeuronTestMode *test) {
+                     const float *add, const NeuronTestMode *test) {
     no_test_mode(test, "amsu_forward");
-    amsu_forward_cuda(y, a, z, w, sh, state, accumulate, NULL);
+    amsu_forward_cuda(y, a, z, w, sh, state, add, NULL);
 }
 static void amsu_bwd(float *dz, AmsuGrads *g, float *scratch, const float *dy, const float *z, const AmsuActs *a,
                      const AmsuWeights *w, AmsuShape sh, const NeuronTestMode *test) {

@@ -69,7 +69,7 @@ void amsu_occupancy_cuda(CudaOccupancy out[3], int D);
 // The RMSNorm forward at width C.
 void rmsnorm_occupancy_cuda(CudaOccupancy *out, int C);
 
-// ---- matmuls (cuBLAS; kernels/cuda/device.cu) ---------------------------------
+// ---- matmuls (cuBLASLt; kernels/cuda/device.cu) -------------------------------
 // The compute mode of later matmuls (storage stays fp32 in every mode):
 // MATMUL_FP32 (the default): exact fp32 products, parity with the CPU;
 // MATMUL_TF32: tensor cores, operands rounded to a 10-bit mantissa;
@@ -78,9 +78,10 @@ void rmsnorm_occupancy_cuda(CudaOccupancy *out, int C);
 enum { MATMUL_FP32 = 0, MATMUL_TF32 = 1, MATMUL_BF16 = 2 };
 void matmul_set_mode(int mode);
 // The CPU backend's contract (cpu.h), on device pointers, fp32 storage:
-// out (M, N) = alpha · inp (M, K) @ W (N, K)ᵀ, plus out if `accumulate`.
+// out (M, N) = add + alpha · inp (M, K) @ W (N, K)ᵀ; add: NULL, out or another
+// buffer (cuBLASLt's C != D: no copy).
 void matmul_forward_cuda(float *out, const float *inp, const float *W, int M, int K, int N,
-                         float alpha, int accumulate, void *stream);
+                         float alpha, const float *add, void *stream);
 // dinp (M, K) = alpha · dout @ W (added if `accumulate`; skipped if NULL),
 // dW (N, K) += alpha · doutᵀ @ inp (skipped if NULL).
 void matmul_backward_cuda(float *dinp, float *dW, const float *dout, const float *inp,
@@ -90,6 +91,10 @@ void matmul_backward_cuda(float *dinp, float *dW, const float *dout, const float
 // both operands stored as bf16 bit patterns, fp32 accumulation and output.
 void matmul_forward_bf16_cuda(float *out, const uint16_t *inp, const uint16_t *W, int M, int K,
                               int N, void *stream);
+// How many GEMM shapes the matmuls' plan cache holds (device.cu): one per
+// distinct (transposes, sizes, leading dimensions, types, mode, beta != 0,
+// C != D, alignments), each with the heuristic's algorithm chosen once.
+int matmul_plans_cuda(void);
 
 // ---- the other model ops (kernels/cuda/ops.cu) ---------------------------------
 // Same contracts as their CPU counterparts in cpu.h, on device pointers.
@@ -229,7 +234,7 @@ void amsu_chunk_backward_cuda(float *dk, float *dv, float *dq, float *da_lambda,
 // ---- the AM-SU token mixer, one layer (kernels/cuda/amsu.cu) -------------------
 // cpu.h's amsu_forward / amsu_backward on the GPU: the structs hold device
 // pointers (acts carved with amsu_acts_bind from device memory). The forward
-// writes y = W_O s, or adds it to y when `accumulate` (the residual stream);
+// writes y = add + W_O s (add as matmul_forward_cuda's: the residual stream);
 // state: NULL from zero (Hckpt written), else streaming (Hckpt not written).
 // The backward overwrites dz and adds into the parameter gradients.
 // scratch: amsu_scratch_floats_cuda(sh) floats.
@@ -238,7 +243,7 @@ size_t amsu_scratch_floats_cuda(AmsuShape sh);
 // AMSU_CHUNK (the default, amsu_chunk.cu) or AMSU_SCAN (common/backend.h).
 void amsu_set_mode_cuda(int mode);
 void amsu_forward_cuda(float *y, AmsuActs *a, const float *z, const AmsuWeights *w,
-                       AmsuShape sh, AmsuState *state, int accumulate, void *stream);
+                       AmsuShape sh, AmsuState *state, const float *add, void *stream);
 void amsu_backward_cuda(float *dz, AmsuGrads *g, float *scratch, const float *dy, const float *z,
                         const AmsuActs *a, const AmsuWeights *w, AmsuShape sh, void *stream);
 

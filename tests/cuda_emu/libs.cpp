@@ -1,4 +1,4 @@
-// libs.cpp: the emulator's cuBLAS (through CBLAS) and NCCL (through MPI).
+// libs.cpp: the emulator's cuBLASLt (through CBLAS) and NCCL (through MPI).
 #include <cblas.h>
 #define OMPI_SKIP_MPICXX 1  // the C API only: no C++ bindings to link
 #define MPICH_SKIP_MPICXX 1
@@ -11,23 +11,10 @@
 
 #include <vector>
 
+#include "cublasLt.h"
 #include "cublas_v2.h"
 #include "nccl.h"
 
-struct glia_emu_cublas {
-    int unused;
-};
-
-cublasStatus_t cublasCreate(cublasHandle_t *h) {
-    *h = new glia_emu_cublas();
-    return CUBLAS_STATUS_SUCCESS;
-}
-cublasStatus_t cublasDestroy(cublasHandle_t h) {
-    delete h;
-    return CUBLAS_STATUS_SUCCESS;
-}
-cublasStatus_t cublasSetStream(cublasHandle_t, cudaStream_t) { return CUBLAS_STATUS_SUCCESS; }
-cublasStatus_t cublasSetMathMode(cublasHandle_t, cublasMath_t) { return CUBLAS_STATUS_SUCCESS; }
 const char *cublasGetStatusString(cublasStatus_t s) {
     switch (s) {
     case CUBLAS_STATUS_SUCCESS: return "CUBLAS_STATUS_SUCCESS";
@@ -37,15 +24,138 @@ const char *cublasGetStatusString(cublasStatus_t s) {
     }
     return "CUBLAS_STATUS_UNKNOWN";
 }
-cublasStatus_t cublasSgemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m,
-                           int n, int k, const float *alpha, const float *A, int lda,
-                           const float *B, int ldb, const float *beta, float *C, int ldc) {
+
+// ---- cuBLASLt --------------------------------------------------------------------
+
+struct glia_emu_lt {
+    int unused;
+};
+struct glia_emu_lt_desc {
+    cublasComputeType_t compute;
+    int32_t ta, tb;
+};
+struct glia_emu_lt_layout {
+    cudaDataType type;
+    uint64_t rows, cols;
+    int64_t ld;
+};
+struct glia_emu_lt_pref {
+    uint64_t max_workspace;
+    uint32_t align[4];  // A, B, C, D
+};
+
+cublasStatus_t cublasLtCreate(cublasLtHandle_t *h) {
+    *h = new glia_emu_lt();
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtDestroy(cublasLtHandle_t h) {
+    delete h;
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulDescCreate(cublasLtMatmulDesc_t *d, cublasComputeType_t compute, cudaDataType scale) {
+    if (scale != CUDA_R_32F) return CUBLAS_STATUS_NOT_SUPPORTED;
+    *d = new glia_emu_lt_desc{compute, CUBLAS_OP_N, CUBLAS_OP_N};
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulDescDestroy(cublasLtMatmulDesc_t d) {
+    delete d;
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t d, cublasLtMatmulDescAttributes_t attr,
+                                              const void *buf, size_t bytes) {
+    if (!d || !buf || bytes != sizeof(int32_t)) return CUBLAS_STATUS_INVALID_VALUE;
+    int32_t v;
+    memcpy(&v, buf, sizeof v);
+    if (v != CUBLAS_OP_N && v != CUBLAS_OP_T) return CUBLAS_STATUS_INVALID_VALUE;
+    if (attr == CUBLASLT_MATMUL_DESC_TRANSA) d->ta = v;
+    else if (attr == CUBLASLT_MATMUL_DESC_TRANSB) d->tb = v;
+    else return CUBLAS_STATUS_INVALID_VALUE;
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatrixLayoutCreate(cublasLtMatrixLayout_t *l, cudaDataType type, uint64_t rows,
+                                          uint64_t cols, int64_t ld) {
+    if (ld < (int64_t)(rows > 1 ? rows : 1)) return CUBLAS_STATUS_INVALID_VALUE;
+    *l = new glia_emu_lt_layout{type, rows, cols, ld};
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatrixLayoutDestroy(cublasLtMatrixLayout_t l) {
+    delete l;
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulPreferenceCreate(cublasLtMatmulPreference_t *p) {
+    *p = new glia_emu_lt_pref{0, {256, 256, 256, 256}};
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulPreferenceDestroy(cublasLtMatmulPreference_t p) {
+    delete p;
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulPreferenceSetAttribute(cublasLtMatmulPreference_t p,
+                                                    cublasLtMatmulPreferenceAttributes_t attr, const void *buf,
+                                                    size_t bytes) {
+    if (!p || !buf) return CUBLAS_STATUS_INVALID_VALUE;
+    if (attr == CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES) {
+        if (bytes != sizeof(uint64_t)) return CUBLAS_STATUS_INVALID_VALUE;
+        memcpy(&p->max_workspace, buf, bytes);
+        return CUBLAS_STATUS_SUCCESS;
+    }
+    const int i = (int)attr - (int)CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES;
+    if (i < 0 || i > 3 || bytes != sizeof(uint32_t)) return CUBLAS_STATUS_INVALID_VALUE;
+    uint32_t a;
+    memcpy(&a, buf, bytes);
+    if (!a || (a & (a - 1))) return CUBLAS_STATUS_INVALID_VALUE;  // a power of two
+    p->align[i] = a;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+// The problem (m, n, k) the descriptors describe, or CUBLAS_STATUS_INVALID_VALUE /
+// NOT_SUPPORTED when they do not make one the library computes.
+static cublasStatus_t problem(const glia_emu_lt_desc *d, const glia_emu_lt_layout *A, const glia_emu_lt_layout *B,
+                              const glia_emu_lt_layout *C, const glia_emu_lt_layout *D, uint64_t *m, uint64_t *n,
+                              uint64_t *k) {
+    if (!d || !A || !B || !C || !D) return CUBLAS_STATUS_INVALID_VALUE;
+    if (C->type != CUDA_R_32F || D->type != CUDA_R_32F || A->type != B->type) return CUBLAS_STATUS_NOT_SUPPORTED;
+    if (A->type == CUDA_R_16BF ? d->compute != CUBLAS_COMPUTE_32F : A->type != CUDA_R_32F)
+        return CUBLAS_STATUS_NOT_SUPPORTED;
+    *m = D->rows, *n = D->cols;
+    *k = d->ta == CUBLAS_OP_N ? A->cols : A->rows;
+    const uint64_t am = d->ta == CUBLAS_OP_N ? A->rows : A->cols;
+    const uint64_t bk = d->tb == CUBLAS_OP_N ? B->rows : B->cols, bn = d->tb == CUBLAS_OP_N ? B->cols : B->rows;
+    if (am != *m || bk != *k || bn != *n || C->rows != *m || C->cols != *n) return CUBLAS_STATUS_INVALID_VALUE;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+// What an algorithm is valid for: FNV-1a over the descriptors' contents.
+static uint64_t fingerprint(const glia_emu_lt_desc *d, const glia_emu_lt_layout *const l[4]) {
+    uint64_t h = 1469598103934665603ull;
+    auto mix = [&h](uint64_t v) {
+        for (int i = 0; i < 8; i++) h = (h ^ ((v >> (8 * i)) & 0xFF)) * 1099511628211ull;
+    };
+    mix((uint64_t)d->compute), mix((uint64_t)d->ta), mix((uint64_t)d->tb);
+    for (int i = 0; i < 4; i++) mix((uint64_t)l[i]->type), mix(l[i]->rows), mix(l[i]->cols), mix((uint64_t)l[i]->ld);
+    return h;
+}
+static const uint64_t ALGO_MAGIC = 0x676c69616c74ull;  // "glialt"
+
+cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t h, cublasLtMatmulDesc_t d,
+                                              cublasLtMatrixLayout_t A, cublasLtMatrixLayout_t B,
+                                              cublasLtMatrixLayout_t C, cublasLtMatrixLayout_t D,
+                                              cublasLtMatmulPreference_t pref, int requested,
+                                              cublasLtMatmulHeuristicResult_t results[], int *returned) {
     if (!h) return CUBLAS_STATUS_NOT_INITIALIZED;
-    if (m < 0 || n < 0 || k < 0 || ldc < (m > 1 ? m : 1)) return CUBLAS_STATUS_INVALID_VALUE;
-    if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
-    cblas_sgemm(CblasColMajor, ta == CUBLAS_OP_T ? CblasTrans : CblasNoTrans,
-                tb == CUBLAS_OP_T ? CblasTrans : CblasNoTrans, m, n, k, *alpha, A, lda, B, ldb,
-                *beta, C, ldc);
+    if (!pref || requested <= 0 || !results || !returned) return CUBLAS_STATUS_INVALID_VALUE;
+    uint64_t m, n, k;
+    cublasStatus_t st = problem(d, A, B, C, D, &m, &n, &k);
+    if (st != CUBLAS_STATUS_SUCCESS) return st;
+    const glia_emu_lt_layout *l[4] = {A, B, C, D};
+    memset(&results[0], 0, sizeof results[0]);
+    results[0].algo.data[0] = ALGO_MAGIC;
+    results[0].algo.data[1] = fingerprint(d, l);
+    for (int i = 0; i < 4; i++) results[0].algo.data[2 + i] = pref->align[i];
+    results[0].workspaceSize = 0;
+    results[0].state = CUBLAS_STATUS_SUCCESS;
+    results[0].wavesCount = 1.0f;
+    *returned = 1;
     return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -59,15 +169,14 @@ static float round_mantissa(float x, int keep) {
     return x;
 }
 
-// The elements an operand of `rows` x `cols` (column-major, leading
-// dimension ld) spans, expanded to fp32 and rounded to `keep` bits (23: none).
-static std::vector<float> operand(const void *p, cudaDataType t, int rows, int cols, int ld,
-                                  int keep) {
-    size_t n = cols ? (size_t)(cols - 1) * ld + rows : 0;
+// The elements a stored operand spans (column-major, its layout), expanded
+// to fp32 and rounded to `keep` bits (23: none).
+static std::vector<float> operand(const void *p, const glia_emu_lt_layout *l, int keep) {
+    size_t n = l->cols ? (size_t)(l->cols - 1) * (size_t)l->ld + l->rows : 0;
     std::vector<float> v(n);
     for (size_t i = 0; i < n; i++) {
         float x;
-        if (t == CUDA_R_16BF) {
+        if (l->type == CUDA_R_16BF) {
             uint32_t u = (uint32_t)((const uint16_t *)p)[i] << 16;
             memcpy(&x, &u, 4);
         } else {
@@ -78,26 +187,35 @@ static std::vector<float> operand(const void *p, cudaDataType t, int rows, int c
     return v;
 }
 
-cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m,
-                            int n, int k, const void *alpha, const void *A, cudaDataType Atype,
-                            int lda, const void *B, cudaDataType Btype, int ldb, const void *beta,
-                            void *C, cudaDataType Ctype, int ldc, cublasComputeType_t compute,
-                            cublasGemmAlgo_t) {
+cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t d, const void *alpha, const void *A,
+                              cublasLtMatrixLayout_t Adesc, const void *B, cublasLtMatrixLayout_t Bdesc,
+                              const void *beta, const void *C, cublasLtMatrixLayout_t Cdesc, void *D,
+                              cublasLtMatrixLayout_t Ddesc, const cublasLtMatmulAlgo_t *algo, void *,
+                              size_t, cudaStream_t) {
     if (!h) return CUBLAS_STATUS_NOT_INITIALIZED;
-    if (Ctype != CUDA_R_32F || Atype != Btype) return CUBLAS_STATUS_NOT_SUPPORTED;
-    if (Atype == CUDA_R_16BF && compute != CUBLAS_COMPUTE_32F) return CUBLAS_STATUS_NOT_SUPPORTED;
-    if (m < 0 || n < 0 || k < 0 || ldc < (m > 1 ? m : 1)) return CUBLAS_STATUS_INVALID_VALUE;
+    uint64_t m, n, k;
+    cublasStatus_t st = problem(d, Adesc, Bdesc, Cdesc, Ddesc, &m, &n, &k);
+    if (st != CUBLAS_STATUS_SUCCESS) return st;
+    const glia_emu_lt_layout *l[4] = {Adesc, Bdesc, Cdesc, Ddesc};
+    if (!algo || algo->data[0] != ALGO_MAGIC || algo->data[1] != fingerprint(d, l))
+        return CUBLAS_STATUS_INVALID_VALUE;  // not the heuristic's answer for these descriptors
+    const float b = *(const float *)beta;
+    const void *ptr[4] = {A, B, b != 0.0f ? C : D, D};
+    for (int i = 0; i < 4; i++)
+        if ((uintptr_t)ptr[i] % algo->data[2 + i]) return CUBLAS_STATUS_INVALID_VALUE;
+    if (C != D && b != 0.0f && Cdesc->ld != Ddesc->ld) return CUBLAS_STATUS_NOT_SUPPORTED;  // glia's one case
     if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
-    const int keep = compute == CUBLAS_COMPUTE_32F_FAST_16BF   ? 7
-                     : compute == CUBLAS_COMPUTE_32F_FAST_TF32 ? 10
-                                                               : 23;
-    std::vector<float> a = ta == CUBLAS_OP_T ? operand(A, Atype, k, m, lda, keep)
-                                             : operand(A, Atype, m, k, lda, keep);
-    std::vector<float> b = tb == CUBLAS_OP_T ? operand(B, Btype, n, k, ldb, keep)
-                                             : operand(B, Btype, k, n, ldb, keep);
-    cblas_sgemm(CblasColMajor, ta == CUBLAS_OP_T ? CblasTrans : CblasNoTrans,
-                tb == CUBLAS_OP_T ? CblasTrans : CblasNoTrans, m, n, k, *(const float *)alpha,
-                a.data(), lda, b.data(), ldb, *(const float *)beta, (float *)C, ldc);
+    const int keep = d->compute == CUBLAS_COMPUTE_32F_FAST_16BF   ? 7
+                     : d->compute == CUBLAS_COMPUTE_32F_FAST_TF32 ? 10
+                                                                  : 23;
+    std::vector<float> a = operand(A, Adesc, keep), bm = operand(B, Bdesc, keep);
+    float *out = (float *)D;
+    const int64_t ld = Ddesc->ld;
+    if (b != 0.0f && C != D)  // D = C, then accumulate in place: out of place as in cuBLASLt, C unchanged
+        for (uint64_t j = 0; j < n; j++) memmove(out + j * ld, (const float *)C + j * ld, m * sizeof(float));
+    cblas_sgemm(CblasColMajor, d->ta == CUBLAS_OP_T ? CblasTrans : CblasNoTrans,
+                d->tb == CUBLAS_OP_T ? CblasTrans : CblasNoTrans, (int)m, (int)n, (int)k, *(const float *)alpha,
+                a.data(), (int)Adesc->ld, bm.data(), (int)Bdesc->ld, b, out, (int)ld);
     return CUBLAS_STATUS_SUCCESS;
 }
 
