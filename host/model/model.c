@@ -362,7 +362,7 @@ static void free_acts(Model *m) {
 
 // Floats of the activations for B × T (model_alloc_acts's layout below).
 static size_t acts_floats(const ModelConfig *c, int B, int T) {
-    size_t bt = (size_t)B * T, btc = bt * c->C, btf = bt * c->F, btv = bt * c->V;
+    size_t bt = (size_t)B * T, btc = bt * c->C, btf = bt * c->F, btv = bt * c->Vp;
     AmsuShape sh = {B, T, c->C, c->Nh, c->astro};
     size_t per_layer = 4 * btc + 2 * bt + amsu_acts_size(sh) + 3 * btf;
     return c->L * per_layer + 2 * btc + 2 * bt + btv;
@@ -391,7 +391,7 @@ void model_alloc_acts(Model *m, int B, int T) {
     m->B = B, m->T = T;
     const ModelConfig *c = &m->cfg;
     const Backend *be = m->be;
-    size_t bt = (size_t)B * T, btc = bt * c->C, btf = bt * c->F, btv = bt * c->V;
+    size_t bt = (size_t)B * T, btc = bt * c->C, btf = bt * c->F, btv = bt * c->Vp;
     AmsuShape sh = amsu_shape(m, B, T);
     size_t total = acts_floats(c, B, T);
     m->acts_mem = be_alloc_or_die(be, total * sizeof(float), "activations");
@@ -474,7 +474,7 @@ double model_forward(Model *m, const int *tokens, const int *targets, int B, int
         fatal("model_forward: batch %dx%d does not fit the activations allocated for %dx%d", B, T, m->B, m->T);
     if (state && state->B != B) fatal("model_forward: state holds %d sequences, batch has %d", state->B, B);
     if (state && state->be != be) fatal("model_forward: the state is on another backend than the model");
-    const int C = c->C, F = c->F, V = c->V, M = B * T;
+    const int C = c->C, F = c->F, V = c->V, Vp = c->Vp, M = B * T;
     const size_t btc = (size_t)M * C;
     const AmsuShape sh = amsu_shape(m, B, T);
     NeuronTestMode tb;
@@ -503,12 +503,12 @@ double model_forward(Model *m, const int *tokens, const int *targets, int B, int
         be->matmul_forward(x_next, a->r, p->W_2, M, F, C, 1.0f, 1);
     }
     be->rmsnorm_forward(m->zf, m->rstdf, m->x_out, m->norm_f, M, C);
-    be->matmul_forward(m->logits, m->zf, m->E, M, C, V, 1.0f, 0);  // tied head, real rows only
+    be->matmul_forward(m->logits, m->zf, m->E, M, C, Vp, 1.0f, 0);  // tied head over all Vp rows
     if (!targets) return 0.0;
 
     memcpy(m->host_targets, targets, (size_t)M * sizeof(int));
     be->upload(m->targets, targets, (size_t)M * sizeof(int));
-    be->xent_forward(m->losses, m->logits, m->targets, M, V);
+    be->xent_forward(m->losses, m->logits, m->targets, M, V, Vp);
     be->download(m->host_losses, m->losses, (size_t)M * sizeof(float));
     double loss = 0.0;
     int scored = 0;
@@ -521,7 +521,7 @@ double model_forward(Model *m, const int *tokens, const int *targets, int B, int
 }
 
 const float *model_logits(const Model *m, int b, int t) {
-    const float *row = m->logits + ((size_t)b * m->last_T + t) * m->cfg.V;
+    const float *row = m->logits + ((size_t)b * m->last_T + t) * m->cfg.Vp;
     if (m->be->host_memory) return row;
     m->be->download(m->host_row, row, (size_t)m->cfg.V * sizeof(float));
     return m->host_row;
@@ -612,21 +612,22 @@ void model_stats_free(ModelStats *st) {
 void model_backward(Model *m, const int *tokens, float scale) {
     const ModelConfig *c = &m->cfg;
     const Backend *be = m->be;
-    const int B = m->last_B, T = m->last_T, C = c->C, F = c->F, V = c->V, M = B * T;
+    const int B = m->last_B, T = m->last_T, C = c->C, F = c->F, V = c->V, Vp = c->Vp, M = B * T;
     const AmsuShape sh = amsu_shape(m, B, T);
     NeuronTestMode tb;
     if (!m->grads) fatal("model_backward: no training state (model_alloc_train)");
     if (!m->last_scored) fatal("model_backward: the last forward had no targets, or carried state");
     if (!m->grad_mem) alloc_grad_scratch(m);
 
-    // cross-entropy: dlogits = (softmax − onehot) · scale / scored, in place of the logits
+    // cross-entropy: dlogits = (softmax − onehot) · scale / scored, in place of the logits;
+    // 0 in the pad columns, so E's pad rows get no gradient and stay 0 under AdamW
     int scored = 0;
     for (int i = 0; i < M; i++) scored += m->host_targets[i] >= 0;
-    be->xent_backward(m->logits, m->targets, scored ? scale / (float)scored : 0.0f, M, V);
+    be->xent_backward(m->logits, m->targets, scored ? scale / (float)scored : 0.0f, M, V, Vp);
     m->last_scored = 0;  // the logits are gone
     float *dlogits = m->logits, *dx = m->dx, *dz = m->dz;
-    // logits = zf E[:V]ᵀ
-    be->matmul_backward(dz, m->gE, dlogits, m->zf, m->E, M, C, V, 1.0f, 0);
+    // logits = zf Eᵀ over all Vp rows
+    be->matmul_backward(dz, m->gE, dlogits, m->zf, m->E, M, C, Vp, 1.0f, 0);
     be->zero(dx, (size_t)M * C * sizeof(float));
     be->rmsnorm_backward(dx, m->gnorm_f, m->rms_scratch, dz, m->x_out, m->norm_f, m->rstdf, M, C);
 
