@@ -94,14 +94,16 @@ Test(model, gradcheck_astro_off) {
 // E's pad rows [V, Vp) start at 0 and must stay exactly 0 through AdamW with
 // weight decay and clipping: the cross-entropy gives the pad columns of the
 // logits no gradient, so the rows get none, their moments stay 0 and the
-// decayed update of a zero weight is 0.
+// decayed update of a zero weight is 0. Every logits row starts 256 bytes
+// into the activations' allocation (B·T odd: no other buffer rounds it).
 Test(model, padded_rows_of_E_stay_zero_in_training) {
     ModelConfig c = {.V = 40, .Vp = 64, .L = 1, .C = 16, .Nh = 2, .F = 24, .astro = 1};
-    const int B = 2, T = 9;
+    const int B = 3, T = 9;
     Model *m = model_new(&c);
     test_model_randomise(m, 41);
     test_alloc_train(m);
     model_alloc_acts(m, B, T);
+    cr_assert_eq((size_t)(m->logits - m->acts_mem) * sizeof(float) % 256, 0, "logits rows are not 256-byte aligned");
     const size_t e0 = model_find(m, "E")->offset, lo = e0 + (size_t)c.V * c.C, hi = e0 + (size_t)c.Vp * c.C;
     float *E0 = malloc((size_t)c.V * c.C * sizeof(float));
     memcpy(E0, m->params + e0, (size_t)c.V * c.C * sizeof(float));

@@ -398,6 +398,7 @@ void model_alloc_acts(Model *m, int B, int T) {
     m->acts = xcalloc(c->L, sizeof(LayerActs));
     float *p = m->acts_mem;
 #define TAKE(n) (p += (n), p - (n))
+    m->logits = TAKE(btv);  // first: rows of Vp floats from an allocation's alignment keep it
     for (int l = 0; l < c->L; l++) {
         LayerActs *a = &m->acts[l];
         a->x_in = TAKE(btc), a->z1 = TAKE(btc), a->rstd1 = TAKE(bt);
@@ -406,7 +407,6 @@ void model_alloc_acts(Model *m, int B, int T) {
         a->c = TAKE(btf), a->w = TAKE(btf), a->r = TAKE(btf);
     }
     m->x_out = TAKE(btc), m->zf = TAKE(btc), m->rstdf = TAKE(bt), m->losses = TAKE(bt);
-    m->logits = TAKE(btv);
 #undef TAKE
     m->tokens = be_alloc_or_die(be, 2 * bt * sizeof(int), "token ids");
     m->targets = m->tokens + bt;
