@@ -20,7 +20,8 @@
 // fails too.
 //
 // The CPU backend is the reference (its own oracles: test_parity.c against
-// PyTorch, test_gradcheck.c against finite differences); the test runs the
+// PyTorch, test_gradcheck.c against finite differences; the cross-entropy's
+// here, xent_masks_the_pad_columns, a double softmax); the test runs the
 // other backends this glia has (CUDA, or its emulator in a GLIA_CUDA_EMU
 // build) and skips, saying so, when there is none.
 #include <criterion/criterion.h>
