@@ -20,7 +20,8 @@
 // fails too.
 //
 // The CPU backend is the reference (its own oracles: test_parity.c against
-// PyTorch, test_gradcheck.c against finite differences); the test runs the
+// PyTorch, test_gradcheck.c against finite differences; the cross-entropy's
+// here, xent_masks_the_pad_columns, a double softmax); the test runs the
 // other backends this glia has (CUDA, or its emulator in a GLIA_CUDA_EMU
 // build) and skips, saying so, when there is none.
 #include <criterion/criterion.h>
@@ -273,22 +274,24 @@ static void row_amsu_scan(const Backend *be, int shape, Outputs *o) { amsu_mode_
 static void row_amsu_chunk(const Backend *be, int shape, Outputs *o) { amsu_mode_case(be, shape, AMSU_CHUNK, o); }
 static void row_amsu_ablation(const Backend *be, int shape, Outputs *o) { amsu_case(be, shape, 0, o); }
 
+// Logits (M, Vp) whose pad columns hold garbage (the entry never reads them).
 static void row_xent(const Backend *be, int shape, Outputs *o) {
     static const int dims[][2] = {{3, 7}, {40, 256}, {5, 50257}};
-    const int M = dims[shape][0], V = dims[shape][1];
-    float *l = host_normal((size_t)M * V, 3.0f, 150 + shape);
+    const int M = dims[shape][0], V = dims[shape][1], Vp = model_pad_vocab(V);
+    float *l = host_normal((size_t)M * Vp, 3.0f, 150 + shape);
+    test_fill_pad_columns(l, M, V, Vp);
     int *tg = malloc(M * sizeof(int));
     TestRng r;
     rng_seed(&r, 151 + shape);
     test_random_tokens(tg, M, V, &r);
     tg[M / 2] = -1;  // an unscored position
-    float *L = up(be, l, (size_t)M * V), *LOSS = nan_buf(be, M);
+    float *L = up(be, l, (size_t)M * Vp), *LOSS = nan_buf(be, M);
     int *TG = be->alloc(M * sizeof(int));
     be->upload(TG, tg, M * sizeof(int));
-    be->xent_forward(LOSS, L, TG, M, V);
-    be->xent_backward(L, TG, 0.25f, M, V);
+    be->xent_forward(LOSS, L, TG, M, V, Vp);
+    be->xent_backward(L, TG, 0.25f, M, V, Vp);
     emit(o, be, "losses", LOSS, M, TOL, 0);
-    emit(o, be, "dlogits", L, (size_t)M * V, TOL, 0);
+    emit(o, be, "dlogits", L, (size_t)M * Vp, TOL, 0);
     be->free(TG), be->free(L), be->free(LOSS);
     free(l), free(tg);
 }
@@ -469,6 +472,59 @@ static void matmul_add_on(const Backend *be) {
 
 Test(backend_ops, matmul_add_cpu) { matmul_add_on(backend_cpu()); }
 Test(backend_ops, matmul_add_other_backend) { matmul_add_on(other_backend()); }
+
+// The cross-entropy entries on every backend this glia has (the CPU always)
+// against a naive double-precision softmax over the V real columns
+// (test_xent_oracle), with garbage in the pad columns [V, Vp): they must not
+// change the loss or the gradient, and the gradient's pad columns are
+// exactly 0. Loss: 2e-5 nats per row (test_cuda_ops.c's bound for fp32 sums
+// over 50257 entries); dlogits: rel_err 1e-5.
+Test(backend_ops, xent_masks_the_pad_columns) {
+    static const int dims[][2] = {{3, 7}, {9, 300}, {4, 50257}};  // (M, V); Vp 64, 320, 50304
+    const Backend *bes[2] = {backend_cpu(), NULL};
+    int nb = 1;
+#ifdef GLIA_HAVE_CUDA
+    if (test_have_gpu() && (bes[1] = backend_cuda())) nb = 2;
+#endif
+    for (int s = 0; s < 3; s++) {
+        const int M = dims[s][0], V = dims[s][1], Vp = model_pad_vocab(V);
+        const size_t n = (size_t)M * Vp;
+        float *l = host_normal(n, 2.0f, 170 + s), *loss = malloc(M * sizeof(float)), *dl = malloc(n * sizeof(float));
+        test_fill_pad_columns(l, M, V, Vp);
+        int *tg = malloc(M * sizeof(int));
+        TestRng r;
+        rng_seed(&r, 171 + s);
+        test_random_tokens(tg, M, V, &r);
+        tg[1] = -1;  // an unscored position
+        tg[0] = V - 1;  // the last real column is the target: next to the pad
+        double *want = malloc(M * sizeof(double)), *dwant = malloc(n * sizeof(double));
+        const float k = 0.5f;
+        test_xent_oracle(l, tg, M, V, Vp, k, want, dwant);
+        for (int b = 0; b < nb; b++) {
+            const Backend *be = bes[b];
+            float *L = up(be, l, n), *LOSS = nan_buf(be, M);
+            int *TG = be->alloc(M * sizeof(int));
+            be->upload(TG, tg, M * sizeof(int));
+            be->xent_forward(LOSS, L, TG, M, V, Vp);
+            be->xent_backward(L, TG, k, M, V, Vp);
+            be->download(loss, LOSS, M * sizeof(float));
+            be->download(dl, L, n * sizeof(float));
+            double *got = malloc(n * sizeof(double));
+            for (int i = 0; i < M; i++)
+                cr_assert(fabs(loss[i] - want[i]) <= 2e-5, "%s M %d V %d: loss[%d] %.7g, oracle %.7g", be->name, M,
+                          V, i, loss[i], want[i]);
+            for (size_t i = 0; i < n; i++) got[i] = dl[i];
+            double e = rel_err_d(got, dwant, n);
+            cr_assert(e <= 1e-5, "%s M %d V %d: dlogits rel err %.3g against the oracle", be->name, M, V, e);
+            for (int i = 0; i < M; i++)
+                for (int v = V; v < Vp; v++)
+                    cr_assert(dl[(size_t)i * Vp + v] == 0.0f, "%s M %d V %d: pad column %d of row %d is %g",
+                              be->name, M, V, v, i, dl[(size_t)i * Vp + v]);
+            be->free(TG), be->free(L), be->free(LOSS), free(got);
+        }
+        free(l), free(loss), free(dl), free(tg), free(want), free(dwant);
+    }
+}
 
 // The table itself: every entry filled on every backend this glia has.
 Test(backend_ops, tables_are_complete) {

@@ -153,11 +153,12 @@ Test(cuda_model, forward_backward_padded_vocab) {
 #endif
 }
 
-// Three optimizer steps with clipping (model_step) on each backend.
+// Three optimizer steps with clipping (model_step) on each backend, on a
+// padded vocabulary: E's pad rows stay exactly 0 on the device.
 Test(cuda_model, adamw_steps_match) {
     test_require_gpu();
 #ifdef GLIA_HAVE_CUDA
-    ModelConfig c = config(1, 256);
+    ModelConfig c = config(1, 300);  // V 300 padded to 320
     const int B = 2, T = 24;
     Model *cpu, *gpu;
     make_pair(c, B, T, 21, &cpu, &gpu);
@@ -182,6 +183,10 @@ Test(cuda_model, adamw_steps_match) {
     cr_log_info("after 3 steps: params rel err %.2e, first moment %.2e", ep, em);
     cr_assert(ep <= 1e-5, "parameters after 3 steps: rel err %.2e", ep);
     cr_assert(em <= 1e-4, "first moments after 3 steps: rel err %.2e", em);
+    const size_t e0 = model_find(gpu, "E")->offset;
+    for (size_t k = e0 + (size_t)c.V * c.C; k < e0 + (size_t)c.Vp * c.C; k++)
+        cr_assert(gpu->params[k] == 0.0f && g1[k] == 0.0f, "pad entry %zu of E: %g, moment %g", k - e0,
+                  gpu->params[k], g1[k]);
     model_free(cpu);
     model_free(gpu);
 #endif

@@ -140,7 +140,7 @@ Test(train, dry_run_activation_table) {
     model_config_named("124m", &c);
     const size_t B = 8, T = 1024, bt = B * T, D = c.C / c.Nh;
     const size_t layer = 11 * bt * c.C + 2 * bt + B * c.Nh * (T / 32) * D * D + 3 * bt * c.F;
-    const size_t want = 4 * (c.L * layer + 2 * bt * c.C + 2 * bt + bt * c.V) + 2 * bt * 4;
+    const size_t want = 4 * (c.L * layer + 2 * bt * c.C + 2 * bt + bt * c.Vp) + 2 * bt * 4;
     size_t rows = 0, sum = 0, each, total, count;
     char name[32], dims[32], num[64], type[8];
     for (const char *p = strstr(out, "\n  "); p; p = strstr(p + 1, "\n  ")) {

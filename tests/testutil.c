@@ -163,6 +163,32 @@ void test_random_tokens(int *x, int n, int V, TestRng *r) {
     for (int i = 0; i < n; i++) x[i] = (int)(rng_uniform(r) * V) % V;
 }
 
+void test_logits(const Model *m, int B, int T, float *out) {
+    const size_t V = (size_t)m->cfg.V;
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) memcpy(out + ((size_t)b * T + t) * V, model_logits(m, b, t), V * sizeof(float));
+}
+
+void test_fill_pad_columns(float *logits, int M, int V, int Vp) {
+    static const float garbage[] = {1e30f, -1e30f, 3.4028235e38f, 88.0f};
+    for (int i = 0; i < M; i++)
+        for (int v = V; v < Vp; v++) logits[(size_t)i * Vp + v] = garbage[(i + v) % 4];
+}
+
+void test_xent_oracle(const float *logits, const int *targets, int M, int V, int Vp, double k, double *loss,
+                      double *dlogits) {
+    for (int i = 0; i < M; i++) {
+        const float *l = logits + (size_t)i * Vp;
+        double *d = dlogits + (size_t)i * Vp, sum = 0.0;
+        for (int v = 0; v < Vp; v++) d[v] = 0.0;
+        loss[i] = 0.0;
+        if (targets[i] < 0) continue;
+        for (int v = 0; v < V; v++) sum += exp((double)l[v]);
+        loss[i] = log(sum) - l[targets[i]];
+        for (int v = 0; v < V; v++) d[v] = k * (exp((double)l[v]) / sum - (v == targets[i]));
+    }
+}
+
 void test_require_cuda_build(void) {
 #ifndef GLIA_HAVE_CUDA
     cr_skip_test("glia built without CUDA");

@@ -68,6 +68,19 @@ void test_model_randomise(Model *m, uint64_t seed);
 // n token ids uniform in [0, V).
 void test_random_tokens(int *x, int n, int V, TestRng *r);
 
+// The V real logits of every position of m's last forward (B, T), packed
+// into out (B·T·V) through model_logits.
+void test_logits(const Model *m, int B, int T, float *out);
+// Logits rows of stride Vp: fills the pad columns [V, Vp) of each of the M
+// rows with large finite garbage (±1e30, FLT_MAX, 88: each would dominate a
+// softmax that read it), as a GEMM over E's pad rows never writes them.
+void test_fill_pad_columns(float *logits, int M, int V, int Vp);
+// Cross-entropy oracle in double, naively (logits below ~700): over each row's first V entries,
+// loss[i] = log Σ_v exp(l_v) − l_target and dlogits (M, Vp) = k · (softmax −
+// onehot(target)), 0 in the pad columns; rows with target < 0: loss 0, dlogits 0.
+void test_xent_oracle(const float *logits, const int *targets, int M, int V, int Vp, double k, double *loss,
+                      double *dlogits);
+
 // Skip the running Criterion test, with a one-line reason, unless glia was
 // built with CUDA (both) and a CUDA device is found (test_require_gpu).
 void test_require_cuda_build(void);

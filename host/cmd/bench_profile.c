@@ -52,8 +52,8 @@ static void p_upload(void *d, const void *s, size_t n) { TIMED(P_UPLOAD, 0, in.u
 static void p_download(void *d, const void *s, size_t n) { TIMED(P_DOWNLOAD, 0, in.download(d, s, n)); }
 static void p_copy(void *d, const void *s, size_t n) { TIMED(P_COPY, 0, in.copy(d, s, n)); }
 static void p_zero(void *p, size_t n) { TIMED(P_ZERO, 0, in.zero(p, n)); }
-static void p_mm_fwd(float *out, const float *inp, const float *W, int M, int K, int N, float alpha, int acc_) {
-    TIMED(P_MM_FWD, 2.0 * M * K * N, in.matmul_forward(out, inp, W, M, K, N, alpha, acc_));
+static void p_mm_fwd(float *out, const float *inp, const float *W, int M, int K, int N, float alpha, const float *add) {
+    TIMED(P_MM_FWD, 2.0 * M * K * N, in.matmul_forward(out, inp, W, M, K, N, alpha, add));
 }
 static void p_mm_bwd(float *dinp, float *dW, const float *dout, const float *inp, const float *W, int M, int K, int N,
                      float alpha, int acc_) {
@@ -84,18 +84,18 @@ static double amsu_flops(AmsuShape sh) {  // W_I (W_K W_V W_Q) W_O: (B·T, C) x 
     return 2.0 * sh.B * sh.T * sh.C * (double)sh.C * (sh.astro ? 5 : 2);
 }
 static void p_amsu_fwd(float *y, AmsuActs *a, const float *z, const AmsuWeights *w, AmsuShape sh, AmsuState *st,
-                       int acc_, const NeuronTestMode *t) {
-    TIMED(P_AMSU_FWD, amsu_flops(sh), in.amsu_forward(y, a, z, w, sh, st, acc_, t));
+                       const float *add, const NeuronTestMode *t) {
+    TIMED(P_AMSU_FWD, amsu_flops(sh), in.amsu_forward(y, a, z, w, sh, st, add, t));
 }
 static void p_amsu_bwd(float *dz, AmsuGrads *g, float *scr, const float *dy, const float *z, const AmsuActs *a,
                        const AmsuWeights *w, AmsuShape sh, const NeuronTestMode *t) {
     TIMED(P_AMSU_BWD, 2.0 * amsu_flops(sh), in.amsu_backward(dz, g, scr, dy, z, a, w, sh, t));
 }
-static void p_xent_fwd(float *l, const float *lg, const int *tg, int M, int V) {
-    TIMED(P_XENT_FWD, 0, in.xent_forward(l, lg, tg, M, V));
+static void p_xent_fwd(float *l, const float *lg, const int *tg, int M, int V, int Vp) {
+    TIMED(P_XENT_FWD, 0, in.xent_forward(l, lg, tg, M, V, Vp));
 }
-static void p_xent_bwd(float *lg, const int *tg, float k, int M, int V) {
-    TIMED(P_XENT_BWD, 0, in.xent_backward(lg, tg, k, M, V));
+static void p_xent_bwd(float *lg, const int *tg, float k, int M, int V, int Vp) {
+    TIMED(P_XENT_BWD, 0, in.xent_backward(lg, tg, k, M, V, Vp));
 }
 static void p_adamw(float *p, const float *g, float *m, float *v, size_t n, float lr, float b1, float b2, float eps,
                     float wd, int step) {

@@ -360,11 +360,12 @@ static void free_acts(Model *m) {
     m->B = m->T = 0;
 }
 
-// The activations model_alloc_acts carves for B × T, in order: one layer's
-// (bound to *a; each layer carves them again), then the head's (bound to
-// *h's fields). Returns how many; *nlayer of them are the layer's.
+// The activations model_alloc_acts carves for B × T: one layer's (bound to
+// *a; each layer carves them again), then the head's (bound to *h's fields,
+// the logits first; model_alloc_acts carves the head before the layers).
+// Returns how many; the first *nlayer of them are the layer's.
 static int acts_list(const ModelConfig *c, int B, int T, LayerActs *a, Model *h, ActsTensor *e, int *nlayer) {
-    const size_t b = B, t = T, C = c->C, F = c->F, V = c->V;
+    const size_t b = B, t = T, C = c->C, F = c->F, Vp = c->Vp;
     int n = 0;
     e[n++] = (ActsTensor){"x_in", "B,T,C", 3, {b, t, C}, &a->x_in};
     e[n++] = (ActsTensor){"z1", "B,T,C", 3, {b, t, C}, &a->z1};
@@ -377,11 +378,11 @@ static int acts_list(const ModelConfig *c, int B, int T, LayerActs *a, Model *h,
     e[n++] = (ActsTensor){"w", "B,T,F", 3, {b, t, F}, &a->w};
     e[n++] = (ActsTensor){"r", "B,T,F", 3, {b, t, F}, &a->r};
     *nlayer = n;
+    e[n++] = (ActsTensor){"logits", "B,T,Vp", 3, {b, t, Vp}, &h->logits};
     e[n++] = (ActsTensor){"x_out", "B,T,C", 3, {b, t, C}, &h->x_out};
     e[n++] = (ActsTensor){"zf", "B,T,C", 3, {b, t, C}, &h->zf};
     e[n++] = (ActsTensor){"rstdf", "B,T", 2, {b, t}, &h->rstdf};
     e[n++] = (ActsTensor){"losses", "B,T", 2, {b, t}, &h->losses};
-    e[n++] = (ActsTensor){"logits", "B,T,V", 3, {b, t, V}, &h->logits};
     return n;
 }
 
@@ -433,12 +434,12 @@ void model_alloc_acts(Model *m, int B, int T) {
     m->acts = xcalloc(c->L, sizeof(LayerActs));
     float *p = m->acts_mem;
     ActsTensor e[MODEL_ACTS_MAX];
-    int nl = 0, n = 0;
+    int nl = 0, n = acts_list(c, B, T, &m->acts[0], m, e, &nl);
+    p = acts_carve(e + nl, n - nl, p);  // the head first: rows of Vp logits keep the allocation's alignment
     for (int l = 0; l < c->L; l++) {
-        n = acts_list(c, B, T, &m->acts[l], m, e, &nl);
+        acts_list(c, B, T, &m->acts[l], m, e, &nl);
         p = acts_carve(e, nl, p);
     }
-    p = acts_carve(e + nl, n - nl, p);
     m->acts_bytes = (size_t)(p - m->acts_mem) * sizeof(float) + model_ids_bytes(B, T);
     m->tokens = be_alloc_or_die(be, model_ids_bytes(B, T), "token ids");
     m->targets = m->tokens + bt;
@@ -506,7 +507,7 @@ double model_forward(Model *m, const int *tokens, const int *targets, int B, int
         fatal("model_forward: batch %dx%d does not fit the activations allocated for %dx%d", B, T, m->B, m->T);
     if (state && state->B != B) fatal("model_forward: state holds %d sequences, batch has %d", state->B, B);
     if (state && state->be != be) fatal("model_forward: the state is on another backend than the model");
-    const int C = c->C, F = c->F, V = c->V, M = B * T;
+    const int C = c->C, F = c->F, V = c->V, Vp = c->Vp, M = B * T;
     const AmsuShape sh = amsu_shape(m, B, T);
     NeuronTestMode tb;
     m->last_B = B, m->last_T = T, m->last_scored = targets != NULL && !state;
@@ -533,12 +534,12 @@ double model_forward(Model *m, const int *tokens, const int *targets, int B, int
         be->matmul_forward(x_next, a->r, p->W_2, M, F, C, 1.0f, a->x_mid);
     }
     be->rmsnorm_forward(m->zf, m->rstdf, m->x_out, m->norm_f, M, C);
-    be->matmul_forward(m->logits, m->zf, m->E, M, C, V, 1.0f, 0);  // tied head, real rows only
+    be->matmul_forward(m->logits, m->zf, m->E, M, C, Vp, 1.0f, 0);  // tied head over all Vp rows
     if (!targets) return 0.0;
 
     memcpy(m->host_targets, targets, (size_t)M * sizeof(int));
     be->upload(m->targets, targets, (size_t)M * sizeof(int));
-    be->xent_forward(m->losses, m->logits, m->targets, M, V);
+    be->xent_forward(m->losses, m->logits, m->targets, M, V, Vp);
     be->download(m->host_losses, m->losses, (size_t)M * sizeof(float));
     double loss = 0.0;
     int scored = 0;
@@ -551,7 +552,7 @@ double model_forward(Model *m, const int *tokens, const int *targets, int B, int
 }
 
 const float *model_logits(const Model *m, int b, int t) {
-    const float *row = m->logits + ((size_t)b * m->last_T + t) * m->cfg.V;
+    const float *row = m->logits + ((size_t)b * m->last_T + t) * m->cfg.Vp;
     if (m->be->host_memory) return row;
     m->be->download(m->host_row, row, (size_t)m->cfg.V * sizeof(float));
     return m->host_row;
@@ -642,21 +643,22 @@ void model_stats_free(ModelStats *st) {
 void model_backward(Model *m, const int *tokens, float scale) {
     const ModelConfig *c = &m->cfg;
     const Backend *be = m->be;
-    const int B = m->last_B, T = m->last_T, C = c->C, F = c->F, V = c->V, M = B * T;
+    const int B = m->last_B, T = m->last_T, C = c->C, F = c->F, V = c->V, Vp = c->Vp, M = B * T;
     const AmsuShape sh = amsu_shape(m, B, T);
     NeuronTestMode tb;
     if (!m->grads) fatal("model_backward: no training state (model_alloc_train)");
     if (!m->last_scored) fatal("model_backward: the last forward had no targets, or carried state");
     if (!m->grad_mem) alloc_grad_scratch(m);
 
-    // cross-entropy: dlogits = (softmax − onehot) · scale / scored, in place of the logits
+    // cross-entropy: dlogits = (softmax − onehot) · scale / scored, in place of the logits;
+    // 0 in the pad columns, so E's pad rows get no gradient and stay 0 under AdamW
     int scored = 0;
     for (int i = 0; i < M; i++) scored += m->host_targets[i] >= 0;
-    be->xent_backward(m->logits, m->targets, scored ? scale / (float)scored : 0.0f, M, V);
+    be->xent_backward(m->logits, m->targets, scored ? scale / (float)scored : 0.0f, M, V, Vp);
     m->last_scored = 0;  // the logits are gone
     float *dlogits = m->logits, *dx = m->dx, *dz = m->dz;
-    // logits = zf E[:V]ᵀ
-    be->matmul_backward(dz, m->gE, dlogits, m->zf, m->E, M, C, V, 1.0f, 0);
+    // logits = zf Eᵀ over all Vp rows
+    be->matmul_backward(dz, m->gE, dlogits, m->zf, m->E, M, C, Vp, 1.0f, 0);
     be->zero(dx, (size_t)M * C * sizeof(float));
     be->rmsnorm_backward(dx, m->gnorm_f, m->rms_scratch, dz, m->x_out, m->norm_f, m->rstdf, M, C);
 

@@ -3,6 +3,10 @@
 //   x = E[token];  for each layer: x += AMSU(RMSNorm(x)); x += FFN(RMSNorm(x))
 //   logits = RMSNorm_f(x) · E[:V]ᵀ;  loss = mean cross-entropy
 //
+// The head GEMM runs over all Vp rows of E (N = Vp is 64-aligned, V = 50257
+// is not): logits rows have stride Vp, the pad columns [V, Vp) are masked by
+// the cross-entropy and never read (docs/CUDA.md, "Padded vocabulary").
+//
 // Like llm.c, all parameters live in one contiguous buffer (and so do their
 // gradients and the AdamW moments), described by a table of named tensors;
 // the names are the checkpoint's tensor names. Activations for one (B, T)
@@ -123,7 +127,7 @@ typedef struct {
     float *x_out;     // (B, T, C) residual stream after the last layer
     float *zf;        // (B, T, C)
     float *rstdf;     // (B, T)
-    float *logits;    // (B, T, V); a backward overwrites them with their gradient
+    float *logits;    // (B, T, Vp), pad columns unused; a backward overwrites them with their gradient
     float *losses;    // (B, T) per-position cross-entropy
     int *tokens, *targets;  // (B, T) the last batch, in backend memory
     // backward scratch: dx, dz (B,T,C), dc, dr (B,T,F), the ops' scratch
@@ -243,8 +247,8 @@ void model_stats_free(ModelStats *st);
 // column_sums per layer and kind on the backend; only the sums come back.
 void model_spike_sums(Model *m, int row0, int rows, double *amsu, double *ffn);
 
-// Logits row of sequence b at position t of the last forward, (V), on the
-// host (valid until the next call).
+// Logits row of sequence b at position t of the last forward: its V real
+// entries, on the host (valid until the next call).
 const float *model_logits(const Model *m, int b, int t);
 
 ModelState *model_state_new(const Model *m, int B);

@@ -76,10 +76,13 @@ typedef struct Backend {
                          AmsuState *state, const float *add, const NeuronTestMode *test);
     void (*amsu_backward)(float *dz, AmsuGrads *g, float *scratch, const float *dy, const float *z,
                           const AmsuActs *a, const AmsuWeights *w, AmsuShape sh, const NeuronTestMode *test);
-    // losses (M) = −log softmax(logits row)[target] in nats, 0 where target < 0
-    void (*xent_forward)(float *losses, const float *logits, const int *targets, int M, int V);
-    // in place: logits (M, V) becomes k · (softmax − onehot(target)); rows with target < 0 become 0
-    void (*xent_backward)(float *logits, const int *targets, float k, int M, int V);
+    // logits (M, Vp): rows of stride Vp >= V, whose V real entries come first; the pad columns
+    // [V, Vp) are masked (never read). losses (M) = −log softmax(row[:V])[target] in nats, 0
+    // where target < 0
+    void (*xent_forward)(float *losses, const float *logits, const int *targets, int M, int V, int Vp);
+    // in place: logits[:, :V] becomes k · (softmax − onehot(target)), the pad columns exactly 0;
+    // rows with target < 0 become 0
+    void (*xent_backward)(float *logits, const int *targets, float k, int M, int V, int Vp);
     // one AdamW step (decoupled decay, bias correction, step from 1)
     void (*adamw)(float *p, const float *g, float *m, float *v, size_t n, float lr, float beta1, float beta2,
                   float eps, float weight_decay, int step);

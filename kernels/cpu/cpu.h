@@ -91,9 +91,10 @@ double xent_row(const float *logits, int V, int target);
 // dlogits (V) = (softmax(logits) − onehot(target)) · k; all zeros when target < 0.
 // dlogits may be logits (in place).
 void xent_row_backward(float *dlogits, const float *logits, int V, int target, float k);
-// Over M rows: losses (M) (0 where target < 0); the backward in place on logits (M, V).
-void xent_forward(float *losses, const float *logits, const int *targets, int M, int V);
-void xent_backward(float *logits, const int *targets, float k, int M, int V);
+// Over M rows of stride Vp (V real entries, then pad columns that are never read):
+// losses (M) (0 where target < 0); the backward in place on logits (M, Vp), pads set to 0.
+void xent_forward(float *losses, const float *logits, const int *targets, int M, int V, int Vp);
+void xent_backward(float *logits, const int *targets, float k, int M, int V, int Vp);
 
 // ---- shared by the backwards --------------------------------------------------------
 // grad (N) += σ'(a)·Σ_b part[b][n], b ascending: per-sequence partials of a

@@ -1,7 +1,8 @@
 // xent.c: cross-entropy over a vocabulary on the CPU, per row (loss and its
-// gradient), and over M rows (the backend table's entries). Each row's
-// softmax is taken against its max in double, so a row's loss is exact to
-// float rounding whatever the logits' scale.
+// gradient), and over M rows of stride Vp (the backend table's entries): the
+// V real columns come first; the pad columns [V, Vp) are never read and get
+// gradient 0. Each row's softmax is taken against its max in double, so a
+// row's loss is exact to float rounding whatever the logits' scale.
 #include <math.h>
 #include <string.h>
 
@@ -29,13 +30,17 @@ void xent_row_backward(float *dlogits, const float *logits, int V, int target, f
     dlogits[target] -= k;
 }
 
-void xent_forward(float *losses, const float *logits, const int *targets, int M, int V) {
+void xent_forward(float *losses, const float *logits, const int *targets, int M, int V, int Vp) {
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < M; i++)
-        losses[i] = targets[i] < 0 ? 0.0f : (float)xent_row(logits + (size_t)i * V, V, targets[i]);
+        losses[i] = targets[i] < 0 ? 0.0f : (float)xent_row(logits + (size_t)i * Vp, V, targets[i]);
 }
 
-void xent_backward(float *logits, const int *targets, float k, int M, int V) {
+void xent_backward(float *logits, const int *targets, float k, int M, int V, int Vp) {
 #pragma omp parallel for schedule(static)
-    for (int i = 0; i < M; i++) xent_row_backward(logits + (size_t)i * V, logits + (size_t)i * V, V, targets[i], k);
+    for (int i = 0; i < M; i++) {
+        float *row = logits + (size_t)i * Vp;
+        xent_row_backward(row, row, V, targets[i], k);
+        memset(row + V, 0, (size_t)(Vp - V) * sizeof(float));  // the pad columns: no gradient
+    }
 }

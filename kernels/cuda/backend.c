@@ -84,11 +84,11 @@ static void amsu_bwd(float *dz, AmsuGrads *g, float *scratch, const float *dy, c
     no_test_mode(test, "amsu_backward");
     amsu_backward_cuda(dz, g, scratch, dy, z, a, w, sh, NULL);
 }
-static void xent_fwd(float *losses, const float *logits, const int *targets, int M, int V) {
-    xent_forward_cuda(losses, logits, targets, M, V, NULL);
+static void xent_fwd(float *losses, const float *logits, const int *targets, int M, int V, int Vp) {
+    xent_forward_cuda(losses, logits, targets, M, V, Vp, NULL);
 }
-static void xent_bwd(float *logits, const int *targets, float k, int M, int V) {
-    xent_backward_cuda(logits, targets, k, M, V, NULL);
+static void xent_bwd(float *logits, const int *targets, float k, int M, int V, int Vp) {
+    xent_backward_cuda(logits, targets, k, M, V, Vp, NULL);
 }
 static void adamw(float *p, const float *g, float *m, float *v, size_t n, float lr, float beta1, float beta2,
                   float eps, float wd, int step) {

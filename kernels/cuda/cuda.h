@@ -124,13 +124,15 @@ void embedding_forward_cuda(float *x, const int *tokens, const float *E, int M, 
 int embedding_backward_plan(const int *tokens_host, int M, int *order, int *starts, int *uniq);
 void embedding_backward_cuda(float *dE, const float *dx, const int *order, const int *starts,
                              const int *uniq, int nuniq, int C, void *stream);
-// Cross-entropy over the V logits of each of M rows: losses (M) = −log
-// softmax(row)[target] in nats, 0 where target < 0.
+// Cross-entropy over the first V logits of each of M rows of stride Vp (the
+// pad columns [V, Vp) are never read): losses (M) = −log softmax(row[:V])[target]
+// in nats, 0 where target < 0.
 void xent_forward_cuda(float *losses, const float *logits, const int *targets, int M, int V,
-                       void *stream);
-// In place: logits (M, V) becomes k · (softmax − onehot(target)); rows whose
-// target is < 0 become 0.
-void xent_backward_cuda(float *logits, const int *targets, float k, int M, int V, void *stream);
+                       int Vp, void *stream);
+// In place: logits[:, :V] becomes k · (softmax − onehot(target)) and the pad
+// columns exactly 0; rows whose target is < 0 become 0.
+void xent_backward_cuda(float *logits, const int *targets, float k, int M, int V, int Vp,
+                        void *stream);
 // cpu.h adamw_update on device pointers.
 void adamw_update_cuda(float *p, const float *g, float *m, float *v, size_t n, float lr,
                        float beta1, float beta2, float eps, float weight_decay, int step,

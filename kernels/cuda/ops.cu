@@ -408,11 +408,12 @@ __device__ __forceinline__ void row_softmax_stats(const float *__restrict__ lg, 
 }
 
 // One block per row: losses[row] = log Σ exp(lg − max) + max − lg[target]
-// (kernels/cpu/xent.c xent_row), 0 where target < 0.
+// over the row's V real entries (kernels/cpu/xent.c xent_row), 0 where
+// target < 0. The pad columns [V, Vp) are never read.
 __global__ void xent_forward_kernel(float *__restrict__ losses,         // (M)
-                                    const float *__restrict__ logits,   // (M, V)
+                                    const float *__restrict__ logits,   // (M, Vp)
                                     const int *__restrict__ targets,    // (M)
-                                    int V) {
+                                    int V, int Vp) {
     __shared__ float red[32];
     const size_t row = blockIdx.x;
     const int target = targets[row];
@@ -420,32 +421,33 @@ __global__ void xent_forward_kernel(float *__restrict__ losses,         // (M)
         if (threadIdx.x == 0) losses[row] = 0.0f;
         return;
     }
-    const float *lg = logits + row * V;
+    const float *lg = logits + row * Vp;
     float mx, sum;
     row_softmax_stats(lg, V, red, &mx, &sum);
     if (threadIdx.x == 0) losses[row] = logf(sum) + mx - lg[target];
 }
 
-// One block per row, in place: lg = k · (softmax − onehot(target))
-// (kernels/cpu/xent.c xent_backward); rows with target < 0 become 0. Every read of
-// the statistics pass is behind the reductions' barriers before any write,
-// and the write pass reads and writes only the thread's own entries.
-__global__ void xent_backward_kernel(float *__restrict__ logits,        // (M, V)
+// One block per row, in place: lg[:V] = k · (softmax − onehot(target))
+// (kernels/cpu/xent.c xent_backward) and lg[V:Vp] = 0 (never read); rows with
+// target < 0 become 0. Every read of the statistics pass is behind the
+// reductions' barriers before any write, and the write pass reads and writes
+// only the thread's own entries.
+__global__ void xent_backward_kernel(float *__restrict__ logits,        // (M, Vp)
                                      const int *__restrict__ targets,   // (M)
-                                     float k, int V) {
+                                     float k, int V, int Vp) {
     __shared__ float red[32];
     const size_t row = blockIdx.x;
     const int target = targets[row];
-    float *lg = logits + row * V;
+    float *lg = logits + row * Vp;
     if (target < 0) {
-        for (int v = threadIdx.x; v < V; v += blockDim.x) lg[v] = 0.0f;
+        for (int v = threadIdx.x; v < Vp; v += blockDim.x) lg[v] = 0.0f;
         return;
     }
     float mx, sum;
     row_softmax_stats(lg, V, red, &mx, &sum);
     const float inv = 1.0f / sum;
-    for (int v = threadIdx.x; v < V; v += blockDim.x) {
-        float d = expf(lg[v] - mx) * inv * k;
+    for (int v = threadIdx.x; v < Vp; v += blockDim.x) {
+        float d = v < V ? expf(lg[v] - mx) * inv * k : 0.0f;
         if (v == target) d -= k;
         lg[v] = d;
     }
@@ -454,16 +456,16 @@ __global__ void xent_backward_kernel(float *__restrict__ logits,        // (M, V
 static int xent_threads(int V) { return row_threads(V, V >= XENT_WIDE ? XENT_THREADS : 256); }
 
 extern "C" void xent_forward_cuda(float *losses, const float *logits, const int *targets, int M,
-                                  int V, void *stream) {
+                                  int V, int Vp, void *stream) {
     if (M <= 0 || V <= 0) return;
-    xent_forward_kernel<<<M, xent_threads(V), 0, (cudaStream_t)stream>>>(losses, logits, targets, V);
+    xent_forward_kernel<<<M, xent_threads(V), 0, (cudaStream_t)stream>>>(losses, logits, targets, V, Vp);
     cuda_check(cudaGetLastError());
 }
 
-extern "C" void xent_backward_cuda(float *logits, const int *targets, float k, int M, int V,
+extern "C" void xent_backward_cuda(float *logits, const int *targets, float k, int M, int V, int Vp,
                                    void *stream) {
     if (M <= 0 || V <= 0) return;
-    xent_backward_kernel<<<M, xent_threads(V), 0, (cudaStream_t)stream>>>(logits, targets, k, V);
+    xent_backward_kernel<<<M, xent_threads(V), 0, (cudaStream_t)stream>>>(logits, targets, k, V, Vp);
     cuda_check(cudaGetLastError());
 }
 
