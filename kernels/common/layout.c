@@ -3,23 +3,24 @@
 #include "common/types.h"
 
 size_t amsu_acts_size(AmsuShape sh) {
-    size_t btc = (size_t)sh.B * sh.T * sh.C;
-    if (!sh.astro) return 4 * btc;  // I, o, u, s
+    size_t bt = (size_t)sh.B * sh.T, btc = bt * sh.C;
+    size_t n = bt * amsu_ld(sh) + 3 * btc;  // P, o, u, s
+    if (!sh.astro) return n;
     size_t D = sh.C / sh.Nh;
-    return 7 * btc + (size_t)sh.B * sh.Nh * glia_nchunks(sh.T) * D * D;
+    return n + (size_t)sh.B * sh.Nh * glia_nchunks(sh.T) * D * D;
 }
 
 void amsu_acts_bind(AmsuActs *a, AmsuShape sh, float *mem) {
-    size_t btc = (size_t)sh.B * sh.T * sh.C;
-    a->I = mem;
-    a->o = mem + btc;
-    a->u = mem + 2 * btc;
-    a->s = mem + 3 * btc;
+    size_t bt = (size_t)sh.B * sh.T, btc = bt * sh.C, btp = bt * amsu_ld(sh);
+    a->P = a->I = mem;
+    a->o = mem + btp;
+    a->u = mem + btp + btc;
+    a->s = mem + btp + 2 * btc;
     if (sh.astro) {
-        a->k = mem + 4 * btc;
-        a->v = mem + 5 * btc;
-        a->q = mem + 6 * btc;
-        a->Hckpt = mem + 7 * btc;
+        a->k = mem + sh.C;
+        a->v = mem + 2 * sh.C;
+        a->q = mem + 3 * sh.C;
+        a->Hckpt = mem + btp + 3 * btc;
     } else {
         a->k = a->v = a->q = a->Hckpt = NULL;
     }
