@@ -58,8 +58,8 @@ static void check(Case cs, uint64_t seed) {
             al[c] = (float)(lo + f * (hi - lo));
         }
     float *o_s = nans(n), *o_c = nans(n), *h_s = nans(nck), *h_c = nans(nck);
-    astro_forward(o_s, h_s, k, v, q, al, NULL, B, T, C, Nh);
-    astro_forward_chunk(o_c, h_c, k, v, q, al, NULL, B, T, C, Nh);
+    astro_forward(o_s, h_s, k, v, q, al, NULL, B, T, C, Nh, C);
+    astro_forward_chunk(o_c, h_c, k, v, q, al, NULL, B, T, C, Nh, C);
     double eo = rel_err(o_c, o_s, n), eh = rel_err(h_c, h_s, nck);
     cr_expect(eo <= FWD_TOL, "λ %g T %d D %d: o rel err %.2e", cs.lambda, T, D, eo);
     cr_expect(eh <= FWD_TOL, "λ %g T %d D %d: Hckpt rel err %.2e", cs.lambda, T, D, eh);
@@ -70,7 +70,7 @@ static void check(Case cs, uint64_t seed) {
         TestRng r2;
         rng_seed(&r2, seed + 99);
         fill_normal(dl[m], C, 1.0f, &r2);
-        (m ? astro_backward_chunk : astro_backward)(dk[m], dv[m], dq[m], dl[m], dout, k, v, q, al, h_s, B, T, C, Nh);
+        (m ? astro_backward_chunk : astro_backward)(dk[m], dv[m], dq[m], dl[m], dout, k, v, q, al, h_s, B, T, C, Nh, C);
     }
     double e[4] = {rel_err(dq[1], dq[0], n), rel_err(dk[1], dk[0], n), rel_err(dv[1], dv[0], n),
                    rel_err(dl[1], dl[0], C)};
@@ -111,7 +111,7 @@ Test(amsu_chunk, streaming_state) {
     fill_normal(q, n, 1.0f, &r);
     fill_normal(al, C, 1.0f, &r);
     float *o_full = nans(n), *H_full = calloc(hs, 4), *H = calloc(hs, 4), *o = nans(n);
-    astro_forward(o_full, NULL, k, v, q, al, H_full, B, T, C, Nh);
+    astro_forward(o_full, NULL, k, v, q, al, H_full, B, T, C, Nh, C);
     // the two pieces, each batch-major (B, Tn, C)
     for (int piece = 0; piece < 2; piece++) {
         int t0 = piece ? T1 : 0, Tn = piece ? T2 : T1;
@@ -123,7 +123,7 @@ Test(amsu_chunk, streaming_state) {
             memcpy(vp + dst, v + src, (size_t)Tn * C * 4);
             memcpy(qp + dst, q + src, (size_t)Tn * C * 4);
         }
-        astro_forward_chunk(op, NULL, kp, vp, qp, al, H, B, Tn, C, Nh);
+        astro_forward_chunk(op, NULL, kp, vp, qp, al, H, B, Tn, C, Nh, C);
         for (int b = 0; b < B; b++) memcpy(o + ((size_t)b * T + t0) * C, op + (size_t)b * Tn * C, (size_t)Tn * C * 4);
         free(kp), free(vp), free(qp), free(op);
     }
@@ -145,7 +145,7 @@ Test(amsu_chunk, layer_switch) {
     fill_normal(z, n, 1.0f, &r);
     fill_normal(W, 5 * cc, 1.0f / sqrtf((float)C), &r);
     fill_normal(al, C, 1.0f, &r);
-    AmsuWeights w = {W, W + cc, W + 2 * cc, W + 3 * cc, W + 4 * cc, al, ab};
+    AmsuWeights w = {W, W + 4 * cc, al, ab};
     float *y[2], *mem[2];
     for (int m = 0; m < 2; m++) {
         cpu_set_amsu(m ? AMSU_CHUNK : AMSU_SCAN);

@@ -171,26 +171,27 @@ static void row_embedding(const Backend *be, int shape, Outputs *o) {
 }
 
 // The FFN neuron (o ≡ 0; the AM-SU's own neuron runs inside amsu_forward),
-// from zero and streaming (state in and out).
+// from zero and streaming (state in and out). current and dcurrent at row
+// stride ld ≥ N (the AM-SU's I in P); dcurrent's padding must stay 0.
 static void row_neuron(const Backend *be, int shape, Outputs *o) {
-    static const int dims[][3] = {{1, 7, 5}, {3, 40, 64}, {2, 70, 200}};
-    const int B = dims[shape][0], T = dims[shape][1], N = dims[shape][2];
-    const size_t n = (size_t)B * T * N;
-    float *cur = host_normal(n, 1.0f, 90 + shape), *ab = host_normal(N, 0.5f, 91 + shape);
+    static const int dims[][4] = {{1, 7, 5, 5}, {3, 40, 64, 67}, {2, 70, 200, 800}};  // B, T, N, ld
+    const int B = dims[shape][0], T = dims[shape][1], N = dims[shape][2], ld = dims[shape][3];
+    const size_t n = (size_t)B * T * N, np = (size_t)B * T * ld;
+    float *cur = host_normal(np, 1.0f, 90 + shape), *ab = host_normal(N, 0.5f, 91 + shape), *zp = calloc(np, 4);
     float *ds = host_normal(n, 1.0f, 92 + shape), *db0 = host_normal(N, 1.0f, 93 + shape);
     float *us = host_normal((size_t)B * N, 1.0f, 94 + shape), *ss = calloc((size_t)B * N, sizeof(float));
     for (int i = 0; i < B * N; i += 3) ss[i] = 1.0f;
-    float *CUR = up(be, cur, n), *AB = up(be, ab, N), *U = nan_buf(be, n), *S = nan_buf(be, n);
+    float *CUR = up(be, cur, np), *AB = up(be, ab, N), *U = nan_buf(be, n), *S = nan_buf(be, n);
     float *US = up(be, us, (size_t)B * N), *SS = up(be, ss, (size_t)B * N), *U2 = nan_buf(be, n), *S2 = nan_buf(be, n);
-    float *DS = up(be, ds, n), *DC = nan_buf(be, n), *DB = up(be, db0, N);
+    float *DS = up(be, ds, n), *DC = up(be, zp, np), *DB = up(be, db0, N);
     size_t nsc = be->neuron_scratch(B, N);
     float *SC = nsc ? be->alloc(nsc * sizeof(float)) : NULL;
-    be->neuron_forward(U, S, CUR, NULL, AB, NULL, NULL, B, T, N, NULL);
-    be->neuron_forward(U2, S2, CUR, NULL, AB, US, SS, B, T, N, NULL);
-    be->neuron_backward(DC, NULL, DB, SC, DS, U, NULL, S, AB, B, T, N, NULL);
+    be->neuron_forward(U, S, CUR, NULL, AB, NULL, NULL, B, T, N, ld, NULL);
+    be->neuron_forward(U2, S2, CUR, NULL, AB, US, SS, B, T, N, ld, NULL);
+    be->neuron_backward(DC, NULL, DB, SC, DS, U, NULL, S, AB, B, T, N, ld, NULL);
     emit(o, be, "u", U, n, TOL, 0);
     emit(o, be, "s", S, n, 0.0, 1);
-    emit(o, be, "dcurrent", DC, n, SEQ_TOL, 0);
+    emit(o, be, "dcurrent", DC, np, SEQ_TOL, 0);
     emit(o, be, "da_beta", DB, N, SEQ_TOL, 0);
     emit(o, be, "u (streaming)", U2, n, TOL, 0);
     emit(o, be, "s (streaming)", S2, n, 0.0, 1);
@@ -198,7 +199,7 @@ static void row_neuron(const Backend *be, int shape, Outputs *o) {
     if (SC) be->free(SC);
     be->free(CUR), be->free(AB), be->free(SS), be->free(DS), be->free(U), be->free(S), be->free(U2), be->free(S2);
     be->free(US), be->free(DC), be->free(DB);
-    free(cur), free(ab), free(ds), free(db0), free(us), free(ss);
+    free(cur), free(ab), free(ds), free(db0), free(us), free(ss), free(zp);
 }
 
 // One AM-SU layer forward from zero and its backward. The backward is fed
@@ -209,15 +210,17 @@ static void amsu_case(const Backend *be, int shape, int astro, Outputs *o) {
     const int C = sh.C, D = C / sh.Nh;
     const size_t n = (size_t)sh.B * sh.T * C, cc = (size_t)C * C, na = amsu_acts_size(sh);
     cr_assert(be->amsu_head_ok(D), "the %s backend does not run head size %d", be->name, D);
-    float *hw[5], *dw0 = host_normal(5 * cc + 2 * (size_t)C, 0.1f, 100 + shape);
-    for (int i = 0; i < 5; i++) hw[i] = host_normal(cc, i == 4 ? 0.2f : 1.0f / sqrtf((float)C), 101 + 7 * shape + i);
+    float *hw = malloc(5 * cc * sizeof(float)), *dw0 = host_normal(5 * cc + 2 * (size_t)C, 0.1f, 100 + shape);
+    for (int i = 0; i < 5; i++) {  // W_I, W_K, W_V, W_Q (W_in), W_O
+        float *wi = host_normal(cc, i == 4 ? 0.2f : 1.0f / sqrtf((float)C), 101 + 7 * shape + i);
+        memcpy(hw + i * cc, wi, cc * sizeof(float));
+        free(wi);
+    }
     float *al = host_normal(C, 1.0f, 140 + shape), *ab = host_normal(C, 0.5f, 141 + shape);
     for (int i = 0; i < C; i++) al[i] += 2.0f;
     float *z = host_normal(n, 1.0f, 142 + shape), *dy = host_normal(n, 1.0f, 143 + shape);
-    float *W[5];
-    for (int i = 0; i < 5; i++) W[i] = up(be, hw[i], cc);
-    AmsuWeights w = {W[0], astro ? W[1] : NULL, astro ? W[2] : NULL, astro ? W[3] : NULL, W[4],
-                     astro ? up(be, al, C) : NULL, up(be, ab, C)};
+    float *W = up(be, hw, 5 * cc);
+    AmsuWeights w = {W, W + 4 * cc, astro ? up(be, al, C) : NULL, up(be, ab, C)};
     float *Z = up(be, z, n), *Y = nan_buf(be, n), *ACT = nan_buf(be, na);
     AmsuActs a;
     amsu_acts_bind(&a, sh, ACT);
@@ -250,7 +253,7 @@ static void amsu_case(const Backend *be, int shape, int astro, Outputs *o) {
     cr_assert_eq(cpu_na, na);
     be->upload(ACT, cpu_acts, na * sizeof(float));
     float *DY = up(be, dy, n), *DZ = nan_buf(be, n), *G = up(be, dw0, 5 * cc + 2 * (size_t)C);
-    AmsuGrads g = {G, G + cc, G + 2 * cc, G + 3 * cc, G + 4 * cc, G + 5 * cc, G + 5 * cc + C};
+    AmsuGrads g = {G, G + 4 * cc, G + 5 * cc, G + 5 * cc + C};
     size_t ns = be->amsu_scratch(sh);
     float *S = be->alloc((ns ? ns : 1) * sizeof(float));
     be->amsu_backward(DZ, &g, S, DY, Z, &a, &w, sh, NULL);
@@ -258,11 +261,10 @@ static void amsu_case(const Backend *be, int shape, int astro, Outputs *o) {
     emit(o, be, "weight gradients", G, 5 * cc + 2 * (size_t)C, SEQ_TOL, 0);
     be->free(S), be->free(DY), be->free(Z), be->free(ACT), be->free(Y), be->free(DZ), be->free(G);
     be->free(YX);
-    for (int i = 0; i < 5; i++) be->free(W[i]);
+    be->free(W);
     if (astro) be->free((float *)w.a_lambda);
     be->free((float *)w.a_beta);
-    for (int i = 0; i < 5; i++) free(hw[i]);
-    free(dw0), free(al), free(ab), free(z), free(dy);
+    free(hw), free(dw0), free(al), free(ab), free(z), free(dy);
 }
 // The astrocyte per timestep and in chunks (set_amsu), each backend against the CPU's same mode.
 static void amsu_mode_case(const Backend *be, int shape, int mode, Outputs *o) {

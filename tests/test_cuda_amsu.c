@@ -175,11 +175,11 @@ static void check_case(Case cs, uint64_t seed) {
     float *H_ref = alloc_floats(nH);
     if (cs.astro)
         astro_forward(o_ref, ckpt ? H_ref : NULL, in.k, in.v, in.q, in.a_lambda, NULL, B, T, C,
-                      Nh);
+                      Nh, C);
     else
         memset(o_ref, 0, n * sizeof(float));
     neuron_forward(u_ref, s_ref, in.I, cs.astro ? o_ref : NULL, in.a_beta, NULL, NULL, B, T, C,
-                   NULL);
+                   C, NULL);
 
     // GPU; with the astrocyte off, k, v, q, a_lambda must not be needed
     float *o = alloc_floats(n), *u = alloc_floats(n), *s = alloc_floats(n);
@@ -274,10 +274,10 @@ static void check_streaming(int B, int T1, int T2, int Nh, int D, int astro, uin
         float *Hck_c = alloc_floats(nH), *Hck_g = alloc_floats(nH);
 
         if (astro)
-            astro_forward(o_c, Hck_c, k, v, q, in.a_lambda, H_cpu, B, Tn, C, Nh);
+            astro_forward(o_c, Hck_c, k, v, q, in.a_lambda, H_cpu, B, Tn, C, Nh, C);
         else
             memset(o_c, 0, m * sizeof(float));
-        neuron_forward(u_c, s_c, I, astro ? o_c : NULL, in.a_beta, u_cpu, s_cpu, B, Tn, C, NULL);
+        neuron_forward(u_c, s_c, I, astro ? o_c : NULL, in.a_beta, u_cpu, s_cpu, B, Tn, C, C, NULL);
 
         int rc = amsu_recurrence_forward_cuda_host(
             o_g, u_g, s_g, astro ? Hck_g : NULL, I, k, v, q, in.a_lambda, in.a_beta,
@@ -367,8 +367,8 @@ static BwdProblem make_bwd_problem(int B, int T, int Nh, int D, uint64_t seed) {
     p.u = alloc_floats(n);
     p.s = alloc_floats(n);
     p.Hckpt = alloc_floats((size_t)B * Nh * glia_nchunks(T) * D * D);
-    astro_forward(p.o, p.Hckpt, p.in.k, p.in.v, p.in.q, p.in.a_lambda, NULL, B, T, C, Nh);
-    neuron_forward(p.u, p.s, p.in.I, p.o, p.in.a_beta, NULL, NULL, B, T, C, NULL);
+    astro_forward(p.o, p.Hckpt, p.in.k, p.in.v, p.in.q, p.in.a_lambda, NULL, B, T, C, Nh, C);
+    neuron_forward(p.u, p.s, p.in.I, p.o, p.in.a_beta, NULL, NULL, B, T, C, C, NULL);
     p.ds = alloc_floats(n);
     fill_normal(p.ds, n, 1.0f, &rng);
     p.da_lambda0 = alloc_floats(C);
@@ -402,9 +402,9 @@ static BwdResult bwd_cpu(const BwdProblem *p) {
     float *dm = alloc_floats((size_t)B * T * C);
     memcpy(r.da_lambda, p->da_lambda0, C * sizeof(float));
     memcpy(r.da_beta, p->da_beta0, C * sizeof(float));
-    neuron_backward(r.dI, dm, r.da_beta, p->ds, p->u, p->o, p->s, p->in.a_beta, B, T, C, NULL);
+    neuron_backward(r.dI, dm, r.da_beta, p->ds, p->u, p->o, p->s, p->in.a_beta, B, T, C, C, NULL);
     astro_backward(r.dk, r.dv, r.dq, r.da_lambda, dm, p->in.k, p->in.v, p->in.q, p->in.a_lambda,
-                   p->Hckpt, B, T, C, p->Nh);
+                   p->Hckpt, B, T, C, p->Nh, C);
     free(dm);
     return r;
 }
@@ -425,7 +425,7 @@ static BwdResult bwd_gpu(const BwdProblem *p) {
     float *d_dI = dev_poisoned(n), *d_dk = dev_poisoned(n), *d_dv = dev_poisoned(n);
     float *d_dq = dev_poisoned(n), *d_scratch = dev_poisoned(nscratch);
     amsu_recurrence_backward_cuda(d_dI, d_dk, d_dv, d_dq, d_dal, d_dab, d_scratch, d_ds, d_u, d_o,
-                                  d_s, d_k, d_v, d_q, d_H, d_al, d_ab, B, T, C, Nh, NULL);
+                                  d_s, d_k, d_v, d_q, d_H, d_al, d_ab, B, T, C, Nh, C, NULL);
     cuda_synchronize();
     BwdResult r = alloc_bwd_result(p);
     cuda_download(r.dI, d_dI, n * sizeof(float));
@@ -664,7 +664,7 @@ Test(cuda_amsu, rejects_invalid_shapes) {
 Test(cuda_amsu, backward_rejects_invalid_shape, .exit_code = 1) {
 #ifdef GLIA_HAVE_CUDA
     amsu_recurrence_backward_cuda(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-                                  NULL, NULL, NULL, NULL, NULL, NULL, NULL, 1, 2, 48, 2, NULL);
+                                  NULL, NULL, NULL, NULL, NULL, NULL, NULL, 1, 2, 48, 2, 48, NULL);
 #else
     exit(1);  // nothing to check without CUDA
 #endif

@@ -122,8 +122,8 @@ static Fwd fwd_cpu(Case cs, const Inputs *in, int chunked) {
     const size_t n = (size_t)cs.B * cs.T * C, nH = (size_t)cs.B * cs.Nh * glia_nchunks(cs.T) * cs.D * cs.D;
     Fwd f = fwd_alloc(n, nH);
     (chunked ? astro_forward_chunk : astro_forward)(f.o, f.H, in->k, in->v, in->q, in->a_lambda, NULL, cs.B, cs.T, C,
-                                                    cs.Nh);
-    neuron_forward(f.u, f.s, in->I, f.o, in->a_beta, NULL, NULL, cs.B, cs.T, C, NULL);
+                                                    cs.Nh, C);
+    neuron_forward(f.u, f.s, in->I, f.o, in->a_beta, NULL, NULL, cs.B, cs.T, C, C, NULL);
     return f;
 }
 
@@ -133,7 +133,7 @@ static Fwd fwd_gpu(Case cs, const Inputs *in) {
     float *dI = dev_copy_of(in->I, n), *dk = dev_copy_of(in->k, n), *dv = dev_copy_of(in->v, n);
     float *dq = dev_copy_of(in->q, n), *dal = dev_copy_of(in->a_lambda, C), *dab = dev_copy_of(in->a_beta, C);
     float *o = dev_floats(n), *u = dev_floats(n), *s = dev_floats(n), *H = dev_floats(nH);
-    amsu_chunk_forward_cuda(o, u, s, H, dI, dk, dv, dq, dal, dab, cs.B, cs.T, C, cs.Nh, NULL);
+    amsu_chunk_forward_cuda(o, u, s, H, dI, dk, dv, dq, dal, dab, cs.B, cs.T, C, cs.Nh, C, NULL);
     cuda_synchronize();
     Fwd f = fwd_alloc(n, nH);
     download(f.o, o, n), download(f.u, u, n), download(f.s, s, n), download(f.H, H, nH);
@@ -227,7 +227,7 @@ static Bwd bwd_gpu(Case cs, const Inputs *in, const float *dout, const float *da
     float *d_q = dev_copy_of(in->q, n), *d_al = dev_copy_of(in->a_lambda, C), *d_H = dev_copy_of(H, nH);
     float *d_dal = dev_copy_of(dal0, C), *d_dk = dev_floats(n), *d_dv = dev_floats(n), *d_dq = dev_floats(n);
     float *d_scr = dev_floats((size_t)B * C);
-    amsu_chunk_backward_cuda(d_dk, d_dv, d_dq, d_dal, d_scr, d_do, d_k, d_v, d_q, d_al, d_H, B, T, C, Nh, NULL);
+    amsu_chunk_backward_cuda(d_dk, d_dv, d_dq, d_dal, d_scr, d_do, d_k, d_v, d_q, d_al, d_H, B, T, C, Nh, C, NULL);
     cuda_synchronize();
     Bwd got = {host_floats(n), host_floats(n), host_floats(n), host_floats(C)};
     download(got.dk, d_dk, n), download(got.dv, d_dv, n), download(got.dq, d_dq, n), download(got.dal, d_dal, C);
@@ -248,13 +248,13 @@ static void check_bwd(Case cs, uint64_t seed, int twice) {
     float *dout = host_floats(n), *dal0 = host_floats(C), *o = host_floats(n), *H = host_floats(nH);
     fill_normal(dout, n, 1.0f, &r);
     fill_normal(dal0, C, 0.1f, &r);
-    astro_forward(o, H, in.k, in.v, in.q, in.a_lambda, NULL, B, T, C, Nh);
+    astro_forward(o, H, in.k, in.v, in.q, in.a_lambda, NULL, B, T, C, Nh, C);
     Bwd ref[2];
     for (int m = 0; m < 2; m++) {
         ref[m] = (Bwd){host_floats(n), host_floats(n), host_floats(n), host_floats(C)};
         memcpy(ref[m].dal, dal0, C * sizeof(float));
         (m ? astro_backward_chunk : astro_backward)(ref[m].dk, ref[m].dv, ref[m].dq, ref[m].dal, dout, in.k, in.v,
-                                                    in.q, in.a_lambda, H, B, T, C, Nh);
+                                                    in.q, in.a_lambda, H, B, T, C, Nh, C);
     }
     Bwd got = bwd_gpu(cs, &in, dout, dal0, H);
     if (twice) {
@@ -366,7 +366,7 @@ Test(cuda_amsu_chunk, backward_head_size_128) {
 Test(cuda_amsu_chunk, rejects_unsupported_head_size, .exit_code = 1) {
 #ifdef GLIA_HAVE_CUDA
     cr_assert(!amsu_chunk_head_size_supported(24) && amsu_chunk_head_size_supported(64));
-    amsu_chunk_forward_cuda(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 1, 2, 48, 2, NULL);
+    amsu_chunk_forward_cuda(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 1, 2, 48, 2, 48, NULL);
 #else
     exit(1);  // nothing to check without CUDA
 #endif
@@ -387,7 +387,7 @@ Test(cuda_amsu_chunk, backward_refuses_unaligned_checkpoints_at_128, .exit_code 
     const float *aligned = (const float *)(uintptr_t)256, *off = aligned + 1;
     cr_assert(amsu_chunk_backward_ok(128, aligned) && !amsu_chunk_backward_ok(128, off));
     cr_assert(amsu_chunk_backward_ok(64, off) && amsu_chunk_backward_ok(8, off));
-    amsu_chunk_backward_cuda(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, off, 1, 2, 128, 1, NULL);
+    amsu_chunk_backward_cuda(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, off, 1, 2, 128, 1, 128, NULL);
 #else
     exit(1);  // nothing to check without CUDA
 #endif

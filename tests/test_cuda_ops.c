@@ -319,20 +319,20 @@ static void neuron_case(int B, int T, int N, int with_o, int with_dm, uint64_t s
 
     // consistent u, s: the CPU forward from the random currents
     float *u = floats(n), *s = floats(n);
-    neuron_forward(u, s, cur, op, a_beta, NULL, NULL, B, T, N, NULL);
+    neuron_forward(u, s, cur, op, a_beta, NULL, NULL, B, T, N, N, NULL);
     size_t fired = 0;
     for (size_t i = 0; i < n; i++) fired += s[i] != 0.0f;
 
     float *dc_ref = floats(n), *dm_ref = floats(n), *db_ref = floats(N);
     memcpy(db_ref, dbeta0, N * sizeof(float));
-    neuron_backward(dc_ref, dm_ref, db_ref, ds, u, op, s, a_beta, B, T, N, NULL);
+    neuron_backward(dc_ref, dm_ref, db_ref, ds, u, op, s, a_beta, B, T, N, N, NULL);
 
     float *d_ds = dev_up(ds, n * 4), *d_u = dev_up(u, n * 4), *d_s = dev_up(s, n * 4);
     float *d_o = with_o ? dev_up(o, n * 4) : NULL;
     float *d_ab = dev_up(a_beta, N * 4), *d_db = dev_up(dbeta0, N * 4);
     float *d_dc = dev_poison(n * 4), *d_dm = with_dm ? dev_poison(n * 4) : NULL;
     float *d_scratch = dev_poison((size_t)B * N * 4);
-    neuron_backward_cuda(d_dc, d_dm, d_db, d_scratch, d_ds, d_u, d_o, d_s, d_ab, B, T, N, NULL);
+    neuron_backward_cuda(d_dc, d_dm, d_db, d_scratch, d_ds, d_u, d_o, d_s, d_ab, B, T, N, N, NULL);
     float *dc = floats(n), *dm = floats(n), *db = floats(N);
     down(dc, d_dc, n * 4);
     down(db, d_db, N * 4);

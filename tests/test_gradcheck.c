@@ -72,7 +72,7 @@ static void keep_from_spikes(float *keep, const float *s, int B, int T, int N) {
 
 typedef struct {
     AmsuShape sh;
-    float *z, *dy, *y, *keep, *acts_mem, *params[7];
+    float *z, *dy, *y, *keep, *acts_mem, *pmem, *params[7];  // params: views into pmem, in this order
     AmsuActs acts;
     AmsuWeights w;
     NeuronTestMode test;
@@ -100,8 +100,9 @@ static void check_amsu(AmsuShape sh, uint64_t seed) {
     a.keep = malloc(btc * sizeof(float));
     fill_normal(a.z, btc, 1.0f, &rng);
     fill_normal(a.dy, btc, 1.0f, &rng);
-    for (int p = 0; p < 7; p++) {
-        a.params[p] = malloc(psize[p] * sizeof(float));
+    a.pmem = malloc((5 * cc + 2 * (size_t)C) * sizeof(float));  // W_I..W_Q adjacent: the layer's W_in
+    for (int p = 0, off = 0; p < 7; off += psize[p++]) {
+        a.params[p] = a.pmem + off;
         fill_normal(a.params[p], psize[p], p <= P_WO ? 1.0f / sqrtf((float)C) : 0.5f, &rng);
     }
     for (int h = 0; h < sh.Nh; h++)  // SPEC's λ spread around its initial values
@@ -109,8 +110,7 @@ static void check_amsu(AmsuShape sh, uint64_t seed) {
             float lam = 1.0f - powf(2.0f, -(1.0f + 9.0f * i / (float)(D - 1)));
             a.params[P_LAM][h * D + i] = logf(lam / (1.0f - lam)) + 0.3f * rng_normal(&rng);
         }
-    a.w = (AmsuWeights){a.params[P_WI], a.params[P_WK], a.params[P_WV], a.params[P_WQ],
-                        a.params[P_WO], a.params[P_LAM], a.params[P_BETA]};
+    a.w = (AmsuWeights){a.params[P_WI], a.params[P_WO], a.params[P_LAM], a.params[P_BETA]};
     a.acts_mem = malloc(amsu_acts_size(sh) * sizeof(float));
     amsu_acts_bind(&a.acts, sh, a.acts_mem);
 
@@ -121,10 +121,9 @@ static void check_amsu(AmsuShape sh, uint64_t seed) {
     a.test.keep = a.keep;
     amsu_forward(a.y, &a.acts, a.z, &a.w, sh, NULL, NULL, &a.test);
 
-    float *grads[7], *dz = malloc(btc * sizeof(float));
-    for (int p = 0; p < 7; p++) grads[p] = calloc(psize[p], sizeof(float));
-    AmsuGrads g = {grads[P_WI], grads[P_WK], grads[P_WV], grads[P_WQ],
-                   grads[P_WO], grads[P_LAM], grads[P_BETA]};
+    float *grads[7], *dz = malloc(btc * sizeof(float)), *gmem = calloc(5 * cc + 2 * (size_t)C, sizeof(float));
+    for (int p = 0; p < 7; p++) grads[p] = gmem + (a.params[p] - a.pmem);
+    AmsuGrads g = {grads[P_WI], grads[P_WO], grads[P_LAM], grads[P_BETA]};
     float *scratch = malloc(amsu_scratch_size(sh) * sizeof(float));
     amsu_backward(dz, &g, scratch, a.dy, a.z, &a.acts, &a.w, sh, &a.test);
 
@@ -144,10 +143,7 @@ static void check_amsu(AmsuShape sh, uint64_t seed) {
         err = fd_check(amsu_names[p], amsu_loss, &a, a.params[p], grads[p], psize[p], &rng);
         cr_expect(err < FD_TOL, "%s: error %.3e over %.0e", amsu_names[p], err, FD_TOL);
     }
-    for (int p = 0; p < 7; p++) {
-        free(a.params[p]);
-        free(grads[p]);
-    }
+    free(a.pmem), free(gmem);
     free(a.z), free(a.dy), free(a.y), free(a.keep), free(a.acts_mem), free(dz), free(scratch);
 }
 
@@ -179,7 +175,7 @@ typedef struct {
 
 static double lif_loss(void *ctx) {
     LifCase *l = ctx;
-    neuron_forward(l->u, l->s, l->cur, NULL, l->a_beta, NULL, NULL, l->B, l->T, l->N, &l->test);
+    neuron_forward(l->u, l->s, l->cur, NULL, l->a_beta, NULL, NULL, l->B, l->T, l->N, l->N, &l->test);
     return dot_d(l->ds, l->s, (size_t)l->B * l->T * l->N);
 }
 
@@ -201,7 +197,7 @@ Test(gradcheck, lif_neuron) {
     l.test.keep = keep;
     lif_loss(&l);
     float *dcur = malloc(n * sizeof(float)), *dbeta = calloc(l.N, sizeof(float));
-    neuron_backward(dcur, NULL, dbeta, l.ds, l.u, NULL, l.s, l.a_beta, l.B, l.T, l.N, &l.test);
+    neuron_backward(dcur, NULL, dbeta, l.ds, l.u, NULL, l.s, l.a_beta, l.B, l.T, l.N, l.N, &l.test);
     double e1 = fd_check("current", lif_loss, &l, l.cur, dcur, n, &rng);
     double e2 = fd_check("a_beta", lif_loss, &l, l.a_beta, dbeta, l.N, &rng);
     cr_expect(e1 < FD_TOL, "dcurrent: error %.3e", e1);

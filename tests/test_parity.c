@@ -66,18 +66,18 @@ static void check_amsu_case(const char *name, int astro) {
     int B = zt->shape[0], T = zt->shape[1], C = zt->shape[2], Nh = 1;
     if (astro) Nh = st_find(in, "a_lambda")->shape[0];
     AmsuShape sh = {B, T, C, Nh, astro};
-    AmsuWeights w = {tensor(in, "W_I", 0), astro ? tensor(in, "W_K", 0) : NULL,
-                     astro ? tensor(in, "W_V", 0) : NULL, astro ? tensor(in, "W_Q", 0) : NULL,
-                     tensor(in, "W_O", 0), astro ? tensor(in, "a_lambda", 0) : NULL,
-                     tensor(in, "a_beta", 0)};
     size_t n = (size_t)B * T * C, cc = (size_t)C * C;
+    float *w_in = malloc(4 * cc * sizeof(float));  // W_I, W_K, W_V, W_Q stacked
+    const char *names[4] = {"W_I", "W_K", "W_V", "W_Q"};
+    for (int i = 0; i < (astro ? 4 : 1); i++) memcpy(w_in + i * cc, tensor(in, names[i], 0), cc * sizeof(float));
+    AmsuWeights w = {w_in, tensor(in, "W_O", 0), astro ? tensor(in, "a_lambda", 0) : NULL, tensor(in, "a_beta", 0)};
     float *mem = calloc(amsu_acts_size(sh) + amsu_scratch_size(sh) + 2 * n + 5 * cc + 2 * C,
                         sizeof(float));
     AmsuActs acts;
     amsu_acts_bind(&acts, sh, mem);
     float *scratch = mem + amsu_acts_size(sh), *y = scratch + amsu_scratch_size(sh);
     float *dz = y + n, *gp = dz + n;
-    AmsuGrads g = {gp, gp + cc, gp + 2 * cc, gp + 3 * cc, gp + 4 * cc, gp + 5 * cc, gp + 5 * cc + C};
+    AmsuGrads g = {gp, gp + 4 * cc, gp + 5 * cc, gp + 5 * cc + C};
     amsu_forward(y, &acts, tensor(in, "z", 0), &w, sh, NULL, NULL, NULL);
     amsu_backward(dz, &g, scratch, tensor(in, "dy", 0), tensor(in, "z", 0), &acts, &w, sh, NULL);
 
@@ -86,16 +86,16 @@ static void check_amsu_case(const char *name, int astro) {
     expect_close(ref, "u", acts.u, n);
     expect_close(ref, "o", acts.o, n);
     expect_close(ref, "dz", dz, n);
-    expect_close(ref, "dW_I", g.dW_I, cc);
+    expect_close(ref, "dW_I", g.dW_in, cc);
     expect_close(ref, "dW_O", g.dW_O, cc);
     expect_close(ref, "da_beta", g.da_beta, C);
     if (astro) {
-        expect_close(ref, "dW_K", g.dW_K, cc);
-        expect_close(ref, "dW_V", g.dW_V, cc);
-        expect_close(ref, "dW_Q", g.dW_Q, cc);
+        expect_close(ref, "dW_K", g.dW_in + cc, cc);
+        expect_close(ref, "dW_V", g.dW_in + 2 * cc, cc);
+        expect_close(ref, "dW_Q", g.dW_in + 3 * cc, cc);
         expect_close(ref, "da_lambda", g.da_lambda, C);
     }
-    free(mem);
+    free(mem), free(w_in);
     st_free(in);
     st_free(ref);
 }
@@ -135,8 +135,8 @@ Test(parity, lif_neuron) {
     float *w = malloc(n * sizeof(float)), *r = malloc(n * sizeof(float));
     float *dc = malloc(n * sizeof(float)), *dbeta = calloc(F, sizeof(float));
     const float *a_beta = tensor(in, "a_beta", 0);
-    neuron_forward(w, r, ct->data, NULL, a_beta, NULL, NULL, B, T, F, NULL);
-    neuron_backward(dc, NULL, dbeta, tensor(in, "ds", 0), w, NULL, r, a_beta, B, T, F, NULL);
+    neuron_forward(w, r, ct->data, NULL, a_beta, NULL, NULL, B, T, F, F, NULL);
+    neuron_backward(dc, NULL, dbeta, tensor(in, "ds", 0), w, NULL, r, a_beta, B, T, F, F, NULL);
     expect_spikes(ref, "r", r, n);
     expect_close(ref, "w", w, n);
     expect_close(ref, "dc", dc, n);

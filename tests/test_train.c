@@ -128,9 +128,10 @@ Test(train, dry_run_prints_memory_and_allocates_nothing) {
 // summing to the activations line and that to model_memory's; the grand
 // total the sum of its five lines. The oracle for the activations is the
 // model's structure counted by hand (SPEC, "Whole model"): per layer x_in,
-// z1, x_mid, z2 and the AM-SU's I k v q o u s (11 of B·T·C), rstd1, rstd2
-// (B·T), Hckpt (B·Nh·T/32·D²), c w r (3 of B·T·F); then x_out, zf (B·T·C),
-// rstdf, losses (B·T), logits (B·T·V), and the ids (2·B·T int32). And
+// z1, x_mid, z2 and the AM-SU's P = [I k v q] (B·T·4C) o u s (11 of B·T·C),
+// rstd1, rstd2 (B·T), Hckpt (B·Nh·T/32·D²), c w r (3 of B·T·F); then logits
+// (B·T·Vp), x_out, zf (B·T·C), rstdf, losses (B·T), and the ids (2·B·T
+// int32). And
 // model_alloc_acts carves exactly model_memory's bytes (tiny, astro on and off).
 Test(train, dry_run_activation_table) {
     char out[16384];
@@ -149,9 +150,9 @@ Test(train, dry_run_activation_table) {
         cr_expect(count == 1 || count == (size_t)c.L, "%s: x %zu", name, count);
         rows++, sum += total;
     }
-    const char *names[] = {"\n  x_in ", "\n  I ", "\n  k ", "\n  Hckpt ", "\n  r ", "\n  logits ", "\n  tokens,targets "};
+    const char *names[] = {"\n  x_in ", "\n  P=[I|k|v|q] ", "\n  Hckpt ", "\n  r ", "\n  logits ", "\n  tokens,targets "};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) cr_expect(strstr(out, names[i]), "no row%s", names[i]);
-    cr_expect_eq(rows, 23, "%zu rows: %s", rows, out);
+    cr_expect_eq(rows, 20, "%zu rows: %s", rows, out);
     ModelMemory mm;
     model_memory(&c, backend_cpu(), (int)B, (int)T, 1, 0, &mm);
     size_t v[6];

@@ -73,12 +73,12 @@ static void p_emb_bwd(float *dE, const float *dx, const int *tok, int *scr, int 
     TIMED(P_EMB_BWD, 0, in.embedding_backward(dE, dx, tok, scr, M, C));
 }
 static void p_lif_fwd(float *u, float *s, const float *cur, const float *o, const float *ab, float *us, float *ss,
-                      int B, int T, int N, const NeuronTestMode *t) {
-    TIMED(P_LIF_FWD, 0, in.neuron_forward(u, s, cur, o, ab, us, ss, B, T, N, t));
+                      int B, int T, int N, int ld, const NeuronTestMode *t) {
+    TIMED(P_LIF_FWD, 0, in.neuron_forward(u, s, cur, o, ab, us, ss, B, T, N, ld, t));
 }
 static void p_lif_bwd(float *dc, float *dm, float *dab, float *scr, const float *ds, const float *u, const float *o,
-                      const float *s, const float *ab, int B, int T, int N, const NeuronTestMode *t) {
-    TIMED(P_LIF_BWD, 0, in.neuron_backward(dc, dm, dab, scr, ds, u, o, s, ab, B, T, N, t));
+                      const float *s, const float *ab, int B, int T, int N, int ld, const NeuronTestMode *t) {
+    TIMED(P_LIF_BWD, 0, in.neuron_backward(dc, dm, dab, scr, ds, u, o, s, ab, B, T, N, ld, t));
 }
 static double amsu_flops(AmsuShape sh) {  // W_I (W_K W_V W_Q) W_O: (B·T, C) x (C, C) each
     return 2.0 * sh.B * sh.T * sh.C * (double)sh.C * (sh.astro ? 5 : 2);

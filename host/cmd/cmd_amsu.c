@@ -49,10 +49,11 @@ static const float *amsu_tensor(const StFile *f, const char *name, int ndim,
 
 // The layer on backend `be`: inputs up, forward and backward, results down
 // into the host buffers acts (s, u, o), y, dz and g (one block of 5·C² + 2·C
-// floats, in AmsuGrads order). 0, or -1 with a message when the backend's
-// memory does not suffice.
+// floats, in AmsuGrads order). hw: W_I, W_K, W_V, W_Q, W_O, a_lambda, a_beta
+// (the astrocyte's NULL with astro off). 0, or -1 with a message when the
+// backend's memory does not suffice.
 static int amsu_run(const Backend *be, float *y, AmsuActs *acts, float *dz, AmsuGrads *g, const float *z,
-                    const float *dy, const AmsuWeights *wt, AmsuShape sh) {
+                    const float *dy, const float *const hw[7], AmsuShape sh) {
     const size_t n = (size_t)sh.B * sh.T * sh.C, ncc = (size_t)sh.C * sh.C, C = sh.C;
     const size_t nacts = amsu_acts_size(sh), nscr = be->amsu_scratch(sh);
     const size_t total = 4 * n + 10 * ncc + 4 * C + nacts + nscr;
@@ -64,22 +65,19 @@ static int amsu_run(const Backend *be, float *y, AmsuActs *acts, float *dz, Amsu
     float *p = d;
 #define TAKE(k) (p += (k), p - (k))
     float *z_d = TAKE(n), *dy_d = TAKE(n), *y_d = TAKE(n), *dz_d = TAKE(n);
-    AmsuWeights w = {TAKE(ncc), TAKE(ncc), TAKE(ncc), TAKE(ncc), TAKE(ncc), TAKE(C), TAKE(C)};
+    float *wp = TAKE(5 * ncc + 2 * C);  // W_I, W_K, W_V, W_Q (W_in), W_O, a_lambda, a_beta
     float *gp = TAKE(5 * ncc + 2 * C);
     AmsuActs a;
     amsu_acts_bind(&a, sh, TAKE(nacts));
     float *scratch = TAKE(nscr);
 #undef TAKE
-    const float *host_w[7] = {wt->W_I, wt->W_K, wt->W_V, wt->W_Q, wt->W_O, wt->a_lambda, wt->a_beta};
-    float *dev_w[7] = {(float *)w.W_I, (float *)w.W_K, (float *)w.W_V, (float *)w.W_Q,
-                       (float *)w.W_O, (float *)w.a_lambda, (float *)w.a_beta};
     for (int i = 0; i < 7; i++)
-        if (host_w[i]) be->upload(dev_w[i], host_w[i], (i < 5 ? ncc : C) * sizeof(float));
-    if (!sh.astro) w.W_K = w.W_V = w.W_Q = w.a_lambda = NULL;
+        if (hw[i]) be->upload(wp + (i < 5 ? i * ncc : 5 * ncc + (i - 5) * C), hw[i], (i < 5 ? ncc : C) * sizeof(float));
+    AmsuWeights w = {wp, wp + 4 * ncc, sh.astro ? wp + 5 * ncc : NULL, wp + 5 * ncc + C};
     be->upload(z_d, z, n * sizeof(float));
     be->upload(dy_d, dy, n * sizeof(float));
     be->zero(gp, (5 * ncc + 2 * C) * sizeof(float));
-    AmsuGrads gd = {gp, gp + ncc, gp + 2 * ncc, gp + 3 * ncc, gp + 4 * ncc, gp + 5 * ncc, gp + 5 * ncc + C};
+    AmsuGrads gd = {gp, gp + 4 * ncc, gp + 5 * ncc, gp + 5 * ncc + C};
     be->amsu_forward(y_d, &a, z_d, &w, sh, NULL, NULL, NULL);
     be->amsu_backward(dz_d, &gd, scratch, dy_d, z_d, &a, &w, sh, NULL);
     be->download(y, y_d, n * sizeof(float));
@@ -87,7 +85,7 @@ static int amsu_run(const Backend *be, float *y, AmsuActs *acts, float *dz, Amsu
     be->download(acts->u, a.u, n * sizeof(float));
     be->download(acts->o, a.o, n * sizeof(float));
     be->download(dz, dz_d, n * sizeof(float));
-    be->download(g->dW_I, gp, (5 * ncc + 2 * C) * sizeof(float));  // g's layout is gd's
+    be->download(g->dW_in, gp, (5 * ncc + 2 * C) * sizeof(float));  // g's layout is gd's
     be->free(d);
     return 0;
 }
@@ -155,17 +153,17 @@ int cmd_amsu(int argc, char **argv) {
     }
     const int64_t btc[3] = {B, T, C}, cc[2] = {C, C}, c1[1] = {C}, hd[2] = {Nh, C / Nh};
     const float *z = amsu_tensor(f, "z", 3, btc, in), *dy = amsu_tensor(f, "dy", 3, btc, in);
-    AmsuWeights wt = {0};
-    wt.W_I = amsu_tensor(f, "W_I", 2, cc, in);
-    wt.W_O = amsu_tensor(f, "W_O", 2, cc, in);
-    wt.a_beta = amsu_tensor(f, "a_beta", 1, c1, in);
-    if (!z || !dy || !wt.W_I || !wt.W_O || !wt.a_beta) goto done;
+    const float *hw[7] = {NULL};  // W_I, W_K, W_V, W_Q, W_O, a_lambda, a_beta
+    hw[0] = amsu_tensor(f, "W_I", 2, cc, in);
+    hw[4] = amsu_tensor(f, "W_O", 2, cc, in);
+    hw[6] = amsu_tensor(f, "a_beta", 1, c1, in);
+    if (!z || !dy || !hw[0] || !hw[4] || !hw[6]) goto done;
     if (astro) {
-        wt.W_K = amsu_tensor(f, "W_K", 2, cc, in);
-        wt.W_V = amsu_tensor(f, "W_V", 2, cc, in);
-        wt.W_Q = amsu_tensor(f, "W_Q", 2, cc, in);
-        wt.a_lambda = amsu_tensor(f, "a_lambda", 2, hd, in);
-        if (!wt.W_K || !wt.W_V || !wt.W_Q || !wt.a_lambda) goto done;
+        hw[1] = amsu_tensor(f, "W_K", 2, cc, in);
+        hw[2] = amsu_tensor(f, "W_V", 2, cc, in);
+        hw[3] = amsu_tensor(f, "W_Q", 2, cc, in);
+        hw[5] = amsu_tensor(f, "a_lambda", 2, hd, in);
+        if (!hw[1] || !hw[2] || !hw[3] || !hw[5]) goto done;
     }
 
     AmsuShape sh = {(int)B, (int)T, (int)C, (int)Nh, astro};
@@ -175,13 +173,12 @@ int cmd_amsu(int argc, char **argv) {
     AmsuActs acts;
     amsu_acts_bind(&acts, sh, mem);
     float *y = mem + nacts, *dz = y + n, *gp = dz + n;
-    AmsuGrads g = {gp, gp + ncc, gp + 2 * ncc, gp + 3 * ncc, gp + 4 * ncc,
-                   gp + 5 * ncc, gp + 5 * ncc + C};
+    AmsuGrads g = {gp, gp + 4 * ncc, gp + 5 * ncc, gp + 5 * ncc + C};  // dW_in: dW_I, dW_K, dW_V, dW_Q
     if (astro && !be->amsu_head_ok((int)(C / Nh))) {
         fprintf(stderr, "glia amsu: --device %s does not run head size %lld\n", be->name, (long long)(C / Nh));
         goto done;
     }
-    if (amsu_run(be, y, &acts, dz, &g, z, dy, &wt, sh)) goto done;
+    if (amsu_run(be, y, &acts, dz, &g, z, dy, hw, sh)) goto done;
 
     w = st_writer_new();
     st_writer_add(w, "y", 3, btc, y);
@@ -189,11 +186,11 @@ int cmd_amsu(int argc, char **argv) {
     st_writer_add(w, "u", 3, btc, acts.u);
     st_writer_add(w, "o", 3, btc, acts.o);
     st_writer_add(w, "dz", 3, btc, dz);
-    st_writer_add(w, "dW_I", 2, cc, g.dW_I);
+    st_writer_add(w, "dW_I", 2, cc, g.dW_in);
     if (astro) {
-        st_writer_add(w, "dW_K", 2, cc, g.dW_K);
-        st_writer_add(w, "dW_V", 2, cc, g.dW_V);
-        st_writer_add(w, "dW_Q", 2, cc, g.dW_Q);
+        st_writer_add(w, "dW_K", 2, cc, g.dW_in + ncc);
+        st_writer_add(w, "dW_V", 2, cc, g.dW_in + 2 * ncc);
+        st_writer_add(w, "dW_Q", 2, cc, g.dW_in + 3 * ncc);
     }
     st_writer_add(w, "dW_O", 2, cc, g.dW_O);
     if (astro) st_writer_add(w, "da_lambda", 2, hd, g.da_lambda);

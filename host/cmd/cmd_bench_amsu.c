@@ -48,27 +48,28 @@ static void run(Shape s, int reps, double out[2][3]) {
     amsu_acts_bind(&a, sh, mem);
     float *z = xmalloc(n * 4), *y = xmalloc(n * 4), *dy = xmalloc(n * 4), *dz = xmalloc(n * 4);
     float *W = xmalloc(5 * cc * 4), *G = xcalloc(5 * cc + 2 * (size_t)C, 4), *al = xmalloc(C * 4), *ab = xcalloc(C, 4);
-    float *ds = xmalloc(n * 4), *dI = xmalloc(n * 4), *dm = xmalloc(n * 4), *dk = xmalloc(n * 4), *dv = xmalloc(n * 4),
-          *dq = xmalloc(n * 4);
+    const int ld = amsu_ld(sh);  // dP (B, T, ld): [dI | dk | dv | dq], the layout of P
+    float *ds = xmalloc(n * 4), *dm = xmalloc(n * 4), *dP = xmalloc(4 * n * 4);
+    float *dI = dP, *dk = dP + C, *dv = dP + 2 * C, *dq = dP + 3 * C;
     fill(z, n, 1.0f, &r);
     fill(dy, n, 1.0f, &r);
     fill(ds, n, 1.0f, &r);
     fill(W, 5 * cc, 1.0f / (float)C, &r);
     for (int i = 0; i < C; i++) al[i] = (float)(2.0 + rng_gauss(&r));
-    AmsuWeights w = {W, W + cc, W + 2 * cc, W + 3 * cc, W + 4 * cc, al, ab};
-    AmsuGrads g = {G, G + cc, G + 2 * cc, G + 3 * cc, G + 4 * cc, G + 5 * cc, G + 5 * cc + C};
+    AmsuWeights w = {W, W + 4 * cc, al, ab};
+    AmsuGrads g = {G, G + 4 * cc, G + 5 * cc, G + 5 * cc + C};
     amsu_forward(y, &a, z, &w, sh, NULL, NULL, NULL);  // the activations the recurrence reads
     double *t = xmalloc((size_t)(reps + 1) * 6 * sizeof(double));
     for (int rep = 0; rep <= reps; rep++)  // rep 0 warms up
         for (int mode = 0; mode < 2; mode++) {
             cpu_set_amsu(mode ? AMSU_CHUNK : AMSU_SCAN);
             double t0 = bench_now();
-            (mode ? astro_forward_chunk : astro_forward)(a.o, a.Hckpt, a.k, a.v, a.q, al, NULL, B, T, C, Nh);
-            neuron_forward(a.u, a.s, a.I, a.o, ab, NULL, NULL, B, T, C, NULL);
+            (mode ? astro_forward_chunk : astro_forward)(a.o, a.Hckpt, a.k, a.v, a.q, al, NULL, B, T, C, Nh, ld);
+            neuron_forward(a.u, a.s, a.I, a.o, ab, NULL, NULL, B, T, C, ld, NULL);
             double t1 = bench_now();
-            neuron_backward(dI, dm, g.da_beta, ds, a.u, a.o, a.s, ab, B, T, C, NULL);
+            neuron_backward(dI, dm, g.da_beta, ds, a.u, a.o, a.s, ab, B, T, C, ld, NULL);
             (mode ? astro_backward_chunk : astro_backward)(dk, dv, dq, g.da_lambda, dm, a.k, a.v, a.q, al, a.Hckpt, B,
-                                                            T, C, Nh);
+                                                            T, C, Nh, ld);
             double t2 = bench_now();
             amsu_forward(y, &a, z, &w, sh, NULL, NULL, NULL);
             amsu_backward(dz, &g, scratch, dy, z, &a, &w, sh, NULL);
@@ -86,7 +87,7 @@ static void run(Shape s, int reps, double out[2][3]) {
     cpu_set_amsu(AMSU_CHUNK);  // the default again
     free(col), free(t), free(mem), free(scratch), free(z), free(y), free(dy), free(dz), free(W), free(G), free(al),
         free(ab);
-    free(ds), free(dI), free(dm), free(dk), free(dv), free(dq);
+    free(ds), free(dm), free(dP);
 }
 
 int bench_amsu(int argc, char **argv) {

@@ -200,31 +200,32 @@ static void k_gemm_bf16(void *p) {
 static void k_amsu_fwd(void *p) {
     Lab *l = p;
     amsu_recurrence_forward_cuda(l->o, l->u, l->s, l->Hckpt, l->I, l->k, l->v, l->q, l->a_lambda,
-                                 l->a_beta, NULL, NULL, NULL, l->B, l->T, l->C, l->Nh, 1, NULL);
+                                 l->a_beta, NULL, NULL, NULL, l->B, l->T, l->C, l->Nh, l->C, 1, NULL);
 }
 static void k_amsu_bwd(void *p) {
     Lab *l = p;
     amsu_recurrence_backward_cuda(l->dI, l->dk, l->dv, l->dq, l->dlam, l->dbeta, l->scratch, l->ds,
                                   l->u, l->o, l->s, l->k, l->v, l->q, l->Hckpt, l->a_lambda,
-                                  l->a_beta, l->B, l->T, l->C, l->Nh, NULL);
+                                  l->a_beta, l->B, l->T, l->C, l->Nh, l->C, NULL);
 }
 // The chunked AM-SU (amsu_chunk.cu): the forward; the backward as the layer
 // runs it, the neuron's (dI, dβ, dm = ∂L/∂o) then the astrocyte's from dm.
 static void k_chunk_fwd(void *p) {
     Lab *l = p;
     amsu_chunk_forward_cuda(l->o, l->u, l->s, l->Hckpt, l->I, l->k, l->v, l->q, l->a_lambda, l->a_beta, l->B, l->T,
-                            l->C, l->Nh, NULL);
+                            l->C, l->Nh, l->C, NULL);
 }
 static void k_chunk_bwd(void *p) {
     Lab *l = p;
-    neuron_backward_cuda(l->dI, l->dm, l->dbeta, l->part, l->ds, l->u, l->o, l->s, l->a_beta, l->B, l->T, l->C, NULL);
+    neuron_backward_cuda(l->dI, l->dm, l->dbeta, l->part, l->ds, l->u, l->o, l->s, l->a_beta, l->B, l->T, l->C, l->C,
+                         NULL);
     amsu_chunk_backward_cuda(l->dk, l->dv, l->dq, l->dlam, l->part, l->dm, l->k, l->v, l->q, l->a_lambda, l->Hckpt,
-                             l->B, l->T, l->C, l->Nh, NULL);
+                             l->B, l->T, l->C, l->Nh, l->C, NULL);
 }
 static void k_lif_fwd(void *p) {
     Lab *l = p;
     amsu_recurrence_forward_cuda(NULL, l->u, l->s, NULL, l->I, NULL, NULL, NULL, NULL, l->a_beta,
-                                 NULL, NULL, NULL, l->B, l->T, l->C, 1, 0, NULL);
+                                 NULL, NULL, NULL, l->B, l->T, l->C, 1, l->C, 0, NULL);
 }
 static void k_rmsnorm_fwd(void *p) {
     Lab *l = p;
@@ -266,8 +267,8 @@ static int check_amsu(Lab *l, const char *name, void (*fwd)(void *), void (*bwd)
     const size_t nH = (size_t)l->B * l->Nh * glia_nchunks(l->T) * D * D;
     float *o = xmalloc(n * 4), *u = xmalloc(n * 4), *s = xmalloc(n * 4), *H = xmalloc(nH * 4);
     float *go = xmalloc(n * 4), *gu = xmalloc(n * 4), *gs = xmalloc(n * 4);
-    astro_forward(o, H, hk, hv, hq, hl, NULL, l->B, l->T, l->C, l->Nh);
-    neuron_forward(u, s, hI, o, hb, NULL, NULL, l->B, l->T, l->C, NULL);
+    astro_forward(o, H, hk, hv, hq, hl, NULL, l->B, l->T, l->C, l->Nh, l->C);
+    neuron_forward(u, s, hI, o, hb, NULL, NULL, l->B, l->T, l->C, l->C, NULL);
     fwd(l);
     cuda_download(go, l->o, n * 4);
     cuda_download(gu, l->u, n * 4);
@@ -277,8 +278,8 @@ static int check_amsu(Lab *l, const char *name, void (*fwd)(void *), void (*bwd)
     // backward from the CPU's own saved activations, compared on dI and dq
     float *dI = xmalloc(n * 4), *dm = xmalloc(n * 4), *dk = xmalloc(n * 4), *dv = xmalloc(n * 4);
     float *dq = xmalloc(n * 4), *dl = xcalloc((size_t)l->C, 4), *db = xcalloc((size_t)l->C, 4);
-    neuron_backward(dI, dm, db, hds, u, o, s, hb, l->B, l->T, l->C, NULL);
-    astro_backward(dk, dv, dq, dl, dm, hk, hv, hq, hl, H, l->B, l->T, l->C, l->Nh);
+    neuron_backward(dI, dm, db, hds, u, o, s, hb, l->B, l->T, l->C, l->C, NULL);
+    astro_backward(dk, dv, dq, dl, dm, hk, hv, hq, hl, H, l->B, l->T, l->C, l->Nh, l->C);
     cuda_upload(l->u, u, n * 4);
     cuda_upload(l->o, o, n * 4);
     cuda_upload(l->s, s, n * 4);

@@ -105,6 +105,10 @@ static void bind_views(const Model *m, float *base, LayerParams *layers, float *
         VIEW(W_1, "W_1");
         VIEW(W_2, "W_2");
         VIEW(a_beta_ffn, "a_beta_ffn");
+        const size_t cc = (size_t)m->cfg.C * m->cfg.C;
+        if (m->cfg.astro && (layers[l].W_K != layers[l].W_I + cc || layers[l].W_V != layers[l].W_K + cc ||
+                             layers[l].W_Q != layers[l].W_V + cc))
+            fatal("model: W_I, W_K, W_V, W_Q of layer %d are not adjacent (the AM-SU reads them as one W_in)", l);
     }
 #undef VIEW
     *E = base + model_find(m, "E")->offset;
@@ -439,6 +443,7 @@ void model_alloc_acts(Model *m, int B, int T) {
     for (int l = 0; l < c->L; l++) {
         acts_list(c, B, T, &m->acts[l], m, e, &nl);
         p = acts_carve(e, nl, p);
+        amsu_acts_views(&m->acts[l].amsu, amsu_shape(m, B, T));
     }
     m->acts_bytes = (size_t)(p - m->acts_mem) * sizeof(float) + model_ids_bytes(B, T);
     m->tokens = be_alloc_or_die(be, model_ids_bytes(B, T), "token ids");
@@ -496,8 +501,9 @@ static void test_record(Model *m, int l, int which, const float *s, int B, int T
 
 // ---- forward -------------------------------------------------------------------------
 
+// W_in is W_I with W_K, W_V, W_Q after it (model_new's order; bind_views checks).
 static AmsuWeights amsu_weights(const LayerParams *p) {
-    return (AmsuWeights){p->W_I, p->W_K, p->W_V, p->W_Q, p->W_O, p->a_lambda, p->a_beta};
+    return (AmsuWeights){p->W_I, p->W_O, p->a_lambda, p->a_beta};
 }
 
 double model_forward(Model *m, const int *tokens, const int *targets, int B, int T, ModelState *state) {
@@ -529,7 +535,7 @@ double model_forward(Model *m, const int *tokens, const int *targets, int B, int
         be->rmsnorm_forward(a->z2, a->rstd2, a->x_mid, p->norm2, M, C);
         be->matmul_forward(a->c, a->z2, p->W_1, M, C, F, 1.0f, NULL);
         be->neuron_forward(a->w, a->r, a->c, NULL, p->a_beta_ffn, ls ? ls->w : NULL, ls ? ls->r : NULL, B, T, F,
-                           test_for(m, l, 1, &tb));
+                           F, test_for(m, l, 1, &tb));
         test_record(m, l, 1, a->r, B, T, F);
         be->matmul_forward(x_next, a->r, p->W_2, M, F, C, 1.0f, a->x_mid);
     }
@@ -669,12 +675,12 @@ void model_backward(Model *m, const int *tokens, float scale) {
         // x_out = x_mid + r W_2ᵀ
         be->matmul_backward(m->dr, g->W_2, dx, a->r, p->W_2, M, F, C, 1.0f, 0);
         be->neuron_backward(m->dc, NULL, g->a_beta_ffn, m->lif_scratch, m->dr, a->w, NULL, a->r, p->a_beta_ffn, B,
-                            T, F, test_for(m, l, 1, &tb));
+                            T, F, F, test_for(m, l, 1, &tb));
         be->matmul_backward(dz, g->W_1, m->dc, a->z2, p->W_1, M, C, F, 1.0f, 0);
         be->rmsnorm_backward(dx, g->norm2, m->rms_scratch, dz, a->x_mid, p->norm2, a->rstd2, M, C);
         // x_mid = x_in + AMSU(z1)
         const AmsuWeights w = amsu_weights(p);
-        AmsuGrads ag = {g->W_I, g->W_K, g->W_V, g->W_Q, g->W_O, g->a_lambda, g->a_beta};
+        AmsuGrads ag = {g->W_I, g->W_O, g->a_lambda, g->a_beta};
         be->amsu_backward(dz, &ag, m->amsu_scratch, dx, a->z1, &a->amsu, &w, sh, test_for(m, l, 0, &tb));
         be->rmsnorm_backward(dx, g->norm1, m->rms_scratch, dz, a->x_in, p->norm1, a->rstd1, M, C);
         if (m->reduce) {  // this layer's gradients are final: from its first tensor to the next layer's

@@ -25,9 +25,11 @@ typedef struct {
 size_t acts_numel(const ActsTensor *t);
 // Points each of the n tensors' dst at its place in mem, in order; returns the end.
 float *acts_carve(const ActsTensor *t, int n, float *mem);
-// The AM-SU layer's tensors, bound to a's fields (those absent without the
-// astrocyte are set NULL here); at most ACTS_AMSU_MAX, returns how many.
+// The AM-SU layer's tensors, bound to a's fields; at most ACTS_AMSU_MAX,
+// returns how many. After carving them, amsu_acts_views points I, k, v, q
+// into P (NULL without the astrocyte, Hckpt too).
 int amsu_acts_list(AmsuShape sh, AmsuActs *a, ActsTensor *out);
+void amsu_acts_views(AmsuActs *a, AmsuShape sh);
 
 #ifdef __cplusplus
 }

@@ -62,13 +62,14 @@ typedef struct Backend {
     size_t (*embedding_scratch)(int M);  // ints
     // dE[tokens_host[i]] += dx[i], each token's rows summed in position order
     void (*embedding_backward)(float *dE, const float *dx, const int *tokens_host, int *scratch, int M, int C);
-    // the LIF neuron (cpu.h neuron_forward / neuron_backward); test: CPU only (NULL elsewhere)
+    // the LIF neuron (cpu.h neuron_forward / neuron_backward); current and dcurrent at row stride ld;
+    // test: CPU only (NULL elsewhere)
     void (*neuron_forward)(float *u, float *s, const float *current, const float *o, const float *a_beta,
-                           float *u_state, float *s_state, int B, int T, int N, const NeuronTestMode *test);
+                           float *u_state, float *s_state, int B, int T, int N, int ld, const NeuronTestMode *test);
     size_t (*neuron_scratch)(int B, int N);  // floats
     void (*neuron_backward)(float *dcurrent, float *dm, float *da_beta, float *scratch, const float *ds,
                             const float *u, const float *o, const float *s, const float *a_beta, int B, int T,
-                            int N, const NeuronTestMode *test);
+                            int N, int ld, const NeuronTestMode *test);
     // the AM-SU token mixer of one layer (cpu.h amsu_forward / amsu_backward)
     int (*amsu_head_ok)(int D);            // 1 if it runs heads of size D = C / Nh
     size_t (*amsu_scratch)(AmsuShape sh);  // floats

@@ -19,20 +19,24 @@ float *acts_carve(const ActsTensor *t, int n, float *mem) {
 int amsu_acts_list(AmsuShape sh, AmsuActs *a, ActsTensor *e) {
     const size_t B = sh.B, T = sh.T, C = sh.C;
     int n = 0;
-    e[n++] = (ActsTensor){"I", "B,T,C", 3, {B, T, C}, &a->I};
+    e[n++] = sh.astro ? (ActsTensor){"P=[I|k|v|q]", "B,T,4C", 3, {B, T, 4 * C}, &a->P}
+                      : (ActsTensor){"P=I", "B,T,C", 3, {B, T, C}, &a->P};
     e[n++] = (ActsTensor){"o", "B,T,C", 3, {B, T, C}, &a->o};
     e[n++] = (ActsTensor){"u", "B,T,C", 3, {B, T, C}, &a->u};
     e[n++] = (ActsTensor){"s", "B,T,C", 3, {B, T, C}, &a->s};
-    if (!sh.astro) {
-        a->k = a->v = a->q = a->Hckpt = NULL;
-        return n;
-    }
+    if (!sh.astro) return n;
     const size_t D = C / sh.Nh;
-    e[n++] = (ActsTensor){"k", "B,T,C", 3, {B, T, C}, &a->k};
-    e[n++] = (ActsTensor){"v", "B,T,C", 3, {B, T, C}, &a->v};
-    e[n++] = (ActsTensor){"q", "B,T,C", 3, {B, T, C}, &a->q};
     e[n++] = (ActsTensor){"Hckpt", "B,Nh,T/32,D,D", 5, {B, sh.Nh, glia_nchunks(sh.T), D, D}, &a->Hckpt};
     return n;
+}
+
+void amsu_acts_views(AmsuActs *a, AmsuShape sh) {
+    a->I = a->P;
+    if (sh.astro) {
+        a->k = a->P + sh.C, a->v = a->P + 2 * sh.C, a->q = a->P + 3 * sh.C;
+    } else {
+        a->k = a->v = a->q = a->Hckpt = NULL;
+    }
 }
 
 size_t amsu_acts_size(AmsuShape sh) {
@@ -47,4 +51,5 @@ size_t amsu_acts_size(AmsuShape sh) {
 void amsu_acts_bind(AmsuActs *a, AmsuShape sh, float *mem) {
     ActsTensor e[ACTS_AMSU_MAX];
     acts_carve(e, amsu_acts_list(sh, a, e), mem);
+    amsu_acts_views(a, sh);
 }

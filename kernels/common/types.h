@@ -38,22 +38,31 @@ typedef struct {
     int astro;        // 0: SPEC's ablation, o ≡ 0 and no W_K, W_V, W_Q, a_lambda
 } AmsuShape;
 
+// The four input projections are one product: W_in stacks W_I, W_K, W_V, W_Q
+// (as the model's parameters lie), so each row of P = z W_inᵀ is [I | k | v | q]
+// and I, k, v, q (and their gradients) are views with row stride amsu_ld.
+static inline int amsu_ld(AmsuShape sh) { return sh.astro ? 4 * sh.C : sh.C; }
+
 typedef struct {
-    const float *W_I, *W_K, *W_V, *W_Q, *W_O;  // (C, C) each
-    const float *a_lambda;                      // (Nh, D)
-    const float *a_beta;                        // (C)
+    const float *W_in;      // (ld, C): W_I, W_K, W_V, W_Q stacked (astro off: W_I only)
+    const float *W_O;       // (C, C)
+    const float *a_lambda;  // (Nh, D)
+    const float *a_beta;    // (C)
 } AmsuWeights;
 
 typedef struct {
-    float *dW_I, *dW_K, *dW_V, *dW_Q, *dW_O;  // (C, C) each
-    float *da_lambda;                          // (Nh, D)
-    float *da_beta;                            // (C)
+    float *dW_in;      // (ld, C), as W_in
+    float *dW_O;       // (C, C)
+    float *da_lambda;  // (Nh, D)
+    float *da_beta;    // (C)
 } AmsuGrads;
 
-typedef struct {   // what the forward keeps for the backward
-    float *I, *k, *v, *q;  // (B, T, C) synaptic current, scaled key, value, query
-    float *o, *u, *s;      // (B, T, C) astrocyte output, membrane, spikes
-    float *Hckpt;          // (B, Nh, nchunks(T), D, D) astrocyte checkpoints
+typedef struct {       // what the forward keeps for the backward
+    float *P;          // (B, T, ld) the projections, each row [I | k | v | q]
+    float *I, *k, *v;  // views into P, row stride ld: synaptic current, key / sqrt(D), value,
+    float *q;          //   query (k, v, q NULL with astro off)
+    float *o, *u, *s;  // (B, T, C) astrocyte output, membrane, spikes
+    float *Hckpt;      // (B, Nh, nchunks(T), D, D) astrocyte checkpoints
 } AmsuActs;
 
 typedef struct {   // recurrent state carried across calls (streaming inference)

@@ -2,9 +2,9 @@
 // whole layer, forward and backward.
 //
 // A layer is four projections of the normalised input (current I, key k,
-// value v, query q), the astrocyte recurrence that turns k, v, q into the
-// modulation o, the LIF neuron (lif.c) that turns I and o into spikes s, and
-// the output projection y = W_O s. The neuron never feeds back into the
+// value v, query q; one GEMM into P, types.h), the astrocyte recurrence that
+// turns k, v, q into the modulation o, the LIF neuron (lif.c) that turns I
+// and o into spikes s, and the output projection y = W_O s. The neuron never feeds back into the
 // astrocyte, so on the CPU the two recurrences run one after the other: all
 // of o first, then the neurons. (The CUDA kernel fuses them into one pass.)
 //
@@ -45,7 +45,7 @@ static void astro_step(float *H, float *o, const float *k, const float *v, const
 }
 
 void astro_forward(float *o, float *Hckpt, const float *k, const float *v, const float *q,
-                   const float *a_lambda, float *H_state, int B, int T, int C, int Nh) {
+                   const float *a_lambda, float *H_state, int B, int T, int C, int Nh, int ld) {
     int D = C / Nh, nch = glia_nchunks(T);
     size_t DD = (size_t)D * D;
 #pragma omp parallel for schedule(static)
@@ -58,7 +58,8 @@ void astro_forward(float *o, float *Hckpt, const float *k, const float *v, const
             if (Hckpt && t % GLIA_CHUNK == 0)
                 memcpy(Hckpt + ((size_t)bh * nch + t / GLIA_CHUNK) * DD, H, DD * sizeof(float));
             size_t off = ((size_t)b * T + t) * C + (size_t)h * D;
-            astro_step(H, o + off, k + off, v + off, q + off, lambda, D);
+            size_t pin = ((size_t)b * T + t) * ld + (size_t)h * D;  // k, v, q
+            astro_step(H, o + off, k + pin, v + pin, q + pin, lambda, D);
         }
         if (!H_state) free(H);
         free(lambda);
@@ -67,7 +68,7 @@ void astro_forward(float *o, float *Hckpt, const float *k, const float *v, const
 
 void astro_backward(float *dk, float *dv, float *dq, float *da_lambda, const float *dout,
                     const float *k, const float *v, const float *q, const float *a_lambda,
-                    const float *Hckpt, int B, int T, int C, int Nh) {
+                    const float *Hckpt, int B, int T, int C, int Nh, int ld) {
     int D = C / Nh, nch = glia_nchunks(T);
     size_t DD = (size_t)D * D;
     float *dlam_part = xcalloc((size_t)B * C, sizeof(float));  // (B, Nh, D) per sequence
@@ -85,16 +86,17 @@ void astro_backward(float *dk, float *dv, float *dq, float *da_lambda, const flo
             // recompute the chunk's states: Hs[τ] = H before step t0 + τ
             memcpy(Hs, Hckpt + ((size_t)bh * nch + c) * DD, DD * sizeof(float));
             for (int t = t0; t < t1; t++) {
-                size_t off = ((size_t)b * T + t) * C + (size_t)h * D;
+                size_t pin = ((size_t)b * T + t) * ld + (size_t)h * D;
                 float *Hn = Hs + (size_t)(t - t0 + 1) * DD;
                 memcpy(Hn, Hn - DD, DD * sizeof(float));
-                astro_step(Hn, scratch_o, k + off, v + off, q + off, lambda, D);
+                astro_step(Hn, scratch_o, k + pin, v + pin, q + pin, lambda, D);
             }
             for (int t = t1 - 1; t >= t0; t--) {
                 size_t off = ((size_t)b * T + t) * C + (size_t)h * D;
-                const float *kt = k + off, *vt = v + off, *qt = q + off, *dot = dout + off;
+                size_t pin = ((size_t)b * T + t) * ld + (size_t)h * D;  // k, v, q and their gradients
+                const float *kt = k + pin, *vt = v + pin, *qt = q + pin, *dot = dout + off;
                 const float *Ht = Hs + (size_t)(t - t0 + 1) * DD, *Hp = Ht - DD;
-                float *dqt = dq + off, *dkt = dk + off, *dvt = dv + off;
+                float *dqt = dq + pin, *dkt = dk + pin, *dvt = dv + pin;
                 for (int j = 0; j < D; j++) dvt[j] = 0.0f;
                 for (int i = 0; i < D; i++) {
                     float *Gi = G + (size_t)i * D;
@@ -132,50 +134,53 @@ static int amsu_mode = AMSU_CHUNK;  // the faster on this backend (docs/PERF.md)
 void cpu_set_amsu(int mode) { amsu_mode = mode; }
 
 size_t amsu_scratch_size(AmsuShape sh) {
-    return 6 * (size_t)sh.B * sh.T * sh.C;  // ds, dI, dm, dk, dv, dq
+    return (size_t)sh.B * sh.T * (2 * sh.C + amsu_ld(sh));  // ds, dm, dP
+}
+
+// The key scale 1/sqrt(D) of SPEC's k, applied to the k columns of P (or of
+// dP in the backward): rows (M, C) of x at row stride ld.
+static void scale_rows(float *x, int M, int C, int ld, float s) {
+#pragma omp parallel for schedule(static)
+    for (int m = 0; m < M; m++)
+        for (int c = 0; c < C; c++) x[(size_t)m * ld + c] *= s;
 }
 
 void amsu_forward(float *y, AmsuActs *a, const float *z, const AmsuWeights *w, AmsuShape sh,
                   AmsuState *state, const float *add, const NeuronTestMode *test) {
-    int M = sh.B * sh.T, C = sh.C;
-    matmul_forward(a->I, z, w->W_I, M, C, C, 1.0f, 0);
+    int M = sh.B * sh.T, C = sh.C, ld = amsu_ld(sh);
+    matmul_forward(a->P, z, w->W_in, M, C, ld, 1.0f, 0);  // [I | k | v | q] = z W_inᵀ
     if (sh.astro) {
-        float kscale = 1.0f / sqrtf((float)(C / sh.Nh));
-        matmul_forward(a->k, z, w->W_K, M, C, C, kscale, 0);
-        matmul_forward(a->v, z, w->W_V, M, C, C, 1.0f, 0);
-        matmul_forward(a->q, z, w->W_Q, M, C, C, 1.0f, 0);
+        scale_rows(a->k, M, C, ld, 1.0f / sqrtf((float)(C / sh.Nh)));
         // one token (decoding) takes the scan: there the chunk's setup costs more
         // than it saves (measured 42 against 22 µs at B 8, C 128, 4 heads; the
         // chunk is faster from T = 8 on)
         (amsu_mode == AMSU_CHUNK && sh.T > 1 ? astro_forward_chunk : astro_forward)(
-            a->o, a->Hckpt, a->k, a->v, a->q, w->a_lambda, state ? state->H : NULL, sh.B, sh.T, C, sh.Nh);
+            a->o, a->Hckpt, a->k, a->v, a->q, w->a_lambda, state ? state->H : NULL, sh.B, sh.T, C, sh.Nh, ld);
     } else {
         memset(a->o, 0, (size_t)M * C * sizeof(float));
     }
     neuron_forward(a->u, a->s, a->I, sh.astro ? a->o : NULL, w->a_beta, state ? state->u : NULL,
-                   state ? state->s : NULL, sh.B, sh.T, C, test);
+                   state ? state->s : NULL, sh.B, sh.T, C, ld, test);
     matmul_forward(y, a->s, w->W_O, M, C, C, 1.0f, add);
 }
 
 void amsu_backward(float *dz, AmsuGrads *g, float *scratch, const float *dy, const float *z,
                    const AmsuActs *a, const AmsuWeights *w, AmsuShape sh,
                    const NeuronTestMode *test) {
-    int M = sh.B * sh.T, C = sh.C;
+    int M = sh.B * sh.T, C = sh.C, ld = amsu_ld(sh);
     size_t btc = (size_t)M * C;
-    float *ds = scratch, *dI = scratch + btc, *dm = scratch + 2 * btc;
-    float *dk = scratch + 3 * btc, *dv = scratch + 4 * btc, *dq = scratch + 5 * btc;
+    float *ds = scratch, *dm = scratch + btc, *dP = scratch + 2 * btc;  // dP (M, ld): [dI | dk | dv | dq]
     // y = s W_Oᵀ
     matmul_backward(ds, g->dW_O, dy, a->s, w->W_O, M, C, C, 1.0f, 0);
     // spikes and membrane; ∂L/∂o_t = ∂L/∂m_t
-    neuron_backward(dI, dm, g->da_beta, ds, a->u, sh.astro ? a->o : NULL, a->s, w->a_beta, sh.B,
-                    sh.T, C, test);
-    // I = z W_Iᵀ
-    matmul_backward(dz, g->dW_I, dI, z, w->W_I, M, C, C, 1.0f, 0);
-    if (!sh.astro) return;
-    (amsu_mode == AMSU_CHUNK ? astro_backward_chunk : astro_backward)(
-        dk, dv, dq, g->da_lambda, dm, a->k, a->v, a->q, w->a_lambda, a->Hckpt, sh.B, sh.T, C, sh.Nh);
-    float kscale = 1.0f / sqrtf((float)(C / sh.Nh));
-    matmul_backward(dz, g->dW_K, dk, z, w->W_K, M, C, C, kscale, 1);
-    matmul_backward(dz, g->dW_V, dv, z, w->W_V, M, C, C, 1.0f, 1);
-    matmul_backward(dz, g->dW_Q, dq, z, w->W_Q, M, C, C, 1.0f, 1);
+    neuron_backward(dP, dm, g->da_beta, ds, a->u, sh.astro ? a->o : NULL, a->s, w->a_beta, sh.B, sh.T, C, ld,
+                    test);
+    if (sh.astro) {
+        (amsu_mode == AMSU_CHUNK ? astro_backward_chunk : astro_backward)(
+            dP + C, dP + 2 * C, dP + 3 * C, g->da_lambda, dm, a->k, a->v, a->q, w->a_lambda, a->Hckpt, sh.B,
+            sh.T, C, sh.Nh, ld);
+        scale_rows(dP + C, M, C, ld, 1.0f / sqrtf((float)(C / sh.Nh)));
+    }
+    // [I | k | v | q] = z W_inᵀ
+    matmul_backward(dz, g->dW_in, dP, z, w->W_in, M, C, ld, 1.0f, 0);
 }

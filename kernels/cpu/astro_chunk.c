@@ -115,12 +115,12 @@ static void work_free(Work *w) {
     free(w->uns);
 }
 
-// The chunk's operands from rows [t0, t0 + L) (row stride C): qt, kp, kb,
+// The chunk's operands from rows [t0, t0 + L) (row stride ld): qt, kp, kb,
 // Q̂, K̂, and A (causal, diagonal included).
-static void chunk_operands(Work *w, const float *q, const float *k, int L, int C, int D) {
+static void chunk_operands(Work *w, const float *q, const float *k, int L, int ld, int D) {
     const float *lambda = w->lambda;
     for (int t = 0; t < L; t++) {
-        const float *qr = q + (size_t)t * C, *kr = k + (size_t)t * C;
+        const float *qr = q + (size_t)t * ld, *kr = k + (size_t)t * ld;
         const float *p1 = w->pw + (size_t)(t + 1) * D, *pl = w->pw + (size_t)(L - 1 - t) * D;
         const float *ps = w->ps + (size_t)t * D, *pn = w->pn + (size_t)t * D;
         float *qt = w->qt + (size_t)t * D, *kp = w->kp + (size_t)t * D, *kb = w->kb + (size_t)t * D;
@@ -139,7 +139,7 @@ static void chunk_operands(Work *w, const float *q, const float *k, int L, int C
         float *Ar = w->A + (size_t)t * LC;
         for (int s = t + 1; s < L; s++) Ar[s] = 0.0f;
         if (!w->nuns) continue;
-        const float *qr = q + (size_t)t * C;
+        const float *qr = q + (size_t)t * ld;
         for (int s = 0; s <= t; s++) {
             const float *kp = w->kp + (size_t)s * D, *pd = w->pw + (size_t)(t - s) * D;
             float acc = 0.0f;
@@ -153,7 +153,7 @@ static void chunk_operands(Work *w, const float *q, const float *k, int L, int C
 }
 
 void astro_forward_chunk(float *o, float *Hckpt, const float *k, const float *v, const float *q,
-                         const float *a_lambda, float *H_state, int B, int T, int C, int Nh) {
+                         const float *a_lambda, float *H_state, int B, int T, int C, int Nh, int ld) {
     const int D = C / Nh, nch = glia_nchunks(T);
     const size_t DD = (size_t)D * D;
     const int nt = blas_single_begin();
@@ -166,18 +166,19 @@ void astro_forward_chunk(float *o, float *Hckpt, const float *k, const float *v,
         else memset(w.S, 0, DD * sizeof(float));
         for (int c = 0; c < nch; c++) {
             const int t0 = c * LC, L = T - t0 < LC ? T - t0 : LC;
-            const size_t off = ((size_t)b * T + t0) * C + (size_t)h * D;
+            const size_t off = ((size_t)b * T + t0) * C + (size_t)h * D;   // o
+            const size_t pin = ((size_t)b * T + t0) * ld + (size_t)h * D;  // k, v, q
             if (Hckpt) memcpy(Hckpt + ((size_t)bh * nch + c) * DD, w.S, DD * sizeof(float));
-            chunk_operands(&w, q + off, k + off, L, C, D);
+            chunk_operands(&w, q + pin, k + pin, L, ld, D);
             // o = A V + Q̃ S
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, L, D, L, 1.0f, w.A, LC, v + off, C, 0.0f,
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, L, D, L, 1.0f, w.A, LC, v + pin, ld, 0.0f,
                         o + off, C);
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, L, D, D, 1.0f, w.qt, D, w.S, D, 1.0f, o + off, C);
             // S ← diag(λ^L) S + K̄ᵀ V
             const float *pL = w.pw + (size_t)L * D;
             for (int i = 0; i < D; i++)
                 for (int j = 0; j < D; j++) w.S[(size_t)i * D + j] *= pL[i];
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, D, D, L, 1.0f, w.kb, D, v + off, C, 1.0f, w.S, D);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, D, D, L, 1.0f, w.kb, D, v + pin, ld, 1.0f, w.S, D);
         }
         if (H_state) memcpy(H_state + (size_t)bh * DD, w.S, DD * sizeof(float));
         work_free(&w);
@@ -187,7 +188,7 @@ void astro_forward_chunk(float *o, float *Hckpt, const float *k, const float *v,
 
 // The intra-chunk parts of dq (g1) and dk' (g2), σ < τ only, from the
 // strictly masked dA: sgemms on the safe channels, pairwise on the others.
-static void intra_grads(Work *w, const float *q, int L, int C, int D) {
+static void intra_grads(Work *w, const float *q, int L, int ld, int D) {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, L, D, L, 1.0f, w->dA, LC, w->kh, D, 0.0f, w->g1, D);
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, L, D, L, 1.0f, w->dA, LC, w->qh, D, 0.0f, w->g2, D);
     for (int t = 0; t < L; t++) {
@@ -203,7 +204,7 @@ static void intra_grads(Work *w, const float *q, int L, int C, int D) {
             for (int s = 0; s < t; s++)
                 gq += w->dA[(size_t)t * LC + s] * w->kp[(size_t)s * D + i] * w->pw[(size_t)(t - s) * D + i];
             for (int u = t + 1; u < L; u++)
-                gk += w->dA[(size_t)u * LC + t] * q[(size_t)u * C + i] * w->pw[(size_t)(u - t) * D + i];
+                gk += w->dA[(size_t)u * LC + t] * q[(size_t)u * ld + i] * w->pw[(size_t)(u - t) * D + i];
             w->g1[(size_t)t * D + i] = gq;
             w->g2[(size_t)t * D + i] = gk;
         }
@@ -212,7 +213,7 @@ static void intra_grads(Work *w, const float *q, int L, int C, int D) {
 
 void astro_backward_chunk(float *dk, float *dv, float *dq, float *da_lambda, const float *dout,
                           const float *k, const float *v, const float *q, const float *a_lambda,
-                          const float *Hckpt, int B, int T, int C, int Nh) {
+                          const float *Hckpt, int B, int T, int C, int Nh, int ld) {
     const int D = C / Nh, nch = glia_nchunks(T);
     const size_t DD = (size_t)D * D;
     float *dlam_part = xcalloc((size_t)B * C, sizeof(float));  // (B, Nh, D) per sequence
@@ -227,23 +228,24 @@ void astro_backward_chunk(float *dk, float *dv, float *dq, float *da_lambda, con
         memset(w.dS, 0, DD * sizeof(float));
         for (int c = nch - 1; c >= 0; c--) {
             const int t0 = c * LC, L = T - t0 < LC ? T - t0 : LC;
-            const size_t off = ((size_t)b * T + t0) * C + (size_t)h * D;
-            const float *qc = q + off, *kc = k + off, *vc = v + off, *doc = dout + off;
+            const size_t off = ((size_t)b * T + t0) * C + (size_t)h * D;   // dout
+            const size_t pin = ((size_t)b * T + t0) * ld + (size_t)h * D;  // k, v, q and their gradients
+            const float *qc = q + pin, *kc = k + pin, *vc = v + pin, *doc = dout + off;
             memcpy(w.S, Hckpt + ((size_t)bh * nch + c) * DD, DD * sizeof(float));
-            chunk_operands(&w, qc, kc, L, C, D);
+            chunk_operands(&w, qc, kc, L, ld, D);
             // dA = dO Vᵀ: its diagonal kept apart, the rest masked to σ < τ
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, L, L, D, 1.0f, doc, C, vc, C, 0.0f, w.dA, LC);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, L, L, D, 1.0f, doc, C, vc, ld, 0.0f, w.dA, LC);
             for (int t = 0; t < L; t++) {
                 diag[t] = w.dA[(size_t)t * LC + t];
                 for (int s = t; s < L; s++) w.dA[(size_t)t * LC + s] = 0.0f;
             }
             // dv = Aᵀ dO + K̄ dS
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, L, D, L, 1.0f, w.A, LC, doc, C, 0.0f, dv + off, C);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, L, D, D, 1.0f, w.kb, D, w.dS, D, 1.0f, dv + off, C);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, L, D, L, 1.0f, w.A, LC, doc, C, 0.0f, dv + pin, ld);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, L, D, D, 1.0f, w.kb, D, w.dS, D, 1.0f, dv + pin, ld);
             // t1 = dO Sᵀ (the state read's gradient), t2 = V dSᵀ (the state update's)
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, L, D, D, 1.0f, doc, C, w.S, D, 0.0f, w.t1, D);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, L, D, D, 1.0f, vc, C, w.dS, D, 0.0f, w.t2, D);
-            intra_grads(&w, qc, L, C, D);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, L, D, D, 1.0f, vc, ld, w.dS, D, 0.0f, w.t2, D);
+            intra_grads(&w, qc, L, ld, D);
             // λ·∂L/∂λ through S_next = diag(λ^L) S + ...: L λ^L Σ_j S dS
             const float *pL = w.pw + (size_t)L * D;
             for (int i = 0; i < D; i++) {
@@ -252,11 +254,11 @@ void astro_backward_chunk(float *dk, float *dv, float *dq, float *da_lambda, con
                 wsum[i] += (float)L * pL[i] * acc;
             }
             for (int t = 0; t < L; t++) {
-                const float *qr = qc + (size_t)t * C, *kr = kc + (size_t)t * C;
+                const float *qr = qc + (size_t)t * ld, *kr = kc + (size_t)t * ld;
                 const float *p1 = w.pw + (size_t)(t + 1) * D, *pl = w.pw + (size_t)(L - 1 - t) * D;
                 const float *kp = w.kp + (size_t)t * D, *t1 = w.t1 + (size_t)t * D, *t2 = w.t2 + (size_t)t * D;
                 const float *gq = w.g1 + (size_t)t * D, *gk = w.g2 + (size_t)t * D;
-                float *dqr = dq + off + (size_t)t * C, *dkr = dk + off + (size_t)t * C;
+                float *dqr = dq + pin + (size_t)t * ld, *dkr = dk + pin + (size_t)t * ld;
                 // the intra-chunk parts leave out the diagonal σ = τ, whose decay
                 // λ^0 = 1 carries no position weight: the weighted sums below then
                 // hold only terms of order λ, so dividing them by λ loses nothing

@@ -47,10 +47,10 @@ static void embedding_bwd(float *dE, const float *dx, const int *tokens, int *sc
 }
 
 static void neuron_bwd(float *dcurrent, float *dm, float *da_beta, float *scratch, const float *ds, const float *u,
-                       const float *o, const float *s, const float *a_beta, int B, int T, int N,
+                       const float *o, const float *s, const float *a_beta, int B, int T, int N, int ld,
                        const NeuronTestMode *test) {
     (void)scratch;
-    neuron_backward(dcurrent, dm, da_beta, ds, u, o, s, a_beta, B, T, N, test);
+    neuron_backward(dcurrent, dm, da_beta, ds, u, o, s, a_beta, B, T, N, ld, test);
 }
 
 // Columns in the outer loop, rows ascending inside: the GPU's order.

@@ -48,39 +48,41 @@ void rmsnorm_backward(float *dx, float *dg, const float *dout, const float *x, c
 
 // ---- LIF neuron (both mixers; the FFN is the o ≡ 0 case) --------------------
 // u_t = β ⊙ u_{t-1} ⊙ (1 − s_{t-1}) + current_t;  s_t = Θ(u_t + o_t − θ).
-// current, o, u, s: (B, T, N); o may be NULL (≡ 0); a_beta (N), β = sigmoid(a_beta).
+// o, u, s: (B, T, N); current (B, T, N) at row stride ld (the AM-SU's I in P);
+// o may be NULL (≡ 0); a_beta (N), β = sigmoid(a_beta).
 // u_state, s_state (B, N): if non-NULL, the membrane and spikes before step 1
 // (streaming inference) and, on return, after step T; if NULL both start at 0.
 void neuron_forward(float *u, float *s, const float *current, const float *o,
                     const float *a_beta, float *u_state, float *s_state,
-                    int B, int T, int N, const NeuronTestMode *test);
-// Given ds (B, T, N) = ∂L/∂s: dcurrent (B, T, N) = ∂L/∂u_t (= ∂L/∂current_t),
+                    int B, int T, int N, int ld, const NeuronTestMode *test);
+// Given ds (B, T, N) = ∂L/∂s: dcurrent (B, T, N), row stride ld, = ∂L/∂u_t (= ∂L/∂current_t),
 // dm (B, T, N) = ∂L/∂m_t (= ∂L/∂o_t; skipped if NULL), da_beta (N) += ∂L/∂a_beta.
 void neuron_backward(float *dcurrent, float *dm, float *da_beta, const float *ds,
                      const float *u, const float *o, const float *s, const float *a_beta,
-                     int B, int T, int N, const NeuronTestMode *test);
+                     int B, int T, int N, int ld, const NeuronTestMode *test);
 
 // ---- astrocyte (the AM-SU's calcium state) ------------------------------------
 // Per sequence b and head h (D = C / Nh, channel c = h·D + i):
 //   H_t[i,j] = λ_i H_{t-1}[i,j] + (1 − λ_i) k_t[i] v_t[j];  o_t[j] = Σ_i H_t[i,j] q_t[i].
-// k, v, q, o: (B, T, C); a_lambda (Nh, D), λ = sigmoid(a_lambda).
+// o: (B, T, C); k, v, q (and dk, dv, dq): (B, T, C) at row stride ld (views
+// into types.h's P); a_lambda (Nh, D), λ = sigmoid(a_lambda).
 // Hckpt (B, Nh, nchunks, D, D): H before the first step of each chunk, for the
 // backward (NULL when no backward follows). H_state (B, Nh, D, D): if
 // non-NULL, the state before step 1 and, on return, after step T; else 0.
 void astro_forward(float *o, float *Hckpt, const float *k, const float *v, const float *q,
-                   const float *a_lambda, float *H_state, int B, int T, int C, int Nh);
+                   const float *a_lambda, float *H_state, int B, int T, int C, int Nh, int ld);
 // Given dout (B, T, C) = ∂L/∂o: dk, dv, dq (B, T, C) overwritten; da_lambda (Nh, D) +=.
 void astro_backward(float *dk, float *dv, float *dq, float *da_lambda, const float *dout,
                     const float *k, const float *v, const float *q, const float *a_lambda,
-                    const float *Hckpt, int B, int T, int C, int Nh);
+                    const float *Hckpt, int B, int T, int C, int Nh, int ld);
 
 // The same recurrence in chunks of GLIA_CHUNK steps as matrix products
 // (astro_chunk.c): equal to the above to rounding, the same checkpoints.
 void astro_forward_chunk(float *o, float *Hckpt, const float *k, const float *v, const float *q,
-                         const float *a_lambda, float *H_state, int B, int T, int C, int Nh);
+                         const float *a_lambda, float *H_state, int B, int T, int C, int Nh, int ld);
 void astro_backward_chunk(float *dk, float *dv, float *dq, float *da_lambda, const float *dout,
                           const float *k, const float *v, const float *q, const float *a_lambda,
-                          const float *Hckpt, int B, int T, int C, int Nh);
+                          const float *Hckpt, int B, int T, int C, int Nh, int ld);
 // Which of the two amsu_forward / amsu_backward use: AMSU_CHUNK (the
 // default: the faster, docs/PERF.md) or AMSU_SCAN (common/backend.h).
 void cpu_set_amsu(int mode);

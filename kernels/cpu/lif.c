@@ -27,7 +27,7 @@ static inline float spike_of(float m, const NeuronTestMode *test) {
 
 void neuron_forward(float *u, float *s, const float *current, const float *o,
                     const float *a_beta, float *u_state, float *s_state,
-                    int B, int T, int N, const NeuronTestMode *test) {
+                    int B, int T, int N, int ld, const NeuronTestMode *test) {
     int nblocks = (N + LIF_BLOCK - 1) / LIF_BLOCK;
 #pragma omp parallel for schedule(static)
     for (int work = 0; work < B * nblocks; work++) {
@@ -41,10 +41,11 @@ void neuron_forward(float *u, float *s, const float *current, const float *o,
         }
         for (int t = 0; t < T; t++) {
             size_t row = ((size_t)b * T + t) * N + c0;
+            const float *cur = current + ((size_t)b * T + t) * ld + c0;
             const float *keep = (test && test->keep) ? test->keep + row : NULL;
             for (int c = 0; c < nc; c++) {
                 float k = keep ? keep[c] : 1.0f - s_prev[c];
-                float ut = step_membrane(beta[c], u_prev[c], k, current[row + c]);
+                float ut = step_membrane(beta[c], u_prev[c], k, cur[c]);
                 float m = step_potential(ut, o ? o[row + c] : 0.0f);
                 float st = spike_of(m, test);
                 u[row + c] = ut;
@@ -60,7 +61,7 @@ void neuron_forward(float *u, float *s, const float *current, const float *o,
 
 void neuron_backward(float *dcurrent, float *dm, float *da_beta, const float *ds,
                      const float *u, const float *o, const float *s, const float *a_beta,
-                     int B, int T, int N, const NeuronTestMode *test) {
+                     int B, int T, int N, int ld, const NeuronTestMode *test) {
     int nblocks = (N + LIF_BLOCK - 1) / LIF_BLOCK;
     float *dbeta_part = xcalloc((size_t)B * N, sizeof(float));  // (B, N) per-sequence partials
 #pragma omp parallel for schedule(static)
@@ -77,6 +78,7 @@ void neuron_backward(float *dcurrent, float *dm, float *da_beta, const float *ds
         for (int t = T - 1; t >= 0; t--) {
             size_t row = ((size_t)b * T + t) * N + c0;
             size_t prev = row - N;  // row of step t-1 (only read when t > 0)
+            float *dcur = dcurrent + ((size_t)b * T + t) * ld + c0;
             for (int c = 0; c < nc; c++) {
                 float m = step_potential(u[row + c], o ? o[row + c] : 0.0f);
                 float dmt = step_spike_grad(ds[row + c], m);
@@ -87,7 +89,7 @@ void neuron_backward(float *dcurrent, float *dm, float *da_beta, const float *ds
                     u_prev = u[prev + c];
                 }
                 dbeta[c] += step_beta_grad(du, u_prev, keep);
-                dcurrent[row + c] = du;
+                dcur[c] = du;
                 if (dm) dm[row + c] = dmt;
                 du_next[c] = du;
                 keep_next[c] = keep;

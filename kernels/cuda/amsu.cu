@@ -109,16 +109,16 @@ amsu_recurrence_forward_kernel(float *__restrict__ o,              // (B, T, C)
                                float *__restrict__ u,              // (B, T, C)
                                float *__restrict__ s,              // (B, T, C)
                                float *__restrict__ Hckpt,          // (B, Nh, nch, D, D) or NULL
-                               const float *__restrict__ I,        // (B, T, C)
-                               const float *__restrict__ k,        // (B, T, C)
-                               const float *__restrict__ v,        // (B, T, C)
-                               const float *__restrict__ q,        // (B, T, C)
+                               const float *__restrict__ I,        // (B, T, C), row stride ld
+                               const float *__restrict__ k,        // (B, T, C), row stride ld
+                               const float *__restrict__ v,        // (B, T, C), row stride ld
+                               const float *__restrict__ q,        // (B, T, C), row stride ld
                                const float *__restrict__ a_lambda, // (Nh, D)
                                const float *__restrict__ a_beta,   // (C)
                                float *__restrict__ H_state,        // (B, Nh, D, D) or NULL
                                float *__restrict__ u_state,        // (B, C) or NULL
                                float *__restrict__ s_state,        // (B, C) or NULL
-                               int T, int C, int Nh, int nch) {
+                               int T, int C, int Nh, int nch, int ld) {
     const int bh = blockIdx.x, b = bh / Nh, h = bh % Nh;
     const int j = threadIdx.x;
     const int c = h * D + j;  // this thread's channel; also its index into a_lambda (Nh, D)
@@ -144,25 +144,25 @@ amsu_recurrence_forward_kernel(float *__restrict__ o,              // (B, T, C)
     const size_t sc = (size_t)b * C + c;  // this neuron in u_state, s_state (B, C)
     float u_prev = u_state ? u_state[sc] : 0.0f, s_prev = s_state ? s_state[sc] : 0.0f;
 
-    // Element (b, t, c) is at base + t·C.
-    const size_t base = (size_t)b * T * C + c;
+    // Element (b, t, c) is at base + t·C (o, u, s) and pbase + t·ld (I, k, v, q).
+    const size_t base = (size_t)b * T * C + c, pbase = (size_t)b * T * ld + c;
     float *ckpt = Hckpt ? Hckpt + (size_t)bh * nch * D * D + j : nullptr;  // column j, chunk 0
 
     float k_next = 0.0f, v_next = 0.0f, q_next = 0.0f, I_next = 0.0f;
     if (T > 0) {
-        k_next = k[base];
-        v_next = v[base];
-        q_next = q[base];
-        I_next = I[base];
+        k_next = k[pbase];
+        v_next = v[pbase];
+        q_next = q[pbase];
+        I_next = I[pbase];
     }
     for (int t = 0; t < T; t++) {
-        const size_t off = base + (size_t)t * C;
+        const size_t off = base + (size_t)t * C, pin = pbase + (size_t)(t + 1) * ld;
         const float kt = k_next, vt = v_next, qt = q_next, It = I_next;
         if (t + 1 < T) {  // prefetch step t + 1
-            k_next = k[off + C];
-            v_next = v[off + C];
-            q_next = q[off + C];
-            I_next = I[off + C];
+            k_next = k[pin];
+            v_next = v[pin];
+            q_next = q[pin];
+            I_next = I[pin];
         }
         // Checkpoint: H before the first step of each chunk (coalesced over j).
         if (ckpt && t % GLIA_CHUNK == 0) {
@@ -220,11 +220,11 @@ amsu_recurrence_forward_kernel(float *__restrict__ o,              // (B, T, C)
 __global__ void lif_forward_kernel(float *__restrict__ o,             // (B, T, C) or NULL
                                    float *__restrict__ u,             // (B, T, C)
                                    float *__restrict__ s,             // (B, T, C)
-                                   const float *__restrict__ I,       // (B, T, C)
+                                   const float *__restrict__ I,       // (B, T, C), row stride ld
                                    const float *__restrict__ a_beta,  // (C)
                                    float *__restrict__ u_state,       // (B, C) or NULL
                                    float *__restrict__ s_state,       // (B, C) or NULL
-                                   int T, int C) {
+                                   int T, int C, int ld) {
     const int nblk = ceil_div(C, blockDim.x);
     const int b = blockIdx.x / nblk;
     const int c = (blockIdx.x % nblk) * blockDim.x + threadIdx.x;
@@ -235,7 +235,7 @@ __global__ void lif_forward_kernel(float *__restrict__ o,             // (B, T, 
     float u_prev = u_state ? u_state[sc] : 0.0f, s_prev = s_state ? s_state[sc] : 0.0f;
     for (int t = 0; t < T; t++) {
         const size_t off = base + (size_t)t * C;
-        const float ut = step_membrane(beta, u_prev, 1.0f - s_prev, I[off]);
+        const float ut = step_membrane(beta, u_prev, 1.0f - s_prev, I[((size_t)b * T + t) * ld + c]);
         const float st = step_spike(step_potential(ut, 0.0f));
         if (o) o[off] = 0.0f;
         u[off] = ut;
@@ -265,10 +265,10 @@ static constexpr int amsu_bwd_smem_floats(int D) {
 // top comment. L = min(T, GLIA_CHUNK): H recompute rows per block, minus one.
 template <int D>
 __global__ void __launch_bounds__(D)
-amsu_recurrence_backward_kernel(float *__restrict__ dI,              // (B, T, C)
-                                float *__restrict__ dk,              // (B, T, C)
-                                float *__restrict__ dv,              // (B, T, C)
-                                float *__restrict__ dq,              // (B, T, C)
+amsu_recurrence_backward_kernel(float *__restrict__ dI,              // (B, T, C), row stride ld
+                                float *__restrict__ dk,              // (B, T, C), row stride ld
+                                float *__restrict__ dv,              // (B, T, C), row stride ld
+                                float *__restrict__ dq,              // (B, T, C), row stride ld
                                 float *__restrict__ Hrec,            // (B·Nh, L+1, D, D) [τ][j][i]
                                 float *__restrict__ dbeta_part,      // (B, C)
                                 float *__restrict__ dlam_part,       // (B, C)
@@ -276,13 +276,13 @@ amsu_recurrence_backward_kernel(float *__restrict__ dI,              // (B, T, C
                                 const float *__restrict__ u,         // (B, T, C)
                                 const float *__restrict__ o,         // (B, T, C)
                                 const float *__restrict__ s,         // (B, T, C)
-                                const float *__restrict__ k,         // (B, T, C)
-                                const float *__restrict__ v,         // (B, T, C)
-                                const float *__restrict__ q,         // (B, T, C)
+                                const float *__restrict__ k,         // (B, T, C), row stride ld
+                                const float *__restrict__ v,         // (B, T, C), row stride ld
+                                const float *__restrict__ q,         // (B, T, C), row stride ld
                                 const float *__restrict__ Hckpt,     // (B, Nh, nch, D, D) [i][j]
                                 const float *__restrict__ a_lambda,  // (Nh, D)
                                 const float *__restrict__ a_beta,    // (C)
-                                int T, int C, int Nh, int nch, int L) {
+                                int T, int C, int Nh, int nch, int L, int ld) {
     // H_t stays in registers through the walk (see the top comment).
     constexpr bool kHReg = D <= 64;
     constexpr int DP = D + 1;  // padded row of red
@@ -307,7 +307,8 @@ amsu_recurrence_backward_kernel(float *__restrict__ dI,              // (B, T, C
     float du_next = 0.0f, keep_next = 0.0f, dbeta = 0.0f, dlam = 0.0f;
 
     const size_t base = (size_t)b * T * C + c;      // element (b, t, c) at base + t·C
-    const size_t head = (size_t)b * T * C + h * D;  // element (b, t, h·D + x) at head + t·C + x
+    const size_t pbase = (size_t)b * T * ld + c;    // ... of I, k, v, q and grads at pbase + t·ld
+    const size_t head = (size_t)b * T * ld + h * D; // (b, t, h·D + x) of v at head + t·ld + x
     const size_t DD = (size_t)D * D;
     float *Hs = Hrec + (size_t)bh * (L + 1) * DD + i;  // (τ, i, j) at Hs[τ·DD + j·D]
 
@@ -315,8 +316,8 @@ amsu_recurrence_backward_kernel(float *__restrict__ dI,              // (B, T, C
     // u_t, o_t, ds_t, q_t, k_t and, for t > 0, u_{t−1}, s_{t−1}.
     int t = T - 1;
     float n_u = u[base + (size_t)t * C], n_o = o[base + (size_t)t * C];
-    float n_ds = ds[base + (size_t)t * C], n_q = q[base + (size_t)t * C];
-    float n_k = k[base + (size_t)t * C];
+    float n_ds = ds[base + (size_t)t * C], n_q = q[pbase + (size_t)t * ld];
+    float n_k = k[pbase + (size_t)t * ld];
     float n_up = t > 0 ? u[base + (size_t)(t - 1) * C] : 0.0f;
     float n_sp = t > 0 ? s[base + (size_t)(t - 1) * C] : 0.0f;
 
@@ -328,7 +329,7 @@ amsu_recurrence_backward_kernel(float *__restrict__ dI,              // (B, T, C
         // reads v_s, and column x of red is read only by thread x (its
         // column sum, which it has finished).
         for (int tau = 0; tau < len; tau++)
-            v_s[tau * D + i] = v[head + (size_t)(t0 + tau) * C + i];
+            v_s[tau * D + i] = v[head + (size_t)(t0 + tau) * ld + i];
         const float *ck = Hckpt + ((size_t)bh * nch + ch) * DD;
 #pragma unroll 4
         for (int r = 0; r < D; r++) red[r * DP + i] = ck[(size_t)r * D + i];
@@ -341,7 +342,7 @@ amsu_recurrence_backward_kernel(float *__restrict__ dI,              // (B, T, C
             for (int j = 0; j < D; j++) Hrow[j] = red[i * DP + j];
             for (int tau = 0; tau < len; tau++) {
                 float *dst = Hs + (size_t)tau * DD;
-                const float gk = one_m_lam * k[base + (size_t)(t0 + tau) * C];
+                const float gk = one_m_lam * k[pbase + (size_t)(t0 + tau) * ld];
                 const float4 *v4 = reinterpret_cast<const float4 *>(v_s + tau * D);
 #pragma unroll
                 for (int j4 = 0; j4 < D / 4; j4++) {
@@ -368,7 +369,7 @@ amsu_recurrence_backward_kernel(float *__restrict__ dI,              // (B, T, C
 #pragma unroll
                     for (int jj = 0; jj < AMSU_BWD_SLICE; jj++) dst[(size_t)jj * D] = hs[jj];
                     if (tau == len) break;
-                    const float gk = one_m_lam * k[base + (size_t)(t0 + tau) * C];
+                    const float gk = one_m_lam * k[pbase + (size_t)(t0 + tau) * ld];
                     const float4 *v4 = reinterpret_cast<const float4 *>(v_s + tau * D + j0);
 #pragma unroll
                     for (int j4 = 0; j4 < AMSU_BWD_SLICE / 4; j4++) {
@@ -386,7 +387,7 @@ amsu_recurrence_backward_kernel(float *__restrict__ dI,              // (B, T, C
         // 3. Walk the chunk backward.
         for (; t >= t0; t--) {
             const int tau = t - t0;
-            const size_t off = base + (size_t)t * C;
+            const size_t off = base + (size_t)t * C, poff = pbase + (size_t)t * ld;
             const float ut = n_u, ot = n_o, ds_t = n_ds, qi = n_q, ki = n_k;
             const float u_prev = n_up, s_prev = n_sp;
             if (t > 0) {  // prefetch step t − 1
@@ -394,8 +395,8 @@ amsu_recurrence_backward_kernel(float *__restrict__ dI,              // (B, T, C
                 n_u = u_prev;
                 n_o = o[pre];
                 n_ds = ds[pre];
-                n_q = q[pre];
-                n_k = k[pre];
+                n_q = q[poff - ld];
+                n_k = k[poff - ld];
                 if (t > 1) {
                     n_up = u[pre - C];
                     n_sp = s[pre - C];
@@ -410,7 +411,7 @@ amsu_recurrence_backward_kernel(float *__restrict__ dI,              // (B, T, C
             const float du = step_membrane_grad(dmt, beta, keep_next, du_next);
             const float keep = t > 0 ? step_keep(s_prev) : 1.0f;
             dbeta += step_beta_grad(du, u_prev, keep);
-            dI[off] = du;
+            dI[poff] = du;
             du_next = du;
             keep_next = keep;
             do_s[i] = dmt;
@@ -444,8 +445,8 @@ amsu_recurrence_backward_kernel(float *__restrict__ dI,              // (B, T, C
                     if constexpr (kHReg) Hrow[j] = hprev;  // H_t of step t − 1
                 }
             }
-            dq[off] = sq;
-            dk[off] = one_m_lam * sk;
+            dq[poff] = sq;
+            dk[poff] = one_m_lam * sk;
             dlam += sl;
             __syncthreads();
 
@@ -453,7 +454,7 @@ amsu_recurrence_backward_kernel(float *__restrict__ dI,              // (B, T, C
             float acc = 0.0f;
 #pragma unroll 8
             for (int r = 0; r < D; r++) acc += red[r * DP + i];
-            dv[off] = acc;
+            dv[poff] = acc;
         }
     }
     dbeta_part[(size_t)b * C + c] = dbeta;
@@ -536,10 +537,10 @@ template <int D>
 static void amsu_launch(float *o, float *u, float *s, float *Hckpt, const float *I,
                         const float *k, const float *v, const float *q, const float *a_lambda,
                         const float *a_beta, float *H_state, float *u_state, float *s_state,
-                        int B, int T, int C, int Nh, cudaStream_t stream) {
+                        int B, int T, int C, int Nh, int ld, cudaStream_t stream) {
     amsu_recurrence_forward_kernel<D><<<B * Nh, D, 0, stream>>>(
         o, u, s, Hckpt, I, k, v, q, a_lambda, a_beta, H_state, u_state, s_state, T, C, Nh,
-        glia_nchunks(T));
+        glia_nchunks(T), ld);
     cuda_check(cudaGetLastError());
 }
 
@@ -548,7 +549,7 @@ extern "C" void amsu_recurrence_forward_cuda(float *o, float *u, float *s, float
                                              const float *q, const float *a_lambda,
                                              const float *a_beta, float *H_state,
                                              float *u_state, float *s_state, int B, int T,
-                                             int C, int Nh, int astro, void *stream) {
+                                             int C, int Nh, int ld, int astro, void *stream) {
     static const char *who = "amsu_recurrence_forward_cuda";
     if (amsu_check_shape(who, B, T, C, Nh, astro) != 0) exit(1);
     if (amsu_check_state(who, u_state, s_state) != 0) exit(1);
@@ -556,13 +557,13 @@ extern "C" void amsu_recurrence_forward_cuda(float *o, float *u, float *s, float
     if (!astro) {
         int blocks = B * ceil_div(C, LIF_THREADS);
         lif_forward_kernel<<<blocks, LIF_THREADS, 0, st>>>(o, u, s, I, a_beta, u_state, s_state,
-                                                           T, C);
+                                                           T, C, ld);
         cuda_check(cudaGetLastError());
         return;
     }
 #define AMSU_FWD(D_)                                                                      \
     amsu_launch<D_>(o, u, s, Hckpt, I, k, v, q, a_lambda, a_beta, H_state, u_state, s_state, \
-                    B, T, C, Nh, st)
+                    B, T, C, Nh, ld, st)
     switch (C / Nh) {
     case 8: AMSU_FWD(8); break;
     case 16: AMSU_FWD(16); break;
@@ -593,7 +594,7 @@ static void amsu_backward_launch(float *dI, float *dk, float *dv, float *dq, flo
                                  const float *ds, const float *u, const float *o, const float *s,
                                  const float *k, const float *v, const float *q,
                                  const float *Hckpt, const float *a_lambda, const float *a_beta,
-                                 int B, int T, int C, int Nh, cudaStream_t stream) {
+                                 int B, int T, int C, int Nh, int ld, cudaStream_t stream) {
     const int L = T < GLIA_CHUNK ? T : GLIA_CHUNK;
     float *Hrec = scratch;
     float *dbeta_part = scratch + amsu_bwd_partials_offset(B, T, C, Nh);
@@ -604,7 +605,7 @@ static void amsu_backward_launch(float *dI, float *dk, float *dv, float *dq, flo
                                         cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     amsu_recurrence_backward_kernel<D><<<B * Nh, D, smem, stream>>>(
         dI, dk, dv, dq, Hrec, dbeta_part, dlam_part, ds, u, o, s, k, v, q, Hckpt, a_lambda,
-        a_beta, T, C, Nh, glia_nchunks(T), L);
+        a_beta, T, C, Nh, glia_nchunks(T), L, ld);
     cuda_check(cudaGetLastError());
 }
 
@@ -614,12 +615,12 @@ extern "C" void amsu_recurrence_backward_cuda(float *dI, float *dk, float *dv, f
                                               const float *s, const float *k, const float *v,
                                               const float *q, const float *Hckpt,
                                               const float *a_lambda, const float *a_beta, int B,
-                                              int T, int C, int Nh, void *stream) {
+                                              int T, int C, int Nh, int ld, void *stream) {
     if (amsu_check_shape("amsu_recurrence_backward_cuda", B, T, C, Nh, 1) != 0) exit(1);
     cudaStream_t st = (cudaStream_t)stream;
 #define AMSU_BWD(D_)                                                                        \
     amsu_backward_launch<D_>(dI, dk, dv, dq, scratch, ds, u, o, s, k, v, q, Hckpt, a_lambda, \
-                             a_beta, B, T, C, Nh, st)
+                             a_beta, B, T, C, Nh, ld, st)
     switch (C / Nh) {
     case 8: AMSU_BWD(8); break;
     case 16: AMSU_BWD(16); break;
@@ -658,8 +659,8 @@ extern "C" void amsu_occupancy_cuda(CudaOccupancy out[3], int D) {
 
 // ---- the layer ------------------------------------------------------------------------
 // The AM-SU token mixer around the recurrence, as kernels/cpu/amsu.c builds it:
-// projections I, k, v, q of the normalised input (cuBLAS), the fused
-// recurrence, and y = W_O s; the backward in reverse. Same contracts as the
+// projections I, k, v, q of the normalised input (one cuBLAS GEMM into P,
+// types.h), the fused recurrence, and y = W_O s; the backward in reverse. Same contracts as the
 // CPU's amsu_forward / amsu_backward (cpu.h), on device pointers.
 
 // AMSU_CHUNK (amsu_chunk.cu) or AMSU_SCAN for training and prefill; streaming
@@ -667,32 +668,45 @@ extern "C" void amsu_occupancy_cuda(CudaOccupancy out[3], int D) {
 static int amsu_mode = AMSU_CHUNK;
 extern "C" void amsu_set_mode_cuda(int mode) { amsu_mode = mode; }
 
+// The key scale 1/sqrt(D) of SPEC's k on the k columns of P (forward) and of
+// dP (backward): x, M rows of C at row stride ld, times sc. One thread per
+// element, rows of C consecutive threads (coalesced).
+__global__ void scale_rows_kernel(float *__restrict__ x, int M, int C, int ld, float sc) {
+    const size_t n = (size_t)M * C, stride = (size_t)gridDim.x * blockDim.x;
+    for (size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x; e < n; e += stride)
+        x[e / C * ld + e % C] *= sc;
+}
+
+static void scale_rows_cuda(float *x, int M, int C, int ld, float sc, void *stream) {
+    const size_t n = (size_t)M * C;
+    if (n == 0) return;
+    const size_t blocks = ceil_div_size(n, PARAM_THREADS);
+    scale_rows_kernel<<<(unsigned)(blocks < 65536 ? blocks : 65536), PARAM_THREADS, 0, (cudaStream_t)stream>>>(
+        x, M, C, ld, sc);
+    cuda_check(cudaGetLastError());
+}
+
 extern "C" size_t amsu_scratch_floats_cuda(AmsuShape sh) {
-    const size_t btc = (size_t)sh.B * sh.T * sh.C;
+    const size_t btc = (size_t)sh.B * sh.T * sh.C, btp = (size_t)sh.B * sh.T * amsu_ld(sh);
     size_t rec = sh.astro ? amsu_backward_scratch_floats(sh.B, sh.T, sh.C, sh.Nh)
                           : (size_t)sh.B * sh.C;  // neuron_backward_cuda's partials
     const size_t chunk = btc + (size_t)sh.B * sh.C;  // dm, then the partials of dβ and of dλ in turn
-    return 5 * btc + (rec > chunk ? rec : chunk);  // ds, dI, dk, dv, dq, then the recurrence's scratch
+    return btc + btp + (rec > chunk ? rec : chunk);  // ds, dP, then the recurrence's scratch
 }
 
 extern "C" void amsu_forward_cuda(float *y, AmsuActs *a, const float *z, const AmsuWeights *w,
                                   AmsuShape sh, AmsuState *state, const float *add, void *stream) {
-    const int M = sh.B * sh.T, C = sh.C;
-    matmul_forward_cuda(a->I, z, w->W_I, M, C, C, 1.0f, 0, stream);
-    if (sh.astro) {
-        const float kscale = 1.0f / sqrtf((float)(C / sh.Nh));
-        matmul_forward_cuda(a->k, z, w->W_K, M, C, C, kscale, 0, stream);
-        matmul_forward_cuda(a->v, z, w->W_V, M, C, C, 1.0f, 0, stream);
-        matmul_forward_cuda(a->q, z, w->W_Q, M, C, C, 1.0f, 0, stream);
-    }
+    const int M = sh.B * sh.T, C = sh.C, ld = amsu_ld(sh);
+    matmul_forward_cuda(a->P, z, w->W_in, M, C, ld, 1.0f, 0, stream);  // [I | k | v | q] = z W_inᵀ
+    if (sh.astro) scale_rows_cuda(a->k, M, C, ld, 1.0f / sqrtf((float)(C / sh.Nh)), stream);
     if (sh.astro && !state && amsu_mode == AMSU_CHUNK)
         amsu_chunk_forward_cuda(a->o, a->u, a->s, a->Hckpt, a->I, a->k, a->v, a->q, w->a_lambda,
-                                w->a_beta, sh.B, sh.T, C, sh.Nh, stream);
+                                w->a_beta, sh.B, sh.T, C, sh.Nh, ld, stream);
     else
         amsu_recurrence_forward_cuda(a->o, a->u, a->s, state ? nullptr : a->Hckpt, a->I, a->k,
                                      a->v, a->q, w->a_lambda, w->a_beta,
                                      state ? state->H : nullptr, state ? state->u : nullptr,
-                                     state ? state->s : nullptr, sh.B, sh.T, C, sh.Nh, sh.astro,
+                                     state ? state->s : nullptr, sh.B, sh.T, C, sh.Nh, ld, sh.astro,
                                      stream);
     matmul_forward_cuda(y, a->s, w->W_O, M, C, C, 1.0f, add, stream);
 }
@@ -700,33 +714,31 @@ extern "C" void amsu_forward_cuda(float *y, AmsuActs *a, const float *z, const A
 extern "C" void amsu_backward_cuda(float *dz, AmsuGrads *g, float *scratch, const float *dy,
                                    const float *z, const AmsuActs *a, const AmsuWeights *w,
                                    AmsuShape sh, void *stream) {
-    const int M = sh.B * sh.T, C = sh.C;
+    const int M = sh.B * sh.T, C = sh.C, ld = amsu_ld(sh);
     const size_t btc = (size_t)M * C;
-    float *ds = scratch, *dI = ds + btc, *dk = dI + btc, *dv = dk + btc, *dq = dv + btc;
-    float *rec = dq + btc;
+    // dP (M, ld): [dI | dk | dv | dq], the projections' gradients in P's layout
+    float *ds = scratch, *dP = ds + btc, *dk = dP + C, *dv = dP + 2 * C, *dq = dP + 3 * C;
+    float *rec = dP + (size_t)M * ld;
     matmul_backward_cuda(ds, g->dW_O, dy, a->s, w->W_O, M, C, C, 1.0f, 0, stream);  // y = s W_Oᵀ
     // chunked: the neuron, then the astrocyte from dm = ∂L/∂o; the fused
     // backward where the chunked one cannot read this Hckpt in place (it
     // reads the same checkpoints, so it follows either forward)
     if (sh.astro && amsu_mode == AMSU_CHUNK && amsu_chunk_backward_ok(C / sh.Nh, a->Hckpt)) {
         float *dm = rec, *part = dm + btc;
-        neuron_backward_cuda(dI, dm, g->da_beta, part, ds, a->u, a->o, a->s, w->a_beta, sh.B, sh.T, C,
+        neuron_backward_cuda(dP, dm, g->da_beta, part, ds, a->u, a->o, a->s, w->a_beta, sh.B, sh.T, C, ld,
                              stream);
         amsu_chunk_backward_cuda(dk, dv, dq, g->da_lambda, part, dm, a->k, a->v, a->q,
-                                 w->a_lambda, a->Hckpt, sh.B, sh.T, C, sh.Nh, stream);
+                                 w->a_lambda, a->Hckpt, sh.B, sh.T, C, sh.Nh, ld, stream);
     } else if (sh.astro)
-        amsu_recurrence_backward_cuda(dI, dk, dv, dq, g->da_lambda, g->da_beta, rec, ds, a->u,
+        amsu_recurrence_backward_cuda(dP, dk, dv, dq, g->da_lambda, g->da_beta, rec, ds, a->u,
                                       a->o, a->s, a->k, a->v, a->q, a->Hckpt, w->a_lambda,
-                                      w->a_beta, sh.B, sh.T, C, sh.Nh, stream);
+                                      w->a_beta, sh.B, sh.T, C, sh.Nh, ld, stream);
     else
-        neuron_backward_cuda(dI, nullptr, g->da_beta, rec, ds, a->u, nullptr, a->s, w->a_beta,
-                             sh.B, sh.T, C, stream);
-    matmul_backward_cuda(dz, g->dW_I, dI, z, w->W_I, M, C, C, 1.0f, 0, stream);
-    if (!sh.astro) return;
-    const float kscale = 1.0f / sqrtf((float)(C / sh.Nh));
-    matmul_backward_cuda(dz, g->dW_K, dk, z, w->W_K, M, C, C, kscale, 1, stream);
-    matmul_backward_cuda(dz, g->dW_V, dv, z, w->W_V, M, C, C, 1.0f, 1, stream);
-    matmul_backward_cuda(dz, g->dW_Q, dq, z, w->W_Q, M, C, C, 1.0f, 1, stream);
+        neuron_backward_cuda(dP, nullptr, g->da_beta, rec, ds, a->u, nullptr, a->s, w->a_beta,
+                             sh.B, sh.T, C, ld, stream);
+    if (sh.astro) scale_rows_cuda(dk, M, C, ld, 1.0f / sqrtf((float)(C / sh.Nh)), stream);
+    // [I | k | v | q] = z W_inᵀ
+    matmul_backward_cuda(dz, g->dW_in, dP, z, w->W_in, M, C, ld, 1.0f, 0, stream);
 }
 
 // ---- host-memory wrapper (tests) -------------------------------------------------
@@ -786,7 +798,7 @@ extern "C" int amsu_recurrence_forward_cuda_host(float *o, float *u, float *s, f
         d_sst = device_upload(s_state, nBC);
     }
     amsu_recurrence_forward_cuda(d_o, d_u, d_s, d_H, d_I, d_k, d_v, d_q, d_lambda, d_beta, d_Hst,
-                                 d_ust, d_sst, B, T, C, Nh, astro, nullptr);
+                                 d_ust, d_sst, B, T, C, Nh, C, astro, nullptr);
     cuda_synchronize();
     const size_t f = sizeof(float);
     cuda_download(o, d_o, n * f);

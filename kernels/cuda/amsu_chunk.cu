@@ -121,13 +121,13 @@ amsu_chunk_forward_kernel(float *__restrict__ o,              // (B, T, C)
                           float *__restrict__ u,              // (B, T, C)
                           float *__restrict__ s,              // (B, T, C)
                           float *__restrict__ Hckpt,          // (B, Nh, nch, D, D) or NULL
-                          const float *__restrict__ I,        // (B, T, C)
-                          const float *__restrict__ k,        // (B, T, C)
-                          const float *__restrict__ v,        // (B, T, C)
-                          const float *__restrict__ q,        // (B, T, C)
+                          const float *__restrict__ I,        // (B, T, C), row stride ld
+                          const float *__restrict__ k,        // (B, T, C), row stride ld
+                          const float *__restrict__ v,        // (B, T, C), row stride ld
+                          const float *__restrict__ q,        // (B, T, C), row stride ld
                           const float *__restrict__ a_lambda, // (Nh, D)
                           const float *__restrict__ a_beta,   // (C)
-                          int T, int C, int Nh, int nch) {
+                          int T, int C, int Nh, int nch, int ld) {
     constexpr int DT = chunk_dt(D), NTC = DT / 16;  // tile columns of a (·, DT) matrix
     constexpr int NT = Chunk<D>::threads, NW = Chunk<D>::warps;
     const int bh = blockIdx.x, b = bh / Nh, h = bh % Nh;
@@ -156,7 +156,8 @@ amsu_chunk_forward_kernel(float *__restrict__ o,              // (B, T, C)
     const int c = h * D + tid;  // thread tid < D: neuron c
     const float beta = tid < D ? step_sigmoid(a_beta[c]) : 0.0f;
     float u_prev = 0.0f, s_prev = 0.0f;
-    const size_t head = (size_t)b * T * C + (size_t)h * D;  // (b, t, h·D + x) at head + t·C + x
+    const size_t head = (size_t)b * T * C + (size_t)h * D;    // (b, t, h·D + x) at head + t·C + x
+    const size_t phead = (size_t)b * T * ld + (size_t)h * D;  // ... of I, k, v, q at phead + t·ld + x
     __syncthreads();
 
     for (int ch = 0; ch < nch; ch++) {
@@ -171,7 +172,7 @@ amsu_chunk_forward_kernel(float *__restrict__ o,              // (B, T, C)
             const int tau = x / DT, i = x % DT;
             float qq = 0.0f, kk = 0.0f, vv = 0.0f;
             if (tau < len && i < D) {
-                const size_t g = head + (size_t)(t0 + tau) * C + i;
+                const size_t g = phead + (size_t)(t0 + tau) * ld + i;
                 qq = q[g];
                 kk = (1.0f - lam[i]) * k[g];
                 vv = v[g];
@@ -217,7 +218,7 @@ amsu_chunk_forward_kernel(float *__restrict__ o,              // (B, T, C)
             for (int tau = 0; tau < len; tau++) {
                 const size_t g = head + (size_t)(t0 + tau) * C + tid;
                 const float ot = O[tau * DT + tid];
-                const float ut = step_membrane(beta, u_prev, 1.0f - s_prev, I[g]);
+                const float ut = step_membrane(beta, u_prev, 1.0f - s_prev, I[phead + (size_t)(t0 + tau) * ld + tid]);
                 const float st = step_spike(step_potential(ut, ot));
                 o[g] = ot;
                 u[g] = ut;
@@ -253,17 +254,17 @@ __host__ __device__ constexpr int chunk_bwd_smem_floats(int D) {
 // out of the weighted sums). dlam_part (B, C) gets ∂L/∂λ per sequence.
 template <int D>
 __global__ void __launch_bounds__(Chunk<D>::threads, 1)
-amsu_chunk_backward_kernel(float *__restrict__ dk,              // (B, T, C)
-                           float *__restrict__ dv,              // (B, T, C)
-                           float *__restrict__ dq,              // (B, T, C)
+amsu_chunk_backward_kernel(float *__restrict__ dk,              // (B, T, C), row stride ld
+                           float *__restrict__ dv,              // (B, T, C), row stride ld
+                           float *__restrict__ dq,              // (B, T, C), row stride ld
                            float *__restrict__ dlam_part,       // (B, C)
                            const float *__restrict__ dout,      // (B, T, C): ∂L/∂o
-                           const float *__restrict__ k,         // (B, T, C)
-                           const float *__restrict__ v,         // (B, T, C)
-                           const float *__restrict__ q,         // (B, T, C)
+                           const float *__restrict__ k,         // (B, T, C), row stride ld
+                           const float *__restrict__ v,         // (B, T, C), row stride ld
+                           const float *__restrict__ q,         // (B, T, C), row stride ld
                            const float *__restrict__ a_lambda,  // (Nh, D)
                            const float *__restrict__ Hckpt,     // (B, Nh, nch, D, D)
-                           int T, int C, int Nh, int nch) {
+                           int T, int C, int Nh, int nch, int ld) {
     constexpr int DT = chunk_dt(D), NTC = DT / 16;
     constexpr int NT = Chunk<D>::threads, NW = Chunk<D>::warps;
     constexpr bool kS = chunk_bwd_s_shared(D);
@@ -295,7 +296,8 @@ amsu_chunk_backward_kernel(float *__restrict__ dk,              // (B, T, C)
         for (int d = 1; d <= LC; d++) pw[d * DT + tid] = pwT[tid * KT + d] = p = p * l;
     }
     float wsum = 0.0f, direct = 0.0f;  // thread i < D: λ_i·∂L/∂λ_i's weighted sums, Σ k dk'
-    const size_t head = (size_t)b * T * C + (size_t)h * D;
+    const size_t head = (size_t)b * T * C + (size_t)h * D;    // dout at head + t·C + x
+    const size_t phead = (size_t)b * T * ld + (size_t)h * D;  // k, v, q and grads at phead + t·ld + x
     __syncthreads();
 
     for (int ch = nch - 1; ch >= 0; ch--) {
@@ -308,11 +310,11 @@ amsu_chunk_backward_kernel(float *__restrict__ dk,              // (B, T, C)
             const int tau = x / DT, i = x % DT;
             float qq = 0.0f, kk = 0.0f, vv = 0.0f, dd = 0.0f;
             if (tau < len && i < D) {
-                const size_t g = head + (size_t)(t0 + tau) * C + i;
+                const size_t g = phead + (size_t)(t0 + tau) * ld + i;
                 qq = q[g];
                 kk = (1.0f - lam[i]) * k[g];
                 vv = v[g];
-                dd = dout[g];
+                dd = dout[head + (size_t)(t0 + tau) * C + i];
             }
             Q[x] = qq, K[x] = kk, V[x] = vv, dO[x] = dd;
             Kt[i * KT + tau] = kk;
@@ -342,7 +344,7 @@ amsu_chunk_backward_kernel(float *__restrict__ dk,              // (B, T, C)
         }
         __syncthreads();
         for (int x = tid; x < len * D; x += NT)
-            dv[head + (size_t)(t0 + x / D) * C + x % D] = X[(x / D) * DT + x % D];
+            dv[phead + (size_t)(t0 + x / D) * ld + x % D] = X[(x / D) * DT + x % D];
         __syncthreads();
         // 4. X = dO Sᵀ; then dq, row by row, in thread i's column
         for (int tile = warp; tile < (LC / 16) * NTC; tile += NW) {
@@ -359,7 +361,7 @@ amsu_chunk_backward_kernel(float *__restrict__ dk,              // (B, T, C)
                 float gq = 0.0f;
                 for (int sg = 0; sg < tau; sg++) gq += dA[tau * LC + sg] * K[sg * DT + i] * pw[(tau - sg) * DT + i];
                 const float qi = Q[tau * DT + i], inter = pw[(tau + 1) * DT + i] * X[tau * DT + i];
-                dq[head + (size_t)(t0 + tau) * C + i] = gq + dA[tau * LC + tau] * K[tau * DT + i] + inter;
+                dq[phead + (size_t)(t0 + tau) * ld + i] = gq + dA[tau * LC + tau] * K[tau * DT + i] + inter;
                 wsum += (float)tau * qi * gq + (float)(tau + 1) * qi * inter;
             }
         }
@@ -381,7 +383,7 @@ amsu_chunk_backward_kernel(float *__restrict__ dk,              // (B, T, C)
                 const float kp = K[tau * DT + i], qi = Q[tau * DT + i];
                 const float state = pw[(len - 1 - tau) * DT + i] * X[tau * DT + i];
                 const float dkp = gk + dA[tau * LC + tau] * qi + state;
-                const size_t g = head + (size_t)(t0 + tau) * C + i;
+                const size_t g = phead + (size_t)(t0 + tau) * ld + i;
                 dk[g] = one_m_lam * dkp;
                 wsum += -(float)tau * kp * gk + (float)(len - 1 - tau) * kp * state;
                 direct += k[g] * dkp;
@@ -450,21 +452,21 @@ static int chunk_check_shape(const char *who, int B, int T, int C, int Nh) {
 template <int D>
 static void chunk_forward_launch(float *o, float *u, float *s, float *Hckpt, const float *I, const float *k,
                                  const float *v, const float *q, const float *a_lambda, const float *a_beta, int B,
-                                 int T, int C, int Nh, cudaStream_t stream) {
+                                 int T, int C, int Nh, int ld, cudaStream_t stream) {
     const int smem = chunk_fwd_smem_floats(D) * (int)sizeof(float);
     if (smem > 48 * 1024)
         cuda_check(cudaFuncSetAttribute(amsu_chunk_forward_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         smem));
-    amsu_chunk_forward_kernel<D><<<B * Nh, Chunk<D>::threads, smem, stream>>>(o, u, s, Hckpt, I, k, v, q, a_lambda, a_beta, T, C, Nh, glia_nchunks(T));
+    amsu_chunk_forward_kernel<D><<<B * Nh, Chunk<D>::threads, smem, stream>>>(o, u, s, Hckpt, I, k, v, q, a_lambda, a_beta, T, C, Nh, glia_nchunks(T), ld);
     cuda_check(cudaGetLastError());
 }
 
 extern "C" void amsu_chunk_forward_cuda(float *o, float *u, float *s, float *Hckpt, const float *I, const float *k,
                                         const float *v, const float *q, const float *a_lambda, const float *a_beta,
-                                        int B, int T, int C, int Nh, void *stream) {
+                                        int B, int T, int C, int Nh, int ld, void *stream) {
     if (chunk_check_shape("amsu_chunk_forward_cuda", B, T, C, Nh) != 0) exit(1);
     cudaStream_t st = (cudaStream_t)stream;
-#define CHUNK_FWD(D_) chunk_forward_launch<D_>(o, u, s, Hckpt, I, k, v, q, a_lambda, a_beta, B, T, C, Nh, st)
+#define CHUNK_FWD(D_) chunk_forward_launch<D_>(o, u, s, Hckpt, I, k, v, q, a_lambda, a_beta, B, T, C, Nh, ld, st)
     switch (C / Nh) {
     case 8: CHUNK_FWD(8); break;
     case 16: CHUNK_FWD(16); break;
@@ -479,12 +481,12 @@ extern "C" void amsu_chunk_forward_cuda(float *o, float *u, float *s, float *Hck
 template <int D>
 static void chunk_backward_launch(float *dk, float *dv, float *dq, float *dlam_part, const float *dout,
                                   const float *k, const float *v, const float *q, const float *a_lambda,
-                                  const float *Hckpt, int B, int T, int C, int Nh, cudaStream_t stream) {
+                                  const float *Hckpt, int B, int T, int C, int Nh, int ld, cudaStream_t stream) {
     const int smem = chunk_bwd_smem_floats(D) * (int)sizeof(float);
     if (smem > 48 * 1024)
         cuda_check(cudaFuncSetAttribute(amsu_chunk_backward_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         smem));
-    amsu_chunk_backward_kernel<D><<<B * Nh, Chunk<D>::threads, smem, stream>>>(dk, dv, dq, dlam_part, dout, k, v, q, a_lambda, Hckpt, T, C, Nh, glia_nchunks(T));
+    amsu_chunk_backward_kernel<D><<<B * Nh, Chunk<D>::threads, smem, stream>>>(dk, dv, dq, dlam_part, dout, k, v, q, a_lambda, Hckpt, T, C, Nh, glia_nchunks(T), ld);
     cuda_check(cudaGetLastError());
 }
 
@@ -495,7 +497,7 @@ extern "C" int amsu_chunk_backward_ok(int D, const float *Hckpt) {
 extern "C" void amsu_chunk_backward_cuda(float *dk, float *dv, float *dq, float *da_lambda, float *scratch,
                                          const float *dout, const float *k, const float *v, const float *q,
                                          const float *a_lambda, const float *Hckpt, int B, int T, int C, int Nh,
-                                         void *stream) {
+                                         int ld, void *stream) {
     if (chunk_check_shape("amsu_chunk_backward_cuda", B, T, C, Nh) != 0) exit(1);
     if (!amsu_chunk_backward_ok(C / Nh, Hckpt)) {
         fprintf(stderr, "amsu_chunk_backward_cuda: Hckpt must be 32-byte aligned at D = %d\n", C / Nh);
@@ -503,7 +505,7 @@ extern "C" void amsu_chunk_backward_cuda(float *dk, float *dv, float *dq, float 
     }
     cudaStream_t st = (cudaStream_t)stream;
 #define CHUNK_BWD(D_) \
-    chunk_backward_launch<D_>(dk, dv, dq, scratch, dout, k, v, q, a_lambda, Hckpt, B, T, C, Nh, st)
+    chunk_backward_launch<D_>(dk, dv, dq, scratch, dout, k, v, q, a_lambda, Hckpt, B, T, C, Nh, ld, st)
     switch (C / Nh) {
     case 8: CHUNK_BWD(8); break;
     case 16: CHUNK_BWD(16); break;

@@ -107,12 +107,12 @@ size_t rmsnorm_backward_scratch_floats(int N, int C);
 void rmsnorm_backward_cuda(float *dx, float *dg, float *scratch, const float *dout,
                            const float *x, const float *g, const float *rstd, int N, int C,
                            void *stream);
-// LIF backward (cpu.h neuron_backward, no test mode): dcurrent (B, T, N)
-// overwritten; dm (B, T, N) overwritten unless NULL; da_beta (N) +=; o may
+// LIF backward (cpu.h neuron_backward, no test mode): dcurrent (B, T, N),
+// row stride ld, overwritten; dm (B, T, N) overwritten unless NULL; da_beta (N) +=; o may
 // be NULL (≡ 0). scratch: B·N floats.
 void neuron_backward_cuda(float *dcurrent, float *dm, float *da_beta, float *scratch,
                           const float *ds, const float *u, const float *o, const float *s,
-                          const float *a_beta, int B, int T, int N, void *stream);
+                          const float *a_beta, int B, int T, int N, int ld, void *stream);
 // x (M, C) = E[tokens[i]] for M device-resident token ids.
 void embedding_forward_cuda(float *x, const int *tokens, const float *E, int M, int C,
                             void *stream);
@@ -155,8 +155,9 @@ int amsu_head_size_supported(int D);
 //   o, u, s  (B, T, C)   outputs
 //   Hckpt    (B, Nh, nchunks(T), D, D) row-major [i][j]: H before the first
 //            step of each GLIA_CHUNK-step chunk (cpu.h); may be NULL
-//   I        (B, T, C)   synaptic current
-//   k, v, q  (B, T, C)   scaled key, value, query (head h = channels h·D..h·D+D-1)
+//   I        (B, T, C)   synaptic current, row stride ld (a view into P, types.h)
+//   k, v, q  (B, T, C)   scaled key, value, query (head h = channels h·D..h·D+D-1),
+//                        row stride ld
 //   a_lambda (Nh, D)     decay logits, λ = sigmoid(a_lambda)
 //   a_beta   (C)         membrane logits, β = sigmoid(a_beta)
 //   H_state  (B, Nh, D, D), u_state, s_state (B, C): the recurrent state of
@@ -176,12 +177,12 @@ void amsu_recurrence_forward_cuda(float *o, float *u, float *s, float *Hckpt, co
                                   const float *k, const float *v, const float *q,
                                   const float *a_lambda, const float *a_beta, float *H_state,
                                   float *u_state, float *s_state, int B, int T, int C, int Nh,
-                                  int astro, void *stream);
+                                  int ld, int astro, void *stream);
 
 // The fused AM-SU backward (astro == 1; the ablation uses neuron_backward_cuda)
 // of a forward from zero state, per SPEC.md "Backward pass": given
 // ds (B, T, C) = ∂L/∂s and the forward's saved u, o, s, k, v, q, Hckpt,
-// writes dI (= ∂L/∂u_t), dk, dv, dq (B, T, C) and ADDS into da_lambda (Nh, D)
+// writes dI (= ∂L/∂u_t), dk, dv, dq (B, T, C; row stride ld, as k, v, q) and ADDS into da_lambda (Nh, D)
 // and da_beta (C), chained through their sigmoids. Neuron c = h·D + i and
 // row i of head h's H run in the same thread; the states inside a chunk are
 // recomputed from Hckpt. Per-sequence partials of da_lambda and da_beta are
@@ -193,7 +194,7 @@ void amsu_recurrence_backward_cuda(float *dI, float *dk, float *dv, float *dq, f
                                    const float *u, const float *o, const float *s,
                                    const float *k, const float *v, const float *q,
                                    const float *Hckpt, const float *a_lambda,
-                                   const float *a_beta, int B, int T, int C, int Nh,
+                                   const float *a_beta, int B, int T, int C, int Nh, int ld,
                                    void *stream);
 
 // The same computation on HOST pointers, for tests: allocates device buffers,
@@ -203,7 +204,8 @@ void amsu_recurrence_backward_cuda(float *dI, float *dk, float *dv, float *dq, f
 // and s_state are host copies of the streaming state, NULL or read and
 // overwritten as in amsu_recurrence_forward_cuda. Returns 0 on
 // success and -1, with a message on stderr, when the shape is invalid (this
-// check touches no device). CUDA errors still exit(1).
+// check touches no device). CUDA errors still exit(1). I, k, v, q are
+// contiguous here (ld = C).
 int amsu_recurrence_forward_cuda_host(float *o, float *u, float *s, float *Hckpt,
                                       const float *I, const float *k, const float *v,
                                       const float *q, const float *a_lambda,
@@ -215,14 +217,14 @@ int amsu_recurrence_forward_cuda_host(float *o, float *u, float *s, float *Hckpt
 // The same function as amsu_recurrence_forward_cuda from zero state (training,
 // prefill), computed in chunks of GLIA_CHUNK steps with matrix products on
 // the tensor cores (3xTF32: fp32-level accuracy). Same arguments and Hckpt,
-// without the streaming state. 1 if it runs head size D.
+// without the streaming state (I, k, v, q at row stride ld). 1 if it runs head size D.
 int amsu_chunk_head_size_supported(int D);
 void amsu_chunk_forward_cuda(float *o, float *u, float *s, float *Hckpt, const float *I, const float *k,
                              const float *v, const float *q, const float *a_lambda, const float *a_beta, int B,
-                             int T, int C, int Nh, void *stream);
+                             int T, int C, int Nh, int ld, void *stream);
 // The astrocyte's backward in chunks (cpu.h astro_backward_chunk on device
 // pointers): from dout = ∂L/∂o and the forward's Hckpt, writes dk, dv, dq
-// (B, T, C) and ADDS into da_lambda (Nh, D), chained through λ's sigmoid,
+// (B, T, C; row stride ld, as k, v, q) and ADDS into da_lambda (Nh, D), chained through λ's sigmoid,
 // from per-sequence partials summed in a fixed order. The neuron's backward
 // (dI, dβ, ∂L/∂o) is neuron_backward_cuda's. scratch: B·C floats. At D = 128
 // the tensor cores read Hckpt in place, which needs it 32-byte aligned:
@@ -231,7 +233,7 @@ int amsu_chunk_backward_ok(int D, const float *Hckpt);
 void amsu_chunk_backward_cuda(float *dk, float *dv, float *dq, float *da_lambda, float *scratch,
                               const float *dout, const float *k, const float *v, const float *q,
                               const float *a_lambda, const float *Hckpt, int B, int T, int C, int Nh,
-                              void *stream);
+                              int ld, void *stream);
 
 // ---- the AM-SU token mixer, one layer (kernels/cuda/amsu.cu) -------------------
 // cpu.h's amsu_forward / amsu_backward on the GPU: the structs hold device

@@ -223,7 +223,7 @@ extern "C" void rmsnorm_backward_cuda(float *dx, float *dg, float *scratch, cons
 // keep_next = 1 − s_t is 0 before the last step, since du_{T+1} = 0 anyway).
 // Step t needs ds_t, o_t, u_t (carried from step t+1, where it was u_{t-1}),
 // u_{t-1} and s_{t-1}; step t-1's four loads are issued first.
-__global__ void lif_backward_kernel(float *__restrict__ dcurrent,      // (B, T, N)
+__global__ void lif_backward_kernel(float *__restrict__ dcurrent,      // (B, T, N), row stride ld
                                     float *__restrict__ dm,            // (B, T, N) or NULL
                                     float *__restrict__ dbeta_part,    // (B, N)
                                     const float *__restrict__ ds,      // (B, T, N)
@@ -231,7 +231,7 @@ __global__ void lif_backward_kernel(float *__restrict__ dcurrent,      // (B, T,
                                     const float *__restrict__ o,       // (B, T, N) or NULL
                                     const float *__restrict__ s,       // (B, T, N)
                                     const float *__restrict__ a_beta,  // (N)
-                                    int T, int N) {
+                                    int T, int N, int ld) {
     const int nblk = ceil_div(N, blockDim.x);
     const int b = blockIdx.x / nblk;
     const int c = (blockIdx.x % nblk) * blockDim.x + threadIdx.x;
@@ -262,7 +262,7 @@ __global__ void lif_backward_kernel(float *__restrict__ dcurrent,      // (B, T,
             u_prev = u_p;
         }
         dbeta += step_beta_grad(du, u_prev, keep);
-        dcurrent[off] = du;
+        dcurrent[((size_t)b * T + t) * ld + c] = du;
         if (dm) dm[off] = dmt;
         du_next = du;
         keep_next = keep;
@@ -288,7 +288,7 @@ __global__ void lif_dbeta_kernel(float *__restrict__ da_beta,       // (N)
 extern "C" void neuron_backward_cuda(float *dcurrent, float *dm, float *da_beta, float *scratch,
                                      const float *ds, const float *u, const float *o,
                                      const float *s, const float *a_beta, int B, int T, int N,
-                                     void *stream) {
+                                     int ld, void *stream) {
     if (B <= 0 || T <= 0 || N <= 0) return;
     if ((int64_t)B * ceil_div(N, LIF_THREADS) > INT32_MAX) {
         fprintf(stderr, "neuron_backward_cuda: too many sequences (B=%d)\n", B);
@@ -296,7 +296,7 @@ extern "C" void neuron_backward_cuda(float *dcurrent, float *dm, float *da_beta,
     }
     cudaStream_t st = (cudaStream_t)stream;
     const int blocks = B * ceil_div(N, LIF_THREADS);
-    lif_backward_kernel<<<blocks, LIF_THREADS, 0, st>>>(dcurrent, dm, scratch, ds, u, o, s, a_beta, T, N);
+    lif_backward_kernel<<<blocks, LIF_THREADS, 0, st>>>(dcurrent, dm, scratch, ds, u, o, s, a_beta, T, N, ld);
     cuda_check(cudaGetLastError());
     lif_dbeta_kernel<<<ceil_div(N, FINISH_THREADS), FINISH_THREADS, 0, st>>>(da_beta, scratch, a_beta, B, N);
     cuda_check(cudaGetLastError());
