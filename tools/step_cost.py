@@ -5,8 +5,8 @@ measurement: each GEMM takes max(FLOPs / (fraction x dense peak), bytes /
 (fraction x HBM bandwidth)), each memory-bound kernel its bytes over the
 achieved bandwidth, the chunked AM-SU the time docs/CUDA.md expects of it.
 
-    python3 tools/step_cost.py            # the step as built (fp32 storage)
-    python3 tools/step_cost.py --after    # with the issue's parts done
+    python3 tools/step_cost.py            # before the GEMM-layout work (2c64993)
+    python3 tools/step_cost.py --after    # with all of it: bf16 operands, one projection GEMM, ...
 """
 import sys
 
