@@ -307,19 +307,21 @@ static int seed_with_nul(Bytes *w) {
     Engine *e = engine_new(m, SLOTS, 300);
     static Bytes outs[256];
     char err[200];
-    for (int s = 0; s < 256; s++) {
-        EngineRequest r = {.prompt = "x", .prompt_len = 1, .max_tokens = 32, .sp = {4.0f, 0, 1.0f},
-                           .seed = (uint64_t)s, .on_done = keep_done, .user = &outs[s]};
-        cr_assert_geq(engine_submit(e, &r, err, sizeof err), 0, "%s", err);
+    int seed = -1;
+    for (int s0 = 0; s0 < 256 && seed < 0; s0 += 16) {  // the lowest such seed, 16 at a time
+        for (int s = s0; s < s0 + 16; s++) {
+            EngineRequest r = {.prompt = "x", .prompt_len = 1, .max_tokens = 32, .sp = {4.0f, 0, 1.0f},
+                               .seed = (uint64_t)s, .on_done = keep_done, .user = &outs[s]};
+            cr_assert_geq(engine_submit(e, &r, err, sizeof err), 0, "%s", err);
+        }
+        while (engine_step(e) > 0) {}
+        for (int s = s0; s < s0 + 16; s++) {
+            if (seed < 0 && memchr(outs[s].text, 0, (size_t)outs[s].len)) seed = s, *w = outs[s];
+            else free(outs[s].text);
+        }
     }
-    while (engine_step(e) > 0) {}
     engine_free(e);
     model_free(m);
-    int seed = -1;
-    for (int s = 0; s < 256; s++) {
-        if (seed < 0 && memchr(outs[s].text, 0, (size_t)outs[s].len)) seed = s, *w = outs[s];
-        else free(outs[s].text);
-    }
     return seed;
 }
 
