@@ -618,12 +618,14 @@ Test(cuda_ops, matmul_plan_cache) {
 #endif
 }
 
+#ifdef GLIA_HAVE_CUDA
 // bf16 bits of x, rounded to nearest even (finite x).
 static uint16_t bf16_bits(float x) {
     uint32_t u;
     memcpy(&u, &x, 4);
     return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
 }
+#endif
 
 // Spikes are exact in bf16 (0 or 1), so the W_O and W_2 products on bf16
 // operands (matmul_forward_bf16_cuda: cuBLASLt with A and B CUDA_R_16BF, C
