@@ -1,9 +1,8 @@
 // xent.c: cross-entropy over a vocabulary on the CPU, per row (loss and its
 // gradient), and over M rows of stride Vp (the backend table's entries): the
 // V real columns come first; the pad columns [V, Vp) are never read and get
-// gradient 0. Each row's softmax is taken against its max: exp of each
-// difference in float (glibc's expf, within an ulp), summed in double, so a
-// row's loss is exact to float rounding whatever the logits' scale and V.
+// gradient 0. Each row's softmax is taken against its max in double, so a
+// row's loss is exact to float rounding whatever the logits' scale.
 #include <math.h>
 #include <string.h>
 
@@ -13,7 +12,7 @@ double xent_row(const float *logits, int V, int target) {
     float mx = logits[0];
     for (int i = 1; i < V; i++) mx = logits[i] > mx ? logits[i] : mx;
     double sum = 0.0;
-    for (int i = 0; i < V; i++) sum += expf(logits[i] - mx);
+    for (int i = 0; i < V; i++) sum += exp((double)logits[i] - mx);
     return log(sum) + mx - logits[target];
 }
 
@@ -25,13 +24,9 @@ void xent_row_backward(float *dlogits, const float *logits, int V, int target, f
     float mx = logits[0];
     for (int v = 1; v < V; v++) mx = logits[v] > mx ? logits[v] : mx;
     double sum = 0.0;
-    for (int v = 0; v < V; v++) {  // logits[v] is read before dlogits[v] (they may be one buffer)
-        float e = expf(logits[v] - mx);
-        dlogits[v] = e;
-        sum += e;
-    }
+    for (int v = 0; v < V; v++) sum += exp((double)logits[v] - mx);
     float inv = (float)(1.0 / sum);
-    for (int v = 0; v < V; v++) dlogits[v] = dlogits[v] * inv * k;
+    for (int v = 0; v < V; v++) dlogits[v] = expf(logits[v] - mx) * inv * k;
     dlogits[target] -= k;
 }
 
