@@ -437,7 +437,7 @@ static double cpu_gemm_rate(int n, int reps) {
     double *t = xmalloc((size_t)reps * sizeof(double));
     for (int r = -1; r < reps; r++) {  // -1: warm-up
         double t0 = bench_now();
-        backend_cpu()->matmul_forward(c, a, b, n, n, n, 1.0f, 0);
+        backend_cpu()->matmul_forward(c, a, b, n, n, n, 1.0f, NULL);
         if (r >= 0) t[r] = bench_now() - t0;
     }
     qsort(t, (size_t)reps, sizeof(double), bench_cmp);

@@ -2,9 +2,9 @@
 // parameters, initialisation, forward, backward, the optimizer step and the
 // recurrent state, as calls into the backend table (common/backend.h).
 //
-// Forward per layer (the residual adds are folded into the output matmuls:
-// x_mid starts as a copy of x_in and the AM-SU's W_O product accumulates
-// into it, and likewise x_next with W_2):
+// Forward per layer (the residual adds are folded into the output matmuls,
+// out of place: the AM-SU's W_O product reads x_in as its addend and writes
+// x_mid, and likewise W_2 reads x_mid and writes x_next):
 //   z1 = RMSNorm(x_in; norm1);  x_mid = x_in + AMSU(z1)
 //   z2 = RMSNorm(x_mid; norm2); c = z2 W_1ᵀ; r = LIF(c); x_out = x_mid + r W_2ᵀ
 // and the backward walks it in reverse with one residual gradient dx. Only
@@ -540,7 +540,7 @@ double model_forward(Model *m, const int *tokens, const int *targets, int B, int
         be->matmul_forward(x_next, a->r, p->W_2, M, F, C, 1.0f, a->x_mid);
     }
     be->rmsnorm_forward(m->zf, m->rstdf, m->x_out, m->norm_f, M, C);
-    be->matmul_forward(m->logits, m->zf, m->E, M, C, Vp, 1.0f, 0);  // tied head over all Vp rows
+    be->matmul_forward(m->logits, m->zf, m->E, M, C, Vp, 1.0f, NULL);  // tied head over all Vp rows
     if (!targets) return 0.0;
 
     memcpy(m->host_targets, targets, (size_t)M * sizeof(int));

@@ -148,7 +148,7 @@ static void scale_rows(float *x, int M, int C, int ld, float s) {
 void amsu_forward(float *y, AmsuActs *a, const float *z, const AmsuWeights *w, AmsuShape sh,
                   AmsuState *state, const float *add, const NeuronTestMode *test) {
     int M = sh.B * sh.T, C = sh.C, ld = amsu_ld(sh);
-    matmul_forward(a->P, z, w->W_in, M, C, ld, 1.0f, 0);  // [I | k | v | q] = z W_inᵀ
+    matmul_forward(a->P, z, w->W_in, M, C, ld, 1.0f, NULL);  // [I | k | v | q] = z W_inᵀ
     if (sh.astro) {
         scale_rows(a->k, M, C, ld, 1.0f / sqrtf((float)(C / sh.Nh)));
         // one token (decoding) takes the scan: there the chunk's setup costs more

@@ -697,7 +697,7 @@ extern "C" size_t amsu_scratch_floats_cuda(AmsuShape sh) {
 extern "C" void amsu_forward_cuda(float *y, AmsuActs *a, const float *z, const AmsuWeights *w,
                                   AmsuShape sh, AmsuState *state, const float *add, void *stream) {
     const int M = sh.B * sh.T, C = sh.C, ld = amsu_ld(sh);
-    matmul_forward_cuda(a->P, z, w->W_in, M, C, ld, 1.0f, 0, stream);  // [I | k | v | q] = z W_inᵀ
+    matmul_forward_cuda(a->P, z, w->W_in, M, C, ld, 1.0f, nullptr, stream);  // [I | k | v | q] = z W_inᵀ
     if (sh.astro) scale_rows_cuda(a->k, M, C, ld, 1.0f / sqrtf((float)(C / sh.Nh)), stream);
     if (sh.astro && !state && amsu_mode == AMSU_CHUNK)
         amsu_chunk_forward_cuda(a->o, a->u, a->s, a->Hckpt, a->I, a->k, a->v, a->q, w->a_lambda,

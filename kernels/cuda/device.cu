@@ -225,8 +225,10 @@ static const GemmPlan *plan_for(const GemmKey *key) {
     cublas_check(cublasLtMatmulAlgoGetHeuristic(lt.h, p->desc, p->a, p->b, p->c, p->c, pref, 1, &r, &found));
     cublas_check(cublasLtMatmulPreferenceDestroy(pref));
     if (!found) {
-        char msg[160];
-        snprintf(msg, sizeof msg, "no algorithm for m %d n %d k %d (transa %d transb %d, compute type %d)",
+        char msg[256];
+        snprintf(msg, sizeof msg,
+                 "no algorithm for m %d n %d k %d (transa %d transb %d, compute type %d); another --matmul "
+                 "mode may have one (docs/CUDA.md)",
                  key->m, key->n, key->k, ta, tb, key->compute);
         glia_check_fail("cuBLASLt", "cublasLtMatmulAlgoGetHeuristic", msg, __FILE__, __LINE__);
     }
