@@ -78,11 +78,19 @@ Test(train, tiny_model_learns) {
 }
 
 // The chunked astrocyte trains like the scan: the same 60 steps from the same
-// seed, at T 80 so that chunk states carry over. They agree to rounding until a spike flips near θ and the runs part;
-// measured: every loss within 3.4% of the scan's (7.4% with the state read
-// halved, a bug the 1-chunk version of this test could not see)
+// seed, at T 80 so that chunk states carry over. Step 1 runs on the same
+// weights, so its loss (the forward) and its gradient norm (the backward)
+// agree to rounding. After that the runs agree only until a spike flips near
+// θ, and the two chaotic trajectories part, so the later steps are compared
+// as means over windows of 10 steps. Measured over seeds 1..8, with the
+// cross-entropy's exp in double and in float: step 1's loss and norm agree to
+// all 7 printed digits; a window mean differs by at most 3.2 % (single steps
+// by up to 6.1 %). A backward that reads the previous chunk's state moves
+// step 1's norm by 1.5e-4 to 1e-3 while its loss trajectories look like the
+// flips; a forward without the decay inside a chunk parts by 28 % in the
+// first window.
 Test(train, chunked_amsu_trains_like_the_scan) {
-    double loss[2][64];
+    double loss[2][64], norm[2][64];
     for (int m = 0; m < 2; m++) {
         char out[300];
         snprintf(out, sizeof out, "%s/%s", dir, m ? "chunk" : "scan");
@@ -90,17 +98,19 @@ Test(train, chunked_amsu_trains_like_the_scan) {
         o.seq = 80;  // three chunks of GLIA_CHUNK (the last partial): the state passes between them
         cpu_set_amsu(m ? AMSU_CHUNK : AMSU_SCAN);
         cr_assert_eq(train_run(&o), 0);
-        cr_assert_eq(read_losses(out, loss[m], 64), 60);
+        cr_assert_eq(read_step_metrics(dir, m ? "chunk" : "scan", loss[m], norm[m], 64), 60);
     }
     cpu_set_amsu(AMSU_SCAN);
-    double worst = 0.0;
-    for (int i = 0; i < 60; i++) {
-        double d = fabs(loss[1][i] - loss[0][i]) / loss[0][i];
-        worst = d > worst ? d : worst;
+    cr_expect(fabs(loss[1][0] - loss[0][0]) <= 1e-5 * loss[0][0], "step 1 loss: %.7g vs %.7g", loss[1][0], loss[0][0]);
+    cr_expect(fabs(norm[1][0] - norm[0][0]) <= 1e-5 * norm[0][0], "step 1 gradient norm: %.7g vs %.7g", norm[1][0],
+              norm[0][0]);
+    for (int w = 0; w < 6; w++) {
+        double s0 = 0.0, s1 = 0.0;
+        for (int i = 10 * w; i < 10 * w + 10; i++) s0 += loss[0][i], s1 += loss[1][i];
+        cr_log_info("chunk vs scan, steps %d-%d: mean loss %.4f vs %.4f", 10 * w + 1, 10 * w + 10, s1 / 10, s0 / 10);
+        cr_expect(fabs(s1 - s0) <= 0.06 * s0, "steps %d-%d: mean loss %.4f vs the scan's %.4f", 10 * w + 1,
+                  10 * w + 10, s1 / 10, s0 / 10);
     }
-    cr_log_info("chunk vs scan: worst relative loss difference %.4f over 60 steps", worst);
-    cr_expect(fabs(loss[1][0] - loss[0][0]) <= 1e-5 * loss[0][0], "step 1: %.6f vs %.6f", loss[1][0], loss[0][0]);
-    cr_expect(worst <= 0.05, "chunk vs scan: a loss differs by %.3f", worst);
     cr_expect((loss[1][57] + loss[1][58] + loss[1][59]) / 3 < 1.2, "the chunked run does not learn");
 }
 
