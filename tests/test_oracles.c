@@ -1,7 +1,7 @@
 // test_oracles.c: the optimiser's arithmetic against values computed
 // independently of glia: AdamW (kernels/cpu/adamw.c), the decay mask
 // (host/model.c), the warmup + cosine schedule (train_lr), global-norm
-// clipping (grad_norm_sq, scale_inplace) and gradient accumulation (--accum,
+// clipping (grad_norm_sq, AdamW's gradient factor) and gradient accumulation (--accum,
 // through the glia binary).
 //
 // Where the expected numbers come from:
@@ -67,7 +67,7 @@ static void adam_run(float wd, const double want[NSTEP][NA]) {
     float p[NA], m[NA] = {0}, v[NA] = {0};
     memcpy(p, P0, sizeof p);
     for (int s = 0; s < NSTEP; s++) {
-        adamw_update(p, G[s], m, v, NA, 0.1f, 0.9f, 0.95f, 1e-8f, wd, s + 1);
+        adamw_update(p, G[s], 1.0f, m, v, NA, 0.1f, 0.9f, 0.95f, 1e-8f, wd, s + 1);
         for (int i = 0; i < NA; i++) {
             cr_expect(fabs(p[i] - want[s][i]) <= ADAM_TOL, "wd %g step %d p[%d] = %.9g, torch %.9g", wd, s + 1, i,
                       p[i], want[s][i]);
@@ -92,7 +92,7 @@ Test(oracles, adamw_matches_torch_three_steps) {
 //   p = 0,  g = 2:    0 - 0.1      = -0.1   (nothing to decay)
 Test(oracles, adamw_first_step_by_hand) {
     float p[3] = {1.0f, 3.0f, 0.0f}, g[3] = {0.5f, 0.0f, 2.0f}, m[3] = {0}, v[3] = {0};
-    adamw_update(p, g, m, v, 3, 0.1f, 0.9f, 0.95f, 1e-8f, 0.1f, 1);
+    adamw_update(p, g, 1.0f, m, v, 3, 0.1f, 0.9f, 0.95f, 1e-8f, 0.1f, 1);
     cr_expect(fabsf(p[0] - 0.89f) <= 1e-6f, "p[0] = %.9g, by hand 0.89", p[0]);
     cr_expect(fabsf(p[1] - 2.97f) <= 1e-6f, "p[1] = %.9g, by hand 2.97", p[1]);
     cr_expect(fabsf(p[2] + 0.1f) <= 1e-6f, "p[2] = %.9g, by hand -0.1", p[2]);
@@ -233,10 +233,15 @@ Test(oracles, lr_schedule_closed_form) {
 
 // ---- clipping -------------------------------------------------------------------------
 
-// The clip train.c applies: when ||g|| > clip, g *= clip / ||g||.
+// The clip model_step applies: when ||g|| > clip, AdamW sees g · clip / ||g||.
+// g becomes the gradient AdamW saw: its first moment with β1 = 0 (lr 0).
 static double clip(float *g, size_t n, double c) {
     double norm = sqrt(grad_norm_sq(g, n));
-    if (c > 0 && norm > c) scale_inplace(g, n, (float)(c / norm));
+    float *p = calloc(n, sizeof(float)), *m = calloc(n, sizeof(float)), *v = calloc(n, sizeof(float));
+    cr_assert(p && m && v);
+    adamw_update(p, g, c > 0 && norm > c ? (float)(c / norm) : 1.0f, m, v, n, 0.0f, 0.0f, 0.95f, 1e-8f, 0.0f, 1);
+    memcpy(g, m, n * sizeof(float));
+    free(p), free(m), free(v);
     return norm;
 }
 

@@ -11,14 +11,14 @@
 
 enum {
     P_UPLOAD, P_DOWNLOAD, P_COPY, P_ZERO, P_MM_FWD, P_MM_BWD, P_RMS_FWD, P_RMS_BWD, P_EMB_FWD, P_EMB_BWD,
-    P_LIF_FWD, P_LIF_BWD, P_AMSU_FWD, P_AMSU_BWD, P_XENT_FWD, P_XENT_BWD, P_ADAMW, P_NORM, P_COLSUMS, P_SCALE,
+    P_LIF_FWD, P_LIF_BWD, P_AMSU_FWD, P_AMSU_BWD, P_XENT_FWD, P_XENT_BWD, P_ADAMW, P_NORM, P_COLSUMS,
     P_AR_BEGIN, P_AR_WAIT, P_RS, P_AG, P_N
 };
 static const char *names[P_N] = {
     "upload", "download", "copy", "zero", "matmul_forward", "matmul_backward", "rmsnorm_forward",
     "rmsnorm_backward", "embedding_forward", "embedding_backward", "neuron_forward", "neuron_backward",
     "amsu_forward", "amsu_backward", "xent_forward", "xent_backward", "adamw", "grad_norm_sq", "column_sums",
-    "scale", "allreduce_begin", "allreduce_wait", "reduce_scatter", "allgather"};
+    "allreduce_begin", "allreduce_wait", "reduce_scatter", "allgather"};
 
 static Backend in, prof;
 static void (*sync_fn)(void);
@@ -97,9 +97,9 @@ static void p_xent_fwd(float *l, const float *lg, const int *tg, int M, int V, i
 static void p_xent_bwd(float *lg, const int *tg, float k, int M, int V, int Vp) {
     TIMED(P_XENT_BWD, 0, in.xent_backward(lg, tg, k, M, V, Vp));
 }
-static void p_adamw(float *p, const float *g, float *m, float *v, size_t n, float lr, float b1, float b2, float eps,
-                    float wd, int step) {
-    TIMED(P_ADAMW, 0, in.adamw(p, g, m, v, n, lr, b1, b2, eps, wd, step));
+static void p_adamw(float *p, const float *g, float gs, float *m, float *v, size_t n, float lr, float b1, float b2,
+                    float eps, float wd, int step) {
+    TIMED(P_ADAMW, 0, in.adamw(p, g, gs, m, v, n, lr, b1, b2, eps, wd, step));
 }
 static double p_norm(const float *g, size_t n) {
     double r;
@@ -109,7 +109,6 @@ static double p_norm(const float *g, size_t n) {
 static void p_colsums(double *s, const float *x, int M, int N, int absval) {
     TIMED(P_COLSUMS, 0, in.column_sums(s, x, M, N, absval));
 }
-static void p_scale(float *x, size_t n, float s) { TIMED(P_SCALE, 0, in.scale(x, n, s)); }
 static void p_ar_begin(float *b, size_t n) { TIMED(P_AR_BEGIN, 0, in.allreduce_begin(b, n)); }
 static void p_ar_wait(void) { TIMED(P_AR_WAIT, 0, in.allreduce_wait()); }
 static void p_rs(float *b, size_t n) { TIMED(P_RS, 0, in.reduce_scatter(b, n)); }
@@ -125,7 +124,7 @@ const Backend *profile_backend(const Backend *inner, void (*sync)(void)) {
     prof.neuron_forward = p_lif_fwd, prof.neuron_backward = p_lif_bwd;
     prof.amsu_forward = p_amsu_fwd, prof.amsu_backward = p_amsu_bwd;
     prof.xent_forward = p_xent_fwd, prof.xent_backward = p_xent_bwd;
-    prof.adamw = p_adamw, prof.grad_norm_sq = p_norm, prof.column_sums = p_colsums, prof.scale = p_scale;
+    prof.adamw = p_adamw, prof.grad_norm_sq = p_norm, prof.column_sums = p_colsums;
     prof.allreduce_begin = p_ar_begin, prof.allreduce_wait = p_ar_wait;
     prof.reduce_scatter = p_rs, prof.allgather = p_ag;
     profile_reset();

@@ -178,7 +178,8 @@ void model_set_reduce(Model *m, int on);
 // One optimizer step on the gradients of the backwards since the last
 // model_zero_grad: all-reduce them over the ranks (unless the backward did),
 // or with ZeRO-1 reduce-scatter them; clip to global norm `clip` (0: no
-// clipping); AdamW (β 0.9, 0.95, ε 1e-8; weight decay on matrices only)
+// clipping; the factor is applied inside AdamW, the gradients stay as they
+// were); AdamW (β 0.9, 0.95, ε 1e-8; weight decay on matrices only)
 // with learning rate lr on this rank's parameters; with ZeRO-1 all-gather
 // them. Returns the global gradient norm before clipping.
 double model_step(Model *m, float lr, float weight_decay, float clip, int step);

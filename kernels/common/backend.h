@@ -84,13 +84,12 @@ typedef struct Backend {
     // in place: logits[:, :V] becomes k · (softmax − onehot(target)), the pad columns exactly 0;
     // rows with target < 0 become 0
     void (*xent_backward)(float *logits, const int *targets, float k, int M, int V, int Vp);
-    // one AdamW step (decoupled decay, bias correction, step from 1)
-    void (*adamw)(float *p, const float *g, float *m, float *v, size_t n, float lr, float beta1, float beta2,
-                  float eps, float weight_decay, int step);
+    // one AdamW step (decoupled decay, bias correction, step from 1) with gradients g · gscale
+    void (*adamw)(float *p, const float *g, float gscale, float *m, float *v, size_t n, float lr, float beta1,
+                  float beta2, float eps, float weight_decay, int step);
     double (*grad_norm_sq)(const float *g, size_t n);  // Σ g², fixed order; the result on the host
     // sums_host (N) = Σ over the M rows of x (M, N), of |x| with absval; double, rows in order
     void (*column_sums)(double *sums_host, const float *x, int M, int N, int absval);
-    void (*scale)(float *x, size_t n, float s);
 
     // ---- collectives over the ranks of the job (common/dist.h; the identity with one process)
     void (*comm_init)(int rank, int world, int local_rank);  // before the first collective

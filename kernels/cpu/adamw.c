@@ -1,7 +1,9 @@
 // adamw.c: the optimizer step and gradient-norm clipping on the CPU.
 //
 // AdamW with decoupled weight decay, bias-corrected moments, element-wise
-// and embarrassingly parallel. The gradient norm is a reduction, so it is
+// and embarrassingly parallel; the gradient-clip factor is applied to each
+// gradient inside the update (one float multiply, as a separate scaling pass
+// would round it). The gradient norm is a reduction, so it is
 // summed in fixed-size blocks (each in double), then the blocks in order:
 // the result is the same whatever the number of threads.
 #include "cpu/cpu.h"
@@ -13,12 +15,12 @@
 
 #define NORM_BLOCK 65536
 
-void adamw_update(float *p, const float *g, float *m, float *v, size_t n, float lr, float beta1,
+void adamw_update(float *p, const float *g, float gscale, float *m, float *v, size_t n, float lr, float beta1,
                   float beta2, float eps, float weight_decay, int step) {
     float c1 = 1.0f - powf(beta1, (float)step), c2 = 1.0f - powf(beta2, (float)step);
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) {
-        float gi = g[i];
+        float gi = g[i] * gscale;
         float mi = beta1 * m[i] + (1.0f - beta1) * gi;
         float vi = beta2 * v[i] + (1.0f - beta2) * gi * gi;
         m[i] = mi;
@@ -42,9 +44,4 @@ double grad_norm_sq(const float *g, size_t n) {
     for (size_t b = 0; b < nb; b++) total += part[b];
     free(part);
     return total;
-}
-
-void scale_inplace(float *x, size_t n, float s) {
-#pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < n; i++) x[i] *= s;
 }

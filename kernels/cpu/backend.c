@@ -104,7 +104,6 @@ static const Backend cpu = {
     .xent_backward = xent_backward,
     .adamw = adamw_update,
     .grad_norm_sq = grad_norm_sq,
-    .scale = scale_inplace,
     .column_sums = column_sums,
     .comm_init = comm_init,
     .allreduce_begin = allreduce_begin,

@@ -105,12 +105,11 @@ void sigmoid_grad_from_partials(float *grad, const float *part, const float *a, 
 
 // ---- optimizer -------------------------------------------------------------------
 // One AdamW step (decoupled weight decay, bias correction; step counts from 1)
-// on n parameters p with gradients g and moments m, v.
-void adamw_update(float *p, const float *g, float *m, float *v, size_t n, float lr, float beta1,
+// on n parameters p with gradients g · gscale and moments m, v.
+void adamw_update(float *p, const float *g, float gscale, float *m, float *v, size_t n, float lr, float beta1,
                   float beta2, float eps, float weight_decay, int step);
 // Σ g², reduced in a fixed order (independent of the thread count).
 double grad_norm_sq(const float *g, size_t n);
-void scale_inplace(float *x, size_t n, float s);
 
 // Floats of scratch the backward needs.
 size_t amsu_scratch_size(AmsuShape sh);

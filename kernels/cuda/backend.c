@@ -90,9 +90,9 @@ static void xent_fwd(float *losses, const float *logits, const int *targets, int
 static void xent_bwd(float *logits, const int *targets, float k, int M, int V, int Vp) {
     xent_backward_cuda(logits, targets, k, M, V, Vp, NULL);
 }
-static void adamw(float *p, const float *g, float *m, float *v, size_t n, float lr, float beta1, float beta2,
-                  float eps, float wd, int step) {
-    adamw_update_cuda(p, g, m, v, n, lr, beta1, beta2, eps, wd, step, NULL);
+static void adamw(float *p, const float *g, float gscale, float *m, float *v, size_t n, float lr, float beta1,
+                  float beta2, float eps, float wd, int step) {
+    adamw_update_cuda(p, g, gscale, m, v, n, lr, beta1, beta2, eps, wd, step, NULL);
 }
 static double norm_sq(const float *g, size_t n) {
     static double *dev;  // the result and the fixed-order partials, kept for the process
@@ -103,7 +103,6 @@ static double norm_sq(const float *g, size_t n) {
     cuda_download(&sq, dev, sizeof sq);
     return sq;
 }
-static void scale(float *x, size_t n, float s) { scale_inplace_cuda(x, n, s, NULL); }
 static void col_sums(double *sums_host, const float *x, int M, int N, int absval) {
     double *dev = cuda_alloc((N > 0 ? (size_t)N : 1) * sizeof(double));
     if (!dev) fatal("GPU out of memory for %d column sums: %s", N, cuda_last_error_message());
@@ -144,7 +143,6 @@ static const Backend cuda = {
     .xent_backward = xent_bwd,
     .adamw = adamw,
     .grad_norm_sq = norm_sq,
-    .scale = scale,
     .column_sums = col_sums,
     .comm_init = cuda_comm_init,
     .allreduce_begin = cuda_allreduce_begin,

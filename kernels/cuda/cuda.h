@@ -134,14 +134,13 @@ void xent_forward_cuda(float *losses, const float *logits, const int *targets, i
 void xent_backward_cuda(float *logits, const int *targets, float k, int M, int V, int Vp,
                         void *stream);
 // cpu.h adamw_update on device pointers.
-void adamw_update_cuda(float *p, const float *g, float *m, float *v, size_t n, float lr,
-                       float beta1, float beta2, float eps, float weight_decay, int step,
+void adamw_update_cuda(float *p, const float *g, float gscale, float *m, float *v, size_t n,
+                       float lr, float beta1, float beta2, float eps, float weight_decay, int step,
                        void *stream);
 // Σ g² into *out (one device double), summed in a fixed order.
 // scratch: grad_norm_scratch_doubles() doubles.
 size_t grad_norm_scratch_doubles(void);
 void grad_norm_sq_cuda(double *out, double *scratch, const float *g, size_t n, void *stream);
-void scale_inplace_cuda(float *x, size_t n, float s, void *stream);
 
 // sums (N, device doubles) = Σ over the M rows of x (M, N), of |x| with absval.
 void column_sums_cuda(double *sums, const float *x, int M, int N, int absval, void *stream);

@@ -475,13 +475,14 @@ extern "C" void xent_backward_cuda(float *logits, const int *targets, float k, i
 // corrections 1 − β1^step, 1 − β2^step, computed on the host as the CPU does.
 __global__ void adamw_kernel(float *__restrict__ p,        // (n)
                              const float *__restrict__ g,  // (n)
+                             float gscale,
                              float *__restrict__ m,        // (n)
                              float *__restrict__ v,        // (n)
                              size_t n, float lr, float beta1, float beta2, float eps,
                              float weight_decay, float c1, float c2) {
     const size_t stride = (size_t)gridDim.x * blockDim.x;
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
-        const float gi = g[i];
+        const float gi = g[i] * gscale;
         const float mi = beta1 * m[i] + (1.0f - beta1) * gi;
         const float vi = beta2 * v[i] + (1.0f - beta2) * gi * gi;
         m[i] = mi;
@@ -492,12 +493,12 @@ __global__ void adamw_kernel(float *__restrict__ p,        // (n)
     }
 }
 
-extern "C" void adamw_update_cuda(float *p, const float *g, float *m, float *v, size_t n,
-                                  float lr, float beta1, float beta2, float eps,
+extern "C" void adamw_update_cuda(float *p, const float *g, float gscale, float *m, float *v,
+                                  size_t n, float lr, float beta1, float beta2, float eps,
                                   float weight_decay, int step, void *stream) {
     if (n == 0) return;
     const float c1 = 1.0f - powf(beta1, (float)step), c2 = 1.0f - powf(beta2, (float)step);
-    adamw_kernel<<<elem_blocks(n), ELEM_THREADS, 0, (cudaStream_t)stream>>>(p, g, m, v, n, lr, beta1, beta2, eps, weight_decay, c1, c2);
+    adamw_kernel<<<elem_blocks(n), ELEM_THREADS, 0, (cudaStream_t)stream>>>(p, g, gscale, m, v, n, lr, beta1, beta2, eps, weight_decay, c1, c2);
     cuda_check(cudaGetLastError());
 }
 
@@ -545,18 +546,6 @@ extern "C" void grad_norm_sq_cuda(double *out, double *scratch, const float *g, 
     grad_norm_partial_kernel<<<NORM_BLOCKS, NORM_THREADS, 0, st>>>(scratch, g, n);
     cuda_check(cudaGetLastError());
     grad_norm_final_kernel<<<1, NORM_THREADS, 0, st>>>(out, scratch, NORM_BLOCKS);
-    cuda_check(cudaGetLastError());
-}
-
-__global__ void scale_kernel(float *__restrict__ x,  // (n)
-                             size_t n, float s) {
-    const size_t stride = (size_t)gridDim.x * blockDim.x;
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) x[i] *= s;
-}
-
-extern "C" void scale_inplace_cuda(float *x, size_t n, float s, void *stream) {
-    if (n == 0) return;
-    scale_kernel<<<elem_blocks(n), ELEM_THREADS, 0, (cudaStream_t)stream>>>(x, n, s);
     cuda_check(cudaGetLastError());
 }
 
