@@ -5,7 +5,7 @@
 // The recurrence runs along time for each (sequence, channel); channels are
 // independent, so work is split over (sequence, block of channels) and the
 // inner loop runs over contiguous channels of one timestep, which the
-// compiler vectorises. The membrane and reset rules come from common/step.h.
+// compiler vectorises (each case of the optional operands its own loop). The membrane and reset rules come from common/step.h.
 //
 // Backward, with the reset factor keep_t = 1 − s_{t-1} detached (SPEC):
 //   dm_t = ds_t · σ'(m_t)
@@ -21,8 +21,25 @@
 
 #define LIF_BLOCK 64  // channels per work item
 
-static inline float spike_of(float m, const NeuronTestMode *test) {
-    return (test && test->smooth) ? step_spike_smooth(m) : step_spike(m);
+// One timestep of nc channels (u_prev, s_prev: the step before, updated in
+// place). The optional operands are arguments of an always-inlined function,
+// so each call site with constant NULLs (training: no test mode) compiles to
+// its own branch-free loop that vectorises; the test modes take the general
+// call.
+static inline __attribute__((always_inline)) void forward_step(
+    float *restrict ur, float *restrict sr, const float *restrict cur, const float *restrict orow,
+    const float *restrict keep, int smooth, const float *restrict beta, float *restrict u_prev,
+    float *restrict s_prev, int nc) {
+    for (int c = 0; c < nc; c++) {
+        float k = keep ? keep[c] : step_keep(s_prev[c]);
+        float ut = step_membrane(beta[c], u_prev[c], k, cur[c]);
+        float m = step_potential(ut, orow ? orow[c] : 0.0f);
+        float st = smooth ? step_spike_smooth(m) : step_spike(m);
+        ur[c] = ut;
+        sr[c] = st;
+        u_prev[c] = ut;
+        s_prev[c] = st;
+    }
 }
 
 void neuron_forward(float *u, float *s, const float *current, const float *o,
@@ -42,26 +59,46 @@ void neuron_forward(float *u, float *s, const float *current, const float *o,
         for (int t = 0; t < T; t++) {
             size_t row = ((size_t)b * T + t) * N + c0;
             const float *cur = current + ((size_t)b * T + t) * ld + c0;
-            const float *keep = (test && test->keep) ? test->keep + row : NULL;
-            for (int c = 0; c < nc; c++) {
-                float k = keep ? keep[c] : 1.0f - s_prev[c];
-                float ut = step_membrane(beta[c], u_prev[c], k, cur[c]);
-                float m = step_potential(ut, o ? o[row + c] : 0.0f);
-                float st = spike_of(m, test);
-                u[row + c] = ut;
-                s[row + c] = st;
-                u_prev[c] = ut;
-                s_prev[c] = st;
-            }
+            if (test)
+                forward_step(u + row, s + row, cur, o ? o + row : NULL, test->keep ? test->keep + row : NULL,
+                             test->smooth, beta, u_prev, s_prev, nc);
+            else if (o)
+                forward_step(u + row, s + row, cur, o + row, NULL, 0, beta, u_prev, s_prev, nc);
+            else
+                forward_step(u + row, s + row, cur, NULL, NULL, 0, beta, u_prev, s_prev, nc);
         }
         if (u_state) memcpy(u_state + (size_t)b * N + c0, u_prev, nc * sizeof(float));
         if (s_state) memcpy(s_state + (size_t)b * N + c0, s_prev, nc * sizeof(float));
     }
 }
 
+// One timestep of the backward for nc channels, walking t down: du_next and
+// keep_next hold step t+1's du and keep and are updated in place. uprev,
+// sprev: step t−1's u and s (zeros at t = 0, which give keep 1 and u_prev 0);
+// tkeep (test mode) replaces the keep from sprev. Specialised per call site
+// as forward_step is.
+static inline __attribute__((always_inline)) void backward_step(
+    float *restrict dcur, float *restrict dmr, float *restrict dbeta, float *restrict du_next,
+    float *restrict keep_next, const float *restrict dsr, const float *restrict ur, const float *restrict orow,
+    const float *restrict uprev, const float *restrict sprev, const float *restrict tkeep,
+    const float *restrict beta, int nc) {
+    for (int c = 0; c < nc; c++) {
+        float m = step_potential(ur[c], orow ? orow[c] : 0.0f);
+        float dmt = step_spike_grad(dsr[c], m);
+        float du = step_membrane_grad(dmt, beta[c], keep_next[c], du_next[c]);
+        float keep = tkeep ? tkeep[c] : step_keep(sprev[c]);
+        dbeta[c] += step_beta_grad(du, uprev[c], keep);
+        dcur[c] = du;
+        if (dmr) dmr[c] = dmt;
+        du_next[c] = du;
+        keep_next[c] = keep;
+    }
+}
+
 void neuron_backward(float *dcurrent, float *dm, float *da_beta, const float *ds,
                      const float *u, const float *o, const float *s, const float *a_beta,
                      int B, int T, int N, int ld, const NeuronTestMode *test) {
+    static const float zeros[LIF_BLOCK];  // step −1's u and s
     int nblocks = (N + LIF_BLOCK - 1) / LIF_BLOCK;
     float *dbeta_part = xcalloc((size_t)B * N, sizeof(float));  // (B, N) per-sequence partials
 #pragma omp parallel for schedule(static)
@@ -77,23 +114,23 @@ void neuron_backward(float *dcurrent, float *dm, float *da_beta, const float *ds
         }
         for (int t = T - 1; t >= 0; t--) {
             size_t row = ((size_t)b * T + t) * N + c0;
-            size_t prev = row - N;  // row of step t-1 (only read when t > 0)
+            const float *up = t ? u + row - N : zeros, *sp = t ? s + row - N : zeros;
             float *dcur = dcurrent + ((size_t)b * T + t) * ld + c0;
-            for (int c = 0; c < nc; c++) {
-                float m = step_potential(u[row + c], o ? o[row + c] : 0.0f);
-                float dmt = step_spike_grad(ds[row + c], m);
-                float du = step_membrane_grad(dmt, beta[c], keep_next[c], du_next[c]);
-                float keep = 1.0f, u_prev = 0.0f;
-                if (t > 0) {
-                    keep = (test && test->keep) ? test->keep[row + c] : step_keep(s[prev + c]);
-                    u_prev = u[prev + c];
-                }
-                dbeta[c] += step_beta_grad(du, u_prev, keep);
-                dcur[c] = du;
-                if (dm) dm[row + c] = dmt;
-                du_next[c] = du;
-                keep_next[c] = keep;
-            }
+            if (test)
+                backward_step(dcur, dm ? dm + row : NULL, dbeta, du_next, keep_next, ds + row, u + row,
+                              o ? o + row : NULL, up, sp, t && test->keep ? test->keep + row : NULL, beta, nc);
+            else if (o && dm)
+                backward_step(dcur, dm + row, dbeta, du_next, keep_next, ds + row, u + row, o + row, up, sp, NULL,
+                              beta, nc);
+            else if (o)
+                backward_step(dcur, NULL, dbeta, du_next, keep_next, ds + row, u + row, o + row, up, sp, NULL, beta,
+                              nc);
+            else if (dm)
+                backward_step(dcur, dm + row, dbeta, du_next, keep_next, ds + row, u + row, NULL, up, sp, NULL,
+                              beta, nc);
+            else
+                backward_step(dcur, NULL, dbeta, du_next, keep_next, ds + row, u + row, NULL, up, sp, NULL, beta,
+                              nc);
         }
         for (int c = 0; c < nc; c++) dbeta_part[(size_t)b * N + c0 + c] = dbeta[c];
     }
