@@ -3,9 +3,11 @@
 // AdamW with decoupled weight decay, bias-corrected moments, element-wise
 // and embarrassingly parallel; the gradient-clip factor is applied to each
 // gradient inside the update (one float multiply, as a separate scaling pass
-// would round it). The gradient norm is a reduction, so it is
-// summed in fixed-size blocks (each in double), then the blocks in order:
-// the result is the same whatever the number of threads.
+// would round it). Compiled with -fno-math-errno (CMakeLists.txt): sqrtf
+// without its errno branch, so the loop vectorises (the same correctly
+// rounded square root). The gradient norm is a reduction, so it is summed in
+// fixed-size blocks (each in double), then the blocks in order: the result
+// is the same whatever the number of threads.
 #include "cpu/cpu.h"
 
 #include <math.h>
