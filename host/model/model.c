@@ -297,8 +297,8 @@ double model_step(Model *m, float lr, float weight_decay, float clip, int step) 
         const ParamTensor *t = &m->tensors[i];
         size_t a = t->offset > lo ? t->offset : lo, b = t->offset + t->numel < hi ? t->offset + t->numel : hi;
         if (a >= b) continue;
-        be->adamw(m->live + a, m->grads + a, gscale, m->mom1 + (a - lo), m->mom2 + (a - lo), b - a, lr, 0.9f, 0.95f, 1e-8f,
-                  t->decay ? weight_decay : 0.0f, step);
+        be->adamw(m->live + a, m->grads + a, gscale, m->mom1 + (a - lo), m->mom2 + (a - lo), b - a, lr, 0.9f, 0.95f,
+                  1e-8f, t->decay ? weight_decay : 0.0f, step);
     }
     if (m->zero) be->allgather(m->live, m->mom_len);
     return norm;

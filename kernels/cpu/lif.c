@@ -5,7 +5,8 @@
 // The recurrence runs along time for each (sequence, channel); channels are
 // independent, so work is split over (sequence, block of channels) and the
 // inner loop runs over contiguous channels of one timestep, which the
-// compiler vectorises (each case of the optional operands its own loop). The membrane and reset rules come from common/step.h.
+// compiler vectorises (one loop per case of the optional operands). The
+// membrane and reset rules come from common/step.h.
 //
 // Backward, with the reset factor keep_t = 1 − s_{t-1} detached (SPEC):
 //   dm_t = ds_t · σ'(m_t)

@@ -498,7 +498,8 @@ extern "C" void adamw_update_cuda(float *p, const float *g, float gscale, float 
                                   float weight_decay, int step, void *stream) {
     if (n == 0) return;
     const float c1 = 1.0f - powf(beta1, (float)step), c2 = 1.0f - powf(beta2, (float)step);
-    adamw_kernel<<<elem_blocks(n), ELEM_THREADS, 0, (cudaStream_t)stream>>>(p, g, gscale, m, v, n, lr, beta1, beta2, eps, weight_decay, c1, c2);
+    adamw_kernel<<<elem_blocks(n), ELEM_THREADS, 0, (cudaStream_t)stream>>>(p, g, gscale, m, v, n, lr, beta1,
+                                                                             beta2, eps, weight_decay, c1, c2);
     cuda_check(cudaGetLastError());
 }
 
