@@ -474,6 +474,28 @@ static void matmul_add_on(const Backend *be) {
 Test(backend_ops, matmul_add_cpu) { matmul_add_on(backend_cpu()); }
 Test(backend_ops, matmul_add_other_backend) { matmul_add_on(other_backend()); }
 
+// zero over several MiB (the CPU splits it into 1 MiB pieces over its
+// threads), starting and ending inside a piece: exactly the range becomes 0,
+// the floats on either side keep their values.
+static void zero_large_on(const Backend *be) {
+    const size_t n = 3 * ((size_t)1 << 18) + 1000, lo = 7, len = n - 20;  // floats
+    float *h = malloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) h[i] = 1.0f + (float)(i % 7);
+    float *d = up(be, h, n);
+    be->zero(d + lo, len * sizeof(float));
+    float *got = malloc(n * sizeof(float));
+    be->download(got, d, n * sizeof(float));
+    for (size_t i = 0; i < n; i++) {
+        const float want = i >= lo && i < lo + len ? 0.0f : h[i];
+        cr_assert(got[i] == want, "%s zero of floats [%zu, %zu): [%zu] is %g, want %g", be->name, lo, lo + len, i,
+                  got[i], want);
+    }
+    be->free(d), free(h), free(got);
+}
+
+Test(backend_ops, zero_large_cpu) { zero_large_on(backend_cpu()); }
+Test(backend_ops, zero_large_other_backend) { zero_large_on(other_backend()); }
+
 // adamw's gradient factor (model_step's clip) on one backend, against AdamW
 // in double on g · gscale: p, m and v within rel_err 1e-6 (each goes through
 // a few fp32 roundings, ≈ 5e-7; lr 0.3 makes the update a visible part of p).
