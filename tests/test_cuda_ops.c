@@ -686,6 +686,206 @@ Test(cuda_ops, bf16_operands_spikes_exact) {
 #endif
 }
 
+#ifdef GLIA_HAVE_CUDA
+static uint32_t f2u(float x) {
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    return u;
+}
+static float u2f(uint32_t u) {
+    float x;
+    memcpy(&x, &u, 4);
+    return x;
+}
+
+// The bf16 nearest to x by distance in double, ties to the even pattern, and
+// past the largest bf16 by half an ulp Inf (IEEE: Inf stands at 2^128); x not NaN.
+static uint16_t bf16_oracle(float x) {
+    if (isinf(x)) return (uint16_t)(f2u(x) >> 16);
+    const uint16_t lo = (uint16_t)(f2u(x) >> 16), hi = (uint16_t)(lo + 1);  // toward zero, one step away
+    const double vlo = u2f((uint32_t)lo << 16);
+    const double vhi = (hi & 0x7FFF) == 0x7F80 ? copysign(0x1p128, x) : u2f((uint32_t)hi << 16);
+    const double dlo = fabs((double)x - vlo), dhi = fabs(vhi - (double)x);
+    return dlo < dhi ? lo : dhi < dlo ? hi : (lo & 1) ? hi : lo;
+}
+#endif
+
+// to_bf16_cuda (common/bf16.h's rounding, which the spike GEMMs' dout and
+// the weights' mirror go through) against bf16_oracle: ties at both parities,
+// normal and subnormal, overflow to Inf, ±Inf, ±0 and 20000 random bit
+// patterns; NaN stays NaN with its sign.
+Test(cuda_ops, to_bf16_rounds_to_nearest_even) {
+    test_require_gpu();
+#ifdef GLIA_HAVE_CUDA
+    static const uint32_t special[] = {
+        0x00000000, 0x80000000, 0x3F800000, 0x3F808000, 0x3F818000, 0x3F808001, 0x3F807FFF, 0xBF808000,
+        0xBF818000, 0x00008000, 0x00018000, 0x00000001, 0x807FFFFF, 0x00FF8000, 0x7F7FFFFF, 0x7F7F8000,
+        0x7F7F7FFF, 0xFF7F8000, 0x7F800000, 0xFF800000, 0x7FC00000, 0xFFC00001, 0x7F800001, 0x7FFFFFFF};
+    const size_t ns = sizeof special / sizeof special[0], n = ns + 20000;
+    float *x = floats(n);
+    uint16_t *got = xalloc(n * 2);
+    TestRng rng;
+    rng_seed(&rng, 1900);
+    for (size_t i = 0; i < n; i++)
+        x[i] = u2f(i < ns ? special[i] : (uint32_t)(rng_uniform(&rng) * 4294967296.0));
+    float *d_x = dev_up(x, n * 4);
+    uint16_t *d_y = dev_poison(n * 2);
+    to_bf16_cuda(d_y, d_x, n, NULL);
+    down(got, d_y, n * 2);
+    size_t nans = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (isnan(x[i])) {
+            nans++;
+            cr_assert((got[i] & 0x7F80) == 0x7F80 && (got[i] & 0x7F) && (got[i] >> 15) == f2u(x[i]) >> 31,
+                      "NaN %08x became %04x", f2u(x[i]), got[i]);
+            continue;
+        }
+        cr_assert_eq(got[i], bf16_oracle(x[i]), "%08x (%.9g): %04x, the oracle %04x", f2u(x[i]), x[i], got[i],
+                     bf16_oracle(x[i]));
+    }
+    cr_assert_geq(nans, 4);
+    cuda_free(d_x), cuda_free(d_y);
+    free(x), free(got);
+#endif
+}
+
+// BF16 mode's spike products (spike_matmul_forward_cuda, spike_matmul_dW_cuda:
+// spikes and the weights' mirror, or dout, stored as bf16) against the fp32
+// entries in BF16 mode on the same values (cuBLASLt rounds the operands to
+// bf16 inside the GEMM): bit-equal on the emulator. And against a double
+// oracle of the same products with the weights (or dout) rounded by
+// bf16_oracle, within fp32 accumulation, (K + 2)·2^-24·S (K: the summed
+// dimension), S = Σ|terms| + |addend|.
+Test(cuda_ops, spike_matmuls_bf16) {
+    test_require_gpu();
+#ifdef GLIA_HAVE_CUDA
+    static const int shapes[][3] = {{66, 64, 64}, {66, 256, 64}, {7, 33, 5}};  // M, K, N: W_O, W_2, odd
+    matmul_set_mode(MATMUL_BF16);
+    for (size_t c = 0; c < sizeof shapes / sizeof shapes[0]; c++) {
+        const int M = shapes[c][0], K = shapes[c][1], N = shapes[c][2];
+        const size_t mk = (size_t)M * K, nk = (size_t)N * K, mn = (size_t)M * N;
+        TestRng rng;
+        rng_seed(&rng, 1950 + c);
+        float *s = floats(mk), *w = floats(nk), *add = floats(mn), *dout = floats(mn), *dW0 = floats(nk);
+        float *wr = floats(nk), *doutT = floats(mn), *sT = floats(mk);
+        float *y32 = floats(mn), *y16 = floats(mn), *g32 = floats(nk), *g16 = floats(nk);
+        fill_normal(w, nk, 0.2f, &rng);
+        fill_normal(add, mn, 1.0f, &rng);
+        fill_normal(dout, mn, 1.0f, &rng);
+        fill_normal(dW0, nk, 0.5f, &rng);
+        for (size_t i = 0; i < mk; i++) s[i] = rng_uniform(&rng) < 0.3 ? 1.0f : 0.0f;
+        for (size_t i = 0; i < nk; i++) wr[i] = u2f((uint32_t)bf16_oracle(w[i]) << 16);
+        float *d_s = dev_up(s, mk * 4), *d_w = dev_up(w, nk * 4), *d_add = dev_up(add, mn * 4);
+        float *d_dout = dev_up(dout, mn * 4), *d_g32 = dev_up(dW0, nk * 4), *d_g16 = dev_up(dW0, nk * 4);
+        float *d_y32 = dev_poison(mn * 4), *d_y16 = dev_poison(mn * 4);
+        uint16_t *d_s16 = dev_poison(mk * 2), *d_w16 = dev_poison(nk * 2), *d_o16 = dev_poison(mn * 2);
+        to_bf16_cuda(d_s16, d_s, mk, NULL);
+        to_bf16_cuda(d_w16, d_w, nk, NULL);
+        matmul_forward_cuda(d_y32, d_s, d_w, M, K, N, 1.0f, d_add, NULL);
+        spike_matmul_forward_cuda(d_y16, d_s16, d_w16, M, K, N, d_add, NULL);
+        matmul_backward_cuda(NULL, d_g32, d_dout, d_s, d_w, M, K, N, 1.0f, 0, NULL);
+        spike_matmul_dW_cuda(d_g16, d_o16, d_dout, d_s16, M, K, N, NULL);
+        down(y32, d_y32, mn * 4), down(y16, d_y16, mn * 4);
+        down(g32, d_g32, nk * 4), down(g16, d_g16, nk * 4);
+        // forward: y = add + s wrᵀ; dW (N, K) = dW0 + doutᵀ s, i.e. a = doutᵀ (N, M) rounded, b = sᵀ (K, M)
+        double ef = gemm_worst(y16, s, wr, add, 1.0f, 1.0f, M, K, N, N);
+        transpose(doutT, dout, M, N);
+        for (size_t i = 0; i < mn; i++) doutT[i] = u2f((uint32_t)bf16_oracle(doutT[i]) << 16);
+        transpose(sT, s, M, K);
+        double eb = gemm_worst(g16, doutT, sT, dW0, 1.0f, 1.0f, N, M, K, K);
+        cr_log_info("spike GEMMs M %d K %d N %d: forward %.2e, dW %.2e", M, K, N, ef, eb);
+        cr_assert(ef <= (K + 2) * 0x1p-24, "M %d K %d N %d: forward off by %.3e", M, K, N, ef);
+        cr_assert(eb <= (M + 2) * 0x1p-24, "M %d K %d N %d: dW off by %.3e", M, K, N, eb);
+#ifdef GLIA_CUDA_EMU
+        cr_assert(!memcmp(y16, y32, mn * 4), "M %d K %d N %d: forward not bit-equal to the fp32 entry", M, K, N);
+        cr_assert(!memcmp(g16, g32, nk * 4), "M %d K %d N %d: dW not bit-equal to the fp32 entry", M, K, N);
+#endif
+        void *dbufs[] = {d_s, d_w, d_add, d_dout, d_g32, d_g16, d_y32, d_y16, d_s16, d_w16, d_o16};
+        for (size_t i = 0; i < sizeof dbufs / sizeof dbufs[0]; i++) cuda_free(dbufs[i]);
+        float *hbufs[] = {s, w, add, dout, dW0, wr, doutT, sT, y32, y16, g32, g16};
+        for (size_t i = 0; i < sizeof hbufs / sizeof hbufs[0]; i++) free(hbufs[i]);
+    }
+    matmul_set_mode(MATMUL_FP32);
+#endif
+}
+
+// The LIF neuron with bf16 spikes (neuron_forward_s16_cuda,
+// neuron_backward_s16_cuda) against the fp32-spike kernels from the same
+// inputs: spikes equal (bf16 of the fp32 run's), u, the streaming state,
+// dcurrent, dm and da_beta bit-equal: only the spikes' storage differs.
+Test(cuda_ops, neuron_bf16_spikes) {
+    test_require_gpu();
+#ifdef GLIA_HAVE_CUDA
+    static const int shapes[][3] = {{3, 70, 200}, {1, 7, 8}, {2, 33, 384}};  // B, T, N
+    for (size_t c = 0; c < sizeof shapes / sizeof shapes[0]; c++) {
+        const int B = shapes[c][0], T = shapes[c][1], N = shapes[c][2], state = c != 1;
+        const size_t n = (size_t)B * T * N, bn = (size_t)B * N;
+        TestRng rng;
+        rng_seed(&rng, 2000 + c);
+        float *cur = floats(n), *a_beta = floats(N), *ds = floats(n), *o = floats(n), *db0 = floats(N);
+        float *ust = floats(bn), *sst = floats(bn);
+        fill_normal(cur, n, 1.0f, &rng);
+        fill_normal(a_beta, N, 0.5f, &rng);
+        fill_normal(ds, n, 1.0f, &rng);
+        fill_normal(o, n, 0.5f, &rng);
+        fill_normal(db0, N, 0.5f, &rng);
+        fill_normal(ust, bn, 0.5f, &rng);
+        for (size_t i = 0; i < bn; i++) sst[i] = rng_uniform(&rng) < 0.4 ? 1.0f : 0.0f;
+        float *d_cur = dev_up(cur, n * 4), *d_ab = dev_up(a_beta, N * 4), *d_ds = dev_up(ds, n * 4);
+        float *d_o = dev_up(o, n * 4);
+        float *d_u[2] = {dev_poison(n * 4), dev_poison(n * 4)}, *d_s32 = dev_poison(n * 4);
+        uint16_t *d_s16 = dev_poison(n * 2);
+        float *d_ust[2] = {state ? dev_up(ust, bn * 4) : NULL, state ? dev_up(ust, bn * 4) : NULL};
+        float *d_sst[2] = {state ? dev_up(sst, bn * 4) : NULL, state ? dev_up(sst, bn * 4) : NULL};
+        amsu_recurrence_forward_cuda(NULL, d_u[0], d_s32, NULL, d_cur, NULL, NULL, NULL, NULL, d_ab, NULL, d_ust[0],
+                                     d_sst[0], B, T, N, 1, N, 0, NULL);
+        neuron_forward_s16_cuda(d_u[1], d_s16, d_cur, d_ab, d_ust[1], d_sst[1], B, T, N, N, NULL);
+        float *u[2] = {floats(n), floats(n)}, *s32 = floats(n);
+        uint16_t *s16 = xalloc(n * 2);
+        down(u[0], d_u[0], n * 4), down(u[1], d_u[1], n * 4);
+        down(s32, d_s32, n * 4), down(s16, d_s16, n * 2);
+        size_t fired = 0;
+        for (size_t i = 0; i < n; i++) {
+            fired += s32[i] != 0.0f;
+            cr_assert_eq(s16[i], bf16_oracle(s32[i]), "B %d T %d N %d: spike %zu: %04x, fp32 run %g", B, T, N, i,
+                         s16[i], s32[i]);
+        }
+        cr_assert(fired > 0 && fired < n, "degenerate spikes: %zu of %zu", fired, n);
+        cr_assert(!memcmp(u[0], u[1], n * 4), "B %d T %d N %d: u differs", B, T, N);
+        if (state) {
+            float *a = floats(bn), *b = floats(bn);
+            for (int k = 0; k < 2; k++) {
+                down(a, k ? d_sst[0] : d_ust[0], bn * 4), down(b, k ? d_sst[1] : d_ust[1], bn * 4);
+                cr_assert(!memcmp(a, b, bn * 4), "B %d T %d N %d: the state's %s differs", B, T, N, k ? "s" : "u");
+            }
+            free(a), free(b);
+        }
+        // backward, o and dm on (c even) or off, from these u and s
+        const int with_o = c % 2 == 0;
+        float *d_dc[2] = {dev_poison(n * 4), dev_poison(n * 4)}, *d_dm[2] = {dev_poison(n * 4), dev_poison(n * 4)};
+        float *d_db[2] = {dev_up(db0, N * 4), dev_up(db0, N * 4)}, *d_sc = dev_poison(bn * 4);
+        neuron_backward_cuda(d_dc[0], with_o ? d_dm[0] : NULL, d_db[0], d_sc, d_ds, d_u[0], with_o ? d_o : NULL, d_s32,
+                             d_ab, B, T, N, N, NULL);
+        neuron_backward_s16_cuda(d_dc[1], with_o ? d_dm[1] : NULL, d_db[1], d_sc, d_ds, d_u[0], with_o ? d_o : NULL,
+                                 d_s16, d_ab, B, T, N, N, NULL);
+        float *h[2] = {floats(n), floats(n)};
+        for (int part = 0; part < 3; part++) {
+            if (part == 1 && !with_o) continue;
+            float *const *dv = part == 0 ? d_dc : part == 1 ? d_dm : d_db;
+            const size_t bytes = (part == 2 ? (size_t)N : n) * 4;
+            down(h[0], dv[0], bytes), down(h[1], dv[1], bytes);
+            cr_assert(!memcmp(h[0], h[1], bytes), "B %d T %d N %d: %s differs", B, T, N,
+                      part == 0 ? "dcurrent" : part == 1 ? "dm" : "da_beta");
+        }
+        void *dbufs[] = {d_cur, d_ab, d_ds, d_o, d_u[0], d_u[1], d_s32, d_s16, d_ust[0], d_ust[1], d_sst[0],
+                         d_sst[1], d_dc[0], d_dc[1], d_dm[0], d_dm[1], d_db[0], d_db[1], d_sc};
+        for (size_t i = 0; i < sizeof dbufs / sizeof dbufs[0]; i++) cuda_free(dbufs[i]);
+        void *hbufs[] = {cur, a_beta, ds, o, db0, ust, sst, u[0], u[1], s32, s16, h[0], h[1]};
+        for (size_t i = 0; i < sizeof hbufs / sizeof hbufs[0]; i++) free(hbufs[i]);
+    }
+#endif
+}
+
 Test(cuda_ops, neuron_backward) {
     test_require_gpu();
 #ifdef GLIA_HAVE_CUDA

@@ -9,10 +9,15 @@
 #define GLIA_TYPES_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+// A bf16 value as its bits (common/bf16.h converts): spikes stored as bf16
+// (backend.h spike_bytes) and the bf16 mirror of the weights that read them.
+typedef uint16_t bf16_t;
 
 // Astrocyte state is checkpointed every GLIA_CHUNK timesteps in the forward;
 // the backward recomputes the states inside a chunk from its checkpoint.

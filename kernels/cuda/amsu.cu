@@ -216,10 +216,12 @@ amsu_recurrence_forward_kernel(float *__restrict__ o,              // (B, T, C)
 
 // astro == 0: a thread per (sequence, channel), flattened as
 // blockIdx.x = b·ceil(C / blockDim.x) + channel block. o is written as 0
-// (the FFN passes none: NULL).
+// (the FFN passes none: NULL). SB: bytes per stored spike (cuda_common.h;
+// the streaming state s_state stays fp32).
+template <int SB>
 __global__ void lif_forward_kernel(float *__restrict__ o,             // (B, T, C) or NULL
                                    float *__restrict__ u,             // (B, T, C)
-                                   float *__restrict__ s,             // (B, T, C)
+                                   Spike<SB> *__restrict__ s,         // (B, T, C)
                                    const float *__restrict__ I,       // (B, T, C), row stride ld
                                    const float *__restrict__ a_beta,  // (C)
                                    float *__restrict__ u_state,       // (B, C) or NULL
@@ -239,7 +241,7 @@ __global__ void lif_forward_kernel(float *__restrict__ o,             // (B, T, 
         const float st = step_spike(step_potential(ut, 0.0f));
         if (o) o[off] = 0.0f;
         u[off] = ut;
-        s[off] = st;
+        spike_put(s + off, st);
         u_prev = ut;
         s_prev = st;
     }
@@ -556,7 +558,7 @@ extern "C" void amsu_recurrence_forward_cuda(float *o, float *u, float *s, float
     cudaStream_t st = (cudaStream_t)stream;
     if (!astro) {
         int blocks = B * ceil_div(C, LIF_THREADS);
-        lif_forward_kernel<<<blocks, LIF_THREADS, 0, st>>>(o, u, s, I, a_beta, u_state, s_state,
+        lif_forward_kernel<4><<<blocks, LIF_THREADS, 0, st>>>(o, u, s, I, a_beta, u_state, s_state,
                                                            T, C, ld);
         cuda_check(cudaGetLastError());
         return;
@@ -573,6 +575,17 @@ extern "C" void amsu_recurrence_forward_cuda(float *o, float *u, float *s, float
     default: exit(1);  // unreachable: amsu_check_shape rejected it with a message
     }
 #undef AMSU_FWD
+}
+
+extern "C" void neuron_forward_s16_cuda(float *u, bf16_t *s, const float *I, const float *a_beta,
+                                        float *u_state, float *s_state, int B, int T, int N, int ld,
+                                        void *stream) {
+    static const char *who = "neuron_forward_s16_cuda";
+    if (amsu_check_shape(who, B, T, N, 1, 0) != 0) exit(1);
+    if (amsu_check_state(who, u_state, s_state) != 0) exit(1);
+    lif_forward_kernel<2><<<B * ceil_div(N, LIF_THREADS), LIF_THREADS, 0, (cudaStream_t)stream>>>(
+        nullptr, u, s, I, a_beta, u_state, s_state, T, N, ld);
+    cuda_check(cudaGetLastError());
 }
 
 // Where the dβ partials start in the backward's scratch: after the H
@@ -654,7 +667,7 @@ extern "C" void amsu_occupancy_cuda(CudaOccupancy out[3], int D) {
         fprintf(stderr, "amsu_occupancy_cuda: head size %d is not one the kernels run (8..128)\n", D);
         exit(1);
     }
-    out[2] = occupancy_of("lif forward", lif_forward_kernel, LIF_THREADS, 0);
+    out[2] = occupancy_of("lif forward", lif_forward_kernel<4>, LIF_THREADS, 0);
 }
 
 // ---- the layer ------------------------------------------------------------------------

@@ -91,6 +91,20 @@ void matmul_backward_cuda(float *dinp, float *dW, const float *dout, const float
 // both operands stored as bf16 bit patterns, fp32 accumulation and output.
 void matmul_forward_bf16_cuda(float *out, const uint16_t *inp, const uint16_t *W, int M, int K,
                               int N, void *stream);
+// Spike storage (backend.h spike_bytes): 2 (bf16 bits) in MATMUL_BF16 mode,
+// else 4 (fp32). The setter exists for tests/test_cuda_model.c only: with it
+// on, BF16 mode keeps fp32 spikes (the path before bf16 spikes, its oracle).
+int spike_bytes_cuda(void);
+void spikes_fp32_for_test_cuda(int on);
+// BF16 mode's spike products, spikes s and the weights' mirror W16 stored as bf16:
+// out (M, N) = add + s (M, K) @ W16 (N, K)ᵀ (add as matmul_forward_cuda's);
+// dW (N, K) += doutᵀ (M, N) @ s (M, K), dout converted into dout16 (M·N) first.
+void spike_matmul_forward_cuda(float *out, const bf16_t *s, const bf16_t *W16, int M, int K, int N,
+                               const float *add, void *stream);
+void spike_matmul_dW_cuda(float *dW, bf16_t *dout16, const float *dout, const bf16_t *s, int M, int K,
+                          int N, void *stream);
+// dst (n) = src rounded to bf16, to nearest even (common/bf16.h).
+void to_bf16_cuda(bf16_t *dst, const float *src, size_t n, void *stream);
 // How many GEMM shapes the matmuls' plan cache holds (device.cu): one per
 // distinct (transposes, sizes, leading dimensions, types, mode, beta != 0,
 // C != D, alignments), each with the heuristic's algorithm chosen once.
@@ -113,6 +127,15 @@ void rmsnorm_backward_cuda(float *dx, float *dg, float *scratch, const float *do
 void neuron_backward_cuda(float *dcurrent, float *dm, float *da_beta, float *scratch,
                           const float *ds, const float *u, const float *o, const float *s,
                           const float *a_beta, int B, int T, int N, int ld, void *stream);
+// The same with the spikes s stored as bf16.
+void neuron_backward_s16_cuda(float *dcurrent, float *dm, float *da_beta, float *scratch,
+                              const float *ds, const float *u, const float *o, const bf16_t *s,
+                              const float *a_beta, int B, int T, int N, int ld, void *stream);
+// The LIF neuron alone (o ≡ 0; the FFN), forward, writing its spikes s (B, T, N)
+// as bf16: amsu_recurrence_forward_cuda with astro 0 and o NULL otherwise.
+void neuron_forward_s16_cuda(float *u, bf16_t *s, const float *I, const float *a_beta,
+                             float *u_state, float *s_state, int B, int T, int N, int ld,
+                             void *stream);
 // x (M, C) = E[tokens[i]] for M device-resident token ids.
 void embedding_forward_cuda(float *x, const int *tokens, const float *E, int M, int C,
                             void *stream);
@@ -145,6 +168,8 @@ void scale_inplace_cuda(float *x, size_t n, float s, void *stream);
 
 // sums (N, device doubles) = Σ over the M rows of x (M, N), of |x| with absval.
 void column_sums_cuda(double *sums, const float *x, int M, int N, int absval, void *stream);
+// The same of bf16 spikes s (M, N) (absval 0).
+void spike_column_sums_cuda(double *sums, const bf16_t *s, int M, int N, void *stream);
 
 // 1 if the fused AM-SU kernel supports head size D (8, 16, 32, 64, 128).
 int amsu_head_size_supported(int D);
