@@ -220,7 +220,7 @@ static void amsu_case(const Backend *be, int shape, int astro, Outputs *o) {
     for (int i = 0; i < C; i++) al[i] += 2.0f;
     float *z = host_normal(n, 1.0f, 142 + shape), *dy = host_normal(n, 1.0f, 143 + shape);
     float *W = up(be, hw, 5 * cc);
-    AmsuWeights w = {W, W + 4 * cc, astro ? up(be, al, C) : NULL, up(be, ab, C)};
+    AmsuWeights w = {W, W + 4 * cc, astro ? up(be, al, C) : NULL, up(be, ab, C), NULL};
     float *Z = up(be, z, n), *Y = nan_buf(be, n), *ACT = nan_buf(be, na);
     AmsuActs a;
     amsu_acts_bind(&a, sh, ACT);

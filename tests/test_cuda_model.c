@@ -627,8 +627,9 @@ static Model *gpu_model(ModelConfig c, const float *params, int B, int T, int fp
 }
 #endif
 
-// In BF16 mode the FFN's spikes are stored as bf16 and multiplied with W_2's
-// bf16 mirror (spike_matmul_forward, spike_matmul_dW). cuBLASLt's FAST_16BF
+// In BF16 mode the spikes (the AM-SU's s, the FFN's r) are stored as bf16 and
+// multiplied with the bf16 mirror of W_O and W_2 (spike_matmul_forward,
+// spike_matmul_dW). cuBLASLt's FAST_16BF
 // rounds the fp32 operands to bf16 (RNE) anyway, and a spike is exact in
 // bf16, so on the emulator (whose GEMMs sum in one order either way) the
 // step must be the one the fp32 spikes give, bit for bit: losses, spike
@@ -663,6 +664,9 @@ Test(cuda_model, bf16_spikes_step_bit_identical) {
         }
         cr_assert_eq(loss[0], loss[1], "step %d: loss %.9g with fp32 spikes, %.9g with bf16", step, loss[0], loss[1]);
         for (int l = 0; l < c.L; l++) {
+            cr_assert_eq(st[0].layer[l].amsu_rate, st[1].layer[l].amsu_rate, "step %d layer %d: AM-SU rate", step, l);
+            cr_assert_eq(st[0].layer[l].amsu_never, st[1].layer[l].amsu_never);
+            cr_assert_eq(st[0].layer[l].amsu_always, st[1].layer[l].amsu_always);
             cr_assert_eq(st[0].layer[l].ffn_rate, st[1].layer[l].ffn_rate, "step %d layer %d: FFN rate", step, l);
             cr_assert_eq(st[0].layer[l].ffn_never, st[1].layer[l].ffn_never);
             cr_assert_eq(st[0].layer[l].ffn_always, st[1].layer[l].ffn_always);
@@ -673,7 +677,7 @@ Test(cuda_model, bf16_spikes_step_bit_identical) {
         double a0, f0, a1, f1;
         model_spike_sums(m[0], 5, 30, &a0, &f0);
         model_spike_sums(m[1], 5, 30, &a1, &f1);
-        cr_assert(a0 == a1 && f0 == f1 && f1 > 0, "spike sums: %g %g against %g %g", a0, f0, a1, f1);
+        cr_assert(a0 == a1 && f0 == f1 && a1 > 0 && f1 > 0, "spike sums: %g %g against %g %g", a0, f0, a1, f1);
         model_stats_free(&st[0]), model_stats_free(&st[1]);
     }
     float *p[2], *m1[2], *m2[2];
@@ -712,17 +716,18 @@ Test(cuda_model, bf16_spikes_step_bit_identical) {
 #endif
 }
 
-// glia train --dry-run --device cuda --matmul bf16: the FFN's spikes r are
-// bf16, half the bytes of the fp32 run's row (B·T·F·2 here, a multiple of
-// 256); the activations line equals model_memory's in BF16 mode, and that is
-// what model_alloc_acts carves; parameters grow by W_2's bf16 mirror, L·C·F·2.
+// glia train --dry-run --device cuda --matmul bf16: the spikes s and r are
+// bf16, half the bytes of the fp32 run's rows (B·T·C·2 and B·T·F·2 here,
+// multiples of 256); the activations line equals model_memory's in BF16
+// mode, and that is what model_alloc_acts carves; parameters grow by the
+// bf16 mirror of W_O and W_2, L·(C² + C·F)·2.
 Test(cuda_model, dry_run_bf16_spikes) {
     test_require_gpu();
 #ifdef GLIA_HAVE_CUDA
     char out[2][16384];
     const char *modes[2] = {"fp32", "bf16"};
-    size_t r_each[2] = {0}, acts[2] = {0}, params[2] = {0};
-    char r_type[2][8] = {"", ""};
+    size_t r_each[2] = {0}, s_each[2] = {0}, acts[2] = {0}, params[2] = {0};
+    char r_type[2][8] = {"", ""}, s_type[2][8] = {"", ""};
     for (int k = 0; k < 2; k++) {
         int rc = glia_run(out[k], sizeof out[k],
                           "train --size tiny --batch 3 --seq 40 --device cuda --matmul %s --dry-run --out /tmp/x",
@@ -730,20 +735,24 @@ Test(cuda_model, dry_run_bf16_spikes) {
         cr_assert_eq(rc, 0, "%s", out[k]);
         const char *p = strstr(out[k], "\n  r ");
         cr_assert(p && sscanf(p, " r %*s %*s %7s %zu", r_type[k], &r_each[k]) == 2, "no r row: %s", out[k]);
+        p = strstr(out[k], "\n  s ");
+        cr_assert(p && sscanf(p, " s %*s %*s %7s %zu", s_type[k], &s_each[k]) == 2, "no s row: %s", out[k]);
         p = strstr(out[k], "\n  activations ");
         cr_assert(p && sscanf(p, " activations %*f GiB %zu", &acts[k]) == 1, "%s", out[k]);
         p = strstr(out[k], "\n  parameters ");
         cr_assert(p && sscanf(p, " parameters %*f GiB %zu", &params[k]) == 1, "%s", out[k]);
     }
     ModelConfig c = config(1, 256);
-    const size_t BTF = 3 * 40 * (size_t)c.F;
-    cr_expect_str_eq(r_type[0], "fp32");
-    cr_expect_str_eq(r_type[1], "bf16");
+    const size_t BTF = 3 * 40 * (size_t)c.F, BTC = 3 * 40 * (size_t)c.C;
+    cr_expect(!strcmp(r_type[0], "fp32") && !strcmp(s_type[0], "fp32"), "%s %s", r_type[0], s_type[0]);
+    cr_expect(!strcmp(r_type[1], "bf16") && !strcmp(s_type[1], "bf16"), "%s %s", r_type[1], s_type[1]);
     cr_expect_eq(r_each[0], BTF * 4);
     cr_expect_eq(r_each[1], BTF * 2);
-    cr_expect_eq(acts[0] - acts[1], (size_t)c.L * BTF * 2, "activations %zu and %zu", acts[0], acts[1]);
-    cr_expect_eq(params[1] - params[0], (size_t)c.L * c.C * c.F * 2, "parameters %zu and %zu", params[0], params[1]);
-    cr_expect(strstr(out[1], "\n  s               B,T,C          3x40x32              fp32 "), "%s", out[1]);
+    cr_expect_eq(s_each[0], BTC * 4);
+    cr_expect_eq(s_each[1], BTC * 2);
+    cr_expect_eq(acts[0] - acts[1], (size_t)c.L * (BTF + BTC) * 2, "activations %zu and %zu", acts[0], acts[1]);
+    cr_expect_eq(params[1] - params[0], (size_t)c.L * ((size_t)c.C * c.C + (size_t)c.C * c.F) * 2,
+                 "parameters %zu and %zu", params[0], params[1]);
     matmul_set_mode(MATMUL_BF16);
     ModelMemory mm;
     model_memory(&c, backend_cuda(), 3, 40, 1, 0, &mm);

@@ -114,7 +114,7 @@ static void dry_run(const TrainOptions *o) {
     const int s16 = o->backend->spike_bytes && o->backend->spike_bytes() == 2;
     printf("per rank (%d rank%s%s), on %s, %d sequences x %d tokens, %s:\n", world, world > 1 ? "s" : "",
            o->zero ? ", ZeRO-1" : "", o->backend->name, B, T,
-           s16 ? "fp32 but the FFN's spikes r (bf16)" : "fp32 throughout");
+           s16 ? "fp32 but the spikes s and r (bf16)" : "fp32 throughout");
     ActsTensor e[MODEL_ACTS_MAX];
     int nl, n = model_acts_list(&o->cfg, o->backend, B, T, e, &nl);
     printf("activations kept for the backward (x %d: once per layer):\n  %-15s %-14s %-20s %-6s %14s %4s %14s %10s\n",
@@ -137,7 +137,7 @@ static void dry_run(const TrainOptions *o) {
     printf("  parameters         %9.3f GiB %16zu bytes%s\n  gradients          %9.3f GiB %16zu bytes\n"
            "  AdamW moments      %9.3f GiB %16zu bytes%s\n  activations        %9.3f GiB %16zu bytes  (the table)\n"
            "  backward scratch   %9.3f GiB %16zu bytes\n  total              %9.3f GiB %16zu bytes\n",
-           mm.params / GiB, mm.params, s16 ? "  (and W_2's bf16 mirror)" : "", mm.grads / GiB, mm.grads,
+           mm.params / GiB, mm.params, s16 ? "  (and the bf16 mirror of W_O, W_2)" : "", mm.grads / GiB, mm.grads,
            mm.moments / GiB, mm.moments, o->zero ? "  (this rank's slice)" : "", mm.acts / GiB, mm.acts,
            mm.scratch / GiB, mm.scratch, total / GiB, total);
 }

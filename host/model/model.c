@@ -350,12 +350,20 @@ static AmsuShape amsu_shape(const Model *m, int B, int T) {
 
 static int spike_bytes(const Backend *be) { return be->spike_bytes ? be->spike_bytes() : 4; }
 
-static bf16_t *W2_16(const Model *m, int l) { return m->W16 + (size_t)l * m->cfg.C * m->cfg.F; }
+// Layer l's W_O and W_2 in the bf16 mirror: (C, C) then (C, F).
+static bf16_t *WO_16(const Model *m, int l) {
+    return m->W16 + (size_t)l * ((size_t)m->cfg.C * m->cfg.C + (size_t)m->cfg.C * m->cfg.F);
+}
+static bf16_t *W2_16(const Model *m, int l) { return WO_16(m, l) + (size_t)m->cfg.C * m->cfg.C; }
 
 // The bf16 mirror from the fp32 parameters: after every change of live.
 static void refresh_mirror(Model *m) {
     if (!m->W16) return;
-    for (int l = 0; l < m->cfg.L; l++) m->be->to_bf16(W2_16(m, l), m->layers[l].W_2, (size_t)m->cfg.C * m->cfg.F);
+    const size_t C = m->cfg.C, F = m->cfg.F;
+    for (int l = 0; l < m->cfg.L; l++) {
+        m->be->to_bf16(WO_16(m, l), m->layers[l].W_O, C * C);
+        m->be->to_bf16(W2_16(m, l), m->layers[l].W_2, C * F);
+    }
 }
 
 static void free_acts(Model *m) {
@@ -391,7 +399,7 @@ static int acts_list(const ModelConfig *c, int spike_bytes, int B, int T, LayerA
     e[n++] = (ActsTensor){"x_in", "B,T,C", 3, {b, t, C}, &a->x_in, 4};
     e[n++] = (ActsTensor){"z1", "B,T,C", 3, {b, t, C}, &a->z1, 4};
     e[n++] = (ActsTensor){"rstd1", "B,T", 2, {b, t}, &a->rstd1, 4};
-    n += amsu_acts_list((AmsuShape){B, T, c->C, c->Nh, c->astro}, &a->amsu, e + n);
+    n += amsu_acts_list((AmsuShape){B, T, c->C, c->Nh, c->astro}, spike_bytes, &a->amsu, e + n);
     e[n++] = (ActsTensor){"x_mid", "B,T,C", 3, {b, t, C}, &a->x_mid, 4};
     e[n++] = (ActsTensor){"z2", "B,T,C", 3, {b, t, C}, &a->z2, 4};
     e[n++] = (ActsTensor){"rstd2", "B,T", 2, {b, t}, &a->rstd2, 4};
@@ -428,7 +436,7 @@ static size_t acts_total(const ModelConfig *c, const Backend *be, int B, int T) 
 
 // Elements of the bf16 mirror (Model.W16) on be: none with fp32 spikes.
 static size_t mirror_numel(const ModelConfig *c, const Backend *be) {
-    return spike_bytes(be) == 2 ? (size_t)c->L * c->C * c->F : 0;
+    return spike_bytes(be) == 2 ? (size_t)c->L * ((size_t)c->C * c->C + (size_t)c->C * c->F) : 0;
 }
 
 // Floats of the backward's scratch for B × T on `be` (alloc_grad_scratch's layout).
@@ -470,7 +478,7 @@ void model_alloc_acts(Model *m, int B, int T) {
     m->acts_bytes = (size_t)((char *)p - (char *)m->acts_mem) + model_ids_bytes(B, T);
     const size_t mirror = mirror_numel(c, be);
     if (mirror) {
-        m->W16 = be_alloc_or_die(be, mirror * sizeof(bf16_t), "bf16 mirror of W_2");
+        m->W16 = be_alloc_or_die(be, mirror * sizeof(bf16_t), "bf16 mirror of W_O and W_2");
         refresh_mirror(m);
     }
     m->tokens = be_alloc_or_die(be, model_ids_bytes(B, T), "token ids");
@@ -529,8 +537,9 @@ static void test_record(Model *m, int l, int which, const float *s, int B, int T
 // ---- forward -------------------------------------------------------------------------
 
 // W_in is W_I with W_K, W_V, W_Q after it (model_new's order; bind_views checks).
-static AmsuWeights amsu_weights(const LayerParams *p) {
-    return (AmsuWeights){p->W_I, p->W_O, p->a_lambda, p->a_beta};
+// W_O16: the bf16 mirror of W_O with bf16 spikes, else NULL.
+static AmsuWeights amsu_weights(const LayerParams *p, const bf16_t *W_O16) {
+    return (AmsuWeights){p->W_I, p->W_O, p->a_lambda, p->a_beta, W_O16};
 }
 
 double model_forward(Model *m, const int *tokens, const int *targets, int B, int T, ModelState *state) {
@@ -553,7 +562,7 @@ double model_forward(Model *m, const int *tokens, const int *targets, int B, int
     for (int l = 0; l < c->L; l++) {
         LayerActs *a = &m->acts[l];
         const LayerParams *p = &m->layers[l];
-        const AmsuWeights w = amsu_weights(p);
+        const AmsuWeights w = amsu_weights(p, m->W16 ? WO_16(m, l) : NULL);
         LayerState *ls = state ? &state->layers[l] : NULL;
         float *x_next = l + 1 < c->L ? m->acts[l + 1].x_in : m->x_out;
         // token mixer: x_mid = x_in + AMSU(RMSNorm(x_in))
@@ -630,7 +639,7 @@ void model_stats(Model *m, ModelStats *st) {
     for (int l = 0; l < c->L; l++) {
         const LayerActs *a = &m->acts[l];
         LayerStats *ls = &st->layer[l];
-        spike_sums(m, sum, a->amsu.s, 0, 0, M, C);
+        spike_sums(m, sum, a->amsu.s, m->spike_bytes == 2, 0, M, C);
         rates(sum, M, C, &ls->amsu_rate, &ls->amsu_never, &ls->amsu_always);
         spikes += ls->amsu_rate * dC;
         spike_sums(m, sum, a->r, m->spike_bytes == 2, 0, M, F);
@@ -663,7 +672,7 @@ void model_spike_sums(Model *m, int row0, int rows, double *amsu, double *ffn) {
     *amsu = *ffn = 0.0;
     for (int l = 0; l < c->L; l++) {
         const LayerActs *a = &m->acts[l];
-        spike_sums(m, sum, a->amsu.s, 0, row0, rows, C);
+        spike_sums(m, sum, a->amsu.s, m->spike_bytes == 2, row0, rows, C);
         for (int n = 0; n < C; n++) *amsu += sum[n];
         spike_sums(m, sum, a->r, m->spike_bytes == 2, row0, rows, F);
         for (int n = 0; n < F; n++) *ffn += sum[n];
@@ -724,7 +733,7 @@ void model_backward(Model *m, const int *tokens, float scale) {
         be->matmul_backward(dz, g->W_1, m->dc, a->z2, p->W_1, M, C, F, 1.0f, 0);
         be->rmsnorm_backward(dx, g->norm2, m->rms_scratch, dz, a->x_mid, p->norm2, a->rstd2, M, C);
         // x_mid = x_in + AMSU(z1)
-        const AmsuWeights w = amsu_weights(p);
+        const AmsuWeights w = amsu_weights(p, m->W16 ? WO_16(m, l) : NULL);
         AmsuGrads ag = {g->W_I, g->W_O, g->a_lambda, g->a_beta};
         be->amsu_backward(dz, &ag, m->amsu_scratch, dx, a->z1, &a->amsu, &w, sh, test_for(m, l, 0, &tb));
         be->rmsnorm_backward(dx, g->norm1, m->rms_scratch, dz, a->x_in, p->norm1, a->rstd1, M, C);

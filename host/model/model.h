@@ -78,7 +78,7 @@ typedef struct {
     float *rstd2;   // (B, T)
     float *c;       // (B, T, F) FFN current
     float *w;       // (B, T, F) FFN membrane
-    float *r;       // (B, T, F) FFN spikes: bf16 bits when Model.spike_bytes is 2
+    float *r;       // (B, T, F) FFN spikes: bf16 bits when Model.spike_bytes is 2 (so is amsu.s)
 } LayerActs;
 
 typedef struct {      // one layer's recurrent state for B sequences
@@ -124,10 +124,11 @@ typedef struct {
     float *acts_mem;
     size_t acts_bytes;  // what model_alloc_acts carved, token ids included
     // the backend's spike_bytes when the activations were carved: 4, or 2 (bf16
-    // spikes), which W16 goes with: the bf16 mirror of the weights that multiply
-    // spikes, W_2 (C, F) of each layer in turn, refreshed whenever live changes
+    // spikes s and r), which W16 goes with: the bf16 mirror of the weights that
+    // multiply spikes, W_O (C, C) then W_2 (C, F) of each layer in turn,
+    // refreshed whenever live changes
     int spike_bytes;
-    bf16_t *W16;  // (L, C, F) with 2-byte spikes, else NULL
+    bf16_t *W16;  // (L, C·C + C·F) with 2-byte spikes, else NULL
     LayerActs *acts;  // (L)
     float *x_out;     // (B, T, C) residual stream after the last layer
     float *zf;        // (B, T, C)
@@ -191,7 +192,7 @@ double model_step(Model *m, float lr, float weight_decay, float clip, int step);
 // rank of `world` (ZeRO-1 with `zero`), in bytes, without allocating anything
 // (glia train --dry-run). Everything is fp32 (SPEC, Precision) but the spikes
 // where the backend stores them as bf16 (backend.h spike_bytes); params then
-// includes the bf16 mirror of W_2 (Model.W16).
+// includes the bf16 mirror of W_O and W_2 (Model.W16).
 typedef struct {
     size_t params, grads, moments;  // padded under ZeRO-1; moments: this rank's two
     size_t acts;                    // the forward's saved activations (model_alloc_acts)

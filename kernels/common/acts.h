@@ -32,7 +32,9 @@ float *acts_carve(const ActsTensor *t, int n, float *mem);
 // The AM-SU layer's tensors, bound to a's fields; at most ACTS_AMSU_MAX,
 // returns how many. After carving them, amsu_acts_views points I, k, v, q
 // into P (NULL without the astrocyte, Hckpt too).
-int amsu_acts_list(AmsuShape sh, AmsuActs *a, ActsTensor *out);
+// spike_bytes: s's element size, 4 or 2 (backend.h). amsu_acts_size and
+// amsu_acts_bind carve fp32 spikes.
+int amsu_acts_list(AmsuShape sh, int spike_bytes, AmsuActs *a, ActsTensor *out);
 void amsu_acts_views(AmsuActs *a, AmsuShape sh);
 
 #ifdef __cplusplus

@@ -43,9 +43,10 @@ typedef struct Backend {
     void (*describe)(char *buf, size_t len);  // "NVIDIA H100 80GB HBM3, 79.2 GiB", "CPU, 2 threads"
     void (*set_matmul)(int mode);             // MATMUL_FP32 / TF32 / BF16 (cuda.h); exact-only backends ignore it
     int (*set_amsu)(int mode);                // AMSU_SCAN or AMSU_CHUNK: 0, or -1 where the backend lacks it
-    // bytes per stored spike (the FFN's r, written by neuron_forward, read by neuron_backward): 4, fp32,
-    // or 2, bf16 bits in the same float * (exact: 0 or 1), as the CUDA backend in MATMUL_BF16 mode;
-    // NULL: 4. With 2 the model multiplies spikes only through the spike_* entries below (else NULL)
+    // bytes per stored spike (the FFN's r of neuron_forward / neuron_backward, the AM-SU's s when
+    // AmsuWeights.W_O16 is given): 4, fp32, or 2, bf16 bits in the same float * (exact: 0 or 1), as
+    // the CUDA backend in MATMUL_BF16 mode; NULL: 4. With 2 the model multiplies spikes only
+    // through the spike_* entries below (else NULL)
     int (*spike_bytes)(void);
 
     // ---- ops

@@ -22,14 +22,14 @@ float *acts_carve(const ActsTensor *t, int n, float *mem) {
     return (float *)p;
 }
 
-int amsu_acts_list(AmsuShape sh, AmsuActs *a, ActsTensor *e) {
+int amsu_acts_list(AmsuShape sh, int spike_bytes, AmsuActs *a, ActsTensor *e) {
     const size_t B = sh.B, T = sh.T, C = sh.C;
     int n = 0;
     e[n++] = sh.astro ? (ActsTensor){"P=[I|k|v|q]", "B,T,4C", 3, {B, T, 4 * C}, &a->P, 4}
                       : (ActsTensor){"P=I", "B,T,C", 3, {B, T, C}, &a->P, 4};
     e[n++] = (ActsTensor){"o", "B,T,C", 3, {B, T, C}, &a->o, 4};
     e[n++] = (ActsTensor){"u", "B,T,C", 3, {B, T, C}, &a->u, 4};
-    e[n++] = (ActsTensor){"s", "B,T,C", 3, {B, T, C}, &a->s, 4};
+    e[n++] = (ActsTensor){"s", "B,T,C", 3, {B, T, C}, &a->s, spike_bytes};
     if (!sh.astro) return n;
     const size_t D = C / sh.Nh;
     e[n++] = (ActsTensor){"Hckpt", "B,Nh,T/32,D,D", 5, {B, sh.Nh, glia_nchunks(sh.T), D, D}, &a->Hckpt, 4};
@@ -48,7 +48,7 @@ void amsu_acts_views(AmsuActs *a, AmsuShape sh) {
 size_t amsu_acts_size(AmsuShape sh) {
     AmsuActs a;
     ActsTensor e[ACTS_AMSU_MAX];
-    int n = amsu_acts_list(sh, &a, e);
+    int n = amsu_acts_list(sh, 4, &a, e);
     size_t total = 0;
     for (int i = 0; i < n; i++) total += acts_numel(&e[i]);
     return total;
@@ -56,6 +56,6 @@ size_t amsu_acts_size(AmsuShape sh) {
 
 void amsu_acts_bind(AmsuActs *a, AmsuShape sh, float *mem) {
     ActsTensor e[ACTS_AMSU_MAX];
-    acts_carve(e, amsu_acts_list(sh, a, e), mem);
+    acts_carve(e, amsu_acts_list(sh, 4, a, e), mem);
     amsu_acts_views(a, sh);
 }

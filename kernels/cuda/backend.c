@@ -72,7 +72,8 @@ static void lif_fwd(float *u, float *s, const float *current, const float *o, co
     no_test_mode(test, "neuron_forward");
     if (o) fatal("neuron_forward on the GPU: o must be NULL (the AM-SU neuron runs inside amsu_forward)");
     if (spike_bytes_cuda() == 2)
-        neuron_forward_s16_cuda(u, (bf16_t *)s, current, a_beta, u_state, s_state, B, T, N, ld, NULL);
+        amsu_recurrence_forward_s16_cuda(NULL, u, (bf16_t *)s, NULL, current, NULL, NULL, NULL, NULL, a_beta, NULL,
+                                         u_state, s_state, B, T, N, 1, ld, 0, NULL);
     else
         amsu_recurrence_forward_cuda(NULL, u, s, NULL, current, NULL, NULL, NULL, NULL, a_beta, NULL, u_state,
                                      s_state, B, T, N, 1, ld, 0, NULL);

@@ -131,11 +131,6 @@ void neuron_backward_cuda(float *dcurrent, float *dm, float *da_beta, float *scr
 void neuron_backward_s16_cuda(float *dcurrent, float *dm, float *da_beta, float *scratch,
                               const float *ds, const float *u, const float *o, const bf16_t *s,
                               const float *a_beta, int B, int T, int N, int ld, void *stream);
-// The LIF neuron alone (o ≡ 0; the FFN), forward, writing its spikes s (B, T, N)
-// as bf16: amsu_recurrence_forward_cuda with astro 0 and o NULL otherwise.
-void neuron_forward_s16_cuda(float *u, bf16_t *s, const float *I, const float *a_beta,
-                             float *u_state, float *s_state, int B, int T, int N, int ld,
-                             void *stream);
 // x (M, C) = E[tokens[i]] for M device-resident token ids.
 void embedding_forward_cuda(float *x, const int *tokens, const float *E, int M, int C,
                             void *stream);
@@ -204,6 +199,14 @@ void amsu_recurrence_forward_cuda(float *o, float *u, float *s, float *Hckpt, co
                                   float *u_state, float *s_state, int B, int T, int C, int Nh,
                                   int ld, int astro, void *stream);
 
+// The same writing the spikes s as bf16 (BF16 mode's storage; the streaming
+// state s_state stays fp32); with astro 0 the FFN's LIF neuron.
+void amsu_recurrence_forward_s16_cuda(float *o, float *u, bf16_t *s, float *Hckpt, const float *I,
+                                      const float *k, const float *v, const float *q,
+                                      const float *a_lambda, const float *a_beta, float *H_state,
+                                      float *u_state, float *s_state, int B, int T, int C, int Nh,
+                                      int ld, int astro, void *stream);
+
 // The fused AM-SU backward (astro == 1; the ablation uses neuron_backward_cuda)
 // of a forward from zero state, per SPEC.md "Backward pass": given
 // ds (B, T, C) = ∂L/∂s and the forward's saved u, o, s, k, v, q, Hckpt,
@@ -221,6 +224,14 @@ void amsu_recurrence_backward_cuda(float *dI, float *dk, float *dv, float *dq, f
                                    const float *Hckpt, const float *a_lambda,
                                    const float *a_beta, int B, int T, int C, int Nh, int ld,
                                    void *stream);
+// The same reading the spikes s as bf16.
+void amsu_recurrence_backward_s16_cuda(float *dI, float *dk, float *dv, float *dq, float *da_lambda,
+                                       float *da_beta, float *scratch, const float *ds,
+                                       const float *u, const float *o, const bf16_t *s,
+                                       const float *k, const float *v, const float *q,
+                                       const float *Hckpt, const float *a_lambda,
+                                       const float *a_beta, int B, int T, int C, int Nh, int ld,
+                                       void *stream);
 
 // The same computation on HOST pointers, for tests: allocates device buffers,
 // fills the outputs on the device with NaN (so an unwritten entry cannot pass
@@ -247,6 +258,10 @@ int amsu_chunk_head_size_supported(int D);
 void amsu_chunk_forward_cuda(float *o, float *u, float *s, float *Hckpt, const float *I, const float *k,
                              const float *v, const float *q, const float *a_lambda, const float *a_beta, int B,
                              int T, int C, int Nh, int ld, void *stream);
+// The same writing the spikes s as bf16.
+void amsu_chunk_forward_s16_cuda(float *o, float *u, bf16_t *s, float *Hckpt, const float *I, const float *k,
+                                 const float *v, const float *q, const float *a_lambda, const float *a_beta, int B,
+                                 int T, int C, int Nh, int ld, void *stream);
 // The astrocyte's backward in chunks (cpu.h astro_backward_chunk on device
 // pointers): from dout = ∂L/∂o and the forward's Hckpt, writes dk, dv, dq
 // (B, T, C; row stride ld, as k, v, q) and ADDS into da_lambda (Nh, D), chained through λ's sigmoid,
@@ -264,6 +279,8 @@ void amsu_chunk_backward_cuda(float *dk, float *dv, float *dq, float *da_lambda,
 // cpu.h's amsu_forward / amsu_backward on the GPU: the structs hold device
 // pointers (acts carved with amsu_acts_bind from device memory). The forward
 // writes y = add + W_O s (add as matmul_forward_cuda's: the residual stream);
+// with w->W_O16 (BF16 mode) the spikes a->s are stored as bf16 and multiplied
+// with that mirror (spike_matmul_forward_cuda, spike_matmul_dW_cuda);
 // state: NULL from zero (Hckpt written), else streaming (Hckpt not written).
 // The backward overwrites dz and adds into the parameter gradients.
 // scratch: amsu_scratch_floats_cuda(sh) floats.
