@@ -609,9 +609,9 @@ const float *model_logits(const Model *m, int b, int t) {
 // ---- spike statistics --------------------------------------------------------------------
 
 // sum (N) = spikes per neuron over the rows [row0, row0 + rows) of s (·, N),
-// stored as bf16 when bf16.
-static void spike_sums(const Model *m, double *sum, const float *s, int bf16, int row0, int rows, int N) {
-    if (bf16) m->be->spike_column_sums(sum, (const bf16_t *)s + (size_t)row0 * N, rows, N);
+// stored as the model stores spikes.
+static void spike_sums(const Model *m, double *sum, const float *s, int row0, int rows, int N) {
+    if (m->spike_bytes == 2) m->be->spike_column_sums(sum, (const bf16_t *)s + (size_t)row0 * N, rows, N);
     else m->be->column_sums(sum, s + (size_t)row0 * N, rows, N, 0);
 }
 
@@ -639,10 +639,10 @@ void model_stats(Model *m, ModelStats *st) {
     for (int l = 0; l < c->L; l++) {
         const LayerActs *a = &m->acts[l];
         LayerStats *ls = &st->layer[l];
-        spike_sums(m, sum, a->amsu.s, m->spike_bytes == 2, 0, M, C);
+        spike_sums(m, sum, a->amsu.s, 0, M, C);
         rates(sum, M, C, &ls->amsu_rate, &ls->amsu_never, &ls->amsu_always);
         spikes += ls->amsu_rate * dC;
-        spike_sums(m, sum, a->r, m->spike_bytes == 2, 0, M, F);
+        spike_sums(m, sum, a->r, 0, M, F);
         rates(sum, M, F, &ls->ffn_rate, &ls->ffn_never, &ls->ffn_always);
         spikes += ls->ffn_rate * dF;
         if (c->astro) {
@@ -672,9 +672,9 @@ void model_spike_sums(Model *m, int row0, int rows, double *amsu, double *ffn) {
     *amsu = *ffn = 0.0;
     for (int l = 0; l < c->L; l++) {
         const LayerActs *a = &m->acts[l];
-        spike_sums(m, sum, a->amsu.s, m->spike_bytes == 2, row0, rows, C);
+        spike_sums(m, sum, a->amsu.s, row0, rows, C);
         for (int n = 0; n < C; n++) *amsu += sum[n];
-        spike_sums(m, sum, a->r, m->spike_bytes == 2, row0, rows, F);
+        spike_sums(m, sum, a->r, row0, rows, F);
         for (int n = 0; n < F; n++) *ffn += sum[n];
     }
     free(sum);

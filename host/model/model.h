@@ -126,7 +126,8 @@ typedef struct {
     // the backend's spike_bytes when the activations were carved: 4, or 2 (bf16
     // spikes s and r), which W16 goes with: the bf16 mirror of the weights that
     // multiply spikes, W_O (C, C) then W_2 (C, F) of each layer in turn,
-    // refreshed whenever live changes
+    // refreshed whenever live changes (a model_share view carves its own when
+    // its activations are carved: views serve, their parameters do not change)
     int spike_bytes;
     bf16_t *W16;  // (L, C·C + C·F) with 2-byte spikes, else NULL
     LayerActs *acts;  // (L)
