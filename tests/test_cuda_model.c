@@ -33,6 +33,10 @@
 // over these 20 steps; 1.8% and 1.2% over the first 20 of a 40-step run),
 // and the run learns (the last loss below half the first).
 //
+// BF16 mode stores the spikes as bf16 (docs/CUDA.md): on the emulator its
+// training steps and generation are bit-identical to BF16 mode with fp32
+// spikes, and its dry-run table and allocation agree.
+//
 // Built without CUDA every test skips; with CUDA but no device the parity
 // tests skip. In a GLIA_CUDA_EMU build they run on the CPU emulator.
 #include <criterion/criterion.h>

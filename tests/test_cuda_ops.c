@@ -48,6 +48,12 @@
 // - bf16 operands (matmul_forward_bf16_cuda) from spikes (0 or 1, exact in
 //   bf16) and bf16-rounded weights: the fp32 product of the same values to
 //   fp32 accumulation, (K + 2)·2^-24·Σ|s·w|; bit-equal on the emulator.
+// - bf16 spikes (BF16 mode's storage): to_bf16_cuda equal to a scalar oracle
+//   (nearest by distance in double, ties to even); the spike GEMMs bit-equal
+//   to the fp32 entries in BF16 mode on the emulator and within
+//   (K + 2)·2^-24·S of a double oracle; the neuron and the whole AM-SU layer
+//   with bf16 spikes bit-equal to fp32 spikes (emulator; the layer's test
+//   skips on a GPU, whose bf16 and FAST_16BF GEMMs may sum differently).
 // - determinism: rmsnorm_backward_cuda and grad_norm_sq_cuda run twice from
 //   the same inputs give bit-identical results.
 //
