@@ -945,7 +945,7 @@ static void amsu_layer_run(AmsuShape sh, int state, int k, const float *z, const
 // the fused and the chunked backward, the ablation's LIF, the streaming path)
 // against the same layer with fp32 spikes in BF16 mode: y, o, u, Hckpt, dz and
 // every parameter gradient bit-equal, the spikes equal, the streaming state
-// bit-equal. Bit-equal on the emulator, where both GEMMs of W_O round the same
+// bit-equal. One head size (D 16): the spike storage is the same code at every D. Bit-equal on the emulator, where both GEMMs of W_O round the same
 // operands to bf16 and sum them in one order.
 Test(cuda_ops, amsu_layer_bf16_spikes) {
     test_require_gpu();
@@ -955,7 +955,7 @@ Test(cuda_ops, amsu_layer_bf16_spikes) {
 #endif
     static const int cases[][6] = {
         // B, T, C, Nh, astro, state
-        {2, 40, 64, 4, 1, 0}, {2, 40, 64, 4, 1, 1}, {2, 40, 64, 4, 0, 0}, {2, 40, 64, 4, 0, 1}, {1, 33, 128, 1, 1, 0}};
+        {2, 40, 64, 4, 1, 0}, {2, 40, 64, 4, 1, 1}, {2, 40, 64, 4, 0, 0}, {2, 40, 64, 4, 0, 1}};
     matmul_set_mode(MATMUL_BF16);
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++)
         for (int mode = AMSU_SCAN; mode <= AMSU_CHUNK; mode++) {

@@ -8,7 +8,7 @@
 // (GLIA_HAVE_CUDA=1); callers guard their calls with that macro.
 //
 // Unless a name ends in _host, every pointer is a DEVICE pointer to fp32
-// data, laid out exactly as the CPU backend's (kernels/cpu/cpu.h):
+// data (bf16_t *: bf16 bits), laid out exactly as the CPU backend's (kernels/cpu/cpu.h):
 // activations row-major (B, T, C), channel fastest.
 #ifndef GLIA_CUDA_API_H
 #define GLIA_CUDA_API_H
