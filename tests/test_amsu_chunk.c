@@ -145,7 +145,7 @@ Test(amsu_chunk, layer_switch) {
     fill_normal(z, n, 1.0f, &r);
     fill_normal(W, 5 * cc, 1.0f / sqrtf((float)C), &r);
     fill_normal(al, C, 1.0f, &r);
-    AmsuWeights w = {W, W + 4 * cc, al, ab};
+    AmsuWeights w = {W, W + 4 * cc, al, ab, NULL};
     float *y[2], *mem[2];
     for (int m = 0; m < 2; m++) {
         cpu_set_amsu(m ? AMSU_CHUNK : AMSU_SCAN);

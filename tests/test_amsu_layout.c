@@ -60,7 +60,7 @@ static void check_layout(AmsuShape sh, int mode, uint64_t seed) {
     fill_normal(al, C, 1.0f, &r);
     fill_normal(ab, C, 0.5f, &r);
     for (int c = 0; c < C; c++) al[c] += 2.0f;
-    AmsuWeights w = {W, W + 4 * cc, sh.astro ? al : NULL, ab};
+    AmsuWeights w = {W, W + 4 * cc, sh.astro ? al : NULL, ab, NULL};
     float *mem = nans(amsu_acts_size(sh)), *y = nans(n);
     AmsuActs a;
     amsu_acts_bind(&a, sh, mem);

@@ -33,6 +33,10 @@
 // over these 20 steps; 1.8% and 1.2% over the first 20 of a 40-step run),
 // and the run learns (the last loss below half the first).
 //
+// BF16 mode stores the spikes as bf16 (docs/CUDA.md): on the emulator its
+// training steps and generation are bit-identical to BF16 mode with fp32
+// spikes, and its dry-run table and allocation agree.
+//
 // Built without CUDA every test skips; with CUDA but no device the parity
 // tests skip. In a GLIA_CUDA_EMU build they run on the CPU emulator.
 #include <criterion/criterion.h>
@@ -608,5 +612,161 @@ Test(cuda_model, stats_match_cpu) {
     model_stats_free(&b);
     model_free(cpu);
     model_free(gpu);
+#endif
+}
+
+#ifdef GLIA_HAVE_CUDA
+// A GPU model with these parameters, its activations carved for B x T with
+// spikes stored fp32 (fp32 1) or as the mode says (bf16 in BF16 mode).
+static Model *gpu_model(ModelConfig c, const float *params, int B, int T, int fp32) {
+    Model *m = model_new(&c);
+    memcpy(m->params, params, m->nparams * sizeof(float));
+    char err[512];
+    cr_assert_eq(model_to_backend(m, backend_cuda(), err, sizeof err), 0, "model_to_backend: %s", err);
+    spikes_fp32_for_test_cuda(fp32);
+    test_alloc_train(m);
+    model_alloc_acts(m, B, T);
+    cr_assert_eq(m->spike_bytes, fp32 ? 4 : 2);
+    return m;
+}
+#endif
+
+// In BF16 mode the spikes (the AM-SU's s, the FFN's r) are stored as bf16 and
+// multiplied with the bf16 mirror of W_O and W_2 (spike_matmul_forward,
+// spike_matmul_dW). cuBLASLt's FAST_16BF rounds the fp32 operands to bf16
+// (RNE) anyway, and a spike is exact in bf16, so on the emulator (whose GEMMs
+// sum in one order either way) the step must be the one the fp32 spikes
+// give, bit for bit: losses, spike
+// statistics, and after 2 AdamW steps (each refreshing the mirror) the
+// parameters and both moments; then greedy generation gives the same text.
+// The oracle is the same mode with spikes forced fp32 (spikes_fp32_for_test_cuda).
+Test(cuda_model, bf16_spikes_step_bit_identical) {
+    test_require_gpu();
+#ifdef GLIA_HAVE_CUDA
+#ifndef GLIA_CUDA_EMU
+    cr_skip_test("bit-identity holds on the emulator; a GPU's bf16 and FAST_16BF kernels may sum differently");
+#endif
+    ModelConfig c = config(1, 300);
+    const int B = 2, T = 24;
+    Model *ref = model_new(&c);
+    test_model_randomise(ref, 31);
+    matmul_set_mode(MATMUL_BF16);
+    Model *m[2] = {gpu_model(c, ref->params, B, T, 1), gpu_model(c, ref->params, B, T, 0)};  // fp32, bf16 spikes
+    const size_t n = ref->nparams;
+    int tok[B * T], tgt[B * T];
+    for (int step = 1; step <= 2; step++) {  // step 2 reads the mirror refreshed by step 1
+        batch(tok, tgt, B * T, c.V, 300 + step);
+        double loss[2];
+        ModelStats st[2];
+        for (int k = 0; k < 2; k++) {
+            spikes_fp32_for_test_cuda(k == 0);
+            model_zero_grad(m[k]);
+            loss[k] = model_forward(m[k], tok, tgt, B, T, NULL);
+            model_stats(m[k], &st[k]);
+            model_backward(m[k], tok, 1.0f);
+            model_step(m[k], 1e-2f, 0.1f, 0.5f, step);
+        }
+        cr_assert_eq(loss[0], loss[1], "step %d: loss %.9g with fp32 spikes, %.9g with bf16", step, loss[0], loss[1]);
+        for (int l = 0; l < c.L; l++) {
+            cr_assert_eq(st[0].layer[l].amsu_rate, st[1].layer[l].amsu_rate, "step %d layer %d: AM-SU rate", step, l);
+            cr_assert_eq(st[0].layer[l].amsu_never, st[1].layer[l].amsu_never);
+            cr_assert_eq(st[0].layer[l].amsu_always, st[1].layer[l].amsu_always);
+            cr_assert_eq(st[0].layer[l].ffn_rate, st[1].layer[l].ffn_rate, "step %d layer %d: FFN rate", step, l);
+            cr_assert_eq(st[0].layer[l].ffn_never, st[1].layer[l].ffn_never);
+            cr_assert_eq(st[0].layer[l].ffn_always, st[1].layer[l].ffn_always);
+            cr_assert(st[1].layer[l].ffn_rate > 0.0 && st[1].layer[l].ffn_rate < 1.0, "degenerate FFN rate %g",
+                      st[1].layer[l].ffn_rate);
+        }
+        cr_assert_eq(st[0].sops, st[1].sops);
+        double a0, f0, a1, f1;
+        model_spike_sums(m[0], 5, 30, &a0, &f0);
+        model_spike_sums(m[1], 5, 30, &a1, &f1);
+        cr_assert(a0 == a1 && f0 == f1 && a1 > 0 && f1 > 0, "spike sums: %g %g against %g %g", a0, f0, a1, f1);
+        model_stats_free(&st[0]), model_stats_free(&st[1]);
+    }
+    float *p[2], *m1[2], *m2[2];
+    for (int k = 0; k < 2; k++) {
+        model_sync_host(m[k]);
+        const float *a, *b;
+        model_moments_host(m[k], &a, &b);
+        p[k] = m[k]->params, m1[k] = (float *)a, m2[k] = (float *)b;
+    }
+    cr_assert(memcmp(p[0], p[1], n * sizeof(float)) == 0, "parameters differ after 2 steps");
+    cr_assert(memcmp(m1[0], m1[1], n * sizeof(float)) == 0, "first moments differ after 2 steps");
+    cr_assert(memcmp(m2[0], m2[1], n * sizeof(float)) == 0, "second moments differ after 2 steps");
+    cr_assert(memcmp(p[1], ref->params, n * sizeof(float)) != 0, "the steps changed nothing");
+    for (int k = 0; k < 2; k++) model_free(m[k]);
+
+    // generation (byte vocabulary): decode (streaming state) and prefill view carve bf16 spikes too
+    model_free(ref);
+    c = config(1, 256);
+    ref = model_new(&c);
+    test_model_randomise(ref, 32);
+    const char *const prompts[] = {"the astrocyte ", "calcium rises and "};
+    Completion out[2][2];
+    memset(out, 0, sizeof out);
+    for (int k = 0; k < 2; k++) {
+        m[k] = gpu_model(c, ref->params, 1, 1, k == 0);
+        run_engine(m[k], 2, prompts, 2, out[k]);
+    }
+    for (int i = 0; i < 2; i++)
+        cr_assert(out[0][i].len == out[1][i].len && !memcmp(out[0][i].text, out[1][i].text, (size_t)out[0][i].len),
+                  "request %d: '%.*s' with fp32 spikes, '%.*s' with bf16", i, out[0][i].len, out[0][i].text,
+                  out[1][i].len, out[1][i].text);
+    for (int k = 0; k < 2; k++) model_free(m[k]);
+    spikes_fp32_for_test_cuda(0);
+    matmul_set_mode(MATMUL_FP32);
+    model_free(ref);
+#endif
+}
+
+// glia train --dry-run --device cuda --matmul bf16: the spikes s and r are
+// bf16, half the bytes of the fp32 run's rows (B·T·C·2 and B·T·F·2 here,
+// multiples of 256); the activations line equals model_memory's in BF16
+// mode, and that is what model_alloc_acts carves; parameters grow by the
+// bf16 mirror of W_O and W_2, L·(C² + C·F)·2.
+Test(cuda_model, dry_run_bf16_spikes) {
+    test_require_gpu();
+#ifdef GLIA_HAVE_CUDA
+    char out[2][16384];
+    const char *modes[2] = {"fp32", "bf16"};
+    size_t r_each[2] = {0}, s_each[2] = {0}, acts[2] = {0}, params[2] = {0};
+    char r_type[2][8] = {"", ""}, s_type[2][8] = {"", ""};
+    for (int k = 0; k < 2; k++) {
+        int rc = glia_run(out[k], sizeof out[k],
+                          "train --size tiny --batch 3 --seq 40 --device cuda --matmul %s --dry-run --out /tmp/x",
+                          modes[k]);
+        cr_assert_eq(rc, 0, "%s", out[k]);
+        const char *p = strstr(out[k], "\n  r ");
+        cr_assert(p && sscanf(p, " r %*s %*s %7s %zu", r_type[k], &r_each[k]) == 2, "no r row: %s", out[k]);
+        p = strstr(out[k], "\n  s ");
+        cr_assert(p && sscanf(p, " s %*s %*s %7s %zu", s_type[k], &s_each[k]) == 2, "no s row: %s", out[k]);
+        p = strstr(out[k], "\n  activations ");
+        cr_assert(p && sscanf(p, " activations %*f GiB %zu", &acts[k]) == 1, "%s", out[k]);
+        p = strstr(out[k], "\n  parameters ");
+        cr_assert(p && sscanf(p, " parameters %*f GiB %zu", &params[k]) == 1, "%s", out[k]);
+    }
+    ModelConfig c = config(1, 256);
+    const size_t BTF = 3 * 40 * (size_t)c.F, BTC = 3 * 40 * (size_t)c.C;
+    cr_expect(!strcmp(r_type[0], "fp32") && !strcmp(s_type[0], "fp32"), "%s %s", r_type[0], s_type[0]);
+    cr_expect(!strcmp(r_type[1], "bf16") && !strcmp(s_type[1], "bf16"), "%s %s", r_type[1], s_type[1]);
+    cr_expect_eq(r_each[0], BTF * 4);
+    cr_expect_eq(r_each[1], BTF * 2);
+    cr_expect_eq(s_each[0], BTC * 4);
+    cr_expect_eq(s_each[1], BTC * 2);
+    cr_expect_eq(acts[0] - acts[1], (size_t)c.L * (BTF + BTC) * 2, "activations %zu and %zu", acts[0], acts[1]);
+    cr_expect_eq(params[1] - params[0], (size_t)c.L * ((size_t)c.C * c.C + (size_t)c.C * c.F) * 2,
+                 "parameters %zu and %zu", params[0], params[1]);
+    matmul_set_mode(MATMUL_BF16);
+    ModelMemory mm;
+    model_memory(&c, backend_cuda(), 3, 40, 1, 0, &mm);
+    cr_expect_eq(mm.acts, acts[1], "model_memory %zu, the table %zu", mm.acts, acts[1]);
+    Model *m = model_new(&c);
+    char err[512];
+    cr_assert_eq(model_to_backend(m, backend_cuda(), err, sizeof err), 0, "%s", err);
+    model_alloc_acts(m, 3, 40);
+    cr_expect_eq(m->acts_bytes, mm.acts, "carved %zu, model_memory %zu", m->acts_bytes, mm.acts);
+    model_free(m);
+    matmul_set_mode(MATMUL_FP32);
 #endif
 }

@@ -47,6 +47,12 @@
 // - bf16 operands (matmul_forward_bf16_cuda) from spikes (0 or 1, exact in
 //   bf16) and bf16-rounded weights: the fp32 product of the same values to
 //   fp32 accumulation, (K + 2)·2^-24·Σ|s·w|; bit-equal on the emulator.
+// - bf16 spikes (BF16 mode's storage): to_bf16_cuda equal to a scalar oracle
+//   (nearest by distance in double, ties to even); the spike GEMMs bit-equal
+//   to the fp32 entries in BF16 mode on the emulator and within
+//   (K + 2)·2^-24·S of a double oracle; the neuron and the whole AM-SU layer
+//   with bf16 spikes bit-equal to fp32 spikes (emulator; the layer's test
+//   skips on a GPU, whose bf16 and FAST_16BF GEMMs may sum differently).
 // - determinism: rmsnorm_backward_cuda and grad_norm_sq_cuda run twice from
 //   the same inputs give bit-identical results.
 //
@@ -674,6 +680,325 @@ Test(cuda_ops, bf16_operands_spikes_exact) {
         cuda_free(d_s), cuda_free(d_w), cuda_free(d_y), cuda_free(d_s16), cuda_free(d_w16), cuda_free(d_y16);
         free(s), free(w), free(got16), free(got32), free(s16), free(w16);
     }
+#endif
+}
+
+#ifdef GLIA_HAVE_CUDA
+static uint32_t f2u(float x) {
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    return u;
+}
+static float u2f(uint32_t u) {
+    float x;
+    memcpy(&x, &u, 4);
+    return x;
+}
+
+// The bf16 nearest to x by distance in double, ties to the even pattern, and
+// past the largest bf16 by half an ulp Inf (IEEE: Inf stands at 2^128); x not NaN.
+static uint16_t bf16_oracle(float x) {
+    if (isinf(x)) return (uint16_t)(f2u(x) >> 16);
+    const uint16_t lo = (uint16_t)(f2u(x) >> 16), hi = (uint16_t)(lo + 1);  // toward zero, one step away
+    const double vlo = u2f((uint32_t)lo << 16);
+    const double vhi = (hi & 0x7FFF) == 0x7F80 ? copysign(0x1p128, x) : u2f((uint32_t)hi << 16);
+    const double dlo = fabs((double)x - vlo), dhi = fabs(vhi - (double)x);
+    return dlo < dhi ? lo : dhi < dlo ? hi : (lo & 1) ? hi : lo;
+}
+#endif
+
+// to_bf16_cuda (common/bf16.h's rounding, which the spike GEMMs' dout and
+// the weights' mirror go through) against bf16_oracle: ties at both parities,
+// normal and subnormal, overflow to Inf, ±Inf, ±0 and 20000 random bit
+// patterns; NaN stays NaN with its sign.
+Test(cuda_ops, to_bf16_rounds_to_nearest_even) {
+    test_require_gpu();
+#ifdef GLIA_HAVE_CUDA
+    static const uint32_t special[] = {
+        0x00000000, 0x80000000, 0x3F800000, 0x3F808000, 0x3F818000, 0x3F808001, 0x3F807FFF, 0xBF808000,
+        0xBF818000, 0x00008000, 0x00018000, 0x00000001, 0x807FFFFF, 0x00FF8000, 0x7F7FFFFF, 0x7F7F8000,
+        0x7F7F7FFF, 0xFF7F8000, 0x7F800000, 0xFF800000, 0x7FC00000, 0xFFC00001, 0x7F800001, 0x7FFFFFFF};
+    const size_t ns = sizeof special / sizeof special[0], n = ns + 20000;
+    float *x = floats(n);
+    uint16_t *got = xalloc(n * 2);
+    TestRng rng;
+    rng_seed(&rng, 1900);
+    for (size_t i = 0; i < n; i++)
+        x[i] = u2f(i < ns ? special[i] : (uint32_t)(rng_uniform(&rng) * 4294967296.0));
+    float *d_x = dev_up(x, n * 4);
+    uint16_t *d_y = dev_poison(n * 2);
+    to_bf16_cuda(d_y, d_x, n, NULL);
+    down(got, d_y, n * 2);
+    size_t nans = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (isnan(x[i])) {
+            nans++;
+            cr_assert((got[i] & 0x7F80) == 0x7F80 && (got[i] & 0x7F) && (got[i] >> 15) == f2u(x[i]) >> 31,
+                      "NaN %08x became %04x", f2u(x[i]), got[i]);
+            continue;
+        }
+        cr_assert_eq(got[i], bf16_oracle(x[i]), "%08x (%.9g): %04x, the oracle %04x", f2u(x[i]), x[i], got[i],
+                     bf16_oracle(x[i]));
+    }
+    cr_assert_geq(nans, 4);
+    cuda_free(d_x), cuda_free(d_y);
+    free(x), free(got);
+#endif
+}
+
+// BF16 mode's spike products (spike_matmul_forward_cuda, spike_matmul_dW_cuda:
+// spikes and the weights' mirror, or dout, stored as bf16) against the fp32
+// entries in BF16 mode on the same values (cuBLASLt rounds the operands to
+// bf16 inside the GEMM): bit-equal on the emulator. And against a double
+// oracle of the same products with the weights (or dout) rounded by
+// bf16_oracle, within fp32 accumulation, (K + 2)·2^-24·S (K: the summed
+// dimension), S = Σ|terms| + |addend|.
+Test(cuda_ops, spike_matmuls_bf16) {
+    test_require_gpu();
+#ifdef GLIA_HAVE_CUDA
+    static const int shapes[][3] = {{66, 64, 64}, {66, 256, 64}, {7, 33, 5}};  // M, K, N: W_O, W_2, odd
+    matmul_set_mode(MATMUL_BF16);
+    for (size_t c = 0; c < sizeof shapes / sizeof shapes[0]; c++) {
+        const int M = shapes[c][0], K = shapes[c][1], N = shapes[c][2];
+        const size_t mk = (size_t)M * K, nk = (size_t)N * K, mn = (size_t)M * N;
+        TestRng rng;
+        rng_seed(&rng, 1950 + c);
+        float *s = floats(mk), *w = floats(nk), *add = floats(mn), *dout = floats(mn), *dW0 = floats(nk);
+        float *wr = floats(nk), *doutT = floats(mn), *sT = floats(mk);
+        float *y32 = floats(mn), *y16 = floats(mn), *g32 = floats(nk), *g16 = floats(nk);
+        fill_normal(w, nk, 0.2f, &rng);
+        fill_normal(add, mn, 1.0f, &rng);
+        fill_normal(dout, mn, 1.0f, &rng);
+        fill_normal(dW0, nk, 0.5f, &rng);
+        for (size_t i = 0; i < mk; i++) s[i] = rng_uniform(&rng) < 0.3 ? 1.0f : 0.0f;
+        for (size_t i = 0; i < nk; i++) wr[i] = u2f((uint32_t)bf16_oracle(w[i]) << 16);
+        float *d_s = dev_up(s, mk * 4), *d_w = dev_up(w, nk * 4), *d_add = dev_up(add, mn * 4);
+        float *d_dout = dev_up(dout, mn * 4), *d_g32 = dev_up(dW0, nk * 4), *d_g16 = dev_up(dW0, nk * 4);
+        float *d_y32 = dev_poison(mn * 4), *d_y16 = dev_poison(mn * 4);
+        uint16_t *d_s16 = dev_poison(mk * 2), *d_w16 = dev_poison(nk * 2), *d_o16 = dev_poison(mn * 2);
+        to_bf16_cuda(d_s16, d_s, mk, NULL);
+        to_bf16_cuda(d_w16, d_w, nk, NULL);
+        matmul_forward_cuda(d_y32, d_s, d_w, M, K, N, 1.0f, d_add, NULL);
+        spike_matmul_forward_cuda(d_y16, d_s16, d_w16, M, K, N, d_add, NULL);
+        matmul_backward_cuda(NULL, d_g32, d_dout, d_s, d_w, M, K, N, 1.0f, 0, NULL);
+        spike_matmul_dW_cuda(d_g16, d_o16, d_dout, d_s16, M, K, N, NULL);
+        down(y32, d_y32, mn * 4), down(y16, d_y16, mn * 4);
+        down(g32, d_g32, nk * 4), down(g16, d_g16, nk * 4);
+        // forward: y = add + s wrᵀ; dW (N, K) = dW0 + doutᵀ s, i.e. a = doutᵀ (N, M) rounded, b = sᵀ (K, M)
+        double ef = gemm_worst(y16, s, wr, add, 1.0f, 1.0f, M, K, N, N);
+        transpose(doutT, dout, M, N);
+        for (size_t i = 0; i < mn; i++) doutT[i] = u2f((uint32_t)bf16_oracle(doutT[i]) << 16);
+        transpose(sT, s, M, K);
+        double eb = gemm_worst(g16, doutT, sT, dW0, 1.0f, 1.0f, N, M, K, K);
+        cr_log_info("spike GEMMs M %d K %d N %d: forward %.2e, dW %.2e", M, K, N, ef, eb);
+        cr_assert(ef <= (K + 2) * 0x1p-24, "M %d K %d N %d: forward off by %.3e", M, K, N, ef);
+        cr_assert(eb <= (M + 2) * 0x1p-24, "M %d K %d N %d: dW off by %.3e", M, K, N, eb);
+#ifdef GLIA_CUDA_EMU
+        cr_assert(!memcmp(y16, y32, mn * 4), "M %d K %d N %d: forward not bit-equal to the fp32 entry", M, K, N);
+        cr_assert(!memcmp(g16, g32, nk * 4), "M %d K %d N %d: dW not bit-equal to the fp32 entry", M, K, N);
+#endif
+        void *dbufs[] = {d_s, d_w, d_add, d_dout, d_g32, d_g16, d_y32, d_y16, d_s16, d_w16, d_o16};
+        for (size_t i = 0; i < sizeof dbufs / sizeof dbufs[0]; i++) cuda_free(dbufs[i]);
+        float *hbufs[] = {s, w, add, dout, dW0, wr, doutT, sT, y32, y16, g32, g16};
+        for (size_t i = 0; i < sizeof hbufs / sizeof hbufs[0]; i++) free(hbufs[i]);
+    }
+    matmul_set_mode(MATMUL_FP32);
+#endif
+}
+
+// The LIF neuron with bf16 spikes (amsu_recurrence_forward_s16_cuda with
+// astro 0, neuron_backward_s16_cuda) against the fp32-spike kernels from the same
+// inputs: spikes equal (bf16 of the fp32 run's), u, the streaming state,
+// dcurrent, dm and da_beta bit-equal: only the spikes' storage differs.
+Test(cuda_ops, neuron_bf16_spikes) {
+    test_require_gpu();
+#ifdef GLIA_HAVE_CUDA
+    static const int shapes[][3] = {{3, 70, 200}, {1, 7, 8}, {2, 33, 384}};  // B, T, N
+    for (size_t c = 0; c < sizeof shapes / sizeof shapes[0]; c++) {
+        const int B = shapes[c][0], T = shapes[c][1], N = shapes[c][2], state = c != 1;
+        const size_t n = (size_t)B * T * N, bn = (size_t)B * N;
+        TestRng rng;
+        rng_seed(&rng, 2000 + c);
+        float *cur = floats(n), *a_beta = floats(N), *ds = floats(n), *o = floats(n), *db0 = floats(N);
+        float *ust = floats(bn), *sst = floats(bn);
+        fill_normal(cur, n, 1.0f, &rng);
+        fill_normal(a_beta, N, 0.5f, &rng);
+        fill_normal(ds, n, 1.0f, &rng);
+        fill_normal(o, n, 0.5f, &rng);
+        fill_normal(db0, N, 0.5f, &rng);
+        fill_normal(ust, bn, 0.5f, &rng);
+        for (size_t i = 0; i < bn; i++) sst[i] = rng_uniform(&rng) < 0.4 ? 1.0f : 0.0f;
+        float *d_cur = dev_up(cur, n * 4), *d_ab = dev_up(a_beta, N * 4), *d_ds = dev_up(ds, n * 4);
+        float *d_o = dev_up(o, n * 4);
+        float *d_u[2] = {dev_poison(n * 4), dev_poison(n * 4)}, *d_s32 = dev_poison(n * 4);
+        uint16_t *d_s16 = dev_poison(n * 2);
+        float *d_ust[2] = {state ? dev_up(ust, bn * 4) : NULL, state ? dev_up(ust, bn * 4) : NULL};
+        float *d_sst[2] = {state ? dev_up(sst, bn * 4) : NULL, state ? dev_up(sst, bn * 4) : NULL};
+        amsu_recurrence_forward_cuda(NULL, d_u[0], d_s32, NULL, d_cur, NULL, NULL, NULL, NULL, d_ab, NULL, d_ust[0],
+                                     d_sst[0], B, T, N, 1, N, 0, NULL);
+        amsu_recurrence_forward_s16_cuda(NULL, d_u[1], d_s16, NULL, d_cur, NULL, NULL, NULL, NULL, d_ab, NULL,
+                                         d_ust[1], d_sst[1], B, T, N, 1, N, 0, NULL);
+        float *u[2] = {floats(n), floats(n)}, *s32 = floats(n);
+        uint16_t *s16 = xalloc(n * 2);
+        down(u[0], d_u[0], n * 4), down(u[1], d_u[1], n * 4);
+        down(s32, d_s32, n * 4), down(s16, d_s16, n * 2);
+        size_t fired = 0;
+        for (size_t i = 0; i < n; i++) {
+            fired += s32[i] != 0.0f;
+            cr_assert_eq(s16[i], bf16_oracle(s32[i]), "B %d T %d N %d: spike %zu: %04x, fp32 run %g", B, T, N, i,
+                         s16[i], s32[i]);
+        }
+        cr_assert(fired > 0 && fired < n, "degenerate spikes: %zu of %zu", fired, n);
+        cr_assert(!memcmp(u[0], u[1], n * 4), "B %d T %d N %d: u differs", B, T, N);
+        if (state) {
+            float *a = floats(bn), *b = floats(bn);
+            for (int k = 0; k < 2; k++) {
+                down(a, k ? d_sst[0] : d_ust[0], bn * 4), down(b, k ? d_sst[1] : d_ust[1], bn * 4);
+                cr_assert(!memcmp(a, b, bn * 4), "B %d T %d N %d: the state's %s differs", B, T, N, k ? "s" : "u");
+            }
+            free(a), free(b);
+        }
+        // backward, o and dm on (c even) or off, from these u and s
+        const int with_o = c % 2 == 0;
+        float *d_dc[2] = {dev_poison(n * 4), dev_poison(n * 4)}, *d_dm[2] = {dev_poison(n * 4), dev_poison(n * 4)};
+        float *d_db[2] = {dev_up(db0, N * 4), dev_up(db0, N * 4)}, *d_sc = dev_poison(bn * 4);
+        neuron_backward_cuda(d_dc[0], with_o ? d_dm[0] : NULL, d_db[0], d_sc, d_ds, d_u[0], with_o ? d_o : NULL, d_s32,
+                             d_ab, B, T, N, N, NULL);
+        neuron_backward_s16_cuda(d_dc[1], with_o ? d_dm[1] : NULL, d_db[1], d_sc, d_ds, d_u[0], with_o ? d_o : NULL,
+                                 d_s16, d_ab, B, T, N, N, NULL);
+        float *h[2] = {floats(n), floats(n)};
+        for (int part = 0; part < 3; part++) {
+            if (part == 1 && !with_o) continue;
+            float *const *dv = part == 0 ? d_dc : part == 1 ? d_dm : d_db;
+            const size_t bytes = (part == 2 ? (size_t)N : n) * 4;
+            down(h[0], dv[0], bytes), down(h[1], dv[1], bytes);
+            cr_assert(!memcmp(h[0], h[1], bytes), "B %d T %d N %d: %s differs", B, T, N,
+                      part == 0 ? "dcurrent" : part == 1 ? "dm" : "da_beta");
+        }
+        void *dbufs[] = {d_cur, d_ab, d_ds, d_o, d_u[0], d_u[1], d_s32, d_s16, d_ust[0], d_ust[1], d_sst[0],
+                         d_sst[1], d_dc[0], d_dc[1], d_dm[0], d_dm[1], d_db[0], d_db[1], d_sc};
+        for (size_t i = 0; i < sizeof dbufs / sizeof dbufs[0]; i++) cuda_free(dbufs[i]);
+        void *hbufs[] = {cur, a_beta, ds, o, db0, ust, sst, u[0], u[1], s32, s16, h[0], h[1]};
+        for (size_t i = 0; i < sizeof hbufs / sizeof hbufs[0]; i++) free(hbufs[i]);
+    }
+#endif
+}
+
+#ifdef GLIA_HAVE_CUDA
+// One AM-SU layer (amsu_forward_cuda, amsu_backward_cuda) in BF16 mode, run
+// k = 0 with fp32 spikes, k = 1 with bf16 spikes and W_O16; what comes back.
+typedef struct {
+    float *y, *o, *u, *s, *H, *dz, *g, *st;  // s: fp32 spikes (k = 1: its bf16 bits, widened)
+} LayerRun;
+
+static void amsu_layer_run(AmsuShape sh, int state, int k, const float *z, const float *Win, const float *WO,
+                           const float *al, const float *ab, const float *dy, const float *st0, LayerRun *r) {
+    const int M = sh.B * sh.T, C = sh.C, ld = amsu_ld(sh), D = C / sh.Nh;
+    const size_t mc = (size_t)M * C, cc = (size_t)C * C, nst = (size_t)sh.B * (sh.Nh * D * D + 2 * C);
+    const size_t nact = amsu_acts_size(sh), ng = (size_t)ld * C + cc + 2 * (size_t)C;
+    float *d_z = dev_up(z, mc * 4), *d_Win = dev_up(Win, (size_t)ld * C * 4), *d_WO = dev_up(WO, cc * 4);
+    float *d_al = dev_up(al, C * 4), *d_ab = dev_up(ab, C * 4), *d_dy = dev_up(dy, mc * 4);
+    float *d_y = dev_poison(mc * 4), *d_dz = dev_poison(mc * 4), *d_acts = dev_poison(nact * 4);
+    float *d_g = dev(ng * 4), *d_sc = dev_poison(amsu_scratch_floats_cuda(sh) * 4), *d_st = dev_up(st0, nst * 4);
+    uint16_t *d_WO16 = k ? dev(cc * 2) : NULL;
+    cuda_memset(d_g, 0, ng * 4, NULL);
+    if (k) to_bf16_cuda(d_WO16, d_WO, cc, NULL);
+    AmsuActs a;
+    amsu_acts_bind(&a, sh, d_acts);
+    AmsuWeights w = {d_Win, d_WO, sh.astro ? d_al : NULL, d_ab, d_WO16};
+    AmsuState ss = {sh.astro ? d_st : NULL, d_st + (size_t)sh.B * sh.Nh * D * D,
+                    d_st + (size_t)sh.B * sh.Nh * D * D + (size_t)sh.B * C};
+    amsu_forward_cuda(d_y, &a, d_z, &w, sh, state ? &ss : NULL, NULL, NULL);
+    AmsuGrads g = {d_g, d_g + (size_t)ld * C, sh.astro ? d_g + (size_t)ld * C + cc : NULL,
+                   d_g + (size_t)ld * C + cc + C};
+    if (!state) amsu_backward_cuda(d_dz, &g, d_sc, d_dy, d_z, &a, &w, sh, NULL);
+    const size_t nH = sh.astro ? (size_t)sh.B * sh.Nh * glia_nchunks(sh.T) * D * D : 0;
+    r->y = floats(mc), r->o = floats(mc), r->u = floats(mc), r->s = floats(mc), r->H = floats(nH);
+    r->dz = floats(mc), r->g = floats(ng), r->st = floats(nst);
+    down(r->y, d_y, mc * 4), down(r->o, a.o, mc * 4), down(r->u, a.u, mc * 4), down(r->st, d_st, nst * 4);
+    if (k) {
+        uint16_t *h = xalloc(mc * 2);
+        down(h, a.s, mc * 2);
+        for (size_t i = 0; i < mc; i++) r->s[i] = u2f((uint32_t)h[i] << 16);
+        free(h);
+    } else {
+        down(r->s, a.s, mc * 4);
+    }
+    if (nH && !state) down(r->H, a.Hckpt, nH * 4);
+    if (!state) down(r->dz, d_dz, mc * 4), down(r->g, d_g, ng * 4);
+    void *b[] = {d_z, d_Win, d_WO, d_al, d_ab, d_dy, d_y, d_dz, d_acts, d_g, d_sc, d_st, d_WO16};
+    for (size_t i = 0; i < sizeof b / sizeof b[0]; i++) cuda_free(b[i]);
+}
+#endif
+
+// The AM-SU layer with its spikes s stored as bf16 (BF16 mode, AmsuWeights.W_O16;
+// every kernel that writes or reads s: the per-timestep and chunked forwards,
+// the fused and the chunked backward, the ablation's LIF, the streaming path)
+// against the same layer with fp32 spikes in BF16 mode: y, o, u, Hckpt, dz and
+// every parameter gradient bit-equal, the spikes equal, the streaming state
+// bit-equal. One head size (D 16): the spike storage is the same code at every D. Bit-equal on the emulator, where both GEMMs of W_O round the same
+// operands to bf16 and sum them in one order.
+Test(cuda_ops, amsu_layer_bf16_spikes) {
+    test_require_gpu();
+#ifdef GLIA_HAVE_CUDA
+#ifndef GLIA_CUDA_EMU
+    cr_skip_test("bit-identity holds on the emulator; a GPU's bf16 and FAST_16BF kernels may sum differently");
+#endif
+    static const int cases[][6] = {
+        // B, T, C, Nh, astro, state
+        {2, 40, 64, 4, 1, 0}, {2, 40, 64, 4, 1, 1}, {2, 40, 64, 4, 0, 0}, {2, 40, 64, 4, 0, 1}};
+    matmul_set_mode(MATMUL_BF16);
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++)
+        for (int mode = AMSU_SCAN; mode <= AMSU_CHUNK; mode++) {
+            const AmsuShape sh = {cases[c][0], cases[c][1], cases[c][2], cases[c][3], cases[c][4]};
+            const int state = cases[c][5], M = sh.B * sh.T, C = sh.C, ld = amsu_ld(sh), D = C / sh.Nh;
+            if (state && mode == AMSU_CHUNK) continue;  // streaming runs the per-timestep kernel always
+            const size_t mc = (size_t)M * C, nst = (size_t)sh.B * (sh.Nh * D * D + 2 * C);
+            const size_t ng = (size_t)ld * C + (size_t)C * C + 2 * (size_t)C;
+            TestRng rng;
+            rng_seed(&rng, 2100 + 10 * c + mode);
+            float *z = floats(mc), *Win = floats((size_t)ld * C), *WO = floats((size_t)C * C), *al = floats(C);
+            float *ab = floats(C), *dy = floats(mc), *st0 = floats(nst);
+            fill_normal(z, mc, 1.0f, &rng);
+            fill_normal(Win, (size_t)ld * C, 2.0f / sqrtf((float)C), &rng);
+            fill_normal(WO, (size_t)C * C, 0.1f, &rng);
+            fill_normal(al, C, 1.0f, &rng);
+            fill_normal(ab, C, 0.5f, &rng);
+            fill_normal(dy, mc, 1.0f, &rng);
+            fill_normal(st0, nst, 0.3f, &rng);
+            for (size_t i = nst - (size_t)sh.B * C; i < nst; i++) st0[i] = st0[i] > 0.0f;  // s_state: spikes
+            amsu_set_mode_cuda(mode);
+            LayerRun r[2];
+            for (int k = 0; k < 2; k++) amsu_layer_run(sh, state, k, z, Win, WO, al, ab, dy, st0, &r[k]);
+            char name[96];
+            snprintf(name, sizeof name, "B %d T %d C %d Nh %d astro %d state %d %s", sh.B, sh.T, C, sh.Nh, sh.astro,
+                     state, mode == AMSU_CHUNK ? "chunk" : "scan");
+            size_t fired = 0;
+            for (size_t i = 0; i < mc; i++) fired += r[0].s[i] != 0.0f;
+            cr_assert(fired > mc / 50 && fired < mc, "%s: degenerate spikes (%zu of %zu)", name, fired, mc);
+            const size_t nH = sh.astro && !state ? (size_t)sh.B * sh.Nh * glia_nchunks(sh.T) * D * D : 0;
+            cr_assert(!memcmp(r[0].s, r[1].s, mc * 4), "%s: spikes differ", name);
+            cr_assert(!memcmp(r[0].y, r[1].y, mc * 4), "%s: y differs", name);
+            cr_assert(!memcmp(r[0].o, r[1].o, mc * 4), "%s: o differs", name);
+            cr_assert(!memcmp(r[0].u, r[1].u, mc * 4), "%s: u differs", name);
+            cr_assert(!memcmp(r[0].H, r[1].H, nH * 4), "%s: Hckpt differs", name);
+            if (state) {
+                cr_assert(!memcmp(r[0].st, r[1].st, nst * 4), "%s: the streaming state differs", name);
+            } else {
+                cr_assert(!memcmp(r[0].dz, r[1].dz, mc * 4), "%s: dz differs", name);
+                for (size_t i = 0; i < ng; i++)
+                    cr_assert(!memcmp(&r[0].g[i], &r[1].g[i], 4), "%s: gradient %zu: %g and %g", name, i, r[0].g[i],
+                              r[1].g[i]);
+            }
+            for (int k = 0; k < 2; k++) {
+                float *b[] = {r[k].y, r[k].o, r[k].u, r[k].s, r[k].H, r[k].dz, r[k].g, r[k].st};
+                for (size_t i = 0; i < sizeof b / sizeof b[0]; i++) free(b[i]);
+            }
+            float *h[] = {z, Win, WO, al, ab, dy, st0};
+            for (size_t i = 0; i < sizeof h / sizeof h[0]; i++) free(h[i]);
+        }
+    amsu_set_mode_cuda(AMSU_CHUNK);
+    matmul_set_mode(MATMUL_FP32);
 #endif
 }
 

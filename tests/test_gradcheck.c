@@ -110,7 +110,7 @@ static void check_amsu(AmsuShape sh, uint64_t seed) {
             float lam = 1.0f - powf(2.0f, -(1.0f + 9.0f * i / (float)(D - 1)));
             a.params[P_LAM][h * D + i] = logf(lam / (1.0f - lam)) + 0.3f * rng_normal(&rng);
         }
-    a.w = (AmsuWeights){a.params[P_WI], a.params[P_WO], a.params[P_LAM], a.params[P_BETA]};
+    a.w = (AmsuWeights){a.params[P_WI], a.params[P_WO], a.params[P_LAM], a.params[P_BETA], NULL};
     a.acts_mem = malloc(amsu_acts_size(sh) * sizeof(float));
     amsu_acts_bind(&a.acts, sh, a.acts_mem);
 

@@ -70,7 +70,7 @@ static void check_amsu_case(const char *name, int astro) {
     float *w_in = malloc(4 * cc * sizeof(float));  // W_I, W_K, W_V, W_Q stacked
     const char *names[4] = {"W_I", "W_K", "W_V", "W_Q"};
     for (int i = 0; i < (astro ? 4 : 1); i++) memcpy(w_in + i * cc, tensor(in, names[i], 0), cc * sizeof(float));
-    AmsuWeights w = {w_in, tensor(in, "W_O", 0), astro ? tensor(in, "a_lambda", 0) : NULL, tensor(in, "a_beta", 0)};
+    AmsuWeights w = {w_in, tensor(in, "W_O", 0), astro ? tensor(in, "a_lambda", 0) : NULL, tensor(in, "a_beta", 0), NULL};
     float *mem = calloc(amsu_acts_size(sh) + amsu_scratch_size(sh) + 2 * n + 5 * cc + 2 * C,
                         sizeof(float));
     AmsuActs acts;

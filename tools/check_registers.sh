@@ -48,9 +48,10 @@ cat "$work"/*.log | awk '
         for (f in regs) if (!(f in seen)) printf "%s %d 0 0 0 %d\n", f, regs[f], smem[f]
     }' >"$work/usage.raw"
 
-# demangled kernel names without their parameter lists: name<template args>
+# demangled kernel names without their parameter lists: name<template args>, one
+# word (no space after the commas between template arguments)
 while read -r mangled regs stack st ld sm; do
-    pretty=$(printf '%s\n' "$mangled" | c++filt | sed -e 's/^void //' -e 's/(.*$//')
+    pretty=$(printf '%s\n' "$mangled" | c++filt | sed -e 's/^void //' -e 's/(.*$//' -e 's/, /,/g')
     printf '%s %s %s %s %s %s\n' "$pretty" "$regs" "$stack" "$st" "$ld" "$sm"
 done <"$work/usage.raw" | sort >"$work/usage"
 

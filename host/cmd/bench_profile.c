@@ -12,13 +12,14 @@
 enum {
     P_UPLOAD, P_DOWNLOAD, P_COPY, P_ZERO, P_MM_FWD, P_MM_BWD, P_RMS_FWD, P_RMS_BWD, P_EMB_FWD, P_EMB_BWD,
     P_LIF_FWD, P_LIF_BWD, P_AMSU_FWD, P_AMSU_BWD, P_XENT_FWD, P_XENT_BWD, P_ADAMW, P_NORM, P_COLSUMS,
-    P_AR_BEGIN, P_AR_WAIT, P_RS, P_AG, P_N
+    P_AR_BEGIN, P_AR_WAIT, P_RS, P_AG, P_SPIKE_MM_FWD, P_SPIKE_MM_DW, P_TO_BF16, P_SPIKE_COLSUMS, P_N
 };
 static const char *names[P_N] = {
     "upload", "download", "copy", "zero", "matmul_forward", "matmul_backward", "rmsnorm_forward",
     "rmsnorm_backward", "embedding_forward", "embedding_backward", "neuron_forward", "neuron_backward",
     "amsu_forward", "amsu_backward", "xent_forward", "xent_backward", "adamw", "grad_norm_sq", "column_sums",
-    "allreduce_begin", "allreduce_wait", "reduce_scatter", "allgather"};
+    "allreduce_begin", "allreduce_wait", "reduce_scatter", "allgather", "spike_matmul_forward",
+    "spike_matmul_dW", "to_bf16", "spike_column_sums"};
 
 static Backend in, prof;
 static void (*sync_fn)(void);
@@ -57,7 +58,7 @@ static void p_mm_fwd(float *out, const float *inp, const float *W, int M, int K,
 }
 static void p_mm_bwd(float *dinp, float *dW, const float *dout, const float *inp, const float *W, int M, int K, int N,
                      float alpha, int acc_) {
-    TIMED(P_MM_BWD, (dinp ? 4.0 : 2.0) * M * K * N, in.matmul_backward(dinp, dW, dout, inp, W, M, K, N, alpha, acc_));
+    TIMED(P_MM_BWD, ((dinp ? 2.0 : 0.0) + (dW ? 2.0 : 0.0)) * M * K * N, in.matmul_backward(dinp, dW, dout, inp, W, M, K, N, alpha, acc_));
 }
 static void p_rms_fwd(float *out, float *rstd, const float *x, const float *g, int N, int C) {
     TIMED(P_RMS_FWD, 0, in.rmsnorm_forward(out, rstd, x, g, N, C));
@@ -109,6 +110,16 @@ static double p_norm(const float *g, size_t n) {
 static void p_colsums(double *s, const float *x, int M, int N, int absval) {
     TIMED(P_COLSUMS, 0, in.column_sums(s, x, M, N, absval));
 }
+static void p_spike_mm_fwd(float *out, const bf16_t *s, const bf16_t *W16, int M, int K, int N, const float *add) {
+    TIMED(P_SPIKE_MM_FWD, 2.0 * M * K * N, in.spike_matmul_forward(out, s, W16, M, K, N, add));
+}
+static void p_spike_mm_dW(float *dW, bf16_t *d16, const float *dout, const bf16_t *s, int M, int K, int N) {
+    TIMED(P_SPIKE_MM_DW, 2.0 * M * K * N, in.spike_matmul_dW(dW, d16, dout, s, M, K, N));
+}
+static void p_to_bf16(bf16_t *d, const float *x, size_t n) { TIMED(P_TO_BF16, 0, in.to_bf16(d, x, n)); }
+static void p_spike_colsums(double *sums, const bf16_t *s, int M, int N) {
+    TIMED(P_SPIKE_COLSUMS, 0, in.spike_column_sums(sums, s, M, N));
+}
 static void p_ar_begin(float *b, size_t n) { TIMED(P_AR_BEGIN, 0, in.allreduce_begin(b, n)); }
 static void p_ar_wait(void) { TIMED(P_AR_WAIT, 0, in.allreduce_wait()); }
 static void p_rs(float *b, size_t n) { TIMED(P_RS, 0, in.reduce_scatter(b, n)); }
@@ -127,6 +138,10 @@ const Backend *profile_backend(const Backend *inner, void (*sync)(void)) {
     prof.adamw = p_adamw, prof.grad_norm_sq = p_norm, prof.column_sums = p_colsums;
     prof.allreduce_begin = p_ar_begin, prof.allreduce_wait = p_ar_wait;
     prof.reduce_scatter = p_rs, prof.allgather = p_ag;
+    if (inner->spike_bytes) {  // the bf16-spike entries, where the backend has them
+        prof.spike_matmul_forward = p_spike_mm_fwd, prof.spike_matmul_dW = p_spike_mm_dW;
+        prof.to_bf16 = p_to_bf16, prof.spike_column_sums = p_spike_colsums;
+    }
     profile_reset();
     return &prof;
 }

@@ -73,7 +73,7 @@ static int amsu_run(const Backend *be, float *y, AmsuActs *acts, float *dz, Amsu
 #undef TAKE
     for (int i = 0; i < 7; i++)
         if (hw[i]) be->upload(wp + (i < 5 ? i * ncc : 5 * ncc + (i - 5) * C), hw[i], (i < 5 ? ncc : C) * sizeof(float));
-    AmsuWeights w = {wp, wp + 4 * ncc, sh.astro ? wp + 5 * ncc : NULL, wp + 5 * ncc + C};
+    AmsuWeights w = {wp, wp + 4 * ncc, sh.astro ? wp + 5 * ncc : NULL, wp + 5 * ncc + C, NULL};
     be->upload(z_d, z, n * sizeof(float));
     be->upload(dy_d, dy, n * sizeof(float));
     be->zero(gp, (5 * ncc + 2 * C) * sizeof(float));

@@ -56,7 +56,7 @@ static void run(Shape s, int reps, double out[2][3]) {
     fill(ds, n, 1.0f, &r);
     fill(W, 5 * cc, 1.0f / (float)C, &r);
     for (int i = 0; i < C; i++) al[i] = (float)(2.0 + rng_gauss(&r));
-    AmsuWeights w = {W, W + 4 * cc, al, ab};
+    AmsuWeights w = {W, W + 4 * cc, al, ab, NULL};
     AmsuGrads g = {G, G + 4 * cc, G + 5 * cc, G + 5 * cc + C};
     amsu_forward(y, &a, z, &w, sh, NULL, NULL, NULL);  // the activations the recurrence reads
     double *t = xmalloc((size_t)(reps + 1) * 6 * sizeof(double));

@@ -111,10 +111,12 @@ static void dry_run(const TrainOptions *o) {
     printf("glia train --dry-run: %s model, %.2f M parameters (L %d, C %d, heads %d, FFN %d, vocab %d padded to %d)\n",
            o->cfg.astro ? "AM-SU" : "LIF", model_config_nparams(&o->cfg) / 1e6, o->cfg.L, o->cfg.C, o->cfg.Nh,
            o->cfg.F, o->cfg.V, o->cfg.Vp);
-    printf("per rank (%d rank%s%s), on %s, %d sequences x %d tokens, fp32 throughout:\n", world, world > 1 ? "s" : "",
-           o->zero ? ", ZeRO-1" : "", o->backend->name, B, T);
+    const int s16 = o->backend->spike_bytes && o->backend->spike_bytes() == 2;
+    printf("per rank (%d rank%s%s), on %s, %d sequences x %d tokens, %s:\n", world, world > 1 ? "s" : "",
+           o->zero ? ", ZeRO-1" : "", o->backend->name, B, T,
+           s16 ? "fp32 but the spikes s and r (bf16)" : "fp32 throughout");
     ActsTensor e[MODEL_ACTS_MAX];
-    int nl, n = model_acts_list(&o->cfg, B, T, e, &nl);
+    int nl, n = model_acts_list(&o->cfg, o->backend, B, T, e, &nl);
     printf("activations kept for the backward (x %d: once per layer):\n  %-15s %-14s %-20s %-6s %14s %4s %14s %10s\n",
            o->cfg.L, "tensor", "shape", "", "type", "bytes each", "x", "bytes", "MiB");
     for (int i = 0; i <= n; i++) {  // the last row: the token ids
@@ -122,22 +124,22 @@ static void dry_run(const TrainOptions *o) {
         size_t each, count = i < nl ? (size_t)o->cfg.L : 1;
         if (i < n) {
             for (int k = 0; k < e[i].ndim; k++) q += sprintf(q, "%s%zu", k ? "x" : "", e[i].shape[k]);
-            each = acts_numel(&e[i]) * sizeof(float);
+            each = acts_bytes(&e[i]);
         } else {
             snprintf(num, sizeof num, "2x%dx%d", B, T);
             each = model_ids_bytes(B, T);
         }
         printf("  %-15s %-14s %-20s %-6s %14zu %4zu %14zu %10.1f\n", i < n ? e[i].name : "tokens,targets",
-               i < n ? e[i].dims : "2,B,T", num, i < n ? "fp32" : "int32", each, count, each * count,
-               each * count / 1048576.0);
+               i < n ? e[i].dims : "2,B,T", num, i < n ? (e[i].bytes == 2 ? "bf16" : "fp32") : "int32", each, count,
+               each * count, each * count / 1048576.0);
     }
     const size_t total = mm.params + mm.grads + mm.moments + mm.acts + mm.scratch;
-    printf("  parameters         %9.3f GiB %16zu bytes\n  gradients          %9.3f GiB %16zu bytes\n"
+    printf("  parameters         %9.3f GiB %16zu bytes%s\n  gradients          %9.3f GiB %16zu bytes\n"
            "  AdamW moments      %9.3f GiB %16zu bytes%s\n  activations        %9.3f GiB %16zu bytes  (the table)\n"
            "  backward scratch   %9.3f GiB %16zu bytes\n  total              %9.3f GiB %16zu bytes\n",
-           mm.params / GiB, mm.params, mm.grads / GiB, mm.grads, mm.moments / GiB, mm.moments,
-           o->zero ? "  (this rank's slice)" : "", mm.acts / GiB, mm.acts, mm.scratch / GiB, mm.scratch, total / GiB,
-           total);
+           mm.params / GiB, mm.params, s16 ? "  (and the bf16 mirror of W_O, W_2)" : "", mm.grads / GiB, mm.grads,
+           mm.moments / GiB, mm.moments, o->zero ? "  (this rank's slice)" : "", mm.acts / GiB, mm.acts,
+           mm.scratch / GiB, mm.scratch, total / GiB, total);
 }
 
 static int train_parse(int argc, char **argv, TrainOptions *po) {

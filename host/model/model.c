@@ -173,6 +173,7 @@ static void *be_alloc_or_die(const Backend *be, size_t bytes, const char *what) 
 }
 
 static void free_acts(Model *m);
+static void refresh_mirror(Model *m);
 
 int model_to_backend(Model *m, const Backend *be, char *err, size_t err_len) {
     if (be == m->be) return 0;
@@ -198,6 +199,7 @@ int model_to_backend(Model *m, const Backend *be, char *err, size_t err_len) {
 
 void model_upload_params(Model *m) {
     if (m->live != m->params) m->be->upload(m->live, m->params, m->nparams * sizeof(float));
+    refresh_mirror(m);
 }
 
 void model_sync_host(Model *m) {
@@ -301,6 +303,7 @@ double model_step(Model *m, float lr, float weight_decay, float clip, int step) 
                   1e-8f, t->decay ? weight_decay : 0.0f, step);
     }
     if (m->zero) be->allgather(m->live, m->mom_len);
+    refresh_mirror(m);
     return norm;
 }
 
@@ -345,9 +348,29 @@ static AmsuShape amsu_shape(const Model *m, int B, int T) {
     return (AmsuShape){B, T, m->cfg.C, m->cfg.Nh, m->cfg.astro};
 }
 
+static int spike_bytes(const Backend *be) { return be->spike_bytes ? be->spike_bytes() : 4; }
+
+// Layer l's W_O and W_2 in the bf16 mirror: (C, C) then (C, F).
+static bf16_t *WO_16(const Model *m, int l) {
+    return m->W16 + (size_t)l * ((size_t)m->cfg.C * m->cfg.C + (size_t)m->cfg.C * m->cfg.F);
+}
+static bf16_t *W2_16(const Model *m, int l) { return WO_16(m, l) + (size_t)m->cfg.C * m->cfg.C; }
+
+// The bf16 mirror from the fp32 parameters: after every change of live.
+static void refresh_mirror(Model *m) {
+    if (!m->W16) return;
+    const size_t C = m->cfg.C, F = m->cfg.F;
+    for (int l = 0; l < m->cfg.L; l++) {
+        m->be->to_bf16(WO_16(m, l), m->layers[l].W_O, C * C);
+        m->be->to_bf16(W2_16(m, l), m->layers[l].W_2, C * F);
+    }
+}
+
 static void free_acts(Model *m) {
     const Backend *be = m->be;
     if (m->acts_mem) be->free(m->acts_mem);
+    if (m->W16) be->free(m->W16);
+    m->W16 = NULL;
     if (m->grad_mem) be->free(m->grad_mem);
     if (m->tokens) be->free(m->tokens);
     if (m->emb_scratch) be->free(m->emb_scratch);
@@ -368,45 +391,52 @@ static void free_acts(Model *m) {
 // *a; each layer carves them again), then the head's (bound to *h's fields,
 // the logits first; model_alloc_acts carves the head before the layers).
 // Returns how many; the first *nlayer of them are the layer's.
-static int acts_list(const ModelConfig *c, int B, int T, LayerActs *a, Model *h, ActsTensor *e, int *nlayer) {
+// spike_bytes: the backend's (2: the spikes are bf16).
+static int acts_list(const ModelConfig *c, int spike_bytes, int B, int T, LayerActs *a, Model *h, ActsTensor *e,
+                     int *nlayer) {
     const size_t b = B, t = T, C = c->C, F = c->F, Vp = c->Vp;
     int n = 0;
-    e[n++] = (ActsTensor){"x_in", "B,T,C", 3, {b, t, C}, &a->x_in};
-    e[n++] = (ActsTensor){"z1", "B,T,C", 3, {b, t, C}, &a->z1};
-    e[n++] = (ActsTensor){"rstd1", "B,T", 2, {b, t}, &a->rstd1};
-    n += amsu_acts_list((AmsuShape){B, T, c->C, c->Nh, c->astro}, &a->amsu, e + n);
-    e[n++] = (ActsTensor){"x_mid", "B,T,C", 3, {b, t, C}, &a->x_mid};
-    e[n++] = (ActsTensor){"z2", "B,T,C", 3, {b, t, C}, &a->z2};
-    e[n++] = (ActsTensor){"rstd2", "B,T", 2, {b, t}, &a->rstd2};
-    e[n++] = (ActsTensor){"c", "B,T,F", 3, {b, t, F}, &a->c};
-    e[n++] = (ActsTensor){"w", "B,T,F", 3, {b, t, F}, &a->w};
-    e[n++] = (ActsTensor){"r", "B,T,F", 3, {b, t, F}, &a->r};
+    e[n++] = (ActsTensor){"x_in", "B,T,C", 3, {b, t, C}, &a->x_in, 4};
+    e[n++] = (ActsTensor){"z1", "B,T,C", 3, {b, t, C}, &a->z1, 4};
+    e[n++] = (ActsTensor){"rstd1", "B,T", 2, {b, t}, &a->rstd1, 4};
+    n += amsu_acts_list((AmsuShape){B, T, c->C, c->Nh, c->astro}, spike_bytes, &a->amsu, e + n);
+    e[n++] = (ActsTensor){"x_mid", "B,T,C", 3, {b, t, C}, &a->x_mid, 4};
+    e[n++] = (ActsTensor){"z2", "B,T,C", 3, {b, t, C}, &a->z2, 4};
+    e[n++] = (ActsTensor){"rstd2", "B,T", 2, {b, t}, &a->rstd2, 4};
+    e[n++] = (ActsTensor){"c", "B,T,F", 3, {b, t, F}, &a->c, 4};
+    e[n++] = (ActsTensor){"w", "B,T,F", 3, {b, t, F}, &a->w, 4};
+    e[n++] = (ActsTensor){"r", "B,T,F", 3, {b, t, F}, &a->r, spike_bytes};
     *nlayer = n;
-    e[n++] = (ActsTensor){"logits", "B,T,Vp", 3, {b, t, Vp}, &h->logits};
-    e[n++] = (ActsTensor){"x_out", "B,T,C", 3, {b, t, C}, &h->x_out};
-    e[n++] = (ActsTensor){"zf", "B,T,C", 3, {b, t, C}, &h->zf};
-    e[n++] = (ActsTensor){"rstdf", "B,T", 2, {b, t}, &h->rstdf};
-    e[n++] = (ActsTensor){"losses", "B,T", 2, {b, t}, &h->losses};
+    e[n++] = (ActsTensor){"logits", "B,T,Vp", 3, {b, t, Vp}, &h->logits, 4};
+    e[n++] = (ActsTensor){"x_out", "B,T,C", 3, {b, t, C}, &h->x_out, 4};
+    e[n++] = (ActsTensor){"zf", "B,T,C", 3, {b, t, C}, &h->zf, 4};
+    e[n++] = (ActsTensor){"rstdf", "B,T", 2, {b, t}, &h->rstdf, 4};
+    e[n++] = (ActsTensor){"losses", "B,T", 2, {b, t}, &h->losses, 4};
     return n;
 }
 
-int model_acts_list(const ModelConfig *c, int B, int T, ActsTensor *out, int *nlayer) {
+int model_acts_list(const ModelConfig *c, const Backend *be, int B, int T, ActsTensor *out, int *nlayer) {
     LayerActs a;
     Model h;
-    int n = acts_list(c, B, T, &a, &h, out, nlayer);
+    int n = acts_list(c, spike_bytes(be), B, T, &a, &h, out, nlayer);
     for (int i = 0; i < n; i++) out[i].dst = NULL;
     return n;
 }
 
 size_t model_ids_bytes(int B, int T) { return 2 * (size_t)B * T * sizeof(int); }
 
-// Floats of the activations for B × T: the list's, each layer's L times.
-static size_t acts_floats(const ModelConfig *c, int B, int T) {
+// Bytes of the activations for B × T on be: the list's, each layer's L times.
+static size_t acts_total(const ModelConfig *c, const Backend *be, int B, int T) {
     ActsTensor e[MODEL_ACTS_MAX];
-    int nl, n = model_acts_list(c, B, T, e, &nl);
+    int nl, n = model_acts_list(c, be, B, T, e, &nl);
     size_t total = 0;
-    for (int i = 0; i < n; i++) total += (i < nl ? (size_t)c->L : 1) * acts_numel(&e[i]);
+    for (int i = 0; i < n; i++) total += (i < nl ? (size_t)c->L : 1) * acts_bytes(&e[i]);
     return total;
+}
+
+// Elements of the bf16 mirror (Model.W16) on be: none with fp32 spikes.
+static size_t mirror_numel(const ModelConfig *c, const Backend *be) {
+    return spike_bytes(be) == 2 ? (size_t)c->L * ((size_t)c->C * c->C + (size_t)c->C * c->F) : 0;
 }
 
 // Floats of the backward's scratch for B × T on `be` (alloc_grad_scratch's layout).
@@ -419,10 +449,10 @@ static size_t grad_scratch_floats(const ModelConfig *c, const Backend *be, int B
 
 void model_memory(const ModelConfig *c, const Backend *be, int B, int T, int world, int zero, ModelMemory *mm) {
     const size_t P = (size_t)model_config_nparams(c), padded = zero ? (P + world - 1) / world * world : P;
-    mm->params = padded * sizeof(float);
+    mm->params = padded * sizeof(float) + mirror_numel(c, be) * sizeof(bf16_t);
     mm->grads = padded * sizeof(float);
     mm->moments = 2 * (zero ? padded / world : P) * sizeof(float);
-    mm->acts = acts_floats(c, B, T) * sizeof(float) + model_ids_bytes(B, T);
+    mm->acts = acts_total(c, be, B, T) + model_ids_bytes(B, T);
     mm->scratch = grad_scratch_floats(c, be, B, T) * sizeof(float) + be->embedding_scratch(B * T) * sizeof(int);
 }
 
@@ -433,19 +463,24 @@ void model_alloc_acts(Model *m, int B, int T) {
     const ModelConfig *c = &m->cfg;
     const Backend *be = m->be;
     const size_t bt = (size_t)B * T;
-    size_t total = acts_floats(c, B, T);
-    m->acts_mem = be_alloc_or_die(be, total * sizeof(float), "activations");
+    m->spike_bytes = spike_bytes(be);
+    m->acts_mem = be_alloc_or_die(be, acts_total(c, be, B, T), "activations");
     m->acts = xcalloc(c->L, sizeof(LayerActs));
     float *p = m->acts_mem;
     ActsTensor e[MODEL_ACTS_MAX];
-    int nl = 0, n = acts_list(c, B, T, &m->acts[0], m, e, &nl);
+    int nl = 0, n = acts_list(c, m->spike_bytes, B, T, &m->acts[0], m, e, &nl);
     p = acts_carve(e + nl, n - nl, p);  // the head first: rows of Vp logits keep the allocation's alignment
     for (int l = 0; l < c->L; l++) {
-        acts_list(c, B, T, &m->acts[l], m, e, &nl);
+        acts_list(c, m->spike_bytes, B, T, &m->acts[l], m, e, &nl);
         p = acts_carve(e, nl, p);
         amsu_acts_views(&m->acts[l].amsu, amsu_shape(m, B, T));
     }
-    m->acts_bytes = (size_t)(p - m->acts_mem) * sizeof(float) + model_ids_bytes(B, T);
+    m->acts_bytes = (size_t)((char *)p - (char *)m->acts_mem) + model_ids_bytes(B, T);
+    const size_t mirror = mirror_numel(c, be);
+    if (mirror) {
+        m->W16 = be_alloc_or_die(be, mirror * sizeof(bf16_t), "bf16 mirror of W_O and W_2");
+        refresh_mirror(m);
+    }
     m->tokens = be_alloc_or_die(be, model_ids_bytes(B, T), "token ids");
     m->targets = m->tokens + bt;
     m->host_targets = xmalloc(bt * sizeof(int));
@@ -502,8 +537,9 @@ static void test_record(Model *m, int l, int which, const float *s, int B, int T
 // ---- forward -------------------------------------------------------------------------
 
 // W_in is W_I with W_K, W_V, W_Q after it (model_new's order; bind_views checks).
-static AmsuWeights amsu_weights(const LayerParams *p) {
-    return (AmsuWeights){p->W_I, p->W_O, p->a_lambda, p->a_beta};
+// W_O16: the bf16 mirror of W_O with bf16 spikes, else NULL.
+static AmsuWeights amsu_weights(const LayerParams *p, const bf16_t *W_O16) {
+    return (AmsuWeights){p->W_I, p->W_O, p->a_lambda, p->a_beta, W_O16};
 }
 
 double model_forward(Model *m, const int *tokens, const int *targets, int B, int T, ModelState *state) {
@@ -513,6 +549,9 @@ double model_forward(Model *m, const int *tokens, const int *targets, int B, int
         fatal("model_forward: batch %dx%d does not fit the activations allocated for %dx%d", B, T, m->B, m->T);
     if (state && state->B != B) fatal("model_forward: state holds %d sequences, batch has %d", state->B, B);
     if (state && state->be != be) fatal("model_forward: the state is on another backend than the model");
+    if (spike_bytes(be) != m->spike_bytes)
+        fatal("model_forward: the backend's spike storage changed after the activations were carved (set the "
+              "matmul mode first)");
     const int C = c->C, F = c->F, V = c->V, Vp = c->Vp, M = B * T;
     const AmsuShape sh = amsu_shape(m, B, T);
     NeuronTestMode tb;
@@ -523,7 +562,7 @@ double model_forward(Model *m, const int *tokens, const int *targets, int B, int
     for (int l = 0; l < c->L; l++) {
         LayerActs *a = &m->acts[l];
         const LayerParams *p = &m->layers[l];
-        const AmsuWeights w = amsu_weights(p);
+        const AmsuWeights w = amsu_weights(p, m->W16 ? WO_16(m, l) : NULL);
         LayerState *ls = state ? &state->layers[l] : NULL;
         float *x_next = l + 1 < c->L ? m->acts[l + 1].x_in : m->x_out;
         // token mixer: x_mid = x_in + AMSU(RMSNorm(x_in))
@@ -537,7 +576,10 @@ double model_forward(Model *m, const int *tokens, const int *targets, int B, int
         be->neuron_forward(a->w, a->r, a->c, NULL, p->a_beta_ffn, ls ? ls->w : NULL, ls ? ls->r : NULL, B, T, F,
                            F, test_for(m, l, 1, &tb));
         test_record(m, l, 1, a->r, B, T, F);
-        be->matmul_forward(x_next, a->r, p->W_2, M, F, C, 1.0f, a->x_mid);
+        if (m->spike_bytes == 2)
+            be->spike_matmul_forward(x_next, (const bf16_t *)a->r, W2_16(m, l), M, F, C, a->x_mid);
+        else
+            be->matmul_forward(x_next, a->r, p->W_2, M, F, C, 1.0f, a->x_mid);
     }
     be->rmsnorm_forward(m->zf, m->rstdf, m->x_out, m->norm_f, M, C);
     be->matmul_forward(m->logits, m->zf, m->E, M, C, Vp, 1.0f, NULL);  // tied head over all Vp rows
@@ -566,6 +608,13 @@ const float *model_logits(const Model *m, int b, int t) {
 
 // ---- spike statistics --------------------------------------------------------------------
 
+// sum (N) = spikes per neuron over the rows [row0, row0 + rows) of s (·, N),
+// stored as the model stores spikes.
+static void spike_sums(const Model *m, double *sum, const float *s, int row0, int rows, int N) {
+    if (m->spike_bytes == 2) m->be->spike_column_sums(sum, (const bf16_t *)s + (size_t)row0 * N, rows, N);
+    else m->be->column_sums(sum, s + (size_t)row0 * N, rows, N, 0);
+}
+
 // Rate, never and always fired of N neurons over M positions, from their spike counts.
 static void rates(const double *count, int M, int N, double *rate, double *never, double *always) {
     double total = 0.0;
@@ -590,10 +639,10 @@ void model_stats(Model *m, ModelStats *st) {
     for (int l = 0; l < c->L; l++) {
         const LayerActs *a = &m->acts[l];
         LayerStats *ls = &st->layer[l];
-        be->column_sums(sum, a->amsu.s, M, C, 0);
+        spike_sums(m, sum, a->amsu.s, 0, M, C);
         rates(sum, M, C, &ls->amsu_rate, &ls->amsu_never, &ls->amsu_always);
         spikes += ls->amsu_rate * dC;
-        be->column_sums(sum, a->r, M, F, 0);
+        spike_sums(m, sum, a->r, 0, M, F);
         rates(sum, M, F, &ls->ffn_rate, &ls->ffn_never, &ls->ffn_always);
         spikes += ls->ffn_rate * dF;
         if (c->astro) {
@@ -623,9 +672,9 @@ void model_spike_sums(Model *m, int row0, int rows, double *amsu, double *ffn) {
     *amsu = *ffn = 0.0;
     for (int l = 0; l < c->L; l++) {
         const LayerActs *a = &m->acts[l];
-        m->be->column_sums(sum, a->amsu.s + (size_t)row0 * C, rows, C, 0);
+        spike_sums(m, sum, a->amsu.s, row0, rows, C);
         for (int n = 0; n < C; n++) *amsu += sum[n];
-        m->be->column_sums(sum, a->r + (size_t)row0 * F, rows, F, 0);
+        spike_sums(m, sum, a->r, row0, rows, F);
         for (int n = 0; n < F; n++) *ffn += sum[n];
     }
     free(sum);
@@ -673,13 +722,18 @@ void model_backward(Model *m, const int *tokens, float scale) {
         const LayerParams *p = &m->layers[l];
         LayerParams *g = &m->glayers[l];
         // x_out = x_mid + r W_2ᵀ
-        be->matmul_backward(m->dr, g->W_2, dx, a->r, p->W_2, M, F, C, 1.0f, 0);
+        if (m->spike_bytes == 2) {  // dz is free until W_1's backward: dx as bf16 there
+            be->matmul_backward(m->dr, NULL, dx, NULL, p->W_2, M, F, C, 1.0f, 0);
+            be->spike_matmul_dW(g->W_2, (bf16_t *)dz, dx, (const bf16_t *)a->r, M, F, C);
+        } else {
+            be->matmul_backward(m->dr, g->W_2, dx, a->r, p->W_2, M, F, C, 1.0f, 0);
+        }
         be->neuron_backward(m->dc, NULL, g->a_beta_ffn, m->lif_scratch, m->dr, a->w, NULL, a->r, p->a_beta_ffn, B,
                             T, F, F, test_for(m, l, 1, &tb));
         be->matmul_backward(dz, g->W_1, m->dc, a->z2, p->W_1, M, C, F, 1.0f, 0);
         be->rmsnorm_backward(dx, g->norm2, m->rms_scratch, dz, a->x_mid, p->norm2, a->rstd2, M, C);
         // x_mid = x_in + AMSU(z1)
-        const AmsuWeights w = amsu_weights(p);
+        const AmsuWeights w = amsu_weights(p, m->W16 ? WO_16(m, l) : NULL);
         AmsuGrads ag = {g->W_I, g->W_O, g->a_lambda, g->a_beta};
         be->amsu_backward(dz, &ag, m->amsu_scratch, dx, a->z1, &a->amsu, &w, sh, test_for(m, l, 0, &tb));
         be->rmsnorm_backward(dx, g->norm1, m->rms_scratch, dz, a->x_in, p->norm1, a->rstd1, M, C);

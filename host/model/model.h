@@ -78,7 +78,7 @@ typedef struct {
     float *rstd2;   // (B, T)
     float *c;       // (B, T, F) FFN current
     float *w;       // (B, T, F) FFN membrane
-    float *r;       // (B, T, F) FFN spikes
+    float *r;       // (B, T, F) FFN spikes: bf16 bits when Model.spike_bytes is 2 (so is amsu.s)
 } LayerActs;
 
 typedef struct {      // one layer's recurrent state for B sequences
@@ -123,6 +123,13 @@ typedef struct {
     int last_B, last_T, last_scored;  // the last forward's batch; whether it can be backpropagated
     float *acts_mem;
     size_t acts_bytes;  // what model_alloc_acts carved, token ids included
+    // the backend's spike_bytes when the activations were carved: 4, or 2 (bf16
+    // spikes s and r), which W16 goes with: the bf16 mirror of the weights that
+    // multiply spikes, W_O (C, C) then W_2 (C, F) of each layer in turn,
+    // refreshed whenever live changes (a model_share view carves its own when
+    // its activations are carved: views serve, their parameters do not change)
+    int spike_bytes;
+    bf16_t *W16;  // (L, C·C + C·F) with 2-byte spikes, else NULL
     LayerActs *acts;  // (L)
     float *x_out;     // (B, T, C) residual stream after the last layer
     float *zf;        // (B, T, C)
@@ -185,7 +192,9 @@ void model_set_reduce(Model *m, int on);
 double model_step(Model *m, float lr, float weight_decay, float clip, int step);
 // What training B sequences of T tokens takes in the backend's memory, per
 // rank of `world` (ZeRO-1 with `zero`), in bytes, without allocating anything
-// (glia train --dry-run). Everything is fp32 (SPEC, Precision).
+// (glia train --dry-run). Everything is fp32 (SPEC, Precision) but the spikes
+// where the backend stores them as bf16 (backend.h spike_bytes); params then
+// includes the bf16 mirror of W_O and W_2 (Model.W16).
 typedef struct {
     size_t params, grads, moments;  // padded under ZeRO-1; moments: this rank's two
     size_t acts;                    // the forward's saved activations (model_alloc_acts)
@@ -199,7 +208,7 @@ void model_alloc_acts(Model *m, int B, int T);
 // head's, held once. Returns how many (at most MODEL_ACTS_MAX). The token
 // ids beside them (tokens and targets, int32) take model_ids_bytes.
 #define MODEL_ACTS_MAX 32
-int model_acts_list(const ModelConfig *cfg, int B, int T, ActsTensor *out, int *nlayer);
+int model_acts_list(const ModelConfig *cfg, const Backend *be, int B, int T, ActsTensor *out, int *nlayer);
 size_t model_ids_bytes(int B, int T);
 const ParamTensor *model_find(const Model *m, const char *name);
 

@@ -43,6 +43,11 @@ typedef struct Backend {
     void (*describe)(char *buf, size_t len);  // "NVIDIA H100 80GB HBM3, 79.2 GiB", "CPU, 2 threads"
     void (*set_matmul)(int mode);             // MATMUL_FP32 / TF32 / BF16 (cuda.h); exact-only backends ignore it
     int (*set_amsu)(int mode);                // AMSU_SCAN or AMSU_CHUNK: 0, or -1 where the backend lacks it
+    // bytes per stored spike (the FFN's r of neuron_forward / neuron_backward, the AM-SU's s when
+    // AmsuWeights.W_O16 is given): 4, fp32, or 2, bf16 bits in the same float * (exact: 0 or 1), as
+    // the CUDA backend in MATMUL_BF16 mode; NULL: 4. With 2 the model multiplies spikes only
+    // through the spike_* entries below (else NULL)
+    int (*spike_bytes)(void);
 
     // ---- ops
     // out (M, N) = add + alpha · inp (M, K) @ W (N, K)ᵀ; add (M, N): NULL, out (in place) or another buffer
@@ -51,6 +56,13 @@ typedef struct Backend {
     // dinp (M, K) = alpha · dout @ W (+= with accumulate; skipped if NULL); dW (N, K) += alpha · doutᵀ @ inp
     void (*matmul_backward)(float *dinp, float *dW, const float *dout, const float *inp, const float *W, int M,
                             int K, int N, float alpha, int accumulate);
+    // 2-byte spikes: out (M, N) = add + s (M, K) @ W16 (N, K)ᵀ, W16 the weights as bf16; add as above
+    void (*spike_matmul_forward)(float *out, const bf16_t *s, const bf16_t *W16, int M, int K, int N,
+                                 const float *add);
+    // 2-byte spikes: dW (N, K) += doutᵀ @ s (M, K), dout (M, N) converted to bf16 into dout16 (M · N) first
+    void (*spike_matmul_dW)(float *dW, bf16_t *dout16, const float *dout, const bf16_t *s, int M, int K, int N);
+    // dst (n) = src rounded to bf16, to nearest even (common/bf16.h); NULL where spike_bytes is
+    void (*to_bf16)(bf16_t *dst, const float *src, size_t n);
     // out (N, C) = g ⊙ x / sqrt(mean(x²) + eps); rstd (N)
     void (*rmsnorm_forward)(float *out, float *rstd, const float *x, const float *g, int N, int C);
     size_t (*rmsnorm_scratch)(int N, int C);  // floats
@@ -63,6 +75,7 @@ typedef struct Backend {
     // dE[tokens_host[i]] += dx[i], each token's rows summed in position order
     void (*embedding_backward)(float *dE, const float *dx, const int *tokens_host, int *scratch, int M, int C);
     // the LIF neuron (cpu.h neuron_forward / neuron_backward); current and dcurrent at row stride ld;
+    // s holds spike_bytes() per spike (the streaming state s_state is fp32 always);
     // test: CPU only (NULL elsewhere)
     void (*neuron_forward)(float *u, float *s, const float *current, const float *o, const float *a_beta,
                            float *u_state, float *s_state, int B, int T, int N, int ld, const NeuronTestMode *test);
@@ -90,6 +103,8 @@ typedef struct Backend {
     double (*grad_norm_sq)(const float *g, size_t n);  // Σ g², fixed order; the result on the host
     // sums_host (N) = Σ over the M rows of x (M, N), of |x| with absval; double, rows in order
     void (*column_sums)(double *sums_host, const float *x, int M, int N, int absval);
+    // the same of 2-byte spikes s (M, N), absval 0 (NULL where spike_bytes is)
+    void (*spike_column_sums)(double *sums_host, const bf16_t *s, int M, int N);
 
     // ---- collectives over the ranks of the job (common/dist.h; the identity with one process)
     void (*comm_init)(int rank, int world, int local_rank);  // before the first collective

@@ -9,10 +9,15 @@
 #define GLIA_TYPES_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+// A bf16 value as its bits (common/bf16.h converts): spikes stored as bf16
+// (backend.h spike_bytes) and the bf16 mirror of the weights that read them.
+typedef uint16_t bf16_t;
 
 // Astrocyte state is checkpointed every GLIA_CHUNK timesteps in the forward;
 // the backward recomputes the states inside a chunk from its checkpoint.
@@ -48,6 +53,8 @@ typedef struct {
     const float *W_O;       // (C, C)
     const float *a_lambda;  // (Nh, D)
     const float *a_beta;    // (C)
+    const bf16_t *W_O16;    // (C, C) W_O as bf16 where the spikes s are stored as bf16 (backend.h
+                            //   spike_bytes 2), else NULL
 } AmsuWeights;
 
 typedef struct {
@@ -61,7 +68,7 @@ typedef struct {       // what the forward keeps for the backward
     float *P;          // (B, T, ld) the projections, each row [I | k | v | q]
     float *I, *k, *v;  // views into P, row stride ld: synaptic current, key / sqrt(D), value,
     float *q;          //   query (k, v, q NULL with astro off)
-    float *o, *u, *s;  // (B, T, C) astrocyte output, membrane, spikes
+    float *o, *u, *s;  // (B, T, C) astrocyte output, membrane, spikes (s: bf16 bits with W_O16)
     float *Hckpt;      // (B, Nh, nchunks(T), D, D) astrocyte checkpoints
 } AmsuActs;
 

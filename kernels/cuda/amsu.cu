@@ -103,11 +103,12 @@
 
 // One block per (sequence b, head h), flattened as blockIdx.x = b·Nh + h;
 // D threads, thread j owns column j of H and neuron c = h·D + j.
-template <int D>
+// SB: bytes per stored spike (cuda_common.h); the streaming state stays fp32.
+template <int D, int SB>
 __global__ void __launch_bounds__(D)
 amsu_recurrence_forward_kernel(float *__restrict__ o,              // (B, T, C)
                                float *__restrict__ u,              // (B, T, C)
-                               float *__restrict__ s,              // (B, T, C)
+                               Spike<SB> *__restrict__ s,          // (B, T, C)
                                float *__restrict__ Hckpt,          // (B, Nh, nch, D, D) or NULL
                                const float *__restrict__ I,        // (B, T, C), row stride ld
                                const float *__restrict__ k,        // (B, T, C), row stride ld
@@ -199,7 +200,7 @@ amsu_recurrence_forward_kernel(float *__restrict__ o,              // (B, T, C)
         const float st = step_spike(step_potential(ut, ot));
         o[off] = ot;
         u[off] = ut;
-        s[off] = st;
+        spike_put(s + off, st);
         u_prev = ut;
         s_prev = st;
     }
@@ -216,10 +217,12 @@ amsu_recurrence_forward_kernel(float *__restrict__ o,              // (B, T, C)
 
 // astro == 0: a thread per (sequence, channel), flattened as
 // blockIdx.x = b·ceil(C / blockDim.x) + channel block. o is written as 0
-// (the FFN passes none: NULL).
+// (the FFN passes none: NULL). SB: bytes per stored spike (cuda_common.h;
+// the streaming state s_state stays fp32).
+template <int SB>
 __global__ void lif_forward_kernel(float *__restrict__ o,             // (B, T, C) or NULL
                                    float *__restrict__ u,             // (B, T, C)
-                                   float *__restrict__ s,             // (B, T, C)
+                                   Spike<SB> *__restrict__ s,         // (B, T, C)
                                    const float *__restrict__ I,       // (B, T, C), row stride ld
                                    const float *__restrict__ a_beta,  // (C)
                                    float *__restrict__ u_state,       // (B, C) or NULL
@@ -239,7 +242,7 @@ __global__ void lif_forward_kernel(float *__restrict__ o,             // (B, T, 
         const float st = step_spike(step_potential(ut, 0.0f));
         if (o) o[off] = 0.0f;
         u[off] = ut;
-        s[off] = st;
+        spike_put(s + off, st);
         u_prev = ut;
         s_prev = st;
     }
@@ -263,7 +266,7 @@ static constexpr int amsu_bwd_smem_floats(int D) {
 // One block per (sequence b, head h), flattened as blockIdx.x = b·Nh + h;
 // D threads, thread i owns row i of H and G and neuron c = h·D + i. See the
 // top comment. L = min(T, GLIA_CHUNK): H recompute rows per block, minus one.
-template <int D>
+template <int D, int SB>
 __global__ void __launch_bounds__(D)
 amsu_recurrence_backward_kernel(float *__restrict__ dI,              // (B, T, C), row stride ld
                                 float *__restrict__ dk,              // (B, T, C), row stride ld
@@ -275,7 +278,7 @@ amsu_recurrence_backward_kernel(float *__restrict__ dI,              // (B, T, C
                                 const float *__restrict__ ds,        // (B, T, C)
                                 const float *__restrict__ u,         // (B, T, C)
                                 const float *__restrict__ o,         // (B, T, C)
-                                const float *__restrict__ s,         // (B, T, C)
+                                const Spike<SB> *__restrict__ s,     // (B, T, C)
                                 const float *__restrict__ k,         // (B, T, C), row stride ld
                                 const float *__restrict__ v,         // (B, T, C), row stride ld
                                 const float *__restrict__ q,         // (B, T, C), row stride ld
@@ -319,7 +322,7 @@ amsu_recurrence_backward_kernel(float *__restrict__ dI,              // (B, T, C
     float n_ds = ds[base + (size_t)t * C], n_q = q[pbase + (size_t)t * ld];
     float n_k = k[pbase + (size_t)t * ld];
     float n_up = t > 0 ? u[base + (size_t)(t - 1) * C] : 0.0f;
-    float n_sp = t > 0 ? s[base + (size_t)(t - 1) * C] : 0.0f;
+    float n_sp = t > 0 ? spike_load(s[base + (size_t)(t - 1) * C]) : 0.0f;
 
     for (int ch = nch - 1; ch >= 0; ch--) {
         const int t0 = ch * GLIA_CHUNK, len = min(GLIA_CHUNK, T - t0);
@@ -399,7 +402,7 @@ amsu_recurrence_backward_kernel(float *__restrict__ dI,              // (B, T, C
                 n_k = k[poff - ld];
                 if (t > 1) {
                     n_up = u[pre - C];
-                    n_sp = s[pre - C];
+                    n_sp = spike_load(s[pre - C]);
                 } else {
                     n_up = 0.0f;
                     n_sp = 0.0f;
@@ -533,36 +536,34 @@ static int amsu_check_state(const char *who, const float *u_state, const float *
     return 0;
 }
 
-template <int D>
-static void amsu_launch(float *o, float *u, float *s, float *Hckpt, const float *I,
+template <int D, int SB>
+static void amsu_launch(float *o, float *u, Spike<SB> *s, float *Hckpt, const float *I,
                         const float *k, const float *v, const float *q, const float *a_lambda,
                         const float *a_beta, float *H_state, float *u_state, float *s_state,
                         int B, int T, int C, int Nh, int ld, cudaStream_t stream) {
-    amsu_recurrence_forward_kernel<D><<<B * Nh, D, 0, stream>>>(
+    amsu_recurrence_forward_kernel<D, SB><<<B * Nh, D, 0, stream>>>(
         o, u, s, Hckpt, I, k, v, q, a_lambda, a_beta, H_state, u_state, s_state, T, C, Nh,
         glia_nchunks(T), ld);
     cuda_check(cudaGetLastError());
 }
 
-extern "C" void amsu_recurrence_forward_cuda(float *o, float *u, float *s, float *Hckpt,
-                                             const float *I, const float *k, const float *v,
-                                             const float *q, const float *a_lambda,
-                                             const float *a_beta, float *H_state,
-                                             float *u_state, float *s_state, int B, int T,
-                                             int C, int Nh, int ld, int astro, void *stream) {
-    static const char *who = "amsu_recurrence_forward_cuda";
+template <int SB>
+static void recurrence_forward(const char *who, float *o, float *u, Spike<SB> *s, float *Hckpt, const float *I,
+                               const float *k, const float *v, const float *q, const float *a_lambda,
+                               const float *a_beta, float *H_state, float *u_state, float *s_state, int B, int T,
+                               int C, int Nh, int ld, int astro, void *stream) {
     if (amsu_check_shape(who, B, T, C, Nh, astro) != 0) exit(1);
     if (amsu_check_state(who, u_state, s_state) != 0) exit(1);
     cudaStream_t st = (cudaStream_t)stream;
     if (!astro) {
         int blocks = B * ceil_div(C, LIF_THREADS);
-        lif_forward_kernel<<<blocks, LIF_THREADS, 0, st>>>(o, u, s, I, a_beta, u_state, s_state,
+        lif_forward_kernel<SB><<<blocks, LIF_THREADS, 0, st>>>(o, u, s, I, a_beta, u_state, s_state,
                                                            T, C, ld);
         cuda_check(cudaGetLastError());
         return;
     }
 #define AMSU_FWD(D_)                                                                      \
-    amsu_launch<D_>(o, u, s, Hckpt, I, k, v, q, a_lambda, a_beta, H_state, u_state, s_state, \
+    amsu_launch<D_, SB>(o, u, s, Hckpt, I, k, v, q, a_lambda, a_beta, H_state, u_state, s_state, \
                     B, T, C, Nh, ld, st)
     switch (C / Nh) {
     case 8: AMSU_FWD(8); break;
@@ -573,6 +574,25 @@ extern "C" void amsu_recurrence_forward_cuda(float *o, float *u, float *s, float
     default: exit(1);  // unreachable: amsu_check_shape rejected it with a message
     }
 #undef AMSU_FWD
+}
+
+extern "C" void amsu_recurrence_forward_cuda(float *o, float *u, float *s, float *Hckpt,
+                                             const float *I, const float *k, const float *v,
+                                             const float *q, const float *a_lambda,
+                                             const float *a_beta, float *H_state,
+                                             float *u_state, float *s_state, int B, int T,
+                                             int C, int Nh, int ld, int astro, void *stream) {
+    recurrence_forward<4>("amsu_recurrence_forward_cuda", o, u, s, Hckpt, I, k, v, q, a_lambda, a_beta, H_state,
+                          u_state, s_state, B, T, C, Nh, ld, astro, stream);
+}
+
+extern "C" void amsu_recurrence_forward_s16_cuda(float *o, float *u, bf16_t *s, float *Hckpt, const float *I,
+                                                 const float *k, const float *v, const float *q,
+                                                 const float *a_lambda, const float *a_beta, float *H_state,
+                                                 float *u_state, float *s_state, int B, int T, int C, int Nh,
+                                                 int ld, int astro, void *stream) {
+    recurrence_forward<2>("amsu_recurrence_forward_s16_cuda", o, u, s, Hckpt, I, k, v, q, a_lambda, a_beta,
+                          H_state, u_state, s_state, B, T, C, Nh, ld, astro, stream);
 }
 
 // Where the dβ partials start in the backward's scratch: after the H
@@ -589,9 +609,9 @@ extern "C" size_t amsu_backward_scratch_floats(int B, int T, int C, int Nh) {
     return amsu_bwd_partials_offset(B, T, C, Nh) + 2 * (size_t)B * C;
 }
 
-template <int D>
+template <int D, int SB>
 static void amsu_backward_launch(float *dI, float *dk, float *dv, float *dq, float *scratch,
-                                 const float *ds, const float *u, const float *o, const float *s,
+                                 const float *ds, const float *u, const float *o, const Spike<SB> *s,
                                  const float *k, const float *v, const float *q,
                                  const float *Hckpt, const float *a_lambda, const float *a_beta,
                                  int B, int T, int C, int Nh, int ld, cudaStream_t stream) {
@@ -601,25 +621,24 @@ static void amsu_backward_launch(float *dI, float *dk, float *dv, float *dq, flo
     float *dlam_part = dbeta_part + (size_t)B * C;
     const int smem = amsu_bwd_smem_floats(D) * (int)sizeof(float);
     if (smem > 48 * 1024)
-        cuda_check(cudaFuncSetAttribute(amsu_recurrence_backward_kernel<D>,
+        cuda_check(cudaFuncSetAttribute(amsu_recurrence_backward_kernel<D, SB>,
                                         cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    amsu_recurrence_backward_kernel<D><<<B * Nh, D, smem, stream>>>(
+    amsu_recurrence_backward_kernel<D, SB><<<B * Nh, D, smem, stream>>>(
         dI, dk, dv, dq, Hrec, dbeta_part, dlam_part, ds, u, o, s, k, v, q, Hckpt, a_lambda,
         a_beta, T, C, Nh, glia_nchunks(T), L, ld);
     cuda_check(cudaGetLastError());
 }
 
-extern "C" void amsu_recurrence_backward_cuda(float *dI, float *dk, float *dv, float *dq,
-                                              float *da_lambda, float *da_beta, float *scratch,
-                                              const float *ds, const float *u, const float *o,
-                                              const float *s, const float *k, const float *v,
-                                              const float *q, const float *Hckpt,
-                                              const float *a_lambda, const float *a_beta, int B,
-                                              int T, int C, int Nh, int ld, void *stream) {
+template <int SB>
+static void recurrence_backward(float *dI, float *dk, float *dv, float *dq, float *da_lambda, float *da_beta,
+                                float *scratch, const float *ds, const float *u, const float *o, const Spike<SB> *s,
+                                const float *k, const float *v, const float *q, const float *Hckpt,
+                                const float *a_lambda, const float *a_beta, int B, int T, int C, int Nh, int ld,
+                                void *stream) {
     if (amsu_check_shape("amsu_recurrence_backward_cuda", B, T, C, Nh, 1) != 0) exit(1);
     cudaStream_t st = (cudaStream_t)stream;
 #define AMSU_BWD(D_)                                                                        \
-    amsu_backward_launch<D_>(dI, dk, dv, dq, scratch, ds, u, o, s, k, v, q, Hckpt, a_lambda, \
+    amsu_backward_launch<D_, SB>(dI, dk, dv, dq, scratch, ds, u, o, s, k, v, q, Hckpt, a_lambda, \
                              a_beta, B, T, C, Nh, ld, st)
     switch (C / Nh) {
     case 8: AMSU_BWD(8); break;
@@ -637,9 +656,30 @@ extern "C" void amsu_recurrence_backward_cuda(float *dI, float *dk, float *dv, f
     cuda_check(cudaGetLastError());
 }
 
+extern "C" void amsu_recurrence_backward_cuda(float *dI, float *dk, float *dv, float *dq,
+                                              float *da_lambda, float *da_beta, float *scratch,
+                                              const float *ds, const float *u, const float *o,
+                                              const float *s, const float *k, const float *v,
+                                              const float *q, const float *Hckpt,
+                                              const float *a_lambda, const float *a_beta, int B,
+                                              int T, int C, int Nh, int ld, void *stream) {
+    recurrence_backward<4>(dI, dk, dv, dq, da_lambda, da_beta, scratch, ds, u, o, s, k, v, q, Hckpt, a_lambda,
+                           a_beta, B, T, C, Nh, ld, stream);
+}
+
+extern "C" void amsu_recurrence_backward_s16_cuda(float *dI, float *dk, float *dv, float *dq, float *da_lambda,
+                                                  float *da_beta, float *scratch, const float *ds, const float *u,
+                                                  const float *o, const bf16_t *s, const float *k,
+                                                  const float *v, const float *q, const float *Hckpt,
+                                                  const float *a_lambda, const float *a_beta, int B, int T, int C,
+                                                  int Nh, int ld, void *stream) {
+    recurrence_backward<2>(dI, dk, dv, dq, da_lambda, da_beta, scratch, ds, u, o, s, k, v, q, Hckpt, a_lambda,
+                           a_beta, B, T, C, Nh, ld, stream);
+}
+
 template <int D> static void amsu_occupancy_at(CudaOccupancy out[3]) {
-    out[0] = occupancy_of("amsu forward", amsu_recurrence_forward_kernel<D>, D, 0);
-    out[1] = occupancy_of("amsu backward", amsu_recurrence_backward_kernel<D>, D,
+    out[0] = occupancy_of("amsu forward", amsu_recurrence_forward_kernel<D, 4>, D, 0);
+    out[1] = occupancy_of("amsu backward", amsu_recurrence_backward_kernel<D, 4>, D,
                           amsu_bwd_smem_floats(D) * sizeof(float));
 }
 
@@ -654,7 +694,7 @@ extern "C" void amsu_occupancy_cuda(CudaOccupancy out[3], int D) {
         fprintf(stderr, "amsu_occupancy_cuda: head size %d is not one the kernels run (8..128)\n", D);
         exit(1);
     }
-    out[2] = occupancy_of("lif forward", lif_forward_kernel, LIF_THREADS, 0);
+    out[2] = occupancy_of("lif forward", lif_forward_kernel<4>, LIF_THREADS, 0);
 }
 
 // ---- the layer ------------------------------------------------------------------------
@@ -699,16 +739,27 @@ extern "C" void amsu_forward_cuda(float *y, AmsuActs *a, const float *z, const A
     const int M = sh.B * sh.T, C = sh.C, ld = amsu_ld(sh);
     matmul_forward_cuda(a->P, z, w->W_in, M, C, ld, 1.0f, nullptr, stream);  // [I | k | v | q] = z W_inᵀ
     if (sh.astro) scale_rows_cuda(a->k, M, C, ld, 1.0f / sqrtf((float)(C / sh.Nh)), stream);
-    if (sh.astro && !state && amsu_mode == AMSU_CHUNK)
-        amsu_chunk_forward_cuda(a->o, a->u, a->s, a->Hckpt, a->I, a->k, a->v, a->q, w->a_lambda,
-                                w->a_beta, sh.B, sh.T, C, sh.Nh, ld, stream);
-    else
-        amsu_recurrence_forward_cuda(a->o, a->u, a->s, state ? nullptr : a->Hckpt, a->I, a->k,
-                                     a->v, a->q, w->a_lambda, w->a_beta,
-                                     state ? state->H : nullptr, state ? state->u : nullptr,
-                                     state ? state->s : nullptr, sh.B, sh.T, C, sh.Nh, ld, sh.astro,
+    bf16_t *s16 = w->W_O16 ? (bf16_t *)a->s : nullptr;  // the spikes as bf16 (BF16 mode)
+    float *Hc = state ? nullptr : a->Hckpt, *Hst = state ? state->H : nullptr;
+    float *ust = state ? state->u : nullptr, *sst = state ? state->s : nullptr;
+    if (sh.astro && !state && amsu_mode == AMSU_CHUNK) {
+        if (s16)
+            amsu_chunk_forward_s16_cuda(a->o, a->u, s16, a->Hckpt, a->I, a->k, a->v, a->q, w->a_lambda,
+                                        w->a_beta, sh.B, sh.T, C, sh.Nh, ld, stream);
+        else
+            amsu_chunk_forward_cuda(a->o, a->u, a->s, a->Hckpt, a->I, a->k, a->v, a->q, w->a_lambda,
+                                    w->a_beta, sh.B, sh.T, C, sh.Nh, ld, stream);
+    } else if (s16) {
+        amsu_recurrence_forward_s16_cuda(a->o, a->u, s16, Hc, a->I, a->k, a->v, a->q, w->a_lambda,
+                                         w->a_beta, Hst, ust, sst, sh.B, sh.T, C, sh.Nh, ld, sh.astro,
+                                         stream);
+    } else {
+        amsu_recurrence_forward_cuda(a->o, a->u, a->s, Hc, a->I, a->k, a->v, a->q, w->a_lambda,
+                                     w->a_beta, Hst, ust, sst, sh.B, sh.T, C, sh.Nh, ld, sh.astro,
                                      stream);
-    matmul_forward_cuda(y, a->s, w->W_O, M, C, C, 1.0f, add, stream);
+    }
+    if (s16) spike_matmul_forward_cuda(y, s16, w->W_O16, M, C, C, add, stream);
+    else matmul_forward_cuda(y, a->s, w->W_O, M, C, C, 1.0f, add, stream);
 }
 
 extern "C" void amsu_backward_cuda(float *dz, AmsuGrads *g, float *scratch, const float *dy,
@@ -719,23 +770,41 @@ extern "C" void amsu_backward_cuda(float *dz, AmsuGrads *g, float *scratch, cons
     // dP (M, ld): [dI | dk | dv | dq], the projections' gradients in P's layout
     float *ds = scratch, *dP = ds + btc, *dk = dP + C, *dv = dP + 2 * C, *dq = dP + 3 * C;
     float *rec = dP + (size_t)M * ld;
-    matmul_backward_cuda(ds, g->dW_O, dy, a->s, w->W_O, M, C, C, 1.0f, 0, stream);  // y = s W_Oᵀ
+    const bf16_t *s16 = w->W_O16 ? (const bf16_t *)a->s : nullptr;  // the spikes as bf16 (BF16 mode)
+    if (s16) {  // y = s W_Oᵀ; dy as bf16 in rec, free until the recurrence's backward
+        matmul_backward_cuda(ds, nullptr, dy, nullptr, w->W_O, M, C, C, 1.0f, 0, stream);
+        spike_matmul_dW_cuda(g->dW_O, (bf16_t *)rec, dy, s16, M, C, C, stream);
+    } else {
+        matmul_backward_cuda(ds, g->dW_O, dy, a->s, w->W_O, M, C, C, 1.0f, 0, stream);  // y = s W_Oᵀ
+    }
     // chunked: the neuron, then the astrocyte from dm = ∂L/∂o; the fused
     // backward where the chunked one cannot read this Hckpt in place (it
     // reads the same checkpoints, so it follows either forward)
     if (sh.astro && amsu_mode == AMSU_CHUNK && amsu_chunk_backward_ok(C / sh.Nh, a->Hckpt)) {
         float *dm = rec, *part = dm + btc;
-        neuron_backward_cuda(dP, dm, g->da_beta, part, ds, a->u, a->o, a->s, w->a_beta, sh.B, sh.T, C, ld,
-                             stream);
+        if (s16)
+            neuron_backward_s16_cuda(dP, dm, g->da_beta, part, ds, a->u, a->o, s16, w->a_beta, sh.B, sh.T, C,
+                                     ld, stream);
+        else
+            neuron_backward_cuda(dP, dm, g->da_beta, part, ds, a->u, a->o, a->s, w->a_beta, sh.B, sh.T, C, ld,
+                                 stream);
         amsu_chunk_backward_cuda(dk, dv, dq, g->da_lambda, part, dm, a->k, a->v, a->q,
                                  w->a_lambda, a->Hckpt, sh.B, sh.T, C, sh.Nh, ld, stream);
-    } else if (sh.astro)
+    } else if (sh.astro && s16) {
+        amsu_recurrence_backward_s16_cuda(dP, dk, dv, dq, g->da_lambda, g->da_beta, rec, ds, a->u,
+                                          a->o, s16, a->k, a->v, a->q, a->Hckpt, w->a_lambda,
+                                          w->a_beta, sh.B, sh.T, C, sh.Nh, ld, stream);
+    } else if (sh.astro) {
         amsu_recurrence_backward_cuda(dP, dk, dv, dq, g->da_lambda, g->da_beta, rec, ds, a->u,
                                       a->o, a->s, a->k, a->v, a->q, a->Hckpt, w->a_lambda,
                                       w->a_beta, sh.B, sh.T, C, sh.Nh, ld, stream);
-    else
+    } else if (s16) {
+        neuron_backward_s16_cuda(dP, nullptr, g->da_beta, rec, ds, a->u, nullptr, s16, w->a_beta,
+                                 sh.B, sh.T, C, ld, stream);
+    } else {
         neuron_backward_cuda(dP, nullptr, g->da_beta, rec, ds, a->u, nullptr, a->s, w->a_beta,
                              sh.B, sh.T, C, ld, stream);
+    }
     if (sh.astro) scale_rows_cuda(dk, M, C, ld, 1.0f / sqrtf((float)(C / sh.Nh)), stream);
     // [I | k | v | q] = z W_inᵀ
     matmul_backward_cuda(dz, g->dW_in, dP, z, w->W_in, M, C, ld, 1.0f, 0, stream);

@@ -115,11 +115,12 @@ __host__ __device__ constexpr int chunk_fwd_smem_floats(int D) {
 
 // One block per (sequence b, head h), blockIdx.x = b·Nh + h; Chunk<D>::threads
 // threads. See the top comment.
-template <int D>
+// SB: bytes per stored spike (cuda_common.h).
+template <int D, int SB>
 __global__ void __launch_bounds__(Chunk<D>::threads)
 amsu_chunk_forward_kernel(float *__restrict__ o,              // (B, T, C)
                           float *__restrict__ u,              // (B, T, C)
-                          float *__restrict__ s,              // (B, T, C)
+                          Spike<SB> *__restrict__ s,          // (B, T, C)
                           float *__restrict__ Hckpt,          // (B, Nh, nch, D, D) or NULL
                           const float *__restrict__ I,        // (B, T, C), row stride ld
                           const float *__restrict__ k,        // (B, T, C), row stride ld
@@ -222,7 +223,7 @@ amsu_chunk_forward_kernel(float *__restrict__ o,              // (B, T, C)
                 const float st = step_spike(step_potential(ut, ot));
                 o[g] = ot;
                 u[g] = ut;
-                s[g] = st;
+                spike_put(s + g, st);
                 u_prev = ut;
                 s_prev = st;
             }
@@ -449,24 +450,25 @@ static int chunk_check_shape(const char *who, int B, int T, int C, int Nh) {
     return 0;
 }
 
-template <int D>
-static void chunk_forward_launch(float *o, float *u, float *s, float *Hckpt, const float *I, const float *k,
+template <int D, int SB>
+static void chunk_forward_launch(float *o, float *u, Spike<SB> *s, float *Hckpt, const float *I, const float *k,
                                  const float *v, const float *q, const float *a_lambda, const float *a_beta, int B,
                                  int T, int C, int Nh, int ld, cudaStream_t stream) {
     const int smem = chunk_fwd_smem_floats(D) * (int)sizeof(float);
     if (smem > 48 * 1024)
-        cuda_check(cudaFuncSetAttribute(amsu_chunk_forward_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+        cuda_check(cudaFuncSetAttribute(amsu_chunk_forward_kernel<D, SB>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         smem));
-    amsu_chunk_forward_kernel<D><<<B * Nh, Chunk<D>::threads, smem, stream>>>(o, u, s, Hckpt, I, k, v, q, a_lambda, a_beta, T, C, Nh, glia_nchunks(T), ld);
+    amsu_chunk_forward_kernel<D, SB><<<B * Nh, Chunk<D>::threads, smem, stream>>>(o, u, s, Hckpt, I, k, v, q, a_lambda, a_beta, T, C, Nh, glia_nchunks(T), ld);
     cuda_check(cudaGetLastError());
 }
 
-extern "C" void amsu_chunk_forward_cuda(float *o, float *u, float *s, float *Hckpt, const float *I, const float *k,
-                                        const float *v, const float *q, const float *a_lambda, const float *a_beta,
-                                        int B, int T, int C, int Nh, int ld, void *stream) {
+template <int SB>
+static void chunk_forward(float *o, float *u, Spike<SB> *s, float *Hckpt, const float *I, const float *k,
+                          const float *v, const float *q, const float *a_lambda, const float *a_beta, int B, int T,
+                          int C, int Nh, int ld, void *stream) {
     if (chunk_check_shape("amsu_chunk_forward_cuda", B, T, C, Nh) != 0) exit(1);
     cudaStream_t st = (cudaStream_t)stream;
-#define CHUNK_FWD(D_) chunk_forward_launch<D_>(o, u, s, Hckpt, I, k, v, q, a_lambda, a_beta, B, T, C, Nh, ld, st)
+#define CHUNK_FWD(D_) chunk_forward_launch<D_, SB>(o, u, s, Hckpt, I, k, v, q, a_lambda, a_beta, B, T, C, Nh, ld, st)
     switch (C / Nh) {
     case 8: CHUNK_FWD(8); break;
     case 16: CHUNK_FWD(16); break;
@@ -476,6 +478,19 @@ extern "C" void amsu_chunk_forward_cuda(float *o, float *u, float *s, float *Hck
     default: exit(1);  // unreachable: chunk_check_shape rejected it with a message
     }
 #undef CHUNK_FWD
+}
+
+extern "C" void amsu_chunk_forward_cuda(float *o, float *u, float *s, float *Hckpt, const float *I, const float *k,
+                                        const float *v, const float *q, const float *a_lambda, const float *a_beta,
+                                        int B, int T, int C, int Nh, int ld, void *stream) {
+    chunk_forward<4>(o, u, s, Hckpt, I, k, v, q, a_lambda, a_beta, B, T, C, Nh, ld, stream);
+}
+
+extern "C" void amsu_chunk_forward_s16_cuda(float *o, float *u, bf16_t *s, float *Hckpt, const float *I,
+                                            const float *k, const float *v, const float *q, const float *a_lambda,
+                                            const float *a_beta, int B, int T, int C, int Nh, int ld,
+                                            void *stream) {
+    chunk_forward<2>(o, u, s, Hckpt, I, k, v, q, a_lambda, a_beta, B, T, C, Nh, ld, stream);
 }
 
 template <int D>

@@ -30,6 +30,13 @@ static void mm_bwd(float *dinp, float *dW, const float *dout, const float *inp, 
                    int N, float alpha, int acc) {
     matmul_backward_cuda(dinp, dW, dout, inp, W, M, K, N, alpha, acc, NULL);
 }
+static void spike_mm_fwd(float *out, const bf16_t *s, const bf16_t *W16, int M, int K, int N, const float *add) {
+    spike_matmul_forward_cuda(out, s, W16, M, K, N, add, NULL);
+}
+static void spike_mm_dW(float *dW, bf16_t *dout16, const float *dout, const bf16_t *s, int M, int K, int N) {
+    spike_matmul_dW_cuda(dW, dout16, dout, s, M, K, N, NULL);
+}
+static void to_bf16(bf16_t *dst, const float *src, size_t n) { to_bf16_cuda(dst, src, n, NULL); }
 static void rms_fwd(float *out, float *rstd, const float *x, const float *g, int N, int C) {
     rmsnorm_forward_cuda(out, rstd, x, g, N, C, NULL);
 }
@@ -64,15 +71,23 @@ static void lif_fwd(float *u, float *s, const float *current, const float *o, co
                     float *s_state, int B, int T, int N, int ld, const NeuronTestMode *test) {
     no_test_mode(test, "neuron_forward");
     if (o) fatal("neuron_forward on the GPU: o must be NULL (the AM-SU neuron runs inside amsu_forward)");
-    amsu_recurrence_forward_cuda(NULL, u, s, NULL, current, NULL, NULL, NULL, NULL, a_beta, NULL, u_state,
-                                 s_state, B, T, N, 1, ld, 0, NULL);
+    if (spike_bytes_cuda() == 2)
+        amsu_recurrence_forward_s16_cuda(NULL, u, (bf16_t *)s, NULL, current, NULL, NULL, NULL, NULL, a_beta, NULL,
+                                         u_state, s_state, B, T, N, 1, ld, 0, NULL);
+    else
+        amsu_recurrence_forward_cuda(NULL, u, s, NULL, current, NULL, NULL, NULL, NULL, a_beta, NULL, u_state,
+                                     s_state, B, T, N, 1, ld, 0, NULL);
 }
 static size_t lif_scratch(int B, int N) { return (size_t)B * N; }
 static void lif_bwd(float *dcurrent, float *dm, float *da_beta, float *scratch, const float *ds, const float *u,
                     const float *o, const float *s, const float *a_beta, int B, int T, int N, int ld,
                     const NeuronTestMode *test) {
     no_test_mode(test, "neuron_backward");
-    neuron_backward_cuda(dcurrent, dm, da_beta, scratch, ds, u, o, s, a_beta, B, T, N, ld, NULL);
+    if (spike_bytes_cuda() == 2)
+        neuron_backward_s16_cuda(dcurrent, dm, da_beta, scratch, ds, u, o, (const bf16_t *)s, a_beta, B, T, N, ld,
+                                 NULL);
+    else
+        neuron_backward_cuda(dcurrent, dm, da_beta, scratch, ds, u, o, s, a_beta, B, T, N, ld, NULL);
 }
 static void amsu_fwd(float *y, AmsuActs *a, const float *z, const AmsuWeights *w, AmsuShape sh, AmsuState *state,
                      const float *add, const NeuronTestMode *test) {
@@ -103,12 +118,20 @@ static double norm_sq(const float *g, size_t n) {
     cuda_download(&sq, dev, sizeof sq);
     return sq;
 }
-static void col_sums(double *sums_host, const float *x, int M, int N, int absval) {
+// x: fp32 (s NULL) or bf16 spikes s
+static void col_sums_of(double *sums_host, const float *x, const bf16_t *s, int M, int N, int absval) {
     double *dev = cuda_alloc((N > 0 ? (size_t)N : 1) * sizeof(double));
     if (!dev) fatal("GPU out of memory for %d column sums: %s", N, cuda_last_error_message());
-    column_sums_cuda(dev, x, M, N, absval, NULL);
+    if (s) spike_column_sums_cuda(dev, s, M, N, NULL);
+    else column_sums_cuda(dev, x, M, N, absval, NULL);
     cuda_download(sums_host, dev, (size_t)N * sizeof(double));
     cuda_free(dev);
+}
+static void col_sums(double *sums_host, const float *x, int M, int N, int absval) {
+    col_sums_of(sums_host, x, NULL, M, N, absval);
+}
+static void spike_col_sums(double *sums_host, const bf16_t *s, int M, int N) {
+    col_sums_of(sums_host, NULL, s, M, N, 0);
 }
 
 static const Backend cuda = {
@@ -124,8 +147,12 @@ static const Backend cuda = {
     .describe = cuda_device_describe,
     .set_matmul = matmul_set_mode,
     .set_amsu = dev_amsu,
+    .spike_bytes = spike_bytes_cuda,
     .matmul_forward = mm_fwd,
     .matmul_backward = mm_bwd,
+    .spike_matmul_forward = spike_mm_fwd,
+    .spike_matmul_dW = spike_mm_dW,
+    .to_bf16 = to_bf16,
     .rmsnorm_forward = rms_fwd,
     .rmsnorm_scratch = rmsnorm_backward_scratch_floats,
     .rmsnorm_backward = rms_bwd,
@@ -144,6 +171,7 @@ static const Backend cuda = {
     .adamw = adamw,
     .grad_norm_sq = norm_sq,
     .column_sums = col_sums,
+    .spike_column_sums = spike_col_sums,
     .comm_init = cuda_comm_init,
     .allreduce_begin = cuda_allreduce_begin,
     .allreduce_wait = cuda_allreduce_wait,

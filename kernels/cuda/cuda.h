@@ -8,7 +8,7 @@
 // (GLIA_HAVE_CUDA=1); callers guard their calls with that macro.
 //
 // Unless a name ends in _host, every pointer is a DEVICE pointer to fp32
-// data, laid out exactly as the CPU backend's (kernels/cpu/cpu.h):
+// data (bf16_t *: bf16 bits), laid out exactly as the CPU backend's (kernels/cpu/cpu.h):
 // activations row-major (B, T, C), channel fastest.
 #ifndef GLIA_CUDA_API_H
 #define GLIA_CUDA_API_H
@@ -91,6 +91,20 @@ void matmul_backward_cuda(float *dinp, float *dW, const float *dout, const float
 // both operands stored as bf16 bit patterns, fp32 accumulation and output.
 void matmul_forward_bf16_cuda(float *out, const uint16_t *inp, const uint16_t *W, int M, int K,
                               int N, void *stream);
+// Spike storage (backend.h spike_bytes): 2 (bf16 bits) in MATMUL_BF16 mode,
+// else 4 (fp32). The setter exists for tests/test_cuda_model.c only: with it
+// on, BF16 mode keeps fp32 spikes (the path before bf16 spikes, its oracle).
+int spike_bytes_cuda(void);
+void spikes_fp32_for_test_cuda(int on);
+// BF16 mode's spike products, spikes s and the weights' mirror W16 stored as bf16:
+// out (M, N) = add + s (M, K) @ W16 (N, K)ᵀ (add as matmul_forward_cuda's);
+// dW (N, K) += doutᵀ (M, N) @ s (M, K), dout converted into dout16 (M·N) first.
+void spike_matmul_forward_cuda(float *out, const bf16_t *s, const bf16_t *W16, int M, int K, int N,
+                               const float *add, void *stream);
+void spike_matmul_dW_cuda(float *dW, bf16_t *dout16, const float *dout, const bf16_t *s, int M, int K,
+                          int N, void *stream);
+// dst (n) = src rounded to bf16, to nearest even (common/bf16.h).
+void to_bf16_cuda(bf16_t *dst, const float *src, size_t n, void *stream);
 // How many GEMM shapes the matmuls' plan cache holds (device.cu): one per
 // distinct (transposes, sizes, leading dimensions, types, mode, beta != 0,
 // C != D, alignments), each with the heuristic's algorithm chosen once.
@@ -113,6 +127,10 @@ void rmsnorm_backward_cuda(float *dx, float *dg, float *scratch, const float *do
 void neuron_backward_cuda(float *dcurrent, float *dm, float *da_beta, float *scratch,
                           const float *ds, const float *u, const float *o, const float *s,
                           const float *a_beta, int B, int T, int N, int ld, void *stream);
+// The same with the spikes s stored as bf16.
+void neuron_backward_s16_cuda(float *dcurrent, float *dm, float *da_beta, float *scratch,
+                              const float *ds, const float *u, const float *o, const bf16_t *s,
+                              const float *a_beta, int B, int T, int N, int ld, void *stream);
 // x (M, C) = E[tokens[i]] for M device-resident token ids.
 void embedding_forward_cuda(float *x, const int *tokens, const float *E, int M, int C,
                             void *stream);
@@ -144,6 +162,8 @@ void grad_norm_sq_cuda(double *out, double *scratch, const float *g, size_t n, v
 
 // sums (N, device doubles) = Σ over the M rows of x (M, N), of |x| with absval.
 void column_sums_cuda(double *sums, const float *x, int M, int N, int absval, void *stream);
+// The same of bf16 spikes s (M, N) (absval 0).
+void spike_column_sums_cuda(double *sums, const bf16_t *s, int M, int N, void *stream);
 
 // 1 if the fused AM-SU kernel supports head size D (8, 16, 32, 64, 128).
 int amsu_head_size_supported(int D);
@@ -178,6 +198,14 @@ void amsu_recurrence_forward_cuda(float *o, float *u, float *s, float *Hckpt, co
                                   float *u_state, float *s_state, int B, int T, int C, int Nh,
                                   int ld, int astro, void *stream);
 
+// The same writing the spikes s as bf16 (BF16 mode's storage; the streaming
+// state s_state stays fp32); with astro 0 the FFN's LIF neuron.
+void amsu_recurrence_forward_s16_cuda(float *o, float *u, bf16_t *s, float *Hckpt, const float *I,
+                                      const float *k, const float *v, const float *q,
+                                      const float *a_lambda, const float *a_beta, float *H_state,
+                                      float *u_state, float *s_state, int B, int T, int C, int Nh,
+                                      int ld, int astro, void *stream);
+
 // The fused AM-SU backward (astro == 1; the ablation uses neuron_backward_cuda)
 // of a forward from zero state, per SPEC.md "Backward pass": given
 // ds (B, T, C) = ∂L/∂s and the forward's saved u, o, s, k, v, q, Hckpt,
@@ -195,6 +223,14 @@ void amsu_recurrence_backward_cuda(float *dI, float *dk, float *dv, float *dq, f
                                    const float *Hckpt, const float *a_lambda,
                                    const float *a_beta, int B, int T, int C, int Nh, int ld,
                                    void *stream);
+// The same reading the spikes s as bf16.
+void amsu_recurrence_backward_s16_cuda(float *dI, float *dk, float *dv, float *dq, float *da_lambda,
+                                       float *da_beta, float *scratch, const float *ds,
+                                       const float *u, const float *o, const bf16_t *s,
+                                       const float *k, const float *v, const float *q,
+                                       const float *Hckpt, const float *a_lambda,
+                                       const float *a_beta, int B, int T, int C, int Nh, int ld,
+                                       void *stream);
 
 // The same computation on HOST pointers, for tests: allocates device buffers,
 // fills the outputs on the device with NaN (so an unwritten entry cannot pass
@@ -221,6 +257,10 @@ int amsu_chunk_head_size_supported(int D);
 void amsu_chunk_forward_cuda(float *o, float *u, float *s, float *Hckpt, const float *I, const float *k,
                              const float *v, const float *q, const float *a_lambda, const float *a_beta, int B,
                              int T, int C, int Nh, int ld, void *stream);
+// The same writing the spikes s as bf16.
+void amsu_chunk_forward_s16_cuda(float *o, float *u, bf16_t *s, float *Hckpt, const float *I, const float *k,
+                                 const float *v, const float *q, const float *a_lambda, const float *a_beta, int B,
+                                 int T, int C, int Nh, int ld, void *stream);
 // The astrocyte's backward in chunks (cpu.h astro_backward_chunk on device
 // pointers): from dout = ∂L/∂o and the forward's Hckpt, writes dk, dv, dq
 // (B, T, C; row stride ld, as k, v, q) and ADDS into da_lambda (Nh, D), chained through λ's sigmoid,
@@ -238,6 +278,8 @@ void amsu_chunk_backward_cuda(float *dk, float *dv, float *dq, float *da_lambda,
 // cpu.h's amsu_forward / amsu_backward on the GPU: the structs hold device
 // pointers (acts carved with amsu_acts_bind from device memory). The forward
 // writes y = add + W_O s (add as matmul_forward_cuda's: the residual stream);
+// with w->W_O16 (BF16 mode) the spikes a->s are stored as bf16 and multiplied
+// with that mirror (spike_matmul_forward_cuda, spike_matmul_dW_cuda);
 // state: NULL from zero (Hckpt written), else streaming (Hckpt not written).
 // The backward overwrites dz and adds into the parameter gradients.
 // scratch: amsu_scratch_floats_cuda(sh) floats.

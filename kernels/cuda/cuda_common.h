@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "common/bf16.h"
 #include "common/check.h"
 #include "cuda/cuda.h"  // CudaOccupancy
 
@@ -31,6 +32,18 @@ __host__ __device__ static inline int ceil_div(int a, int b) { return (a + b - 1
 __host__ __device__ static inline size_t ceil_div_size(size_t a, size_t b) {
     return (a + b - 1) / b;
 }
+
+// Spikes as the kernels store them, fp32 or bf16 (exact: 0 or 1). Kernels
+// take the bytes per spike SB (4 or 2, backend.h spike_bytes) as their
+// template parameter, Spike<SB> its type, and read and write through these.
+template <int SB> struct SpikeOf;
+template <> struct SpikeOf<4> { typedef float type; };
+template <> struct SpikeOf<2> { typedef bf16_t type; };
+template <int SB> using Spike = typename SpikeOf<SB>::type;
+__host__ __device__ static inline float spike_load(float s) { return s; }
+__host__ __device__ static inline float spike_load(bf16_t s) { return glia_from_bf16(s); }
+__host__ __device__ static inline void spike_put(float *p, float s) { *p = s; }
+__host__ __device__ static inline void spike_put(bf16_t *p, float s) { *p = glia_to_bf16(s); }
 
 // A kernel's occupancy (cuda.h, CudaOccupancy) at `threads` per block and
 // `smem` bytes of dynamic shared memory (opted in above 48 KiB, as its

@@ -116,8 +116,14 @@ extern "C" void cuda_device_describe(char *buf, size_t len) {
 // ---- matmuls ------------------------------------------------------------------------
 
 static int matmul_mode = MATMUL_FP32;
+static int spikes_fp32_forced;  // spikes_fp32_for_test_cuda
 
 extern "C" void matmul_set_mode(int mode) { matmul_mode = mode; }
+
+// In BF16 mode the GEMMs round their operands to bf16 anyway and a spike
+// (0 or 1) is exact in bf16, so spikes are stored as bf16 there (docs/CUDA.md).
+extern "C" int spike_bytes_cuda(void) { return matmul_mode == MATMUL_BF16 && !spikes_fp32_forced ? 2 : 4; }
+extern "C" void spikes_fp32_for_test_cuda(int on) { spikes_fp32_forced = on; }
 
 // One GEMM as cuBLASLt sees it, D (m, n) = alpha op(A) op(B) + beta C in
 // column-major, and the key of the plan cache. The pointer facts the
@@ -287,4 +293,21 @@ extern "C" void matmul_forward_bf16_cuda(float *out, const uint16_t *inp, const 
                                          int K, int N, void *stream) {
     gemm(CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, 1.0f, W, K, inp, K, CUDA_R_16BF, CUBLAS_COMPUTE_32F, nullptr,
          out, N, stream);
+}
+
+// The spike GEMMs of BF16 mode: A and B bf16, fp32 accumulation (COMPUTE_32F,
+// as above), C and D fp32. The same numbers as matmul_forward_cuda /
+// matmul_backward_cuda's dW in BF16 mode on the fp32 values, whose operands
+// cuBLASLt rounds to bf16 (RNE) inside the GEMM.
+extern "C" void spike_matmul_forward_cuda(float *out, const bf16_t *s, const bf16_t *W16, int M, int K, int N,
+                                          const float *add, void *stream) {
+    gemm(CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, 1.0f, W16, K, s, K, CUDA_R_16BF, CUBLAS_COMPUTE_32F, add, out, N,
+         stream);
+}
+
+extern "C" void spike_matmul_dW_cuda(float *dW, bf16_t *dout16, const float *dout, const bf16_t *s, int M, int K,
+                                     int N, void *stream) {
+    to_bf16_cuda(dout16, dout, (size_t)M * N, stream);
+    gemm(CUBLAS_OP_N, CUBLAS_OP_T, K, N, M, 1.0f, s, K, dout16, N, CUDA_R_16BF, CUBLAS_COMPUTE_32F, dW, dW, K,
+         stream);
 }

@@ -223,13 +223,15 @@ extern "C" void rmsnorm_backward_cuda(float *dx, float *dg, float *scratch, cons
 // keep_next = 1 − s_t is 0 before the last step, since du_{T+1} = 0 anyway).
 // Step t needs ds_t, o_t, u_t (carried from step t+1, where it was u_{t-1}),
 // u_{t-1} and s_{t-1}; step t-1's four loads are issued first.
+// SB: bytes per stored spike (cuda_common.h).
+template <int SB>
 __global__ void lif_backward_kernel(float *__restrict__ dcurrent,      // (B, T, N), row stride ld
                                     float *__restrict__ dm,            // (B, T, N) or NULL
                                     float *__restrict__ dbeta_part,    // (B, N)
                                     const float *__restrict__ ds,      // (B, T, N)
                                     const float *__restrict__ u,       // (B, T, N)
                                     const float *__restrict__ o,       // (B, T, N) or NULL
-                                    const float *__restrict__ s,       // (B, T, N)
+                                    const Spike<SB> *__restrict__ s,   // (B, T, N)
                                     const float *__restrict__ a_beta,  // (N)
                                     int T, int N, int ld) {
     const int nblk = ceil_div(N, blockDim.x);
@@ -242,7 +244,7 @@ __global__ void lif_backward_kernel(float *__restrict__ dcurrent,      // (B, T,
     // step T-1's inputs
     size_t off = base + (size_t)(T - 1) * N;
     float ds_t = ds[off], o_t = o ? o[off] : 0.0f, u_t = u[off];
-    float u_p = T > 1 ? u[off - N] : 0.0f, s_p = T > 1 ? s[off - N] : 0.0f;  // step t-1's u, s
+    float u_p = T > 1 ? u[off - N] : 0.0f, s_p = T > 1 ? spike_load(s[off - N]) : 0.0f;  // step t-1's u, s
     for (int t = T - 1; t >= 0; t--, off -= N) {
         float ds_n = 0.0f, o_n = 0.0f, u_pn = 0.0f, s_pn = 0.0f;  // prefetch for step t-1
         if (t >= 1) {
@@ -251,7 +253,7 @@ __global__ void lif_backward_kernel(float *__restrict__ dcurrent,      // (B, T,
         }
         if (t >= 2) {
             u_pn = u[off - 2 * (size_t)N];
-            s_pn = s[off - 2 * (size_t)N];
+            s_pn = spike_load(s[off - 2 * (size_t)N]);
         }
         const float m = step_potential(u_t, o_t);
         const float dmt = step_spike_grad(ds_t, m);
@@ -285,10 +287,10 @@ __global__ void lif_dbeta_kernel(float *__restrict__ da_beta,       // (N)
     da_beta[c] += step_sigmoid_grad(total, beta);
 }
 
-extern "C" void neuron_backward_cuda(float *dcurrent, float *dm, float *da_beta, float *scratch,
-                                     const float *ds, const float *u, const float *o,
-                                     const float *s, const float *a_beta, int B, int T, int N,
-                                     int ld, void *stream) {
+template <int SB>
+static void neuron_backward_launch(float *dcurrent, float *dm, float *da_beta, float *scratch, const float *ds,
+                                   const float *u, const float *o, const Spike<SB> *s, const float *a_beta, int B, int T,
+                                   int N, int ld, void *stream) {
     if (B <= 0 || T <= 0 || N <= 0) return;
     if ((int64_t)B * ceil_div(N, LIF_THREADS) > INT32_MAX) {
         fprintf(stderr, "neuron_backward_cuda: too many sequences (B=%d)\n", B);
@@ -296,10 +298,24 @@ extern "C" void neuron_backward_cuda(float *dcurrent, float *dm, float *da_beta,
     }
     cudaStream_t st = (cudaStream_t)stream;
     const int blocks = B * ceil_div(N, LIF_THREADS);
-    lif_backward_kernel<<<blocks, LIF_THREADS, 0, st>>>(dcurrent, dm, scratch, ds, u, o, s, a_beta, T, N, ld);
+    lif_backward_kernel<SB><<<blocks, LIF_THREADS, 0, st>>>(dcurrent, dm, scratch, ds, u, o, s, a_beta, T, N, ld);
     cuda_check(cudaGetLastError());
     lif_dbeta_kernel<<<ceil_div(N, FINISH_THREADS), FINISH_THREADS, 0, st>>>(da_beta, scratch, a_beta, B, N);
     cuda_check(cudaGetLastError());
+}
+
+extern "C" void neuron_backward_cuda(float *dcurrent, float *dm, float *da_beta, float *scratch,
+                                     const float *ds, const float *u, const float *o,
+                                     const float *s, const float *a_beta, int B, int T, int N,
+                                     int ld, void *stream) {
+    neuron_backward_launch<4>(dcurrent, dm, da_beta, scratch, ds, u, o, s, a_beta, B, T, N, ld, stream);
+}
+
+extern "C" void neuron_backward_s16_cuda(float *dcurrent, float *dm, float *da_beta, float *scratch,
+                                         const float *ds, const float *u, const float *o,
+                                         const bf16_t *s, const float *a_beta, int B, int T, int N,
+                                         int ld, void *stream) {
+    neuron_backward_launch<2>(dcurrent, dm, da_beta, scratch, ds, u, o, s, a_beta, B, T, N, ld, stream);
 }
 
 // ---- embedding ---------------------------------------------------------------------------
@@ -553,14 +569,16 @@ extern "C" void grad_norm_sq_cuda(double *out, double *scratch, const float *g, 
 // ---- column sums (spike statistics) ------------------------------------------------
 // sums[n] = Σ_m |x[m][n]| (or Σ_m x[m][n]), one thread per column n, m
 // ascending, in double: the CPU backend's order and precision (kernels/cpu/backend.c).
-__global__ void column_sums_kernel(double *__restrict__ sums,   // (N)
-                                   const float *__restrict__ x,  // (M, N)
+// XB: bytes per element, 4 (fp32) or 2 (bf16 spikes, cuda_common.h).
+template <int XB>
+__global__ void column_sums_kernel(double *__restrict__ sums,         // (N)
+                                   const Spike<XB> *__restrict__ x,  // (M, N)
                                    int M, int N, int absval) {
     const int n = blockIdx.x * blockDim.x + threadIdx.x;
     if (n >= N) return;
     double acc = 0.0;
     for (int m = 0; m < M; m++) {
-        const float v = x[(size_t)m * N + n];
+        const float v = spike_load(x[(size_t)m * N + n]);
         acc += absval ? fabs((double)v) : (double)v;
     }
     sums[n] = acc;
@@ -568,6 +586,26 @@ __global__ void column_sums_kernel(double *__restrict__ sums,   // (N)
 
 extern "C" void column_sums_cuda(double *sums, const float *x, int M, int N, int absval, void *stream) {
     if (N <= 0) return;
-    column_sums_kernel<<<ceil_div(N, ELEM_THREADS), ELEM_THREADS, 0, (cudaStream_t)stream>>>(sums, x, M, N, absval);
+    column_sums_kernel<4><<<ceil_div(N, ELEM_THREADS), ELEM_THREADS, 0, (cudaStream_t)stream>>>(sums, x, M, N, absval);
+    cuda_check(cudaGetLastError());
+}
+
+extern "C" void spike_column_sums_cuda(double *sums, const bf16_t *s, int M, int N, void *stream) {
+    if (N <= 0) return;
+    column_sums_kernel<2><<<ceil_div(N, ELEM_THREADS), ELEM_THREADS, 0, (cudaStream_t)stream>>>(sums, s, M, N, 0);
+    cuda_check(cudaGetLastError());
+}
+
+// ---- bf16 conversion (BF16 mode's spike GEMMs, the weights' mirror) ----------------
+__global__ void to_bf16_kernel(bf16_t *__restrict__ dst,       // (n)
+                               const float *__restrict__ src,  // (n)
+                               size_t n) {
+    const size_t stride = (size_t)gridDim.x * blockDim.x;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) dst[i] = glia_to_bf16(src[i]);
+}
+
+extern "C" void to_bf16_cuda(bf16_t *dst, const float *src, size_t n, void *stream) {
+    if (n == 0) return;
+    to_bf16_kernel<<<elem_blocks(n), ELEM_THREADS, 0, (cudaStream_t)stream>>>(dst, src, n);
     cuda_check(cudaGetLastError());
 }
