@@ -425,7 +425,7 @@ static BwdResult bwd_gpu(const BwdProblem *p) {
     float *d_dI = dev_poisoned(n), *d_dk = dev_poisoned(n), *d_dv = dev_poisoned(n);
     float *d_dq = dev_poisoned(n), *d_scratch = dev_poisoned(nscratch);
     amsu_recurrence_backward_cuda(d_dI, d_dk, d_dv, d_dq, d_dal, d_dab, d_scratch, d_ds, d_u, d_o,
-                                  d_s, d_k, d_v, d_q, d_H, d_al, d_ab, B, T, C, Nh, C, NULL);
+                                  d_s, 4, d_k, d_v, d_q, d_H, d_al, d_ab, B, T, C, Nh, C, NULL);
     cuda_synchronize();
     BwdResult r = alloc_bwd_result(p);
     cuda_download(r.dI, d_dI, n * sizeof(float));
@@ -664,7 +664,7 @@ Test(cuda_amsu, rejects_invalid_shapes) {
 Test(cuda_amsu, backward_rejects_invalid_shape, .exit_code = 1) {
 #ifdef GLIA_HAVE_CUDA
     amsu_recurrence_backward_cuda(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-                                  NULL, NULL, NULL, NULL, NULL, NULL, NULL, 1, 2, 48, 2, 48, NULL);
+                                  NULL, 4, NULL, NULL, NULL, NULL, NULL, NULL, 1, 2, 48, 2, 48, NULL);
 #else
     exit(1);  // nothing to check without CUDA
 #endif

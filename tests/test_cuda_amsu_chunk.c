@@ -133,7 +133,7 @@ static Fwd fwd_gpu(Case cs, const Inputs *in) {
     float *dI = dev_copy_of(in->I, n), *dk = dev_copy_of(in->k, n), *dv = dev_copy_of(in->v, n);
     float *dq = dev_copy_of(in->q, n), *dal = dev_copy_of(in->a_lambda, C), *dab = dev_copy_of(in->a_beta, C);
     float *o = dev_floats(n), *u = dev_floats(n), *s = dev_floats(n), *H = dev_floats(nH);
-    amsu_chunk_forward_cuda(o, u, s, H, dI, dk, dv, dq, dal, dab, cs.B, cs.T, C, cs.Nh, C, NULL);
+    amsu_chunk_forward_cuda(o, u, s, 4, H, dI, dk, dv, dq, dal, dab, cs.B, cs.T, C, cs.Nh, C, NULL);
     cuda_synchronize();
     Fwd f = fwd_alloc(n, nH);
     download(f.o, o, n), download(f.u, u, n), download(f.s, s, n), download(f.H, H, nH);
@@ -366,7 +366,7 @@ Test(cuda_amsu_chunk, backward_head_size_128) {
 Test(cuda_amsu_chunk, rejects_unsupported_head_size, .exit_code = 1) {
 #ifdef GLIA_HAVE_CUDA
     cr_assert(!amsu_chunk_head_size_supported(24) && amsu_chunk_head_size_supported(64));
-    amsu_chunk_forward_cuda(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 1, 2, 48, 2, 48, NULL);
+    amsu_chunk_forward_cuda(NULL, NULL, NULL, 4, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 1, 2, 48, 2, 48, NULL);
 #else
     exit(1);  // nothing to check without CUDA
 #endif

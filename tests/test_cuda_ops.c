@@ -337,7 +337,7 @@ static void neuron_case(int B, int T, int N, int with_o, int with_dm, uint64_t s
     float *d_ab = dev_up(a_beta, N * 4), *d_db = dev_up(dbeta0, N * 4);
     float *d_dc = dev_poison(n * 4), *d_dm = with_dm ? dev_poison(n * 4) : NULL;
     float *d_scratch = dev_poison((size_t)B * N * 4);
-    neuron_backward_cuda(d_dc, d_dm, d_db, d_scratch, d_ds, d_u, d_o, d_s, d_ab, B, T, N, N, NULL);
+    neuron_backward_cuda(d_dc, d_dm, d_db, d_scratch, d_ds, d_u, d_o, d_s, 4, d_ab, B, T, N, N, NULL);
     float *dc = floats(n), *dm = floats(n), *db = floats(N);
     down(dc, d_dc, n * 4);
     down(db, d_db, N * 4);
@@ -806,8 +806,8 @@ Test(cuda_ops, spike_matmuls_bf16) {
 #endif
 }
 
-// The LIF neuron with bf16 spikes (amsu_recurrence_forward_s16_cuda with
-// astro 0, neuron_backward_s16_cuda) against the fp32-spike kernels from the same
+// The LIF neuron with bf16 spikes (amsu_recurrence_forward_cuda with sb 2 and
+// astro 0, neuron_backward_cuda with sb 2) against the fp32-spike kernels from the same
 // inputs: spikes equal (bf16 of the fp32 run's), u, the streaming state,
 // dcurrent, dm and da_beta bit-equal: only the spikes' storage differs.
 Test(cuda_ops, neuron_bf16_spikes) {
@@ -834,10 +834,10 @@ Test(cuda_ops, neuron_bf16_spikes) {
         uint16_t *d_s16 = dev_poison(n * 2);
         float *d_ust[2] = {state ? dev_up(ust, bn * 4) : NULL, state ? dev_up(ust, bn * 4) : NULL};
         float *d_sst[2] = {state ? dev_up(sst, bn * 4) : NULL, state ? dev_up(sst, bn * 4) : NULL};
-        amsu_recurrence_forward_cuda(NULL, d_u[0], d_s32, NULL, d_cur, NULL, NULL, NULL, NULL, d_ab, NULL, d_ust[0],
+        amsu_recurrence_forward_cuda(NULL, d_u[0], d_s32, 4, NULL, d_cur, NULL, NULL, NULL, NULL, d_ab, NULL, d_ust[0],
                                      d_sst[0], B, T, N, 1, N, 0, NULL);
-        amsu_recurrence_forward_s16_cuda(NULL, d_u[1], d_s16, NULL, d_cur, NULL, NULL, NULL, NULL, d_ab, NULL,
-                                         d_ust[1], d_sst[1], B, T, N, 1, N, 0, NULL);
+        amsu_recurrence_forward_cuda(NULL, d_u[1], d_s16, 2, NULL, d_cur, NULL, NULL, NULL, NULL, d_ab, NULL,
+                                     d_ust[1], d_sst[1], B, T, N, 1, N, 0, NULL);
         float *u[2] = {floats(n), floats(n)}, *s32 = floats(n);
         uint16_t *s16 = xalloc(n * 2);
         down(u[0], d_u[0], n * 4), down(u[1], d_u[1], n * 4);
@@ -862,10 +862,10 @@ Test(cuda_ops, neuron_bf16_spikes) {
         const int with_o = c % 2 == 0;
         float *d_dc[2] = {dev_poison(n * 4), dev_poison(n * 4)}, *d_dm[2] = {dev_poison(n * 4), dev_poison(n * 4)};
         float *d_db[2] = {dev_up(db0, N * 4), dev_up(db0, N * 4)}, *d_sc = dev_poison(bn * 4);
-        neuron_backward_cuda(d_dc[0], with_o ? d_dm[0] : NULL, d_db[0], d_sc, d_ds, d_u[0], with_o ? d_o : NULL, d_s32,
-                             d_ab, B, T, N, N, NULL);
-        neuron_backward_s16_cuda(d_dc[1], with_o ? d_dm[1] : NULL, d_db[1], d_sc, d_ds, d_u[0], with_o ? d_o : NULL,
-                                 d_s16, d_ab, B, T, N, N, NULL);
+        neuron_backward_cuda(d_dc[0], with_o ? d_dm[0] : NULL, d_db[0], d_sc, d_ds, d_u[0], with_o ? d_o : NULL,
+                             d_s32, 4, d_ab, B, T, N, N, NULL);
+        neuron_backward_cuda(d_dc[1], with_o ? d_dm[1] : NULL, d_db[1], d_sc, d_ds, d_u[0], with_o ? d_o : NULL,
+                             d_s16, 2, d_ab, B, T, N, N, NULL);
         float *h[2] = {floats(n), floats(n)};
         for (int part = 0; part < 3; part++) {
             if (part == 1 && !with_o) continue;

@@ -199,32 +199,32 @@ static void k_gemm_bf16(void *p) {
 }
 static void k_amsu_fwd(void *p) {
     Lab *l = p;
-    amsu_recurrence_forward_cuda(l->o, l->u, l->s, l->Hckpt, l->I, l->k, l->v, l->q, l->a_lambda,
+    amsu_recurrence_forward_cuda(l->o, l->u, l->s, 4, l->Hckpt, l->I, l->k, l->v, l->q, l->a_lambda,
                                  l->a_beta, NULL, NULL, NULL, l->B, l->T, l->C, l->Nh, l->C, 1, NULL);
 }
 static void k_amsu_bwd(void *p) {
     Lab *l = p;
     amsu_recurrence_backward_cuda(l->dI, l->dk, l->dv, l->dq, l->dlam, l->dbeta, l->scratch, l->ds,
-                                  l->u, l->o, l->s, l->k, l->v, l->q, l->Hckpt, l->a_lambda,
+                                  l->u, l->o, l->s, 4, l->k, l->v, l->q, l->Hckpt, l->a_lambda,
                                   l->a_beta, l->B, l->T, l->C, l->Nh, l->C, NULL);
 }
 // The chunked AM-SU (amsu_chunk.cu): the forward; the backward as the layer
 // runs it, the neuron's (dI, dβ, dm = ∂L/∂o) then the astrocyte's from dm.
 static void k_chunk_fwd(void *p) {
     Lab *l = p;
-    amsu_chunk_forward_cuda(l->o, l->u, l->s, l->Hckpt, l->I, l->k, l->v, l->q, l->a_lambda, l->a_beta, l->B, l->T,
+    amsu_chunk_forward_cuda(l->o, l->u, l->s, 4, l->Hckpt, l->I, l->k, l->v, l->q, l->a_lambda, l->a_beta, l->B, l->T,
                             l->C, l->Nh, l->C, NULL);
 }
 static void k_chunk_bwd(void *p) {
     Lab *l = p;
-    neuron_backward_cuda(l->dI, l->dm, l->dbeta, l->part, l->ds, l->u, l->o, l->s, l->a_beta, l->B, l->T, l->C, l->C,
+    neuron_backward_cuda(l->dI, l->dm, l->dbeta, l->part, l->ds, l->u, l->o, l->s, 4, l->a_beta, l->B, l->T, l->C, l->C,
                          NULL);
     amsu_chunk_backward_cuda(l->dk, l->dv, l->dq, l->dlam, l->part, l->dm, l->k, l->v, l->q, l->a_lambda, l->Hckpt,
                              l->B, l->T, l->C, l->Nh, l->C, NULL);
 }
 static void k_lif_fwd(void *p) {
     Lab *l = p;
-    amsu_recurrence_forward_cuda(NULL, l->u, l->s, NULL, l->I, NULL, NULL, NULL, NULL, l->a_beta,
+    amsu_recurrence_forward_cuda(NULL, l->u, l->s, 4, NULL, l->I, NULL, NULL, NULL, NULL, l->a_beta,
                                  NULL, NULL, NULL, l->B, l->T, l->C, 1, l->C, 0, NULL);
 }
 static void k_rmsnorm_fwd(void *p) {

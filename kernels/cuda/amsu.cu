@@ -576,23 +576,20 @@ static void recurrence_forward(const char *who, float *o, float *u, Spike<SB> *s
 #undef AMSU_FWD
 }
 
-extern "C" void amsu_recurrence_forward_cuda(float *o, float *u, float *s, float *Hckpt,
+extern "C" void amsu_recurrence_forward_cuda(float *o, float *u, void *s, int sb, float *Hckpt,
                                              const float *I, const float *k, const float *v,
                                              const float *q, const float *a_lambda,
                                              const float *a_beta, float *H_state,
                                              float *u_state, float *s_state, int B, int T,
                                              int C, int Nh, int ld, int astro, void *stream) {
-    recurrence_forward<4>("amsu_recurrence_forward_cuda", o, u, s, Hckpt, I, k, v, q, a_lambda, a_beta, H_state,
-                          u_state, s_state, B, T, C, Nh, ld, astro, stream);
-}
-
-extern "C" void amsu_recurrence_forward_s16_cuda(float *o, float *u, bf16_t *s, float *Hckpt, const float *I,
-                                                 const float *k, const float *v, const float *q,
-                                                 const float *a_lambda, const float *a_beta, float *H_state,
-                                                 float *u_state, float *s_state, int B, int T, int C, int Nh,
-                                                 int ld, int astro, void *stream) {
-    recurrence_forward<2>("amsu_recurrence_forward_s16_cuda", o, u, s, Hckpt, I, k, v, q, a_lambda, a_beta,
-                          H_state, u_state, s_state, B, T, C, Nh, ld, astro, stream);
+    static const char *who = "amsu_recurrence_forward_cuda";
+    spike_bytes_check(who, sb);
+    if (sb == 2)
+        recurrence_forward<2>(who, o, u, (bf16_t *)s, Hckpt, I, k, v, q, a_lambda, a_beta, H_state, u_state,
+                              s_state, B, T, C, Nh, ld, astro, stream);
+    else
+        recurrence_forward<4>(who, o, u, (float *)s, Hckpt, I, k, v, q, a_lambda, a_beta, H_state, u_state,
+                              s_state, B, T, C, Nh, ld, astro, stream);
 }
 
 // Where the dβ partials start in the backward's scratch: after the H
@@ -659,22 +656,17 @@ static void recurrence_backward(float *dI, float *dk, float *dv, float *dq, floa
 extern "C" void amsu_recurrence_backward_cuda(float *dI, float *dk, float *dv, float *dq,
                                               float *da_lambda, float *da_beta, float *scratch,
                                               const float *ds, const float *u, const float *o,
-                                              const float *s, const float *k, const float *v,
+                                              const void *s, int sb, const float *k, const float *v,
                                               const float *q, const float *Hckpt,
                                               const float *a_lambda, const float *a_beta, int B,
                                               int T, int C, int Nh, int ld, void *stream) {
-    recurrence_backward<4>(dI, dk, dv, dq, da_lambda, da_beta, scratch, ds, u, o, s, k, v, q, Hckpt, a_lambda,
-                           a_beta, B, T, C, Nh, ld, stream);
-}
-
-extern "C" void amsu_recurrence_backward_s16_cuda(float *dI, float *dk, float *dv, float *dq, float *da_lambda,
-                                                  float *da_beta, float *scratch, const float *ds, const float *u,
-                                                  const float *o, const bf16_t *s, const float *k,
-                                                  const float *v, const float *q, const float *Hckpt,
-                                                  const float *a_lambda, const float *a_beta, int B, int T, int C,
-                                                  int Nh, int ld, void *stream) {
-    recurrence_backward<2>(dI, dk, dv, dq, da_lambda, da_beta, scratch, ds, u, o, s, k, v, q, Hckpt, a_lambda,
-                           a_beta, B, T, C, Nh, ld, stream);
+    spike_bytes_check("amsu_recurrence_backward_cuda", sb);
+    if (sb == 2)
+        recurrence_backward<2>(dI, dk, dv, dq, da_lambda, da_beta, scratch, ds, u, o, (const bf16_t *)s, k, v, q,
+                               Hckpt, a_lambda, a_beta, B, T, C, Nh, ld, stream);
+    else
+        recurrence_backward<4>(dI, dk, dv, dq, da_lambda, da_beta, scratch, ds, u, o, (const float *)s, k, v, q,
+                               Hckpt, a_lambda, a_beta, B, T, C, Nh, ld, stream);
 }
 
 template <int D> static void amsu_occupancy_at(CudaOccupancy out[3]) {
@@ -739,26 +731,16 @@ extern "C" void amsu_forward_cuda(float *y, AmsuActs *a, const float *z, const A
     const int M = sh.B * sh.T, C = sh.C, ld = amsu_ld(sh);
     matmul_forward_cuda(a->P, z, w->W_in, M, C, ld, 1.0f, nullptr, stream);  // [I | k | v | q] = z W_inᵀ
     if (sh.astro) scale_rows_cuda(a->k, M, C, ld, 1.0f / sqrtf((float)(C / sh.Nh)), stream);
-    bf16_t *s16 = w->W_O16 ? (bf16_t *)a->s : nullptr;  // the spikes as bf16 (BF16 mode)
-    float *Hc = state ? nullptr : a->Hckpt, *Hst = state ? state->H : nullptr;
-    float *ust = state ? state->u : nullptr, *sst = state ? state->s : nullptr;
-    if (sh.astro && !state && amsu_mode == AMSU_CHUNK) {
-        if (s16)
-            amsu_chunk_forward_s16_cuda(a->o, a->u, s16, a->Hckpt, a->I, a->k, a->v, a->q, w->a_lambda,
-                                        w->a_beta, sh.B, sh.T, C, sh.Nh, ld, stream);
-        else
-            amsu_chunk_forward_cuda(a->o, a->u, a->s, a->Hckpt, a->I, a->k, a->v, a->q, w->a_lambda,
-                                    w->a_beta, sh.B, sh.T, C, sh.Nh, ld, stream);
-    } else if (s16) {
-        amsu_recurrence_forward_s16_cuda(a->o, a->u, s16, Hc, a->I, a->k, a->v, a->q, w->a_lambda,
-                                         w->a_beta, Hst, ust, sst, sh.B, sh.T, C, sh.Nh, ld, sh.astro,
-                                         stream);
-    } else {
-        amsu_recurrence_forward_cuda(a->o, a->u, a->s, Hc, a->I, a->k, a->v, a->q, w->a_lambda,
-                                     w->a_beta, Hst, ust, sst, sh.B, sh.T, C, sh.Nh, ld, sh.astro,
-                                     stream);
-    }
-    if (s16) spike_matmul_forward_cuda(y, s16, w->W_O16, M, C, C, add, stream);
+    const int sb = w->W_O16 ? 2 : 4;  // bytes per stored spike: bf16 with the W_O mirror (BF16 mode)
+    if (sh.astro && !state && amsu_mode == AMSU_CHUNK)
+        amsu_chunk_forward_cuda(a->o, a->u, a->s, sb, a->Hckpt, a->I, a->k, a->v, a->q, w->a_lambda, w->a_beta,
+                                sh.B, sh.T, C, sh.Nh, ld, stream);
+    else
+        amsu_recurrence_forward_cuda(a->o, a->u, a->s, sb, state ? nullptr : a->Hckpt, a->I, a->k, a->v, a->q,
+                                     w->a_lambda, w->a_beta, state ? state->H : nullptr,
+                                     state ? state->u : nullptr, state ? state->s : nullptr, sh.B, sh.T, C,
+                                     sh.Nh, ld, sh.astro, stream);
+    if (sb == 2) spike_matmul_forward_cuda(y, (const bf16_t *)a->s, w->W_O16, M, C, C, add, stream);
     else matmul_forward_cuda(y, a->s, w->W_O, M, C, C, 1.0f, add, stream);
 }
 
@@ -770,10 +752,10 @@ extern "C" void amsu_backward_cuda(float *dz, AmsuGrads *g, float *scratch, cons
     // dP (M, ld): [dI | dk | dv | dq], the projections' gradients in P's layout
     float *ds = scratch, *dP = ds + btc, *dk = dP + C, *dv = dP + 2 * C, *dq = dP + 3 * C;
     float *rec = dP + (size_t)M * ld;
-    const bf16_t *s16 = w->W_O16 ? (const bf16_t *)a->s : nullptr;  // the spikes as bf16 (BF16 mode)
-    if (s16) {  // y = s W_Oᵀ; dy as bf16 in rec, free until the recurrence's backward
+    const int sb = w->W_O16 ? 2 : 4;  // bytes per stored spike: bf16 with the W_O mirror (BF16 mode)
+    if (sb == 2) {  // y = s W_Oᵀ; dy as bf16 in rec, free until the recurrence's backward
         matmul_backward_cuda(ds, nullptr, dy, nullptr, w->W_O, M, C, C, 1.0f, 0, stream);
-        spike_matmul_dW_cuda(g->dW_O, (bf16_t *)rec, dy, s16, M, C, C, stream);
+        spike_matmul_dW_cuda(g->dW_O, (bf16_t *)rec, dy, (const bf16_t *)a->s, M, C, C, stream);
     } else {
         matmul_backward_cuda(ds, g->dW_O, dy, a->s, w->W_O, M, C, C, 1.0f, 0, stream);  // y = s W_Oᵀ
     }
@@ -782,29 +764,17 @@ extern "C" void amsu_backward_cuda(float *dz, AmsuGrads *g, float *scratch, cons
     // reads the same checkpoints, so it follows either forward)
     if (sh.astro && amsu_mode == AMSU_CHUNK && amsu_chunk_backward_ok(C / sh.Nh, a->Hckpt)) {
         float *dm = rec, *part = dm + btc;
-        if (s16)
-            neuron_backward_s16_cuda(dP, dm, g->da_beta, part, ds, a->u, a->o, s16, w->a_beta, sh.B, sh.T, C,
-                                     ld, stream);
-        else
-            neuron_backward_cuda(dP, dm, g->da_beta, part, ds, a->u, a->o, a->s, w->a_beta, sh.B, sh.T, C, ld,
-                                 stream);
+        neuron_backward_cuda(dP, dm, g->da_beta, part, ds, a->u, a->o, a->s, sb, w->a_beta, sh.B, sh.T, C, ld,
+                             stream);
         amsu_chunk_backward_cuda(dk, dv, dq, g->da_lambda, part, dm, a->k, a->v, a->q,
                                  w->a_lambda, a->Hckpt, sh.B, sh.T, C, sh.Nh, ld, stream);
-    } else if (sh.astro && s16) {
-        amsu_recurrence_backward_s16_cuda(dP, dk, dv, dq, g->da_lambda, g->da_beta, rec, ds, a->u,
-                                          a->o, s16, a->k, a->v, a->q, a->Hckpt, w->a_lambda,
-                                          w->a_beta, sh.B, sh.T, C, sh.Nh, ld, stream);
-    } else if (sh.astro) {
+    } else if (sh.astro)
         amsu_recurrence_backward_cuda(dP, dk, dv, dq, g->da_lambda, g->da_beta, rec, ds, a->u,
-                                      a->o, a->s, a->k, a->v, a->q, a->Hckpt, w->a_lambda,
+                                      a->o, a->s, sb, a->k, a->v, a->q, a->Hckpt, w->a_lambda,
                                       w->a_beta, sh.B, sh.T, C, sh.Nh, ld, stream);
-    } else if (s16) {
-        neuron_backward_s16_cuda(dP, nullptr, g->da_beta, rec, ds, a->u, nullptr, s16, w->a_beta,
-                                 sh.B, sh.T, C, ld, stream);
-    } else {
-        neuron_backward_cuda(dP, nullptr, g->da_beta, rec, ds, a->u, nullptr, a->s, w->a_beta,
+    else
+        neuron_backward_cuda(dP, nullptr, g->da_beta, rec, ds, a->u, nullptr, a->s, sb, w->a_beta,
                              sh.B, sh.T, C, ld, stream);
-    }
     if (sh.astro) scale_rows_cuda(dk, M, C, ld, 1.0f / sqrtf((float)(C / sh.Nh)), stream);
     // [I | k | v | q] = z W_inᵀ
     matmul_backward_cuda(dz, g->dW_in, dP, z, w->W_in, M, C, ld, 1.0f, 0, stream);
@@ -866,7 +836,7 @@ extern "C" int amsu_recurrence_forward_cuda_host(float *o, float *u, float *s, f
         d_ust = device_upload(u_state, nBC);
         d_sst = device_upload(s_state, nBC);
     }
-    amsu_recurrence_forward_cuda(d_o, d_u, d_s, d_H, d_I, d_k, d_v, d_q, d_lambda, d_beta, d_Hst,
+    amsu_recurrence_forward_cuda(d_o, d_u, d_s, 4, d_H, d_I, d_k, d_v, d_q, d_lambda, d_beta, d_Hst,
                                  d_ust, d_sst, B, T, C, Nh, C, astro, nullptr);
     cuda_synchronize();
     const size_t f = sizeof(float);

@@ -480,17 +480,14 @@ static void chunk_forward(float *o, float *u, Spike<SB> *s, float *Hckpt, const 
 #undef CHUNK_FWD
 }
 
-extern "C" void amsu_chunk_forward_cuda(float *o, float *u, float *s, float *Hckpt, const float *I, const float *k,
-                                        const float *v, const float *q, const float *a_lambda, const float *a_beta,
-                                        int B, int T, int C, int Nh, int ld, void *stream) {
-    chunk_forward<4>(o, u, s, Hckpt, I, k, v, q, a_lambda, a_beta, B, T, C, Nh, ld, stream);
-}
-
-extern "C" void amsu_chunk_forward_s16_cuda(float *o, float *u, bf16_t *s, float *Hckpt, const float *I,
-                                            const float *k, const float *v, const float *q, const float *a_lambda,
-                                            const float *a_beta, int B, int T, int C, int Nh, int ld,
-                                            void *stream) {
-    chunk_forward<2>(o, u, s, Hckpt, I, k, v, q, a_lambda, a_beta, B, T, C, Nh, ld, stream);
+extern "C" void amsu_chunk_forward_cuda(float *o, float *u, void *s, int sb, float *Hckpt, const float *I,
+                                        const float *k, const float *v, const float *q, const float *a_lambda,
+                                        const float *a_beta, int B, int T, int C, int Nh, int ld, void *stream) {
+    spike_bytes_check("amsu_chunk_forward_cuda", sb);
+    if (sb == 2)
+        chunk_forward<2>(o, u, (bf16_t *)s, Hckpt, I, k, v, q, a_lambda, a_beta, B, T, C, Nh, ld, stream);
+    else
+        chunk_forward<4>(o, u, (float *)s, Hckpt, I, k, v, q, a_lambda, a_beta, B, T, C, Nh, ld, stream);
 }
 
 template <int D>

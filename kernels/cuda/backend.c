@@ -71,23 +71,15 @@ static void lif_fwd(float *u, float *s, const float *current, const float *o, co
                     float *s_state, int B, int T, int N, int ld, const NeuronTestMode *test) {
     no_test_mode(test, "neuron_forward");
     if (o) fatal("neuron_forward on the GPU: o must be NULL (the AM-SU neuron runs inside amsu_forward)");
-    if (spike_bytes_cuda() == 2)
-        amsu_recurrence_forward_s16_cuda(NULL, u, (bf16_t *)s, NULL, current, NULL, NULL, NULL, NULL, a_beta, NULL,
-                                         u_state, s_state, B, T, N, 1, ld, 0, NULL);
-    else
-        amsu_recurrence_forward_cuda(NULL, u, s, NULL, current, NULL, NULL, NULL, NULL, a_beta, NULL, u_state,
-                                     s_state, B, T, N, 1, ld, 0, NULL);
+    amsu_recurrence_forward_cuda(NULL, u, s, spike_bytes_cuda(), NULL, current, NULL, NULL, NULL, NULL, a_beta, NULL,
+                                 u_state, s_state, B, T, N, 1, ld, 0, NULL);
 }
 static size_t lif_scratch(int B, int N) { return (size_t)B * N; }
 static void lif_bwd(float *dcurrent, float *dm, float *da_beta, float *scratch, const float *ds, const float *u,
                     const float *o, const float *s, const float *a_beta, int B, int T, int N, int ld,
                     const NeuronTestMode *test) {
     no_test_mode(test, "neuron_backward");
-    if (spike_bytes_cuda() == 2)
-        neuron_backward_s16_cuda(dcurrent, dm, da_beta, scratch, ds, u, o, (const bf16_t *)s, a_beta, B, T, N, ld,
-                                 NULL);
-    else
-        neuron_backward_cuda(dcurrent, dm, da_beta, scratch, ds, u, o, s, a_beta, B, T, N, ld, NULL);
+    neuron_backward_cuda(dcurrent, dm, da_beta, scratch, ds, u, o, s, spike_bytes_cuda(), a_beta, B, T, N, ld, NULL);
 }
 static void amsu_fwd(float *y, AmsuActs *a, const float *z, const AmsuWeights *w, AmsuShape sh, AmsuState *state,
                      const float *add, const NeuronTestMode *test) {

@@ -123,14 +123,10 @@ void rmsnorm_backward_cuda(float *dx, float *dg, float *scratch, const float *do
                            void *stream);
 // LIF backward (cpu.h neuron_backward, no test mode): dcurrent (B, T, N),
 // row stride ld, overwritten; dm (B, T, N) overwritten unless NULL; da_beta (N) +=; o may
-// be NULL (≡ 0). scratch: B·N floats.
+// be NULL (≡ 0). scratch: B·N floats. s: sb bytes per spike, as amsu_recurrence_forward_cuda's.
 void neuron_backward_cuda(float *dcurrent, float *dm, float *da_beta, float *scratch,
-                          const float *ds, const float *u, const float *o, const float *s,
+                          const float *ds, const float *u, const float *o, const void *s, int sb,
                           const float *a_beta, int B, int T, int N, int ld, void *stream);
-// The same with the spikes s stored as bf16.
-void neuron_backward_s16_cuda(float *dcurrent, float *dm, float *da_beta, float *scratch,
-                              const float *ds, const float *u, const float *o, const bf16_t *s,
-                              const float *a_beta, int B, int T, int N, int ld, void *stream);
 // x (M, C) = E[tokens[i]] for M device-resident token ids.
 void embedding_forward_cuda(float *x, const int *tokens, const float *E, int M, int C,
                             void *stream);
@@ -171,7 +167,9 @@ int amsu_head_size_supported(int D);
 // The AM-SU recurrence of one layer for a whole batch of sequences, fused:
 // astrocyte calcium state H and modulation o, then the LIF membrane u and
 // spikes s, per SPEC.md.
-//   o, u, s  (B, T, C)   outputs
+//   o, u, s  (B, T, C)   outputs; s of sb bytes per spike: 4 fp32, 2 bf16 bits
+//                        (BF16 mode's storage, spike_bytes_cuda; the streaming
+//                        state s_state is fp32 always)
 //   Hckpt    (B, Nh, nchunks(T), D, D) row-major [i][j]: H before the first
 //            step of each GLIA_CHUNK-step chunk (cpu.h); may be NULL
 //   I        (B, T, C)   synaptic current, row stride ld (a view into P, types.h)
@@ -192,19 +190,11 @@ int amsu_head_size_supported(int D);
 // unsupported D, non-positive sizes) print a message and exit(1), like any
 // other CUDA backend error; check amsu_head_size_supported() first when D
 // comes from user input.
-void amsu_recurrence_forward_cuda(float *o, float *u, float *s, float *Hckpt, const float *I,
+void amsu_recurrence_forward_cuda(float *o, float *u, void *s, int sb, float *Hckpt, const float *I,
                                   const float *k, const float *v, const float *q,
                                   const float *a_lambda, const float *a_beta, float *H_state,
                                   float *u_state, float *s_state, int B, int T, int C, int Nh,
                                   int ld, int astro, void *stream);
-
-// The same writing the spikes s as bf16 (BF16 mode's storage; the streaming
-// state s_state stays fp32); with astro 0 the FFN's LIF neuron.
-void amsu_recurrence_forward_s16_cuda(float *o, float *u, bf16_t *s, float *Hckpt, const float *I,
-                                      const float *k, const float *v, const float *q,
-                                      const float *a_lambda, const float *a_beta, float *H_state,
-                                      float *u_state, float *s_state, int B, int T, int C, int Nh,
-                                      int ld, int astro, void *stream);
 
 // The fused AM-SU backward (astro == 1; the ablation uses neuron_backward_cuda)
 // of a forward from zero state, per SPEC.md "Backward pass": given
@@ -218,19 +208,11 @@ void amsu_recurrence_forward_s16_cuda(float *o, float *u, bf16_t *s, float *Hckp
 size_t amsu_backward_scratch_floats(int B, int T, int C, int Nh);
 void amsu_recurrence_backward_cuda(float *dI, float *dk, float *dv, float *dq, float *da_lambda,
                                    float *da_beta, float *scratch, const float *ds,
-                                   const float *u, const float *o, const float *s,
+                                   const float *u, const float *o, const void *s, int sb,
                                    const float *k, const float *v, const float *q,
                                    const float *Hckpt, const float *a_lambda,
                                    const float *a_beta, int B, int T, int C, int Nh, int ld,
                                    void *stream);
-// The same reading the spikes s as bf16.
-void amsu_recurrence_backward_s16_cuda(float *dI, float *dk, float *dv, float *dq, float *da_lambda,
-                                       float *da_beta, float *scratch, const float *ds,
-                                       const float *u, const float *o, const bf16_t *s,
-                                       const float *k, const float *v, const float *q,
-                                       const float *Hckpt, const float *a_lambda,
-                                       const float *a_beta, int B, int T, int C, int Nh, int ld,
-                                       void *stream);
 
 // The same computation on HOST pointers, for tests: allocates device buffers,
 // fills the outputs on the device with NaN (so an unwritten entry cannot pass
@@ -254,13 +236,9 @@ int amsu_recurrence_forward_cuda_host(float *o, float *u, float *s, float *Hckpt
 // the tensor cores (3xTF32: fp32-level accuracy). Same arguments and Hckpt,
 // without the streaming state (I, k, v, q at row stride ld). 1 if it runs head size D.
 int amsu_chunk_head_size_supported(int D);
-void amsu_chunk_forward_cuda(float *o, float *u, float *s, float *Hckpt, const float *I, const float *k,
+void amsu_chunk_forward_cuda(float *o, float *u, void *s, int sb, float *Hckpt, const float *I, const float *k,
                              const float *v, const float *q, const float *a_lambda, const float *a_beta, int B,
                              int T, int C, int Nh, int ld, void *stream);
-// The same writing the spikes s as bf16.
-void amsu_chunk_forward_s16_cuda(float *o, float *u, bf16_t *s, float *Hckpt, const float *I, const float *k,
-                                 const float *v, const float *q, const float *a_lambda, const float *a_beta, int B,
-                                 int T, int C, int Nh, int ld, void *stream);
 // The astrocyte's backward in chunks (cpu.h astro_backward_chunk on device
 // pointers): from dout = ∂L/∂o and the forward's Hckpt, writes dk, dv, dq
 // (B, T, C; row stride ld, as k, v, q) and ADDS into da_lambda (Nh, D), chained through λ's sigmoid,

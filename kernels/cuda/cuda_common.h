@@ -44,6 +44,12 @@ __host__ __device__ static inline float spike_load(float s) { return s; }
 __host__ __device__ static inline float spike_load(bf16_t s) { return glia_from_bf16(s); }
 __host__ __device__ static inline void spike_put(float *p, float s) { *p = s; }
 __host__ __device__ static inline void spike_put(bf16_t *p, float s) { *p = glia_to_bf16(s); }
+// The C entries take the spikes as void * with sb; anything but 4 or 2 ends the job.
+static inline void spike_bytes_check(const char *who, int sb) {
+    if (sb == 4 || sb == 2) return;
+    fprintf(stderr, "%s: %d bytes per spike (4: fp32, 2: bf16)\n", who, sb);
+    exit(1);
+}
 
 // A kernel's occupancy (cuda.h, CudaOccupancy) at `threads` per block and
 // `smem` bytes of dynamic shared memory (opted in above 48 KiB, as its

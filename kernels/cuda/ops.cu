@@ -305,17 +305,15 @@ static void neuron_backward_launch(float *dcurrent, float *dm, float *da_beta, f
 }
 
 extern "C" void neuron_backward_cuda(float *dcurrent, float *dm, float *da_beta, float *scratch,
-                                     const float *ds, const float *u, const float *o,
-                                     const float *s, const float *a_beta, int B, int T, int N,
-                                     int ld, void *stream) {
-    neuron_backward_launch<4>(dcurrent, dm, da_beta, scratch, ds, u, o, s, a_beta, B, T, N, ld, stream);
-}
-
-extern "C" void neuron_backward_s16_cuda(float *dcurrent, float *dm, float *da_beta, float *scratch,
-                                         const float *ds, const float *u, const float *o,
-                                         const bf16_t *s, const float *a_beta, int B, int T, int N,
-                                         int ld, void *stream) {
-    neuron_backward_launch<2>(dcurrent, dm, da_beta, scratch, ds, u, o, s, a_beta, B, T, N, ld, stream);
+                                     const float *ds, const float *u, const float *o, const void *s, int sb,
+                                     const float *a_beta, int B, int T, int N, int ld, void *stream) {
+    spike_bytes_check("neuron_backward_cuda", sb);
+    if (sb == 2)
+        neuron_backward_launch<2>(dcurrent, dm, da_beta, scratch, ds, u, o, (const bf16_t *)s, a_beta, B, T, N,
+                                  ld, stream);
+    else
+        neuron_backward_launch<4>(dcurrent, dm, da_beta, scratch, ds, u, o, (const float *)s, a_beta, B, T, N, ld,
+                                  stream);
 }
 
 // ---- embedding ---------------------------------------------------------------------------
