@@ -1,6 +1,7 @@
-// acts.h: saved activations as a list of named fp32 (or bf16: the spikes of
-// BF16 mode) tensors carved in order from one buffer. The list is the one description that sizes the buffer,
-// carves it and reports it (model_alloc_acts, `glia train --dry-run`).
+// acts.h: saved activations as a list of named fp32 tensors (bf16: the
+// spikes of BF16 mode) carved in order from one buffer. The list is the one
+// description that sizes the buffer, carves it and reports it
+// (model_alloc_acts, `glia train --dry-run`).
 #ifndef GLIA_ACTS_H
 #define GLIA_ACTS_H
 
